@@ -1,0 +1,376 @@
+//! The actix actor that hosts one activation of one grain.
+//!
+//! It loads its state when it starts (the mailbox waits meanwhile), then
+//! handles one command at a time: while a command's events are being
+//! written it takes no other message, so its state never runs ahead of the
+//! store. A panic in the grain's code is caught here: the caller gets an
+//! error, the state is thrown away and reloaded from the store (a
+//! supervised restart), and no other grain notices.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::fut::{ActorFutureExt, LocalBoxActorFuture, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
+use granary_store::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError};
+
+use crate::error::CallError;
+use crate::grain::{Grain, Outcome};
+use crate::runtime::{CallOptions, Shared};
+use crate::stats::Counters;
+
+pub(crate) type CallResult<G> = Result<Outcome<<G as Grain>::Reply>, CallError<<G as Grain>::Rejection>>;
+
+/// Idempotent answers an activation remembers without asking the store.
+const REMEMBERED_REPLIES: usize = 16;
+
+/// A command for a grain, with the caller's preconditions.
+pub(crate) struct Call<G: Grain> {
+    pub(crate) command: G::Command,
+    pub(crate) options: CallOptions,
+}
+
+impl<G: Grain> Message for Call<G> {
+    type Result = CallResult<G>;
+}
+
+/// Stop after the messages already queued.
+pub(crate) struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+pub(crate) struct GrainActor<G: Grain> {
+    key: GrainKey,
+    generation: u64,
+    shared: Arc<Shared<G>>,
+    state: G,
+    version: u64,
+    snapshot_version: u64,
+    /// Set when the state could not be rebuilt; every call gets this error.
+    broken: Option<CallError<G::Rejection>>,
+    replies: Option<Box<VecDeque<IdempotencyRecord>>>,
+}
+
+impl<G: Grain> GrainActor<G> {
+    pub(crate) fn new(id: String, generation: u64, shared: Arc<Shared<G>>) -> Self {
+        GrainActor {
+            key: GrainKey::new(G::KIND, id),
+            generation,
+            shared,
+            state: G::default(),
+            version: 0,
+            snapshot_version: 0,
+            broken: None,
+            replies: None,
+        }
+    }
+
+    /// Throws the in-memory state away and rebuilds it from the store
+    /// before the next message is handled.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let load = self.shared.store.load(&self.key);
+        ctx.wait(load.into_actor(self).map(|loaded, act, _ctx| {
+            act.broken = None;
+            act.replies = None;
+            match loaded {
+                Ok(loaded) => {
+                    if let Err(err) = act.rebuild(loaded) {
+                        tracing::error!(grain = %act.key, error = %err, "grain state cannot be rebuilt");
+                        act.broken = Some(err);
+                    }
+                }
+                Err(err) => act.broken = Some(CallError::Store(err)),
+            }
+        }));
+    }
+
+    fn rebuild(&mut self, loaded: LoadedGrain) -> Result<(), CallError<G::Rejection>> {
+        let corrupt = |what: String| CallError::Store(StoreError::Engine(what));
+        let mut state = match &loaded.snapshot {
+            Some(snapshot) => serde_json::from_slice::<G>(&snapshot.payload)
+                .map_err(|e| corrupt(format!("snapshot of {} at {} unreadable: {e}", self.key, snapshot.version)))?,
+            None => G::default(),
+        };
+        let mut events = Vec::with_capacity(loaded.events.len());
+        for record in &loaded.events {
+            let event: G::Event = serde_json::from_slice(&record.payload)
+                .map_err(|e| corrupt(format!("event {} of {} unreadable: {e}", record.version, self.key)))?;
+            events.push(event);
+        }
+        catch_unwind(AssertUnwindSafe(|| {
+            for event in &events {
+                state.apply(event);
+            }
+        }))
+        .map_err(|panic| CallError::Panicked(panic_message(&panic)))?;
+        self.state = state;
+        self.version = loaded.version;
+        self.snapshot_version = loaded.snapshot.map_or(0, |s| s.version);
+        Ok(())
+    }
+
+    fn restart(&mut self, ctx: &mut Context<Self>, panic: String) -> CallError<G::Rejection> {
+        tracing::warn!(grain = %self.key, panic = %panic, "grain panicked; restarting it from the store");
+        Counters::bump(&self.shared.counters.restarts);
+        self.state = G::default();
+        self.reload(ctx);
+        CallError::Panicked(panic)
+    }
+
+    fn remembered(&self, key: &str) -> Option<&IdempotencyRecord> {
+        self.replies.as_ref()?.iter().find(|r| r.key == key)
+    }
+
+    fn remember(&mut self, record: IdempotencyRecord) {
+        let replies = self.replies.get_or_insert_with(Default::default);
+        if replies.len() == REMEMBERED_REPLIES {
+            replies.pop_front();
+        }
+        replies.push_back(record);
+    }
+
+    /// The answer an earlier request with the same idempotency key got.
+    fn replay(record: &IdempotencyRecord, request_hash: u64) -> CallResult<G> {
+        if record.request_hash != request_hash {
+            return Err(CallError::IdempotencyKeyReused {
+                key: record.key.clone(),
+            });
+        }
+        serde_json::from_slice(&record.reply).map_err(|e| {
+            CallError::Store(StoreError::Engine(format!("stored reply for {:?} unreadable: {e}", record.key)))
+        })
+    }
+
+    /// Decides the command and, if it yields events, writes them.
+    fn execute(&mut self, call: Call<G>, ctx: &mut Context<Self>) -> GrainResponse<G> {
+        if let Some(err) = self.broken.clone() {
+            // Let the next call try a fresh activation.
+            ctx.stop();
+            return GrainResponse::Ready(Err(err));
+        }
+        if let Some(expected) = call.options.expected_version
+            && expected != self.version
+        {
+            return GrainResponse::Ready(Err(CallError::VersionMismatch {
+                expected,
+                actual: self.version,
+            }));
+        }
+        let decided = catch_unwind(AssertUnwindSafe(|| self.state.decide(&call.command)));
+        let events = match decided {
+            Ok(Ok(events)) => events,
+            Ok(Err(rejection)) => return GrainResponse::Ready(Err(CallError::Rejected(rejection))),
+            Err(panic) => return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic)))),
+        };
+        if events.is_empty() {
+            let reply = catch_unwind(AssertUnwindSafe(|| self.state.reply(&call.command)));
+            return GrainResponse::Ready(match reply {
+                Ok(reply) => Ok(Outcome {
+                    reply,
+                    version: self.version,
+                }),
+                Err(panic) => Err(self.restart(ctx, panic_message(&panic))),
+            });
+        }
+        match self.write(call, events) {
+            Ok(future) => GrainResponse::Pending(future),
+            Err(err) => GrainResponse::Ready(Err(err)),
+        }
+    }
+
+    fn write(
+        &mut self,
+        call: Call<G>,
+        events: Vec<G::Event>,
+    ) -> Result<LocalBoxActorFuture<Self, CallResult<G>>, CallError<G::Rejection>> {
+        let encode_error = |e: serde_json::Error| CallError::Store(StoreError::Invalid(format!("cannot encode: {e}")));
+        let payloads = events
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(encode_error)?;
+        let new_version = self.version + events.len() as u64;
+        // An idempotent request stores its answer with its events, so the
+        // answer is computed on a copy of the state before the write.
+        let idempotency = match call.options.idempotency.clone() {
+            Some((key, request_hash)) => {
+                let snapshot = serde_json::to_vec(&self.state).map_err(encode_error)?;
+                let mut next: G = serde_json::from_slice(&snapshot).map_err(|e| encode_error(e))?;
+                for event in &events {
+                    next.apply(event);
+                }
+                let outcome = Outcome {
+                    reply: next.reply(&call.command),
+                    version: new_version,
+                };
+                Some(IdempotencyRecord {
+                    key,
+                    request_hash,
+                    reply: serde_json::to_vec(&outcome).map_err(encode_error)?,
+                })
+            }
+            None => None,
+        };
+        let append = self.shared.store.append(AppendRequest {
+            key: self.key.clone(),
+            expected_version: self.version,
+            events: payloads,
+            idempotency: idempotency.clone(),
+        });
+        Ok(Box::pin(append.into_actor(self).map(move |written, act, ctx| {
+            match written {
+                Ok(version) => {
+                    let applied = catch_unwind(AssertUnwindSafe(|| {
+                        for event in &events {
+                            act.state.apply(event);
+                        }
+                        act.state.reply(&call.command)
+                    }));
+                    match applied {
+                        Ok(reply) => {
+                            act.version = version;
+                            if let Some(record) = idempotency {
+                                act.remember(record);
+                            }
+                            act.maybe_snapshot(ctx);
+                            Ok(Outcome { reply, version })
+                        }
+                        // The events are durable but the grain's code cannot
+                        // apply them: restart from the store.
+                        Err(panic) => Err(act.restart(ctx, panic_message(&panic))),
+                    }
+                }
+                Err(err @ StoreError::Conflict { .. }) => {
+                    // Another writer moved the stream on: catch up before the
+                    // next message; the runtime retries this call.
+                    Counters::bump(&act.shared.counters.conflicts);
+                    act.reload(ctx);
+                    Err(CallError::Store(err))
+                }
+                Err(err) => Err(CallError::Store(err)),
+            }
+        })))
+    }
+
+    fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
+        let every = self.shared.config.snapshot_every;
+        if every == 0 || self.version < self.snapshot_version + every {
+            return;
+        }
+        let Ok(payload) = serde_json::to_vec(&self.state) else {
+            return;
+        };
+        self.snapshot_version = self.version;
+        let save = self.shared.store.save_snapshot(
+            &self.key,
+            Snapshot {
+                version: self.version,
+                payload,
+            },
+        );
+        let key = self.key.clone();
+        // A lost snapshot costs only replay time, so nobody waits for it.
+        ctx.spawn(
+            async move {
+                if let Err(err) = save.await {
+                    tracing::debug!(grain = %key, error = %err, "snapshot not saved");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl<G: Grain> Actor for GrainActor<G> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.reload(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Ok(mut registry) = self.shared.registry.lock() {
+            registry.remove_if(&self.key.id, self.generation);
+        }
+    }
+}
+
+impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
+    type Result = GrainResponse<G>;
+
+    fn handle(&mut self, call: Call<G>, ctx: &mut Self::Context) -> Self::Result {
+        let Some((key, request_hash)) = call.options.idempotency.clone() else {
+            return self.execute(call, ctx);
+        };
+        if let Some(record) = self.remembered(&key) {
+            return GrainResponse::Ready(Self::replay(record, request_hash));
+        }
+        // Not in memory: the first answer may be in the store (written by an
+        // earlier activation). Look it up without letting another command in.
+        let lookup = self.shared.store.find_idempotent(&self.key, &key);
+        GrainResponse::Pending(Box::pin(lookup.into_actor(self).then(
+            move |found, act, ctx| -> LocalBoxActorFuture<Self, CallResult<G>> {
+                match found {
+                    Ok(Some(record)) => {
+                        let result = Self::replay(&record, request_hash);
+                        act.remember(record);
+                        Box::pin(actix::fut::ready(result))
+                    }
+                    Ok(None) => match act.execute(call, ctx) {
+                        GrainResponse::Ready(result) => Box::pin(actix::fut::ready(result)),
+                        GrainResponse::Pending(future) => future,
+                    },
+                    Err(err) => Box::pin(actix::fut::ready(Err(CallError::Store(err)))),
+                }
+            },
+        )))
+    }
+}
+
+impl<G: Grain> Handler<Passivate> for GrainActor<G> {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// A call's answer: ready at once (reads, rejections) without boxing a
+/// future, or after a write, holding the mailbox until it completes.
+pub(crate) enum GrainResponse<G: Grain> {
+    Ready(CallResult<G>),
+    Pending(LocalBoxActorFuture<GrainActor<G>, CallResult<G>>),
+}
+
+impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
+    fn handle(self, ctx: &mut Context<GrainActor<G>>, tx: Option<OneshotSender<CallResult<G>>>) {
+        match self {
+            GrainResponse::Ready(result) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(result);
+                }
+            }
+            GrainResponse::Pending(future) => {
+                <AtomicResponse<GrainActor<G>, CallResult<G>> as MessageResponse<GrainActor<G>, Call<G>>>::handle(
+                    AtomicResponse::new(future),
+                    ctx,
+                    tx,
+                )
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}

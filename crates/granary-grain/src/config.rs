@@ -1,0 +1,28 @@
+//! The runtime's knobs.
+
+use std::time::Duration;
+
+/// How the grain runtime manages activations. Defaults suit a laptop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// A grain with no call for this long is passivated.
+    pub idle_timeout: Duration,
+    /// Most live activations; beyond it the least recently used is evicted.
+    pub max_live: usize,
+    /// A snapshot is written every this many events (0 disables snapshots).
+    pub snapshot_every: u64,
+    /// How often a runtime may retry a call that met a version conflict or
+    /// an activation that was stopping.
+    pub max_retries: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_live: 1_000_000,
+            snapshot_every: 64,
+            max_retries: 5,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Why a grain call did not succeed.
+
+use granary_store::StoreError;
+
+/// The failure of one call. `Rejected` is the grain's own answer; the rest
+/// come from the runtime.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum CallError<R> {
+    /// The grain refused the command; nothing changed.
+    #[error("the grain refused the command")]
+    Rejected(R),
+    /// The caller required the grain to be at `expected`, it is at `actual`.
+    /// Nothing changed.
+    #[error("the grain is at version {actual}, not {expected}")]
+    VersionMismatch { expected: u64, actual: u64 },
+    /// The idempotency key was used before for a different request.
+    #[error("idempotency key {key:?} was already used for a different request")]
+    IdempotencyKeyReused { key: String },
+    /// The store failed; the change was not acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The grain's code panicked while handling this call. The grain was
+    /// restarted from the store; other calls are unaffected.
+    #[error("the grain panicked handling the command: {0}")]
+    Panicked(String),
+    /// The grain could not be reached in time (stopping, overloaded).
+    #[error("the grain is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl<R> CallError<R> {
+    /// Whether the same call may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CallError::Store(err) => err.is_retryable(),
+            CallError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The contract a grain kind implements.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A kind of grain, event-sourced.
+///
+/// The state (`Self`) starts at [`Default`] and changes only through
+/// [`Grain::apply`]. `decide` must not change state and should be cheap;
+/// anything nondeterministic it needs (new ids, timestamps) it records in
+/// the events it returns, so replaying them rebuilds the same state.
+/// The state is serialized for snapshots, hence `Serialize`.
+pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
+    /// The stream kind in the store, e.g. `"cart"`. Keep it stable.
+    const KIND: &'static str;
+    /// What callers send.
+    type Command: Send + 'static;
+    /// What is stored.
+    type Event: Serialize + DeserializeOwned + Send + 'static;
+    /// Why a command was refused (a domain answer, not a failure).
+    type Rejection: Clone + Send + Unpin + 'static;
+    /// What a caller gets back after the command took effect. Serializable
+    /// so the first answer to an idempotent request can be stored with it.
+    type Reply: Serialize + DeserializeOwned + Clone + Send + 'static;
+
+    /// Checks `command` against the current state and returns the events it
+    /// yields (none for a query or a no-op).
+    fn decide(&self, command: &Self::Command) -> Result<Vec<Self::Event>, Self::Rejection>;
+
+    /// Applies one stored event. Must not fail: events are accepted facts.
+    fn apply(&mut self, event: &Self::Event);
+
+    /// The answer to `command` once its events (if any) are applied.
+    fn reply(&self, command: &Self::Command) -> Self::Reply;
+}
+
+/// A successful call: the grain's reply and its version after the command
+/// (the number of events in its stream).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Outcome<R> {
+    pub reply: R,
+    pub version: u64,
+}

@@ -1,0 +1,189 @@
+//! The handle callers use to reach grains of one kind.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Arbiter, MailboxError};
+use granary_store::{EventStore, StoreError};
+
+use crate::activation::{Call, GrainActor, Passivate};
+use crate::config::RuntimeConfig;
+use crate::error::CallError;
+use crate::grain::{Grain, Outcome};
+use crate::registry::Registry;
+use crate::stats::{Counters, RuntimeStats};
+
+/// What a caller requires of a call besides the command itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Refuse the command unless the grain is at exactly this version
+    /// (optimistic concurrency for clients, e.g. HTTP `If-Match`).
+    pub expected_version: Option<u64>,
+    /// An idempotency key and a hash of the request it names: a retry with
+    /// the same key and hash gets the first answer and changes nothing; the
+    /// same key with another hash is refused.
+    pub idempotency: Option<(String, u64)>,
+}
+
+/// State shared by the runtime handle and every activation it hosts.
+pub(crate) struct Shared<G: Grain> {
+    pub(crate) registry: Mutex<Registry<G>>,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) counters: Counters,
+    /// Where grains live when the caller is not on an actix arbiter (gRPC
+    /// handlers, plain tokio tasks), and where the idle sweeper runs.
+    home: actix::ArbiterHandle,
+}
+
+/// The runtime for one grain kind `G`. Clone it freely; all clones share
+/// the same activations.
+///
+/// Must be created inside a running actix `System`.
+pub struct GrainRuntime<G: Grain> {
+    shared: Arc<Shared<G>>,
+}
+
+impl<G: Grain> Clone for GrainRuntime<G> {
+    fn clone(&self) -> Self {
+        GrainRuntime {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<G: Grain> GrainRuntime<G>
+where
+    G::Command: Clone,
+{
+    /// Starts a runtime storing into `store`. Spawns one arbiter thread of
+    /// its own (home of grains called from outside actix, and of the idle
+    /// sweeper).
+    pub fn new(store: Arc<dyn EventStore>, config: RuntimeConfig) -> Self {
+        let home = Arbiter::new().handle();
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry::new()),
+            store,
+            config,
+            counters: Counters::default(),
+            home: home.clone(),
+        });
+        let sweep_every = (shared.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let weak: Weak<Shared<G>> = Arc::downgrade(&shared);
+        home.spawn(async move {
+            loop {
+                tokio::time::sleep(sweep_every).await;
+                let Some(shared) = weak.upgrade() else { break };
+                sweep_idle(&shared, Instant::now());
+            }
+        });
+        GrainRuntime { shared }
+    }
+
+    /// Sends `command` to grain `id`, activating it if needed.
+    pub async fn call(&self, id: &str, command: G::Command) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        self.call_with(id, command, CallOptions::default()).await
+    }
+
+    /// Sends `command` to grain `id` with preconditions.
+    ///
+    /// Retries, up to `max_retries`, when the activation was stopping
+    /// (passivated, evicted, restarted) before it took the command, or when
+    /// its write met a version conflict (it has reloaded meanwhile).
+    pub async fn call_with(
+        &self,
+        id: &str,
+        command: G::Command,
+        options: CallOptions,
+    ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        let mut attempt = 0;
+        loop {
+            let addr = self.activation(id);
+            let call = Call {
+                command: command.clone(),
+                options: options.clone(),
+            };
+            let retry_reason = match addr.send(call).await {
+                Ok(Err(CallError::Store(StoreError::Conflict { .. }))) => "version conflict",
+                Ok(result) => return result,
+                // The activation stopped before it took the message (it was
+                // never handled): safe to resend to a fresh activation.
+                Err(MailboxError::Closed) => "activation stopped",
+                Err(MailboxError::Timeout) => "mailbox timeout",
+            };
+            attempt += 1;
+            if attempt > self.shared.config.max_retries {
+                return Err(CallError::Unavailable(format!(
+                    "grain {}/{id} still failing after {attempt} attempts ({retry_reason})",
+                    G::KIND
+                )));
+            }
+            tracing::debug!(grain = %id, attempt, reason = retry_reason, "retrying grain call");
+        }
+    }
+
+    /// The live activation of `id`, started if there is none.
+    fn activation(&self, id: &str) -> Addr<GrainActor<G>> {
+        let now = Instant::now();
+        let mut registry = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((addr, _)) = registry.touch(id, now) {
+            return addr;
+        }
+        while let Some((victim, entry)) = registry.pop_over(self.shared.config.max_live.max(1)) {
+            tracing::trace!(grain = %victim, "evicting least recently used grain");
+            Counters::bump(&self.shared.counters.evictions);
+            entry.addr.do_send(Passivate);
+        }
+        let generation = registry.next_generation();
+        let shared = self.shared.clone();
+        let owned_id = id.to_owned();
+        let addr = if Arbiter::try_current().is_some() {
+            GrainActor::new(owned_id, generation, shared).start()
+        } else {
+            GrainActor::start_in_arbiter(&self.shared.home, move |_| GrainActor::new(owned_id, generation, shared))
+        };
+        registry.insert(id.to_owned(), addr.clone(), generation, now);
+        Counters::bump(&self.shared.counters.activations);
+        addr
+    }
+
+    /// The runtime's counters.
+    pub fn stats(&self) -> RuntimeStats {
+        let live = self.lock_registry().len();
+        self.shared.counters.snapshot(live)
+    }
+
+    /// Ids of the grains live in memory now.
+    pub fn live_ids(&self) -> Vec<String> {
+        self.lock_registry().ids()
+    }
+
+    /// Passivates every live grain (after the messages already queued for
+    /// it). Used at shutdown; calls made afterwards activate grains again.
+    pub fn passivate_all(&self) {
+        let drained = self.lock_registry().drain();
+        for (_, entry) in drained {
+            Counters::bump(&self.shared.counters.passivations);
+            entry.addr.do_send(Passivate);
+        }
+    }
+
+    /// The store this runtime writes to.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.shared.store
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry<G>> {
+        self.shared.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Passivates every grain idle for at least the configured timeout.
+fn sweep_idle<G: Grain>(shared: &Shared<G>, now: Instant) {
+    let mut registry = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((id, entry)) = registry.pop_idle(now, shared.config.idle_timeout) {
+        tracing::trace!(grain = %id, "passivating idle grain");
+        Counters::bump(&shared.counters.passivations);
+        entry.addr.do_send(Passivate);
+    }
+}

@@ -1,0 +1,265 @@
+//! The grain runtime's promises, each against a real embedded store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, RuntimeConfig};
+use granary_store::{EventStore, GrainKey, SqliteStore};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(i64),
+    Get,
+    Panic,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Refused {
+    Negative,
+}
+
+impl Grain for Counter {
+    const KIND: &'static str = "counter";
+    type Command = Op;
+    type Event = i64;
+    type Rejection = Refused;
+    type Reply = i64;
+
+    fn decide(&self, command: &Op) -> Result<Vec<i64>, Refused> {
+        match command {
+            Op::Add(n) if self.value + n < 0 => Err(Refused::Negative),
+            Op::Add(n) => Ok(vec![*n]),
+            Op::Get => Ok(vec![]),
+            Op::Panic => panic!("counter asked to panic"),
+        }
+    }
+
+    fn apply(&mut self, event: &i64) {
+        self.value += event;
+    }
+
+    fn reply(&self, _: &Op) -> i64 {
+        self.value
+    }
+}
+
+fn store(dir: &tempfile::TempDir) -> Arc<dyn EventStore> {
+    Arc::new(SqliteStore::open(dir.path().join("events.db")).expect("open store"))
+}
+
+fn runtime(store: Arc<dyn EventStore>, config: RuntimeConfig) -> GrainRuntime<Counter> {
+    GrainRuntime::new(store, config)
+}
+
+/// Polls `condition` until it holds; the runtime's counters are the event.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn concurrent_first_calls_create_exactly_one_activation_per_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    let mut calls = Vec::new();
+    for caller in 0..100 {
+        let rt = rt.clone();
+        calls.push(actix_rt::spawn(async move {
+            rt.call(&format!("c{}", caller % 10), Op::Add(1)).await
+        }));
+    }
+    for call in calls {
+        call.await.unwrap().expect("call succeeds");
+    }
+    let stats = rt.stats();
+    assert_eq!(stats.activations, 10);
+    assert_eq!(stats.live, 10);
+    for id in 0..10 {
+        assert_eq!(rt.call(&format!("c{id}"), Op::Get).await.unwrap().reply, 10);
+    }
+}
+
+#[actix_rt::test]
+async fn calls_from_outside_actix_threads_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    let remote = rt.clone();
+    let reply = std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio.block_on(remote.call("x", Op::Add(7)))
+    })
+    .join()
+    .unwrap()
+    .expect("call from a plain tokio thread");
+    assert_eq!(reply.reply, 7);
+    assert_eq!(rt.call("x", Op::Get).await.unwrap().reply, 7);
+}
+
+#[actix_rt::test]
+async fn acknowledged_changes_survive_a_new_runtime_on_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let rt = runtime(store(&dir), RuntimeConfig::default());
+        for _ in 0..5 {
+            rt.call("a", Op::Add(2)).await.unwrap();
+        }
+    }
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    let outcome = rt.call("a", Op::Get).await.unwrap();
+    assert_eq!((outcome.reply, outcome.version), (10, 5));
+}
+
+#[actix_rt::test]
+async fn idle_grains_are_passivated_and_come_back_with_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        idle_timeout: Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(store(&dir), config);
+    rt.call("idle", Op::Add(3)).await.unwrap();
+    eventually("passivation", || rt.stats().passivations == 1).await;
+    assert_eq!(rt.stats().live, 0);
+    assert_eq!(rt.call("idle", Op::Get).await.unwrap().reply, 3);
+    assert_eq!(rt.stats().activations, 2);
+}
+
+#[actix_rt::test]
+async fn the_least_recently_used_grain_is_evicted_at_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        max_live: 3,
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(store(&dir), config);
+    for id in ["g0", "g1", "g2"] {
+        rt.call(id, Op::Add(1)).await.unwrap();
+    }
+    rt.call("g0", Op::Get).await.unwrap(); // g1 is now the coldest
+    rt.call("g3", Op::Add(1)).await.unwrap();
+    let mut live = rt.live_ids();
+    live.sort();
+    assert_eq!(live, ["g0", "g2", "g3"]);
+    assert_eq!(rt.stats().evictions, 1);
+    // The evicted grain lost nothing.
+    assert_eq!(rt.call("g1", Op::Get).await.unwrap().reply, 1);
+}
+
+#[actix_rt::test]
+async fn a_panicking_grain_is_restarted_from_the_store_and_others_never_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    rt.call("bad", Op::Add(4)).await.unwrap();
+    rt.call("good", Op::Add(9)).await.unwrap();
+    let err = rt.call("bad", Op::Panic).await.unwrap_err();
+    assert!(matches!(err, CallError::Panicked(ref m) if m.contains("asked to panic")), "{err:?}");
+    assert_eq!(rt.stats().restarts, 1);
+    assert_eq!(rt.call("bad", Op::Get).await.unwrap().reply, 4);
+    assert_eq!(rt.call("good", Op::Get).await.unwrap().reply, 9);
+    assert_eq!(rt.stats().activations, 2, "a restart is not a new activation");
+}
+
+#[actix_rt::test]
+async fn a_rejected_command_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    rt.call("r", Op::Add(1)).await.unwrap();
+    let err = rt.call("r", Op::Add(-5)).await.unwrap_err();
+    assert_eq!(err, CallError::Rejected(Refused::Negative));
+    let outcome = rt.call("r", Op::Get).await.unwrap();
+    assert_eq!((outcome.reply, outcome.version), (1, 1));
+}
+
+#[actix_rt::test]
+async fn an_expected_version_that_does_not_match_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    rt.call("v", Op::Add(1)).await.unwrap();
+    let stale = CallOptions {
+        expected_version: Some(0),
+        ..CallOptions::default()
+    };
+    let err = rt.call_with("v", Op::Add(1), stale).await.unwrap_err();
+    assert_eq!(err, CallError::VersionMismatch { expected: 0, actual: 1 });
+    let current = CallOptions {
+        expected_version: Some(1),
+        ..CallOptions::default()
+    };
+    assert_eq!(rt.call_with("v", Op::Add(1), current).await.unwrap().version, 2);
+}
+
+#[actix_rt::test]
+async fn a_retried_idempotent_call_gets_the_first_answer_even_after_reactivation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    let keyed = |hash| CallOptions {
+        idempotency: Some(("key-1".into(), hash)),
+        ..CallOptions::default()
+    };
+    let first = rt.call_with("i", Op::Add(5), keyed(42)).await.unwrap();
+    rt.call("i", Op::Add(100)).await.unwrap();
+    let again = rt.call_with("i", Op::Add(5), keyed(42)).await.unwrap();
+    assert_eq!(again, first);
+    rt.passivate_all();
+    eventually("passivation", || rt.stats().live == 0).await;
+    let after_reactivation = rt.call_with("i", Op::Add(5), keyed(42)).await.unwrap();
+    assert_eq!(after_reactivation, first);
+    let reused = rt.call_with("i", Op::Add(6), keyed(43)).await.unwrap_err();
+    assert!(matches!(reused, CallError::IdempotencyKeyReused { .. }));
+    assert_eq!(rt.call("i", Op::Get).await.unwrap().reply, 105);
+}
+
+#[actix_rt::test]
+async fn two_runtimes_sharing_a_store_lose_no_update() {
+    // Two runtimes on one store file stand for two processes: each keeps
+    // its own activation of the same grain, and the store's version check
+    // makes the stale one reload and retry instead of overwriting.
+    let dir = tempfile::tempdir().unwrap();
+    let a = runtime(store(&dir), RuntimeConfig::default());
+    let b = runtime(store(&dir), RuntimeConfig::default());
+    for round in 0..10 {
+        let rt = if round % 2 == 0 { &a } else { &b };
+        rt.call("shared", Op::Add(1)).await.unwrap();
+    }
+    let fresh = runtime(store(&dir), RuntimeConfig::default());
+    let outcome = fresh.call("shared", Op::Get).await.unwrap();
+    assert_eq!((outcome.reply, outcome.version), (10, 10));
+    assert!(a.stats().conflicts + b.stats().conflicts > 0, "the stale activation met the fence");
+}
+
+#[actix_rt::test]
+async fn snapshots_are_written_and_used_on_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let config = RuntimeConfig {
+        snapshot_every: 4,
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(store.clone(), config.clone());
+    for _ in 0..10 {
+        rt.call("s", Op::Add(1)).await.unwrap();
+    }
+    let key = GrainKey::new("counter", "s");
+    let mut loaded = store.load(&key).await.unwrap();
+    for _ in 0..200 {
+        if loaded.snapshot.as_ref().is_some_and(|s| s.version == 8) {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+        loaded = store.load(&key).await.unwrap();
+    }
+    let snapshot = loaded.snapshot.expect("a snapshot was written");
+    assert_eq!(snapshot.version, 8);
+    assert_eq!(loaded.events.len(), 2, "only events after the snapshot are replayed");
+    let fresh = runtime(store, config);
+    assert_eq!(fresh.call("s", Op::Get).await.unwrap().reply, 10);
+}

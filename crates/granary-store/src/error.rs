@@ -1,0 +1,58 @@
+//! Why a store call failed.
+
+use crate::types::GrainKey;
+
+/// A store failure. `Conflict` means "reload and decide again"; `Unavailable`
+/// means "the change was not made, try later"; the others are fatal for the
+/// call that hit them.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another writer appended to this grain first: the append expected
+    /// `expected` but the stream is at `actual`. Nothing was written.
+    #[error("version conflict on {key}: expected {expected}, stream is at {actual}")]
+    Conflict {
+        key: GrainKey,
+        expected: u64,
+        actual: u64,
+    },
+    /// The store cannot take the request now (queue full, database locked
+    /// for too long, engine shutting down). Nothing was written.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// The database answered with an error the engine does not expect.
+    #[error("event store failure: {0}")]
+    Engine(String),
+    /// The database holds a schema newer than this build understands.
+    #[error("the event store at {path} has schema version {found}; this build supports up to {supported}")]
+    SchemaTooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    /// A request the engine refuses before touching the database.
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err {
+            rusqlite::Error::SqliteFailure(code, _)
+                if matches!(
+                    code.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                StoreError::Unavailable(err.to_string())
+            }
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The embedded engine: one SQLite file, shared by every node process on a
+//! machine that names the same path.
+//!
+//! Why SQLite: it is a real, crash-tested storage engine that needs no
+//! server, and its WAL mode lets several processes read and write one file
+//! safely (writers are serialized by a file lock, readers never block).
+//! `synchronous=FULL` makes every commit fsync the log before it returns,
+//! which is what "acknowledged means durable" needs.
+
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::store::{EventStore, StoreFuture, StoreStats};
+use crate::types::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+
+use reader::ReadOp;
+use writer::WriteOp;
+
+/// Tuning of the embedded engine. The defaults suit a laptop and a small
+/// server alike.
+#[derive(Debug, Clone)]
+pub struct SqliteStoreOptions {
+    /// Requests that may wait for the writer before `append` answers
+    /// `Unavailable`. Bounds memory under overload.
+    pub write_queue: usize,
+    /// Most appends one commit may carry.
+    pub max_batch: usize,
+    /// Threads serving `load` and `find_idempotent`.
+    pub readers: usize,
+    /// How long a statement waits for another process's write lock.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteStoreOptions {
+    fn default() -> Self {
+        SqliteStoreOptions {
+            write_queue: 16_384,
+            max_batch: 1_024,
+            readers: 2,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    conflicts: AtomicU64,
+    commits: AtomicU64,
+    loads: AtomicU64,
+}
+
+struct Shared {
+    writes: mpsc::SyncSender<WriteOp>,
+    reads: mpsc::SyncSender<ReadOp>,
+    counters: Arc<Counters>,
+}
+
+/// The embedded event store. Cheap to clone; all clones share the same
+/// writer and reader threads, which stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteStoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store at `path`, applying migrations.
+    /// Refuses a file whose schema is newer than this build.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteStoreOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let mut setup = open_connection(&path, options.busy_timeout)?;
+        schema::migrate(&mut setup, &path)?;
+        drop(setup);
+
+        let counters = Arc::new(Counters::default());
+        let (writes, write_rx) = mpsc::sync_channel(options.write_queue);
+        let writer_conn = open_connection(&path, options.busy_timeout)?;
+        let writer_counters = counters.clone();
+        let max_batch = options.max_batch.max(1);
+        thread::Builder::new()
+            .name("granary-store-writer".into())
+            .spawn(move || writer::run(writer_conn, write_rx, max_batch, writer_counters))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
+
+        let (reads, read_rx) = mpsc::sync_channel(options.write_queue);
+        let read_rx = Arc::new(std::sync::Mutex::new(read_rx));
+        for n in 0..options.readers.max(1) {
+            let conn = open_connection(&path, options.busy_timeout)?;
+            let rx = read_rx.clone();
+            let reader_counters = counters.clone();
+            thread::Builder::new()
+                .name(format!("granary-store-reader-{n}"))
+                .spawn(move || reader::run(conn, rx, reader_counters))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start reader thread: {e}")))?;
+        }
+
+        Ok(SqliteStore {
+            shared: Arc::new(Shared {
+                writes,
+                reads,
+                counters,
+            }),
+            path,
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn submit_write<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> StoreFuture<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.writes.try_send(make(tx));
+        Box::pin(async move {
+            match sent {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => {
+                    return Err(StoreError::Unavailable("write queue is full".into()));
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(StoreError::Unavailable("store writer has stopped".into()));
+                }
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("store writer has stopped".into())))
+        })
+    }
+
+    fn submit_read<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> ReadOp,
+    ) -> StoreFuture<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.reads.try_send(make(tx));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError::Unavailable("read queue is full".into()));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("store reader has stopped".into())))
+        })
+    }
+}
+
+impl EventStore for SqliteStore {
+    fn append(&self, request: AppendRequest) -> StoreFuture<u64> {
+        if request.events.is_empty() {
+            return Box::pin(async { Err(StoreError::Invalid("an append needs at least one event".into())) });
+        }
+        self.submit_write(|reply| WriteOp::Append { request, reply })
+    }
+
+    fn load(&self, key: &GrainKey) -> StoreFuture<LoadedGrain> {
+        let key = key.clone();
+        self.submit_read(|reply| ReadOp::Load { key, reply })
+    }
+
+    fn save_snapshot(&self, key: &GrainKey, snapshot: Snapshot) -> StoreFuture<()> {
+        let key = key.clone();
+        self.submit_write(|reply| WriteOp::Snapshot { key, snapshot, reply })
+    }
+
+    fn find_idempotent(&self, key: &GrainKey, idempotency_key: &str) -> StoreFuture<Option<IdempotencyRecord>> {
+        let key = key.clone();
+        let idempotency_key = idempotency_key.to_owned();
+        self.submit_read(|reply| ReadOp::FindIdempotent {
+            key,
+            idempotency_key,
+            reply,
+        })
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        StoreStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Opens one connection with the pragmas every connection needs.
+pub(crate) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open event store {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(busy_timeout)?;
+    // WAL: readers never block the writer and several processes can share
+    // the file. FULL: the WAL is fsynced at every commit, so a commit that
+    // returned survives power loss and kill -9 alike.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}

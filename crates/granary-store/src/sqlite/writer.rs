@@ -1,0 +1,189 @@
+//! The writer thread: group commit.
+//!
+//! One thread owns the write connection. It blocks for one request, then
+//! takes every request that queued up meanwhile (up to `max_batch`) and
+//! writes them all in one transaction, so they share a single fsync. Each
+//! request runs in its own savepoint: a version conflict or a failed insert
+//! undoes that request only, never its neighbours in the batch.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+use super::Counters;
+use crate::error::StoreError;
+use crate::types::{AppendRequest, GrainKey, Snapshot};
+
+pub(crate) enum WriteOp {
+    Append {
+        request: AppendRequest,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Snapshot {
+        key: GrainKey,
+        snapshot: Snapshot,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What one request's savepoint produced, answered only after the commit.
+enum Outcome {
+    Appended(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Snapshotted(oneshot::Sender<Result<(), StoreError>>),
+}
+
+pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<WriteOp>, max_batch: usize, counters: Arc<Counters>) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(first) = ops.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        write_batch(&mut conn, &mut batch, &counters);
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Counters) {
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(err) => {
+            let err = StoreError::from(err);
+            fail_all(batch.drain(..), &err);
+            return;
+        }
+    };
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut appended = 0u64;
+    for op in batch.drain(..) {
+        match op {
+            WriteOp::Append { request, reply } => match append_one(&mut tx, &request) {
+                Ok(version) => {
+                    appended += 1;
+                    outcomes.push(Outcome::Appended(reply, version));
+                }
+                Err(err) => {
+                    if matches!(err, StoreError::Conflict { .. }) {
+                        counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = reply.send(Err(err));
+                }
+            },
+            WriteOp::Snapshot { key, snapshot, reply } => match snapshot_one(&tx, &key, &snapshot) {
+                Ok(()) => outcomes.push(Outcome::Snapshotted(reply)),
+                Err(err) => {
+                    let _ = reply.send(Err(err));
+                }
+            },
+        }
+    }
+    match tx.commit() {
+        Ok(()) => {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters.appends.fetch_add(appended, Ordering::Relaxed);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Appended(reply, version) => {
+                        let _ = reply.send(Ok(version));
+                    }
+                    Outcome::Snapshotted(reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
+        }
+        Err(err) => {
+            // Nothing of the batch is durable; every caller hears so and
+            // none of them applies its events.
+            let err = StoreError::from(err);
+            tracing::warn!(error = %err, "event store commit failed");
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Appended(reply, _) => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    Outcome::Snapshotted(reply) => {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(ops: impl Iterator<Item = WriteOp>, err: &StoreError) {
+    for op in ops {
+        match op {
+            WriteOp::Append { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            WriteOp::Snapshot { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, StoreError> {
+    let key = &request.key;
+    let sp = tx.savepoint_with_name("append")?;
+    // The stream's version is read inside the write transaction: writers
+    // are serialized by SQLite's write lock (across processes too), so the
+    // check and the insert are atomic.
+    let actual: u64 = sp
+        .query_row(
+            "SELECT MAX(version) FROM events WHERE kind = ?1 AND grain = ?2",
+            params![key.kind, key.id],
+            |row| row.get::<_, Option<i64>>(0),
+        )?
+        .map_or(0, |v| v as u64);
+    if actual != request.expected_version {
+        return Err(StoreError::Conflict {
+            key: key.clone(),
+            expected: request.expected_version,
+            actual,
+        });
+    }
+    {
+        let mut insert = sp.prepare_cached("INSERT INTO events (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)")?;
+        for (offset, payload) in request.events.iter().enumerate() {
+            let version = request.expected_version + offset as u64 + 1;
+            insert.execute(params![key.kind, key.id, version as i64, payload])?;
+        }
+    }
+    if let Some(record) = &request.idempotency {
+        let existing: Option<i64> = sp
+            .query_row(
+                "SELECT request_hash FROM idempotency WHERE kind = ?1 AND grain = ?2 AND key = ?3",
+                params![key.kind, key.id, record.key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if existing.is_some() {
+            return Err(StoreError::Invalid(format!(
+                "idempotency key {:?} was already used for {key}",
+                record.key
+            )));
+        }
+        sp.execute(
+            "INSERT INTO idempotency (kind, grain, key, request_hash, reply) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.kind, key.id, record.key, record.request_hash as i64, record.reply],
+        )?;
+    }
+    sp.commit()?;
+    Ok(request.expected_version + request.events.len() as u64)
+}
+
+fn snapshot_one(tx: &Transaction<'_>, key: &GrainKey, snapshot: &Snapshot) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO snapshots (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, grain) DO UPDATE SET version = excluded.version, payload = excluded.payload
+         WHERE excluded.version > snapshots.version",
+        params![key.kind, key.id, snapshot.version as i64, snapshot.payload],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! The engine-neutral store contract.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::StoreError;
+use crate::types::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+
+/// A boxed future that any executor can await.
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+/// Counters an engine keeps about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Appends that were made durable.
+    pub appends: u64,
+    /// Appends refused with a version conflict.
+    pub conflicts: u64,
+    /// Durable commits (each one sync of the log). `appends / commits` is
+    /// how many changes group commit made share one sync.
+    pub commits: u64,
+    /// Grain streams read by `load`.
+    pub loads: u64,
+}
+
+/// Durable, append-only storage of grain event streams.
+///
+/// Implementations must make an append durable before its future resolves
+/// `Ok`, and must apply the expected-version check atomically with the
+/// write, so two writers of one grain can never both succeed.
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events and, if given, the idempotency record, atomically.
+    /// Resolves to the stream's new version.
+    fn append(&self, request: AppendRequest) -> StoreFuture<u64>;
+
+    /// Reads the newest snapshot and every later event of a grain.
+    fn load(&self, key: &GrainKey) -> StoreFuture<LoadedGrain>;
+
+    /// Stores a snapshot unless a newer one is already stored. Snapshots
+    /// only shorten replay; losing one loses nothing.
+    fn save_snapshot(&self, key: &GrainKey, snapshot: Snapshot) -> StoreFuture<()>;
+
+    /// Finds the stored answer to an earlier request with this idempotency key.
+    fn find_idempotent(&self, key: &GrainKey, idempotency_key: &str) -> StoreFuture<Option<IdempotencyRecord>>;
+
+    /// The engine's counters.
+    fn stats(&self) -> StoreStats;
+}
