@@ -1,1 +1,24 @@
-//! placeholder
+//! Granary: a grain (virtual actor) runtime on actix, and a durable
+//! shopping-cart service built on it.
+//!
+//! # Layout
+//! - `crates/granary-store`: the event store trait and the embedded engine.
+//! - `crates/granary-grain`: the local grain runtime (activation,
+//!   passivation, LRU cap, supervised restart, event sourcing).
+//! - `crates/granary-cart`: the pure cart domain.
+//! - this crate, the node:
+//!   - [`config`]: every knob, from file, `GRANARY_*` env and flags;
+//!   - [`node`]: starts the store, the cart runtime, the HTTP API and the
+//!     gRPC ControlPlane, and stops them in order;
+//!   - [`http`]: the cart API on actix-web;
+//!   - [`control_plane`]: the seed-compatible gRPC service;
+//!   - [`cart_grain`]: the cart domain as a grain kind;
+//!   - `proto`: generated wire types, private to the node.
+
+pub mod cart_grain;
+pub mod config;
+pub mod control_plane;
+pub mod http;
+pub mod identity;
+pub mod node;
+mod proto;

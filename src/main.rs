@@ -1,1 +1,118 @@
-fn main() {}
+//! The `granary` command.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use granary::config::{self, ConfigLayer};
+
+#[derive(Parser)]
+#[command(
+    name = "granary",
+    version,
+    about = "Granary: durable shopping carts hosted as grains"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: HTTP cart API, gRPC ControlPlane, embedded event store.
+    Serve(ServeArgs),
+    /// Print the HTTP API's OpenAPI document.
+    Openapi,
+}
+
+/// Every flag can also be set as `GRANARY_<NAME>` or in the config file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (also GRANARY_CONFIG).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node identity and local files [default: ./granary-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Event store: a file path for the embedded engine [default: <data-dir>/events.db].
+    #[arg(long, value_name = "PATH")]
+    store: Option<String>,
+    /// HTTP API address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// gRPC address [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<String>,
+    /// HOST:PORT this node reports to peers [default: the gRPC address].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Passivate a grain idle this long, e.g. 15m [default: 15m].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Most grains live in memory [default: 1000000].
+    #[arg(long, value_name = "N")]
+    max_live_grains: Option<u64>,
+    /// Snapshot a grain every N events [default: 64].
+    #[arg(long, value_name = "N")]
+    snapshot_every: Option<u64>,
+    /// Largest HTTP request body in bytes [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<u64>,
+    /// How long shutdown waits for in-flight requests [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_timeout: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Openapi => {
+            println!("{}", granary::http::openapi_json());
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GRANARY_"))
+        .collect();
+    let file = args
+        .config
+        .clone()
+        .or_else(|| env.get("GRANARY_CONFIG").map(PathBuf::from));
+    let flags = ConfigLayer {
+        data_dir: args.data_dir,
+        store: args.store,
+        http: args.http,
+        grpc: args.grpc,
+        advertise: args.advertise,
+        idle_timeout: args.idle_timeout,
+        max_live_grains: args.max_live_grains,
+        snapshot_every: args.snapshot_every,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    let config = match config::load(file.as_deref(), &env, flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("granary: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match granary::node::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("granary: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -8,6 +8,7 @@ use granary_cart::limits::{MAX_LINES, MAX_PRICE, MAX_QUANTITY};
 use granary_cart::{Cart, CartCommand, CartStatus, NewItem};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
+use proptest::test_runner::FileFailurePersistence;
 use uuid::Uuid;
 
 /// A command with its line reference left symbolic, resolved against the
@@ -171,7 +172,13 @@ fn check_invariants(cart: &Cart) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // Failing cases are saved next to this file (tests/properties.proptest-regressions)
+    // and replayed first on later runs.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn any_command_sequence_keeps_invariants_and_replays(

@@ -213,7 +213,8 @@ fn quantity_zero_is_rejected() {
 #[test]
 fn malformed_item_fields_are_rejected() {
     let cart = created();
-    let cases: [(&str, fn(&mut NewItem)); 13] = [
+    type Mutation = fn(&mut NewItem);
+    let cases: [(&str, Mutation); 13] = [
         ("sku", |i| i.sku = String::new()),
         ("sku", |i| i.sku = "   ".into()),
         ("sku", |i| i.sku = "x".repeat(65)),

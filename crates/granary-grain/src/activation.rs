@@ -14,14 +14,17 @@ use std::sync::Arc;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::fut::{ActorFutureExt, LocalBoxActorFuture, WrapFuture};
 use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
-use granary_store::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError};
+use granary_store::{
+    AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError,
+};
 
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
 use crate::runtime::{CallOptions, Shared};
 use crate::stats::Counters;
 
-pub(crate) type CallResult<G> = Result<Outcome<<G as Grain>::Reply>, CallError<<G as Grain>::Rejection>>;
+pub(crate) type CallResult<G> =
+    Result<Outcome<<G as Grain>::Reply>, CallError<<G as Grain>::Rejection>>;
 
 /// Idempotent answers an activation remembers without asking the store.
 const REMEMBERED_REPLIES: usize = 16;
@@ -91,14 +94,22 @@ impl<G: Grain> GrainActor<G> {
     fn rebuild(&mut self, loaded: LoadedGrain) -> Result<(), CallError<G::Rejection>> {
         let corrupt = |what: String| CallError::Store(StoreError::Engine(what));
         let mut state = match &loaded.snapshot {
-            Some(snapshot) => serde_json::from_slice::<G>(&snapshot.payload)
-                .map_err(|e| corrupt(format!("snapshot of {} at {} unreadable: {e}", self.key, snapshot.version)))?,
+            Some(snapshot) => serde_json::from_slice::<G>(&snapshot.payload).map_err(|e| {
+                corrupt(format!(
+                    "snapshot of {} at {} unreadable: {e}",
+                    self.key, snapshot.version
+                ))
+            })?,
             None => G::default(),
         };
         let mut events = Vec::with_capacity(loaded.events.len());
         for record in &loaded.events {
-            let event: G::Event = serde_json::from_slice(&record.payload)
-                .map_err(|e| corrupt(format!("event {} of {} unreadable: {e}", record.version, self.key)))?;
+            let event: G::Event = serde_json::from_slice(&record.payload).map_err(|e| {
+                corrupt(format!(
+                    "event {} of {} unreadable: {e}",
+                    record.version, self.key
+                ))
+            })?;
             events.push(event);
         }
         catch_unwind(AssertUnwindSafe(|| {
@@ -141,7 +152,10 @@ impl<G: Grain> GrainActor<G> {
             });
         }
         serde_json::from_slice(&record.reply).map_err(|e| {
-            CallError::Store(StoreError::Engine(format!("stored reply for {:?} unreadable: {e}", record.key)))
+            CallError::Store(StoreError::Engine(format!(
+                "stored reply for {:?} unreadable: {e}",
+                record.key
+            )))
         })
     }
 
@@ -164,7 +178,9 @@ impl<G: Grain> GrainActor<G> {
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => return GrainResponse::Ready(Err(CallError::Rejected(rejection))),
-            Err(panic) => return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic)))),
+            Err(panic) => {
+                return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
+            }
         };
         if events.is_empty() {
             let reply = catch_unwind(AssertUnwindSafe(|| self.state.reply(&call.command)));
@@ -187,7 +203,9 @@ impl<G: Grain> GrainActor<G> {
         call: Call<G>,
         events: Vec<G::Event>,
     ) -> Result<LocalBoxActorFuture<Self, CallResult<G>>, CallError<G::Rejection>> {
-        let encode_error = |e: serde_json::Error| CallError::Store(StoreError::Invalid(format!("cannot encode: {e}")));
+        let encode_error = |e: serde_json::Error| {
+            CallError::Store(StoreError::Invalid(format!("cannot encode: {e}")))
+        };
         let payloads = events
             .iter()
             .map(serde_json::to_vec)
@@ -221,39 +239,41 @@ impl<G: Grain> GrainActor<G> {
             events: payloads,
             idempotency: idempotency.clone(),
         });
-        Ok(Box::pin(append.into_actor(self).map(move |written, act, ctx| {
-            match written {
-                Ok(version) => {
-                    let applied = catch_unwind(AssertUnwindSafe(|| {
-                        for event in &events {
-                            act.state.apply(event);
-                        }
-                        act.state.reply(&call.command)
-                    }));
-                    match applied {
-                        Ok(reply) => {
-                            act.version = version;
-                            if let Some(record) = idempotency {
-                                act.remember(record);
+        Ok(Box::pin(append.into_actor(self).map(
+            move |written, act, ctx| {
+                match written {
+                    Ok(version) => {
+                        let applied = catch_unwind(AssertUnwindSafe(|| {
+                            for event in &events {
+                                act.state.apply(event);
                             }
-                            act.maybe_snapshot(ctx);
-                            Ok(Outcome { reply, version })
+                            act.state.reply(&call.command)
+                        }));
+                        match applied {
+                            Ok(reply) => {
+                                act.version = version;
+                                if let Some(record) = idempotency {
+                                    act.remember(record);
+                                }
+                                act.maybe_snapshot(ctx);
+                                Ok(Outcome { reply, version })
+                            }
+                            // The events are durable but the grain's code cannot
+                            // apply them: restart from the store.
+                            Err(panic) => Err(act.restart(ctx, panic_message(&panic))),
                         }
-                        // The events are durable but the grain's code cannot
-                        // apply them: restart from the store.
-                        Err(panic) => Err(act.restart(ctx, panic_message(&panic))),
                     }
+                    Err(err @ StoreError::Conflict { .. }) => {
+                        // Another writer moved the stream on: catch up before the
+                        // next message; the runtime retries this call.
+                        Counters::bump(&act.shared.counters.conflicts);
+                        act.reload(ctx);
+                        Err(CallError::Store(err))
+                    }
+                    Err(err) => Err(CallError::Store(err)),
                 }
-                Err(err @ StoreError::Conflict { .. }) => {
-                    // Another writer moved the stream on: catch up before the
-                    // next message; the runtime retries this call.
-                    Counters::bump(&act.shared.counters.conflicts);
-                    act.reload(ctx);
-                    Err(CallError::Store(err))
-                }
-                Err(err) => Err(CallError::Store(err)),
-            }
-        })))
+            },
+        )))
     }
 
     fn maybe_snapshot(&mut self, ctx: &mut Context<Self>) {
@@ -355,11 +375,10 @@ impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
                 }
             }
             GrainResponse::Pending(future) => {
-                <AtomicResponse<GrainActor<G>, CallResult<G>> as MessageResponse<GrainActor<G>, Call<G>>>::handle(
-                    AtomicResponse::new(future),
-                    ctx,
-                    tx,
-                )
+                <AtomicResponse<GrainActor<G>, CallResult<G>> as MessageResponse<
+                    GrainActor<G>,
+                    Call<G>,
+                >>::handle(AtomicResponse::new(future), ctx, tx)
             }
         }
     }

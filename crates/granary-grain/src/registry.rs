@@ -46,7 +46,13 @@ impl<G: Grain> Registry<G> {
         generation
     }
 
-    pub(crate) fn insert(&mut self, id: String, addr: Addr<GrainActor<G>>, generation: u64, now: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        id: String,
+        addr: Addr<GrainActor<G>>,
+        generation: u64,
+        now: Instant,
+    ) {
         self.live.put(
             id,
             Entry {
@@ -59,7 +65,11 @@ impl<G: Grain> Registry<G> {
 
     /// Removes `id` if it is still the activation `generation`.
     pub(crate) fn remove_if(&mut self, id: &str, generation: u64) -> Option<Entry<G>> {
-        if self.live.peek(id).is_some_and(|e| e.generation == generation) {
+        if self
+            .live
+            .peek(id)
+            .is_some_and(|e| e.generation == generation)
+        {
             self.live.pop(id)
         } else {
             None

@@ -68,7 +68,8 @@ where
             counters: Counters::default(),
             home: home.clone(),
         });
-        let sweep_every = (shared.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let sweep_every = (shared.config.idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let weak: Weak<Shared<G>> = Arc::downgrade(&shared);
         home.spawn(async move {
             loop {
@@ -81,7 +82,11 @@ where
     }
 
     /// Sends `command` to grain `id`, activating it if needed.
-    pub async fn call(&self, id: &str, command: G::Command) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+    pub async fn call(
+        &self,
+        id: &str,
+        command: G::Command,
+    ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
         self.call_with(id, command, CallOptions::default()).await
     }
 
@@ -125,7 +130,11 @@ where
     /// The live activation of `id`, started if there is none.
     fn activation(&self, id: &str) -> Addr<GrainActor<G>> {
         let now = Instant::now();
-        let mut registry = self.shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut registry = self
+            .shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some((addr, _)) = registry.touch(id, now) {
             return addr;
         }
@@ -140,7 +149,9 @@ where
         let addr = if Arbiter::try_current().is_some() {
             GrainActor::new(owned_id, generation, shared).start()
         } else {
-            GrainActor::start_in_arbiter(&self.shared.home, move |_| GrainActor::new(owned_id, generation, shared))
+            GrainActor::start_in_arbiter(&self.shared.home, move |_| {
+                GrainActor::new(owned_id, generation, shared)
+            })
         };
         registry.insert(id.to_owned(), addr.clone(), generation, now);
         Counters::bump(&self.shared.counters.activations);
@@ -174,7 +185,10 @@ where
     }
 
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry<G>> {
-        self.shared.registry.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 

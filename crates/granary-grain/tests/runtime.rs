@@ -94,7 +94,10 @@ async fn calls_from_outside_actix_threads_are_served() {
     let rt = runtime(store(&dir), RuntimeConfig::default());
     let remote = rt.clone();
     let reply = std::thread::spawn(move || {
-        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         tokio.block_on(remote.call("x", Op::Add(7)))
     })
     .join()
@@ -161,11 +164,18 @@ async fn a_panicking_grain_is_restarted_from_the_store_and_others_never_notice()
     rt.call("bad", Op::Add(4)).await.unwrap();
     rt.call("good", Op::Add(9)).await.unwrap();
     let err = rt.call("bad", Op::Panic).await.unwrap_err();
-    assert!(matches!(err, CallError::Panicked(ref m) if m.contains("asked to panic")), "{err:?}");
+    assert!(
+        matches!(err, CallError::Panicked(ref m) if m.contains("asked to panic")),
+        "{err:?}"
+    );
     assert_eq!(rt.stats().restarts, 1);
     assert_eq!(rt.call("bad", Op::Get).await.unwrap().reply, 4);
     assert_eq!(rt.call("good", Op::Get).await.unwrap().reply, 9);
-    assert_eq!(rt.stats().activations, 2, "a restart is not a new activation");
+    assert_eq!(
+        rt.stats().activations,
+        2,
+        "a restart is not a new activation"
+    );
 }
 
 #[actix_rt::test]
@@ -189,12 +199,24 @@ async fn an_expected_version_that_does_not_match_is_refused() {
         ..CallOptions::default()
     };
     let err = rt.call_with("v", Op::Add(1), stale).await.unwrap_err();
-    assert_eq!(err, CallError::VersionMismatch { expected: 0, actual: 1 });
+    assert_eq!(
+        err,
+        CallError::VersionMismatch {
+            expected: 0,
+            actual: 1
+        }
+    );
     let current = CallOptions {
         expected_version: Some(1),
         ..CallOptions::default()
     };
-    assert_eq!(rt.call_with("v", Op::Add(1), current).await.unwrap().version, 2);
+    assert_eq!(
+        rt.call_with("v", Op::Add(1), current)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 #[actix_rt::test]
@@ -233,7 +255,10 @@ async fn two_runtimes_sharing_a_store_lose_no_update() {
     let fresh = runtime(store(&dir), RuntimeConfig::default());
     let outcome = fresh.call("shared", Op::Get).await.unwrap();
     assert_eq!((outcome.reply, outcome.version), (10, 10));
-    assert!(a.stats().conflicts + b.stats().conflicts > 0, "the stale activation met the fence");
+    assert!(
+        a.stats().conflicts + b.stats().conflicts > 0,
+        "the stale activation met the fence"
+    );
 }
 
 #[actix_rt::test]
@@ -259,7 +284,11 @@ async fn snapshots_are_written_and_used_on_activation() {
     }
     let snapshot = loaded.snapshot.expect("a snapshot was written");
     assert_eq!(snapshot.version, 8);
-    assert_eq!(loaded.events.len(), 2, "only events after the snapshot are replayed");
+    assert_eq!(
+        loaded.events.len(),
+        2,
+        "only events after the snapshot are replayed"
+    );
     let fresh = runtime(store, config);
     assert_eq!(fresh.call("s", Op::Get).await.unwrap().reply, 10);
 }

@@ -23,7 +23,9 @@ pub enum StoreError {
     #[error("event store failure: {0}")]
     Engine(String),
     /// The database holds a schema newer than this build understands.
-    #[error("the event store at {path} has schema version {found}; this build supports up to {supported}")]
+    #[error(
+        "the event store at {path} has schema version {found}; this build supports up to {supported}"
+    )]
     SchemaTooNew {
         path: String,
         found: i64,

@@ -41,7 +41,11 @@ pub trait EventStore: Send + Sync + 'static {
     fn save_snapshot(&self, key: &GrainKey, snapshot: Snapshot) -> StoreFuture<()>;
 
     /// Finds the stored answer to an earlier request with this idempotency key.
-    fn find_idempotent(&self, key: &GrainKey, idempotency_key: &str) -> StoreFuture<Option<IdempotencyRecord>>;
+    fn find_idempotent(
+        &self,
+        key: &GrainKey,
+        idempotency_key: &str,
+    ) -> StoreFuture<Option<IdempotencyRecord>>;
 
     /// The engine's counters.
     fn stats(&self) -> StoreStats;

@@ -77,7 +77,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -89,7 +91,10 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the store at `path`, applying migrations.
     /// Refuses a file whose schema is newer than this build.
-    pub fn open_with(path: impl AsRef<Path>, options: SqliteStoreOptions) -> Result<Self, StoreError> {
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteStoreOptions,
+    ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
@@ -177,7 +182,11 @@ impl SqliteStore {
 impl EventStore for SqliteStore {
     fn append(&self, request: AppendRequest) -> StoreFuture<u64> {
         if request.events.is_empty() {
-            return Box::pin(async { Err(StoreError::Invalid("an append needs at least one event".into())) });
+            return Box::pin(async {
+                Err(StoreError::Invalid(
+                    "an append needs at least one event".into(),
+                ))
+            });
         }
         self.submit_write(|reply| WriteOp::Append { request, reply })
     }
@@ -189,10 +198,18 @@ impl EventStore for SqliteStore {
 
     fn save_snapshot(&self, key: &GrainKey, snapshot: Snapshot) -> StoreFuture<()> {
         let key = key.clone();
-        self.submit_write(|reply| WriteOp::Snapshot { key, snapshot, reply })
+        self.submit_write(|reply| WriteOp::Snapshot {
+            key,
+            snapshot,
+            reply,
+        })
     }
 
-    fn find_idempotent(&self, key: &GrainKey, idempotency_key: &str) -> StoreFuture<Option<IdempotencyRecord>> {
+    fn find_idempotent(
+        &self,
+        key: &GrainKey,
+        idempotency_key: &str,
+    ) -> StoreFuture<Option<IdempotencyRecord>> {
         let key = key.clone();
         let idempotency_key = idempotency_key.to_owned();
         self.submit_read(|reply| ReadOp::FindIdempotent {
@@ -214,7 +231,10 @@ impl EventStore for SqliteStore {
 }
 
 /// Opens one connection with the pragmas every connection needs.
-pub(crate) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+pub(crate) fn open_connection(
+    path: &Path,
+    busy_timeout: Duration,
+) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| {
         StoreError::Unavailable(format!("cannot open event store {}: {e}", path.display()))
     })?;

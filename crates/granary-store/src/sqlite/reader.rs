@@ -22,7 +22,11 @@ pub(crate) enum ReadOp {
     },
 }
 
-pub(crate) fn run(mut conn: Connection, ops: Arc<Mutex<mpsc::Receiver<ReadOp>>>, counters: Arc<Counters>) {
+pub(crate) fn run(
+    mut conn: Connection,
+    ops: Arc<Mutex<mpsc::Receiver<ReadOp>>>,
+    counters: Arc<Counters>,
+) {
     loop {
         let op = {
             let Ok(rx) = ops.lock() else { return };
@@ -89,7 +93,11 @@ fn load(conn: &mut Connection, key: &GrainKey) -> Result<LoadedGrain, StoreError
     })
 }
 
-fn find_idempotent(conn: &Connection, key: &GrainKey, idempotency_key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+fn find_idempotent(
+    conn: &Connection,
+    key: &GrainKey,
+    idempotency_key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT request_hash, reply FROM idempotency WHERE kind = ?1 AND grain = ?2 AND key = ?3",
     )?;

@@ -40,11 +40,15 @@ const MIGRATIONS: &[&str] = &[
 /// transaction so two processes starting at once do not both migrate.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS granary_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS granary_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )?;
     let found: i64 = tx
-        .query_row("SELECT value FROM granary_meta WHERE key = 'schema_version'", [], |row| {
-            row.get::<_, String>(0)
-        })
+        .query_row(
+            "SELECT value FROM granary_meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get::<_, String>(0),
+        )
         .optional()?
         .map(|v| v.parse::<i64>().unwrap_or(i64::MAX))
         .unwrap_or(0);

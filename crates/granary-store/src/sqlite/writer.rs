@@ -34,7 +34,12 @@ enum Outcome {
     Snapshotted(oneshot::Sender<Result<(), StoreError>>),
 }
 
-pub(crate) fn run(mut conn: Connection, ops: mpsc::Receiver<WriteOp>, max_batch: usize, counters: Arc<Counters>) {
+pub(crate) fn run(
+    mut conn: Connection,
+    ops: mpsc::Receiver<WriteOp>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = ops.recv() {
         batch.push(first);
@@ -73,7 +78,11 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                     let _ = reply.send(Err(err));
                 }
             },
-            WriteOp::Snapshot { key, snapshot, reply } => match snapshot_one(&tx, &key, &snapshot) {
+            WriteOp::Snapshot {
+                key,
+                snapshot,
+                reply,
+            } => match snapshot_one(&tx, &key, &snapshot) {
                 Ok(()) => outcomes.push(Outcome::Snapshotted(reply)),
                 Err(err) => {
                     let _ = reply.send(Err(err));
@@ -149,7 +158,9 @@ fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, 
         });
     }
     {
-        let mut insert = sp.prepare_cached("INSERT INTO events (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut insert = sp.prepare_cached(
+            "INSERT INTO events (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)",
+        )?;
         for (offset, payload) in request.events.iter().enumerate() {
             let version = request.expected_version + offset as u64 + 1;
             insert.execute(params![key.kind, key.id, version as i64, payload])?;
@@ -178,7 +189,11 @@ fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, 
     Ok(request.expected_version + request.events.len() as u64)
 }
 
-fn snapshot_one(tx: &Transaction<'_>, key: &GrainKey, snapshot: &Snapshot) -> Result<(), StoreError> {
+fn snapshot_one(
+    tx: &Transaction<'_>,
+    key: &GrainKey,
+    snapshot: &Snapshot,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO snapshots (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (kind, grain) DO UPDATE SET version = excluded.version, payload = excluded.payload

@@ -1,0 +1,515 @@
+//! The store suite against the embedded engine, [`SqliteStore`], plus the
+//! properties only a file-backed engine has: several processes sharing one
+//! file, reopening, schema versioning and surviving `kill -9`.
+
+mod suite;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary_store::{
+    AppendRequest, EventStore, GrainKey, IdempotencyRecord, Snapshot, SqliteStore, StoreError,
+};
+use suite::{append_request, assert_stream, cart, payloads};
+use tempfile::TempDir;
+
+/// A fresh store in its own temporary directory. Keep the directory alive
+/// as long as the store.
+fn fresh_store() -> (TempDir, Arc<dyn EventStore>) {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let store = SqliteStore::open(dir.path().join("events.db")).expect("open a fresh store");
+    (dir, Arc::new(store))
+}
+
+/// One `#[tokio::test]` per engine-neutral suite function, each on a fresh store.
+macro_rules! sqlite_suite {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_dir, store) = fresh_store();
+                suite::$name(store).await;
+            }
+        )*
+    };
+}
+
+sqlite_suite!(
+    unknown_grain_loads_empty,
+    append_to_new_stream_returns_new_version_and_loads_in_order,
+    stale_expected_version_conflicts_and_writes_nothing,
+    empty_append_is_refused_as_invalid,
+    load_returns_newest_snapshot_and_only_later_events,
+    older_snapshot_never_replaces_newer,
+    idempotency_record_stored_with_append_is_found,
+    idempotency_keys_are_scoped_to_their_grain,
+    reused_idempotency_key_fails_and_writes_nothing,
+    concurrent_appends_to_different_grains_all_succeed_and_share_commits,
+    concurrent_appends_to_one_grain_at_same_version_exactly_one_wins,
+    refused_appends_do_not_disturb_concurrent_appends,
+    streams_are_isolated_by_kind_and_id,
+);
+
+/// Two stores opened on one file (as two node processes would) see each
+/// other's appends, and the expected-version fence holds between them.
+#[tokio::test]
+async fn two_stores_on_one_file_share_streams_and_the_version_fence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.db");
+    let a: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).expect("open a"));
+    let b: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).expect("open b"));
+    let key = cart("shared");
+
+    let first = payloads("a", 1, 2);
+    assert_eq!(
+        a.append(append_request(&key, 0, first.clone())).await,
+        Ok(2)
+    );
+    assert_stream(&b.load(&key).await.expect("b loads"), &first);
+
+    let second = payloads("b", 3, 1);
+    assert_eq!(
+        b.append(append_request(&key, 2, second.clone())).await,
+        Ok(3)
+    );
+    match a
+        .append(append_request(&key, 2, payloads("late", 3, 1)))
+        .await
+    {
+        Err(StoreError::Conflict {
+            expected: 2,
+            actual: 3,
+            ..
+        }) => {}
+        other => panic!("a's stale append must conflict with b's, got {other:?}"),
+    }
+    let all: Vec<Vec<u8>> = first.iter().cloned().chain(second).collect();
+    assert_stream(&a.load(&key).await.expect("a loads"), &all);
+
+    // Idempotency records and snapshots written by one are read by the other.
+    let record = IdempotencyRecord {
+        key: "req".into(),
+        request_hash: 9,
+        reply: b"reply".to_vec(),
+    };
+    let other = cart("other");
+    a.append(AppendRequest {
+        idempotency: Some(record.clone()),
+        ..append_request(&other, 0, payloads("o", 1, 1))
+    })
+    .await
+    .expect("append with record");
+    assert_eq!(
+        b.find_idempotent(&other, "req").await,
+        Ok(Some(record.clone()))
+    );
+    let dup = b
+        .append(AppendRequest {
+            idempotency: Some(record),
+            ..append_request(&other, 1, payloads("o", 2, 1))
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::Invalid(_))), "got {dup:?}");
+    b.save_snapshot(
+        &key,
+        Snapshot {
+            version: 2,
+            payload: b"s2".to_vec(),
+        },
+    )
+    .await
+    .expect("snapshot");
+    assert_eq!(
+        a.load(&key)
+            .await
+            .expect("load")
+            .snapshot
+            .map(|s| s.version),
+        Some(2)
+    );
+
+    // A race between writers of both stores at one expected version: one wins.
+    const WRITERS: usize = 16;
+    let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let mut tasks = Vec::new();
+    for n in 0..WRITERS {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let start = start.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store
+                .append(append_request(&key, 3, payloads(&format!("w{n}"), 4, 1)))
+                .await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(version) => {
+                assert_eq!(version, 4);
+                wins += 1;
+            }
+            Err(StoreError::Conflict {
+                expected: 3,
+                actual: 4,
+                ..
+            }) => {}
+            Err(other) => panic!("expected success or Conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(a.load(&key).await.expect("load").version, 4);
+    assert_eq!(b.load(&key).await.expect("load").version, 4);
+}
+
+/// Every append acknowledged before the store was dropped, including ones
+/// still queued when the last handle went away, is there after reopening.
+#[tokio::test]
+async fn reopening_finds_every_acknowledged_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.db");
+    const GRAINS: u64 = 32;
+
+    let store = SqliteStore::open(&path).expect("open");
+    let mut tasks = Vec::new();
+    for n in 0..GRAINS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = cart(&format!("c{n}"));
+            for v in 0..3 {
+                let version = store
+                    .append(append_request(&key, v, payloads(&key.id, v + 1, 1)))
+                    .await
+                    .expect("append");
+                assert_eq!(version, v + 1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let record = IdempotencyRecord {
+        key: "req".into(),
+        request_hash: u64::MAX,
+        reply: b"reply".to_vec(),
+    };
+    store
+        .append(AppendRequest {
+            idempotency: Some(record.clone()),
+            ..append_request(&cart("c0"), 3, payloads("c0", 4, 1))
+        })
+        .await
+        .expect("append with record");
+    store
+        .save_snapshot(
+            &cart("c1"),
+            Snapshot {
+                version: 2,
+                payload: b"c1@2".to_vec(),
+            },
+        )
+        .await
+        .expect("snapshot");
+
+    // Appends submitted, then the last handle dropped before they are answered.
+    let pending: Vec<_> = (0..GRAINS)
+        .map(|n| {
+            let key = cart(&format!("late{n}"));
+            store.append(append_request(&key, 0, payloads(&key.id, 1, 2)))
+        })
+        .collect();
+    drop(store);
+    let mut acknowledged = Vec::new();
+    for (n, future) in pending.into_iter().enumerate() {
+        if let Ok(version) = future.await {
+            assert_eq!(version, 2);
+            acknowledged.push(n);
+        }
+    }
+
+    let store = SqliteStore::open(&path).expect("reopen");
+    for n in 0..GRAINS {
+        let key = cart(&format!("c{n}"));
+        let loaded = store.load(&key).await.expect("load");
+        match n {
+            0 => assert_stream(&loaded, &payloads("c0", 1, 4)),
+            1 => {
+                assert_eq!(
+                    loaded.snapshot,
+                    Some(Snapshot {
+                        version: 2,
+                        payload: b"c1@2".to_vec()
+                    })
+                );
+                assert_eq!(
+                    loaded.events.iter().map(|e| e.version).collect::<Vec<_>>(),
+                    vec![3]
+                );
+                assert_eq!(loaded.events[0].payload, b"c1-3");
+            }
+            _ => assert_stream(&loaded, &payloads(&key.id, 1, 3)),
+        }
+    }
+    assert_eq!(
+        store.find_idempotent(&cart("c0"), "req").await,
+        Ok(Some(record))
+    );
+    for n in acknowledged {
+        let key = cart(&format!("late{n}"));
+        assert_stream(
+            &store.load(&key).await.expect("load"),
+            &payloads(&key.id, 1, 2),
+        );
+    }
+    // The reopened file is writable where the old one left off.
+    assert_eq!(
+        store
+            .append(append_request(&cart("c2"), 3, payloads("c2", 4, 1)))
+            .await,
+        Ok(4)
+    );
+}
+
+/// A file whose schema is newer than this build is refused at open with
+/// `SchemaTooNew` naming the file, and is left as it was.
+#[tokio::test]
+async fn newer_schema_is_refused_at_open_naming_the_path() {
+    const FUTURE: i64 = 1_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.db");
+    {
+        let store = SqliteStore::open(&path).expect("open");
+        store
+            .append(append_request(&cart("c1"), 0, payloads("c1", 1, 1)))
+            .await
+            .expect("append");
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+        let updated = conn
+            .execute(
+                "UPDATE granary_meta SET value = ?1 WHERE key = 'schema_version'",
+                [FUTURE.to_string()],
+            )
+            .expect("set schema_version");
+        assert_eq!(updated, 1, "granary_meta has no schema_version row");
+    }
+
+    let err = SqliteStore::open(&path).expect_err("a newer schema must be refused");
+    match &err {
+        StoreError::SchemaTooNew {
+            path: named,
+            found,
+            supported,
+        } => {
+            assert_eq!(named, &path.display().to_string());
+            assert_eq!(*found, FUTURE);
+            assert!((1..FUTURE).contains(supported), "supported = {supported}");
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+
+    // Refusing did not migrate or rewrite anything.
+    let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    let version: String = conn
+        .query_row(
+            "SELECT value FROM granary_meta WHERE key = 'schema_version'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("read schema_version");
+    assert_eq!(version, FUTURE.to_string());
+    let events: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+        .expect("count events");
+    assert_eq!(events, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Crash test: the test binary re-executes itself as the writer and is killed
+// with SIGKILL mid-stream.
+
+/// Set (to the store's path) in the child: act as the crash writer.
+const CRASH_WRITER_ENV: &str = "GRANARY_STORE_CRASH_WRITER";
+/// The name of the crash test, which the child runs alone.
+const CRASH_TEST: &str = "sigkill_loses_no_acknowledged_append";
+/// Acknowledgements the parent waits for before killing the child.
+const ACKS_BEFORE_KILL: usize = 200;
+/// Starts each line `<marker><grain> <version>` the child prints per acknowledged append.
+const ACK_MARKER: &str = "granary-ack ";
+/// Grains the child writes concurrently, so that kills land amid group commits.
+const CRASH_GRAINS: u64 = 4;
+
+/// Kills the child if the parent fails before it does.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process killed with SIGKILL while appending loses no append it had
+/// acknowledged: for every grain the stored stream reaches at least the last
+/// acknowledged version, with every event 1..=n intact.
+#[test]
+fn sigkill_loses_no_acknowledged_append() {
+    if let Some(path) = std::env::var_os(CRASH_WRITER_ENV) {
+        crash_writer(PathBuf::from(path));
+        return;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crash.db");
+    let child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+        .env(CRASH_WRITER_ENV, &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the crash writer");
+    let mut child = KillOnDrop(child);
+    let mut output = BufReader::new(child.0.stdout.take().expect("child stdout"));
+
+    // grain id -> last acknowledged version
+    let mut acknowledged: BTreeMap<String, u64> = BTreeMap::new();
+    let mut acks = 0;
+    while acks < ACKS_BEFORE_KILL && read_ack(&mut output, &mut acknowledged) {
+        acks += 1;
+    }
+    assert!(
+        acks >= ACKS_BEFORE_KILL,
+        "the crash writer stopped after {acks} acknowledgements: {:?}",
+        child.0.try_wait()
+    );
+    child.0.kill().expect("SIGKILL the crash writer");
+    let status = child.0.wait().expect("reap the crash writer");
+    assert!(
+        !status.success(),
+        "the crash writer was not killed: {status}"
+    );
+    // Everything the child printed before it died is an acknowledgement too:
+    // drain the pipe so the check covers the child's very last answers.
+    while read_ack(&mut output, &mut acknowledged) {
+        acks += 1;
+    }
+    assert_eq!(acknowledged.len() as u64, CRASH_GRAINS, "{acknowledged:?}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = SqliteStore::open(&path).expect("reopen after the crash");
+        for (grain, &last_acked) in &acknowledged {
+            let loaded = store.load(&cart(grain)).await.expect("load");
+            assert!(
+                loaded.version >= last_acked,
+                "{grain}: acknowledged up to {last_acked}, stored only up to {}",
+                loaded.version
+            );
+            assert_stream(&loaded, &payloads(grain, 1, loaded.version));
+        }
+        // The stream continues after the crash.
+        let (grain, _) = acknowledged
+            .iter()
+            .next()
+            .expect("some grain was acknowledged");
+        let version = store.load(&cart(grain)).await.expect("load").version;
+        assert_eq!(
+            store
+                .append(append_request(
+                    &cart(grain),
+                    version,
+                    payloads(grain, version + 1, 1)
+                ))
+                .await,
+            Ok(version + 1)
+        );
+    });
+}
+
+/// Reads the child's output up to its next acknowledgement and records it
+/// in `acknowledged`; false at the end of the output.
+fn read_ack(output: &mut impl BufRead, acknowledged: &mut BTreeMap<String, u64>) -> bool {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = output
+            .read_line(&mut line)
+            .expect("read the child's output");
+        // A line cut short by the kill acknowledges nothing.
+        if read == 0 || !line.ends_with('\n') {
+            return false;
+        }
+        // libtest may print `test <name> ... ` on the line the first ack ends.
+        let Some((_, ack)) = line.trim_end().split_once(ACK_MARKER) else {
+            continue;
+        };
+        let (grain, version) = ack.split_once(' ').expect("granary-ack <grain> <version>");
+        let version: u64 = version.parse().expect("acknowledged version");
+        let last = acknowledged.entry(grain.to_owned()).or_default();
+        assert_eq!(
+            version,
+            *last + 1,
+            "the child acknowledged {grain} out of order"
+        );
+        *last = version;
+        return true;
+    }
+}
+
+/// The child's side of the crash test: append forever (until killed), one
+/// line `granary-ack <grain> <version>` per acknowledged append, flushed at once.
+/// Stops by itself if its parent goes away or after a generous deadline.
+fn crash_writer(path: PathBuf) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let store = SqliteStore::open(&path).expect("open the crash store");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut writers = Vec::new();
+        for n in 0..CRASH_GRAINS {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                let id = format!("crash{n}");
+                let key = cart(&id);
+                let mut version = 0;
+                while Instant::now() < deadline {
+                    version = store
+                        .append(append_request(&key, version, payloads(&id, version + 1, 1)))
+                        .await
+                        .expect("crash writer append");
+                    if !acknowledge(&key, version) {
+                        return;
+                    }
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.expect("crash writer task");
+        }
+    });
+}
+
+/// Prints one acknowledgement; false once the parent stopped listening.
+fn acknowledge(key: &GrainKey, version: u64) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{ACK_MARKER}{} {version}", key.id)
+        .and_then(|()| out.flush())
+        .is_ok()
+}

@@ -1,0 +1,490 @@
+//! The node's configuration: one struct, every knob documented, settable
+//! from a TOML file, `GRANARY_*` environment variables and command-line
+//! flags (later sources win: defaults < file < env < flags).
+//!
+//! Errors name the key that was wrong, in the spelling of the source it
+//! came from (`http` in the file, `GRANARY_HTTP` in the environment).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the node keeps its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded engine in `<data_dir>/events.db` (the default).
+    Embedded,
+    /// The embedded engine in a file of the operator's choice; nodes on one
+    /// machine that name the same file share one store.
+    EmbeddedAt(PathBuf),
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// Node identity and local files.
+    pub data_dir: PathBuf,
+    /// The event store.
+    pub store: StoreLocation,
+    /// Address the HTTP API listens on.
+    pub http: SocketAddr,
+    /// Address the gRPC ControlPlane listens on.
+    pub grpc: SocketAddr,
+    /// The host (`HOST:PORT`) this node reports in `Ping` and uses as its
+    /// name in the cluster. Defaults to the gRPC address.
+    pub advertise: String,
+    /// A grain with no call for this long is passivated.
+    pub idle_timeout: Duration,
+    /// Most grains live in memory at once; the least recently used beyond
+    /// it are evicted.
+    pub max_live_grains: usize,
+    /// A snapshot is stored every this many events of a grain.
+    pub snapshot_every: u64,
+    /// Largest HTTP request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long a stopping node waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let grpc: SocketAddr = ([127, 0, 0, 1], 7070).into();
+        NodeConfig {
+            data_dir: PathBuf::from("granary-data"),
+            store: StoreLocation::Embedded,
+            http: ([127, 0, 0, 1], 8080).into(),
+            grpc,
+            advertise: grpc.to_string(),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_live_grains: 1_000_000,
+            snapshot_every: 64,
+            max_body_bytes: 64 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The embedded store's file.
+    pub fn store_path(&self) -> PathBuf {
+        match &self.store {
+            StoreLocation::Embedded => self.data_dir.join("events.db"),
+            StoreLocation::EmbeddedAt(path) if path.is_dir() => path.join("events.db"),
+            StoreLocation::EmbeddedAt(path) => path.clone(),
+        }
+    }
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One source's settings; every field optional. The same struct is read
+/// from the file, the environment and the flags.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    pub data_dir: Option<String>,
+    pub store: Option<String>,
+    pub http: Option<String>,
+    pub grpc: Option<String>,
+    pub advertise: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_live_grains: Option<u64>,
+    pub snapshot_every: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub shutdown_timeout: Option<String>,
+}
+
+/// The keys, as spelled in the file; the environment uses `GRANARY_` and
+/// upper case.
+pub const KEYS: &[&str] = &[
+    "data_dir",
+    "store",
+    "http",
+    "grpc",
+    "advertise",
+    "idle_timeout",
+    "max_live_grains",
+    "snapshot_every",
+    "max_body_bytes",
+    "shutdown_timeout",
+];
+
+impl ConfigLayer {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.message().to_owned()
+                + &e.span()
+                    .map(|s| format!(" (at byte {})", s.start))
+                    .unwrap_or_default(),
+        })
+    }
+
+    /// Reads `GRANARY_<KEY>` variables from `vars`.
+    pub fn from_env(vars: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |key: &str| vars.get(&env_name(key)).cloned();
+        let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+            get(key)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        ConfigError::invalid(&env_name(key), format!("{v:?} is not a whole number"))
+                    })
+                })
+                .transpose()
+        };
+        Ok(ConfigLayer {
+            data_dir: get("data_dir"),
+            store: get("store"),
+            http: get("http"),
+            grpc: get("grpc"),
+            advertise: get("advertise"),
+            idle_timeout: get("idle_timeout"),
+            max_live_grains: number("max_live_grains")?,
+            snapshot_every: number("snapshot_every")?,
+            max_body_bytes: number("max_body_bytes")?,
+            shutdown_timeout: get("shutdown_timeout"),
+        })
+    }
+
+    /// `other`'s settings over this one's.
+    pub fn overlay(self, other: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            data_dir: other.data_dir.or(self.data_dir),
+            store: other.store.or(self.store),
+            http: other.http.or(self.http),
+            grpc: other.grpc.or(self.grpc),
+            advertise: other.advertise.or(self.advertise),
+            idle_timeout: other.idle_timeout.or(self.idle_timeout),
+            max_live_grains: other.max_live_grains.or(self.max_live_grains),
+            snapshot_every: other.snapshot_every.or(self.snapshot_every),
+            max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
+            shutdown_timeout: other.shutdown_timeout.or(self.shutdown_timeout),
+        }
+    }
+
+    /// Validates the merged settings into a [`NodeConfig`]. `source` says how
+    /// to spell a key in errors: the env spelling when `env_value_of` says
+    /// the value came from the environment.
+    pub fn resolve(self, key_name: impl Fn(&str) -> String) -> Result<NodeConfig, ConfigError> {
+        let defaults = NodeConfig::default();
+        let invalid = |key: &str, reason: String| ConfigError::invalid(&key_name(key), reason);
+        let addr = |key: &str,
+                    value: Option<String>,
+                    default: SocketAddr|
+         -> Result<SocketAddr, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(v) => SocketAddr::from_str(v.trim()).map_err(|_| {
+                    invalid(key, format!("{v:?} is not an address like 127.0.0.1:8080"))
+                }),
+            }
+        };
+        let duration = |key: &str,
+                        value: Option<String>,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(v) => parse_duration(&v).map_err(|reason| invalid(key, reason)),
+            }
+        };
+        let data_dir = match self.data_dir {
+            Some(d) if d.trim().is_empty() => {
+                return Err(invalid("data_dir", "must not be empty".into()));
+            }
+            Some(d) => PathBuf::from(d),
+            None => defaults.data_dir,
+        };
+        let store = match self.store.as_deref().map(str::trim) {
+            None | Some("") | Some("embedded") => StoreLocation::Embedded,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                return Err(invalid(
+                    "store",
+                    "PostgreSQL stores are not supported by this build yet; use a file path".into(),
+                ));
+            }
+            Some(url) if url.contains("://") => {
+                return Err(invalid(
+                    "store",
+                    format!("{url:?}: unknown store scheme; give a file path"),
+                ));
+            }
+            Some(path) => StoreLocation::EmbeddedAt(PathBuf::from(path)),
+        };
+        let http = addr("http", self.http, defaults.http)?;
+        let grpc = addr("grpc", self.grpc, defaults.grpc)?;
+        let advertise = match self.advertise {
+            None => grpc.to_string(),
+            Some(a) => {
+                let a = a.trim().to_owned();
+                if !valid_host_port(&a) {
+                    return Err(invalid("advertise", format!("{a:?} is not HOST:PORT")));
+                }
+                a
+            }
+        };
+        let idle_timeout = duration("idle_timeout", self.idle_timeout, defaults.idle_timeout)?;
+        if idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be greater than zero".into()));
+        }
+        let max_live_grains = match self.max_live_grains {
+            None => defaults.max_live_grains,
+            Some(0) => return Err(invalid("max_live_grains", "must be at least 1".into())),
+            Some(n) => {
+                usize::try_from(n).map_err(|_| invalid("max_live_grains", "too large".into()))?
+            }
+        };
+        let max_body_bytes = match self.max_body_bytes {
+            None => defaults.max_body_bytes,
+            Some(n) if !(1024..=16 * 1024 * 1024).contains(&n) => {
+                return Err(invalid(
+                    "max_body_bytes",
+                    format!("{n} is outside 1024..=16777216"),
+                ));
+            }
+            Some(n) => n as usize,
+        };
+        Ok(NodeConfig {
+            data_dir,
+            store,
+            http,
+            grpc,
+            advertise,
+            idle_timeout,
+            max_live_grains,
+            snapshot_every: self.snapshot_every.unwrap_or(defaults.snapshot_every),
+            max_body_bytes,
+            shutdown_timeout: duration(
+                "shutdown_timeout",
+                self.shutdown_timeout,
+                defaults.shutdown_timeout,
+            )?,
+        })
+    }
+}
+
+/// `GRANARY_DATA_DIR` for `data_dir`.
+pub fn env_name(key: &str) -> String {
+    format!("GRANARY_{}", key.to_ascii_uppercase())
+}
+
+/// Builds the node's configuration from a file (if any), the environment
+/// and the flags. Keys are named in errors as the source that set them
+/// spells them.
+pub fn load(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    flags: ConfigLayer,
+) -> Result<NodeConfig, ConfigError> {
+    let from_file = match file {
+        Some(path) => ConfigLayer::from_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    let from_env = ConfigLayer::from_env(env)?;
+    let flag_set = flags.clone();
+    let env_set = from_env.clone();
+    let merged = from_file.overlay(from_env).overlay(flags);
+    merged.resolve(|key| {
+        if is_set(&flag_set, key) {
+            format!("--{}", key.replace('_', "-"))
+        } else if is_set(&env_set, key) {
+            env_name(key)
+        } else {
+            key.to_owned()
+        }
+    })
+}
+
+fn is_set(layer: &ConfigLayer, key: &str) -> bool {
+    match key {
+        "data_dir" => layer.data_dir.is_some(),
+        "store" => layer.store.is_some(),
+        "http" => layer.http.is_some(),
+        "grpc" => layer.grpc.is_some(),
+        "advertise" => layer.advertise.is_some(),
+        "idle_timeout" => layer.idle_timeout.is_some(),
+        "max_live_grains" => layer.max_live_grains.is_some(),
+        "snapshot_every" => layer.snapshot_every.is_some(),
+        "max_body_bytes" => layer.max_body_bytes.is_some(),
+        "shutdown_timeout" => layer.shutdown_timeout.is_some(),
+        _ => false,
+    }
+}
+
+fn valid_host_port(value: &str) -> bool {
+    match value.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && host.len() <= 253
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control())
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+        None => false,
+    }
+}
+
+/// Parses `250ms`, `30s`, `15m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 250ms, 30s, 15m or 2h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{value:?} is not a duration like 250ms, 30s, 15m or 2h"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_laptop_friendly() {
+        let config = load(None, &env(&[]), ConfigLayer::default()).unwrap();
+        assert_eq!(config, NodeConfig::default());
+        assert_eq!(config.http.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.grpc.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.store_path(), PathBuf::from("granary-data/events.db"));
+    }
+
+    #[test]
+    fn flags_beat_env_and_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("granary.toml");
+        std::fs::write(
+            &file,
+            "http = \"127.0.0.1:1000\"\ngrpc = \"127.0.0.1:2000\"\nidle_timeout = \"5m\"\n",
+        )
+        .unwrap();
+        let flags = ConfigLayer {
+            http: Some("127.0.0.1:3000".into()),
+            ..ConfigLayer::default()
+        };
+        let config = load(
+            Some(&file),
+            &env(&[("GRANARY_GRPC", "127.0.0.1:4000")]),
+            flags,
+        )
+        .unwrap();
+        assert_eq!(config.http.port(), 3000);
+        assert_eq!(config.grpc.port(), 4000);
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.advertise, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn a_bad_env_value_names_the_variable() {
+        let err = load(
+            None,
+            &env(&[("GRANARY_HTTP", "nonsense")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("GRANARY_HTTP"), "{err}");
+        let err = load(
+            None,
+            &env(&[("GRANARY_MAX_LIVE_GRAINS", "lots")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("GRANARY_MAX_LIVE_GRAINS"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_flag_names_the_flag() {
+        let flags = ConfigLayer {
+            idle_timeout: Some("soon".into()),
+            ..ConfigLayer::default()
+        };
+        let err = load(None, &env(&[]), flags).unwrap_err();
+        assert!(err.to_string().contains("--idle-timeout"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("granary.toml");
+        std::fs::write(&file, "htp = \"127.0.0.1:1000\"\n").unwrap();
+        let err = load(Some(&file), &env(&[]), ConfigLayer::default()).unwrap_err();
+        assert!(err.to_string().contains("htp"), "{err}");
+        std::fs::write(&file, "max_live_grains = \"many\"\n").unwrap();
+        let err = load(Some(&file), &env(&[]), ConfigLayer::default()).unwrap_err();
+        assert!(err.to_string().contains("max_live_grains"), "{err}");
+        std::fs::write(&file, "http = \"not an address\"\n").unwrap();
+        let err = load(Some(&file), &env(&[]), ConfigLayer::default()).unwrap_err();
+        assert!(err.to_string().contains("`http`"), "{err}");
+    }
+
+    #[test]
+    fn store_paths_and_unsupported_urls() {
+        let flags = ConfigLayer {
+            store: Some("/var/lib/shared/events.db".into()),
+            ..ConfigLayer::default()
+        };
+        let config = load(None, &env(&[]), flags).unwrap();
+        assert_eq!(
+            config.store_path(),
+            PathBuf::from("/var/lib/shared/events.db")
+        );
+        let err = load(
+            None,
+            &env(&[("GRANARY_STORE", "postgres://db/granary")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("GRANARY_STORE"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

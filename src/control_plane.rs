@@ -1,0 +1,128 @@
+//! The gRPC ControlPlane a node serves (seed-compatible, package `messages`).
+//!
+//! On a single node every cart is local, so the answers are simple; the
+//! cluster issue gives `Negotiate`, `ConfirmOwner` and `Closing` their
+//! multi-node meaning. Every request is bounded before it is looked at.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use granary_grain::GrainRuntime;
+use tonic::{Request, Response, Status};
+
+use crate::cart_grain::CartGrain;
+use crate::proto::messages::control_plane_server::ControlPlane;
+use crate::proto::messages::{
+    CartIdsReply, ClosingNotice, Empty, NegotiateReply, NegotiateRequest, OwnerChangeAck,
+    OwnerChangeRequest, PingReply,
+};
+
+/// Most hosts a `Negotiate` request may name.
+const MAX_HOSTS: usize = 1_024;
+/// Longest host name accepted (DNS limit plus `:port`).
+const MAX_HOST_LEN: usize = 261;
+
+/// The ControlPlane service of one node.
+pub struct ControlPlaneService {
+    advertise: String,
+    carts: GrainRuntime<CartGrain>,
+}
+
+impl ControlPlaneService {
+    pub fn new(advertise: String, carts: GrainRuntime<CartGrain>) -> Self {
+        ControlPlaneService { advertise, carts }
+    }
+}
+
+fn check_host(field: &str, host: &str) -> Result<(), Status> {
+    if host.is_empty()
+        || host.len() > MAX_HOST_LEN
+        || host.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Status::invalid_argument(format!(
+            "{field}: a host must be 1..={MAX_HOST_LEN} printable characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ControlPlane for ControlPlaneService {
+    async fn ping(&self, _: Request<Empty>) -> Result<Response<PingReply>, Status> {
+        let unix_time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        Ok(Response::new(PingReply {
+            host: self.advertise.clone(),
+            unix_time,
+        }))
+    }
+
+    async fn negotiate(
+        &self,
+        request: Request<NegotiateRequest>,
+    ) -> Result<Response<NegotiateReply>, Status> {
+        let known = request.into_inner().known_hosts;
+        if known.len() > MAX_HOSTS {
+            return Err(Status::invalid_argument(format!(
+                "known_hosts: at most {MAX_HOSTS} hosts, got {}",
+                known.len()
+            )));
+        }
+        for host in &known {
+            check_host("known_hosts", host)?;
+        }
+        // A single node's healthy view is itself. The caller's hosts are
+        // validated but not adopted: membership changes only through the
+        // cluster protocol, never from a payload.
+        let hosts: BTreeSet<String> = [self.advertise.clone()].into_iter().collect();
+        Ok(Response::new(NegotiateReply {
+            hosts: hosts.into_iter().collect(),
+        }))
+    }
+
+    async fn get_cart_ids(&self, _: Request<Empty>) -> Result<Response<CartIdsReply>, Status> {
+        let mut cart_ids = self.carts.live_ids();
+        cart_ids.sort();
+        Ok(Response::new(CartIdsReply { cart_ids }))
+    }
+
+    async fn confirm_owner(
+        &self,
+        request: Request<OwnerChangeRequest>,
+    ) -> Result<Response<OwnerChangeAck>, Status> {
+        let request = request.into_inner();
+        if uuid::Uuid::parse_str(&request.cart_id).is_err() {
+            return Err(Status::invalid_argument("cart_id: not a UUID"));
+        }
+        check_host("new_host", &request.new_host)?;
+        if request.new_host == self.advertise {
+            Ok(Response::new(OwnerChangeAck {
+                accepted: true,
+                message: format!("{} owns cart {}", self.advertise, request.cart_id),
+            }))
+        } else {
+            Ok(Response::new(OwnerChangeAck {
+                accepted: false,
+                message: format!(
+                    "rejected: {} is not a member; {} owns every cart of this single-node deployment",
+                    request.new_host, self.advertise
+                ),
+            }))
+        }
+    }
+
+    async fn closing(
+        &self,
+        request: Request<ClosingNotice>,
+    ) -> Result<Response<OwnerChangeAck>, Status> {
+        let notice = request.into_inner();
+        check_host("host", &notice.host)?;
+        tracing::info!(host = %notice.host, "peer announced it is closing");
+        Ok(Response::new(OwnerChangeAck {
+            accepted: true,
+            message: format!("acknowledged closing of {}", notice.host),
+        }))
+    }
+}

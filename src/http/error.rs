@@ -1,0 +1,127 @@
+//! Every API failure is a status code and a JSON body
+//! `{"error": "...", "field": "..." | null, "code": "..."}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use granary_cart::CartError;
+use granary_grain::CallError;
+use granary_store::StoreError;
+
+/// An error answer of the API.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+    pub code: &'static str,
+    /// The cart's current version, sent as `ETag` (on 412).
+    pub etag: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "invalid",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        };
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+            code,
+            etag: None,
+        }
+    }
+
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message).with_field(field)
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header(("Retry-After", "1"));
+        }
+        if let Some(version) = self.etag {
+            response.insert_header(("ETag", super::request::etag(version)));
+        }
+        response.json(serde_json::json!({
+            "error": self.message,
+            "field": self.field,
+            "code": self.code,
+        }))
+    }
+}
+
+impl From<CartError> for ApiError {
+    fn from(err: CartError) -> Self {
+        let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        ApiError {
+            status,
+            message: err.to_string(),
+            field: err.field().map(str::to_owned),
+            code: err.code(),
+            etag: None,
+        }
+    }
+}
+
+impl From<CallError<CartError>> for ApiError {
+    fn from(err: CallError<CartError>) -> Self {
+        match err {
+            CallError::Rejected(cart) => cart.into(),
+            CallError::VersionMismatch { expected, actual } => ApiError {
+                status: StatusCode::PRECONDITION_FAILED,
+                message: format!(
+                    "If-Match names version {expected}, the cart is at version {actual}"
+                ),
+                field: Some("If-Match".into()),
+                code: "version_mismatch",
+                etag: Some(actual),
+            },
+            CallError::IdempotencyKeyReused { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key was already used for a different request",
+            )
+            .with_field("Idempotency-Key")
+            .with_code("idempotency_key_reused"),
+            CallError::Store(StoreError::Unavailable(reason)) | CallError::Unavailable(reason) => {
+                tracing::warn!(%reason, "cart call unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the cart service is temporarily unavailable",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "cart call failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                    .with_code("internal")
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The cart HTTP API on actix-web (JSON).
+//!
+//! - `views.rs`: the JSON bodies (requests and responses) and their schemas.
+//! - `request.rs`: reading a bounded body into a typed request, naming the
+//!   field that was wrong; `If-Match` and `Idempotency-Key` headers.
+//! - `error.rs`: every failure as a status code and `{"error", "field"}`.
+//! - `carts.rs`: the handlers; each turns a request into one grain call.
+//! - `openapi.rs`: the OpenAPI document, generated from the handlers.
+
+mod carts;
+mod error;
+mod openapi;
+mod request;
+mod views;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::{HttpResponse, web};
+use granary_grain::GrainRuntime;
+
+use crate::cart_grain::CartGrain;
+pub use error::ApiError;
+pub use openapi::openapi_json;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub carts: GrainRuntime<CartGrain>,
+    pub max_body_bytes: usize,
+    /// Cleared when the node starts shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Registers every route of the API.
+pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/stats", web::get().to(stats))
+            .route("/openapi.json", web::get().to(openapi))
+            .service(web::resource("/carts").route(web::post().to(carts::create_cart)))
+            .service(web::resource("/carts/{id}").route(web::get().to(carts::get_cart)))
+            .service(web::resource("/carts/{id}/items").route(web::post().to(carts::add_item)))
+            .service(
+                web::resource("/carts/{id}/items/{line_id}")
+                    .route(web::patch().to(carts::change_quantity))
+                    .route(web::delete().to(carts::remove_line)),
+            )
+            .service(
+                web::resource("/carts/{id}/delivery")
+                    .route(web::put().to(carts::set_delivery))
+                    .route(web::delete().to(carts::remove_delivery)),
+            )
+            .service(web::resource("/carts/{id}/clear").route(web::post().to(carts::clear)))
+            .service(web::resource("/carts/{id}/checkout").route(web::post().to(carts::checkout)))
+            .default_service(web::to(not_found));
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process is alive")))]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the node takes requests (not starting, not stopping).
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Starting or stopping")))]
+pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+    if state.ready.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({"status": "not ready"}))
+    }
+}
+
+/// The grain runtime's and the store's counters.
+#[utoipa::path(get, path = "/stats", tag = "ops", responses((status = 200, description = "Counters")))]
+pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
+    let store = state.carts.store().stats();
+    HttpResponse::Ok().json(serde_json::json!({
+        "grains": state.carts.stats(),
+        "store": {
+            "appends": store.appends,
+            "commits": store.commits,
+            "conflicts": store.conflicts,
+            "loads": store.loads,
+        },
+    }))
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(openapi_json())
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "no such route",
+    ))
+}

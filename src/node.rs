@@ -1,0 +1,173 @@
+//! A running node: the event store, the cart grain runtime, the HTTP API and
+//! the gRPC ControlPlane, and their orderly shutdown.
+//!
+//! Shutdown (SIGTERM or ctrl-c): readiness goes false, the HTTP server stops
+//! accepting and waits for in-flight requests (each one returns only after
+//! its change is durable), grains are passivated, the gRPC server drains,
+//! and the process exits 0.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use anyhow::Context;
+use granary_grain::{GrainRuntime, RuntimeConfig};
+use granary_store::{EventStore, SqliteStore};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::cart_grain::CartGrain;
+use crate::config::NodeConfig;
+use crate::control_plane::ControlPlaneService;
+use crate::http::{self, ApiState};
+use crate::identity;
+use crate::proto::messages::control_plane_server::ControlPlaneServer;
+
+/// Largest gRPC message a node decodes.
+const GRPC_MAX_MESSAGE: usize = 1024 * 1024;
+/// Deadline of every gRPC request a node serves.
+const GRPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a node until SIGTERM or ctrl-c. Blocks the calling thread.
+pub fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let node_id = identity::load_or_create(&config.data_dir)?;
+    actix_rt::System::new().block_on(serve(config, node_id))
+}
+
+async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
+    let store_path = config.store_path();
+    let store = SqliteStore::open(&store_path)
+        .with_context(|| format!("cannot open the event store {}", store_path.display()))?;
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let carts = GrainRuntime::<CartGrain>::new(
+        store,
+        RuntimeConfig {
+            idle_timeout: config.idle_timeout,
+            max_live: config.max_live_grains,
+            snapshot_every: config.snapshot_every,
+            ..RuntimeConfig::default()
+        },
+    );
+
+    let grpc_listener = std::net::TcpListener::bind(config.grpc)
+        .with_context(|| format!("cannot listen on {} (grpc)", config.grpc))?;
+    grpc_listener.set_nonblocking(true)?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let advertise = if config.advertise == config.grpc.to_string() {
+        grpc_addr.to_string()
+    } else {
+        config.advertise.clone()
+    };
+    let (grpc_stop, grpc_thread) = start_grpc(
+        grpc_listener,
+        ControlPlaneService::new(advertise.clone(), carts.clone()),
+    )?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = ApiState {
+        carts: carts.clone(),
+        max_body_bytes: config.max_body_bytes,
+        ready: ready.clone(),
+    };
+    let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+        .bind(config.http)
+        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
+    let http_addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the HTTP server bound no address")?;
+    let server = server.run();
+    let handle = server.handle();
+    ready.store(true, Ordering::Release);
+    tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_path.display(), "granary node ready");
+    // One machine-readable line on stdout, for scripts and tests.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(
+        stdout,
+        "granary ready node={node_id} http={http_addr} grpc={grpc_addr} advertise={advertise}"
+    );
+    let _ = stdout.flush();
+
+    actix_rt::spawn(async move {
+        let signal = wait_for_stop_signal().await;
+        tracing::info!(signal, "stopping: finishing in-flight requests");
+        ready.store(false, Ordering::Release);
+        handle.stop(true).await;
+    });
+    server.await.context("the HTTP server failed")?;
+
+    carts.passivate_all();
+    let _ = grpc_stop.send(());
+    match grpc_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "gRPC server stopped with an error"),
+        Err(_) => tracing::warn!("gRPC server thread panicked"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+type GrpcThread = std::thread::JoinHandle<anyhow::Result<()>>;
+
+/// Serves the ControlPlane on its own thread and runtime, so request work
+/// on the HTTP side never delays it.
+fn start_grpc(
+    listener: std::net::TcpListener,
+    service: ControlPlaneService,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("granary-grpc".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let control_plane = ControlPlaneServer::new(service)
+                    .max_decoding_message_size(GRPC_MAX_MESSAGE)
+                    .max_encoding_message_size(4 * GRPC_MAX_MESSAGE);
+                Server::builder()
+                    .timeout(GRPC_TIMEOUT)
+                    .concurrency_limit_per_connection(256)
+                    .max_concurrent_streams(256)
+                    .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                    .add_service(control_plane)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await?;
+                Ok(())
+            })
+        })?;
+    Ok((stop, thread))
+}
+
+/// Resolves on SIGTERM or SIGINT (ctrl-c), naming which.
+async fn wait_for_stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}

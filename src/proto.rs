@@ -1,0 +1,8 @@
+//! Generated wire types. They stay inside the node: handlers convert them to
+//! domain types at the boundary.
+
+/// The seed-compatible ControlPlane (package `messages`).
+pub(crate) mod messages {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("messages");
+}
