@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: HTTP cart API, gRPC ControlPlane, embedded event store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the HTTP API's OpenAPI document.
     Openapi,
 }
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             println!("{}", granary::http::openapi_json());
             ExitCode::SUCCESS
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
     }
 }
 

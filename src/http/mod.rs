@@ -16,7 +16,7 @@ mod views;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, ResponseError, web};
 use granary_grain::GrainRuntime;
 
 use crate::cart_grain::CartGrain;
@@ -36,25 +36,27 @@ pub struct ApiState {
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::new(state))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/stats", web::get().to(stats))
-            .route("/openapi.json", web::get().to(openapi))
-            .service(web::resource("/carts").route(web::post().to(carts::create_cart)))
-            .service(web::resource("/carts/{id}").route(web::get().to(carts::get_cart)))
-            .service(web::resource("/carts/{id}/items").route(web::post().to(carts::add_item)))
+            .service(resource("/healthz", "GET").route(web::get().to(healthz)))
+            .service(resource("/readyz", "GET").route(web::get().to(readyz)))
+            .service(resource("/stats", "GET").route(web::get().to(stats)))
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
+            .service(resource("/carts", "POST").route(web::post().to(carts::create_cart)))
+            .service(resource("/carts/{id}", "GET").route(web::get().to(carts::get_cart)))
+            .service(resource("/carts/{id}/items", "POST").route(web::post().to(carts::add_item)))
             .service(
-                web::resource("/carts/{id}/items/{line_id}")
+                resource("/carts/{id}/items/{line_id}", "PATCH, DELETE")
                     .route(web::patch().to(carts::change_quantity))
                     .route(web::delete().to(carts::remove_line)),
             )
             .service(
-                web::resource("/carts/{id}/delivery")
+                resource("/carts/{id}/delivery", "PUT, DELETE")
                     .route(web::put().to(carts::set_delivery))
                     .route(web::delete().to(carts::remove_delivery)),
             )
-            .service(web::resource("/carts/{id}/clear").route(web::post().to(carts::clear)))
-            .service(web::resource("/carts/{id}/checkout").route(web::post().to(carts::checkout)))
+            .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
+            .service(
+                resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)),
+            )
             .default_service(web::to(not_found));
     }
 }
@@ -91,6 +93,24 @@ pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
             "conflicts": store.conflicts,
             "loads": store.loads,
         },
+    }))
+}
+
+/// A resource whose unsupported methods get the API's JSON 405 with the
+/// `Allow` header naming the methods it takes.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut response = ApiError::new(
+            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+            format!("method not allowed on this route; allowed: {allow}"),
+        )
+        .with_code("method_not_allowed")
+        .error_response();
+        response.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        response
     }))
 }
 

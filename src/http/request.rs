@@ -61,7 +61,13 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let message = err.inner().to_string();
-        let field = if path != "." {
+        let whole_body = matches!(
+            err.inner().classify(),
+            serde_json::error::Category::Eof | serde_json::error::Category::Syntax
+        );
+        let field = if whole_body {
+            "body".to_owned()
+        } else if path != "." && path != "?" {
             path
         } else {
             // Missing and unknown fields are reported at the parent; serde
@@ -105,7 +111,14 @@ pub(crate) fn expected_version(req: &HttpRequest) -> Result<Option<u64>, ApiErro
     if value == "*" {
         return Ok(None);
     }
-    let value = value.strip_prefix("W/").unwrap_or(value);
+    if value.starts_with("W/") {
+        // If-Match compares strongly (RFC 9110 13.1.1); this API only sends
+        // strong ETags.
+        return Err(ApiError::bad_request(
+            "If-Match",
+            "If-Match needs a strong ETag like \"3\", not a weak one",
+        ));
+    }
     let inner = value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
@@ -235,7 +248,7 @@ mod tests {
                 .to_http_request()
         };
         assert_eq!(expected_version(&req("\"7\"")).unwrap(), Some(7));
-        assert_eq!(expected_version(&req("W/\"7\"")).unwrap(), Some(7));
+        assert!(expected_version(&req("W/\"7\"")).is_err());
         assert_eq!(expected_version(&req("*")).unwrap(), None);
         assert!(expected_version(&req("seven")).is_err());
     }

@@ -55,6 +55,9 @@ pub(crate) struct GrainActor<G: Grain> {
     snapshot_version: u64,
     /// Set when the state could not be rebuilt; every call gets this error.
     broken: Option<CallError<G::Rejection>>,
+    /// Boxed: most grains never see an idempotency key, and an idle grain's
+    /// size is what bounds how many fit in memory.
+    #[allow(clippy::box_collection)]
     replies: Option<Box<VecDeque<IdempotencyRecord>>>,
 }
 
@@ -182,7 +185,7 @@ impl<G: Grain> GrainActor<G> {
                 return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
             }
         };
-        if events.is_empty() {
+        if events.is_empty() && call.options.idempotency.is_none() {
             let reply = catch_unwind(AssertUnwindSafe(|| self.state.reply(&call.command)));
             return GrainResponse::Ready(match reply {
                 Ok(reply) => Ok(Outcome {
@@ -217,7 +220,7 @@ impl<G: Grain> GrainActor<G> {
         let idempotency = match call.options.idempotency.clone() {
             Some((key, request_hash)) => {
                 let snapshot = serde_json::to_vec(&self.state).map_err(encode_error)?;
-                let mut next: G = serde_json::from_slice(&snapshot).map_err(|e| encode_error(e))?;
+                let mut next: G = serde_json::from_slice(&snapshot).map_err(encode_error)?;
                 for event in &events {
                     next.apply(event);
                 }

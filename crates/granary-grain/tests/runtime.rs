@@ -292,3 +292,17 @@ async fn snapshots_are_written_and_used_on_activation() {
     let fresh = runtime(store, config);
     assert_eq!(fresh.call("s", Op::Get).await.unwrap().reply, 10);
 }
+
+#[actix_rt::test]
+async fn a_retried_idempotent_call_that_changed_nothing_still_gets_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), RuntimeConfig::default());
+    let keyed = CallOptions {
+        idempotency: Some(("read-1".into(), 7)),
+        ..CallOptions::default()
+    };
+    let first = rt.call_with("n", Op::Get, keyed.clone()).await.unwrap();
+    rt.call("n", Op::Add(3)).await.unwrap();
+    let again = rt.call_with("n", Op::Get, keyed).await.unwrap();
+    assert_eq!(again, first, "the retry is answered as the first time, not re-run");
+}

@@ -30,7 +30,10 @@ pub struct StoreStats {
 /// write, so two writers of one grain can never both succeed.
 pub trait EventStore: Send + Sync + 'static {
     /// Appends events and, if given, the idempotency record, atomically.
-    /// Resolves to the stream's new version.
+    /// Resolves to the stream's new version. An append with no events must
+    /// carry an idempotency record (the answer to a request that changed
+    /// nothing is still the answer a retry must get); it checks the
+    /// expected version like any other append.
     fn append(&self, request: AppendRequest) -> StoreFuture<u64>;
 
     /// Reads the newest snapshot and every later event of a grain.

@@ -275,6 +275,25 @@ async fn reopening_finds_every_acknowledged_append() {
     );
 }
 
+/// The file is in WAL mode (what lets several processes share it and
+/// readers never block the writer), and that mode persists in the file.
+#[tokio::test]
+async fn store_file_is_in_wal_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested").join("events.db");
+    let store = SqliteStore::open(&path).expect("open, creating the parent directory");
+    assert_eq!(store.path(), path.as_path());
+    store
+        .append(append_request(&cart("c1"), 0, payloads("c1", 1, 1)))
+        .await
+        .expect("append");
+    let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("read journal_mode");
+    assert_eq!(mode.to_ascii_lowercase(), "wal");
+}
+
 /// A file whose schema is newer than this build is refused at open with
 /// `SchemaTooNew` naming the file, and is left as it was.
 #[tokio::test]
@@ -402,9 +421,7 @@ fn sigkill_loses_no_acknowledged_append() {
     );
     // Everything the child printed before it died is an acknowledgement too:
     // drain the pipe so the check covers the child's very last answers.
-    while read_ack(&mut output, &mut acknowledged) {
-        acks += 1;
-    }
+    while read_ack(&mut output, &mut acknowledged) {}
     assert_eq!(acknowledged.len() as u64, CRASH_GRAINS, "{acknowledged:?}");
 
     let runtime = tokio::runtime::Builder::new_current_thread()

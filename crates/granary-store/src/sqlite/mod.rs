@@ -181,7 +181,7 @@ impl SqliteStore {
 
 impl EventStore for SqliteStore {
     fn append(&self, request: AppendRequest) -> StoreFuture<u64> {
-        if request.events.is_empty() {
+        if request.events.is_empty() && request.idempotency.is_none() {
             return Box::pin(async {
                 Err(StoreError::Invalid(
                     "an append needs at least one event".into(),

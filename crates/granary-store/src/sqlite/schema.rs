@@ -52,6 +52,12 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         .optional()?
         .map(|v| v.parse::<i64>().unwrap_or(i64::MAX))
         .unwrap_or(0);
+    if found < 0 {
+        return Err(StoreError::Engine(format!(
+            "{}: schema_version {found} is not a version; the file is damaged",
+            path.display()
+        )));
+    }
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew {
             path: path.display().to_string(),

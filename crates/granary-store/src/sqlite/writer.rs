@@ -64,7 +64,8 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
     };
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut appended = 0u64;
-    for op in batch.drain(..) {
+    let mut ops = batch.drain(..);
+    while let Some(op) = ops.next() {
         match op {
             WriteOp::Append { request, reply } => match append_one(&mut tx, &request) {
                 Ok(version) => {
@@ -89,7 +90,18 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                 }
             },
         }
+        if tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk
+            // full): nothing of this batch is written, and nothing after
+            // this point may run outside a transaction.
+            let err = StoreError::Engine("the database rolled the batch back".into());
+            tracing::warn!(error = %err, "event store batch aborted");
+            fail_outcomes(outcomes, &err);
+            fail_all(ops, &err);
+            return;
+        }
     }
+    drop(ops);
     match tx.commit() {
         Ok(()) => {
             counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -110,15 +122,19 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
             // none of them applies its events.
             let err = StoreError::from(err);
             tracing::warn!(error = %err, "event store commit failed");
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Appended(reply, _) => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                    Outcome::Snapshotted(reply) => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                }
+            fail_outcomes(outcomes, &err);
+        }
+    }
+}
+
+fn fail_outcomes(outcomes: Vec<Outcome>, err: &StoreError) {
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Appended(reply, _) => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            Outcome::Snapshotted(reply) => {
+                let _ = reply.send(Err(err.clone()));
             }
         }
     }
@@ -194,6 +210,17 @@ fn snapshot_one(
     key: &GrainKey,
     snapshot: &Snapshot,
 ) -> Result<(), StoreError> {
+    let last: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM events WHERE kind = ?1 AND grain = ?2",
+        params![key.kind, key.id],
+        |row| row.get(0),
+    )?;
+    if snapshot.version == 0 || snapshot.version > last as u64 {
+        return Err(StoreError::Invalid(format!(
+            "snapshot of {key} at version {} but the stream is at {last}",
+            snapshot.version
+        )));
+    }
     tx.execute(
         "INSERT INTO snapshots (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (kind, grain) DO UPDATE SET version = excluded.version, payload = excluded.payload

@@ -1,0 +1,1364 @@
+//! The cart HTTP API, end to end in-process: the real actix-web app from
+//! `granary::http::configure`, on a real grain runtime, on a real SQLite
+//! event store in a temporary directory. No mocks, no sleeps.
+//!
+//! Each test checks one property and is named after it.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::App;
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::{Method, StatusCode};
+use actix_web::test::{self, TestRequest};
+use actix_web::web::Bytes;
+use granary::cart_grain::CartGrain;
+use granary::http::{ApiState, configure};
+use granary_grain::{GrainRuntime, RuntimeConfig};
+use granary_store::{EventStore, GrainKey, SqliteStore};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// A temporary directory holding the event store file. Declare it before the
+/// [`Api`] so it is dropped after it.
+struct Env {
+    dir: TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("events.db")
+    }
+
+    /// A fresh store handle and a fresh grain runtime on the store file.
+    fn state(&self) -> ApiState {
+        state_on(&self.db())
+    }
+}
+
+fn state_on(db: &Path) -> ApiState {
+    let store = SqliteStore::open(db).expect("open the event store");
+    ApiState {
+        carts: GrainRuntime::<CartGrain>::new(Arc::new(store), RuntimeConfig::default()),
+        max_body_bytes: MAX_BODY_BYTES,
+        ready: Arc::new(AtomicBool::new(true)),
+    }
+}
+
+/// One answer of the API, its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    raw: Bytes,
+    /// `Value::Null` when the body is empty or not JSON (see `raw`).
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn etag(&self) -> &str {
+        self.header("etag")
+            .unwrap_or_else(|| panic!("no ETag in {self:?}"))
+    }
+
+    fn version(&self) -> u64 {
+        self.body["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no version in {}", self.text()))
+    }
+
+    fn line_id(&self, index: usize) -> String {
+        self.body["lines"][index]["line_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no line {index} in {}", self.text()))
+            .to_owned()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+}
+
+type Caller = Box<dyn Fn(TestRequest, bool) -> Pin<Box<dyn Future<Output = Reply>>>>;
+
+/// The real app, in-process. Requests go through `call_service`.
+struct Api {
+    call: Caller,
+}
+
+impl Api {
+    async fn start(state: ApiState) -> Api {
+        let app = Rc::new(test::init_service(App::new().configure(configure(state))).await);
+        Api {
+            call: Box::new(move |req: TestRequest, strip_content_length: bool| {
+                let app = Rc::clone(&app);
+                Box::pin(async move {
+                    let mut req = req.to_request();
+                    if strip_content_length {
+                        req.headers_mut().remove(header::CONTENT_LENGTH);
+                    }
+                    send(&*app, req).await
+                })
+            }),
+        }
+    }
+
+    async fn send(&self, req: TestRequest) -> Reply {
+        (self.call)(req, false).await
+    }
+
+    /// Sends `req` with its body but without a `Content-Length` header, so
+    /// the server only learns the size by reading the stream.
+    async fn send_streamed(&self, req: TestRequest) -> Reply {
+        (self.call)(req, true).await
+    }
+
+    async fn get(&self, uri: &str) -> Reply {
+        self.send(TestRequest::get().uri(uri)).await
+    }
+
+    /// `GET /carts/{id}`, which must answer 200.
+    async fn cart(&self, id: &str) -> Reply {
+        let reply = self.get(&format!("/carts/{id}")).await;
+        assert_eq!(reply.status, StatusCode::OK, "GET cart: {}", reply.text());
+        reply
+    }
+
+    /// `POST /carts`, which must answer 201; returns the new cart's id.
+    async fn new_cart(&self) -> String {
+        let reply = self.send(TestRequest::post().uri("/carts")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.body["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn add(&self, id: &str, body: &Value) -> Reply {
+        self.send(json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            body,
+        ))
+        .await
+    }
+
+    /// Adds an item, which must succeed.
+    async fn add_ok(&self, id: &str, body: &Value) -> Reply {
+        let reply = self.add(id, body).await;
+        assert_eq!(reply.status, StatusCode::OK, "add item: {}", reply.text());
+        reply
+    }
+
+    /// A cart holding one line (2 × 150 EUR at 20 %), at version 2.
+    async fn cart_with_a_line(&self) -> (String, Reply) {
+        let id = self.new_cart().await;
+        let reply = self.add_ok(&id, &item("SKU-1", 2, 150)).await;
+        (id, reply)
+    }
+}
+
+async fn send<S, R, B>(app: &S, req: R) -> Reply
+where
+    S: Service<R, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let res = test::call_service(app, req).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let raw = test::read_body(res).await;
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        raw,
+        body,
+    }
+}
+
+fn json_request(method: Method, uri: &str, body: &Value) -> TestRequest {
+    TestRequest::default()
+        .method(method)
+        .uri(uri)
+        .set_json(body)
+}
+
+fn raw_request(method: Method, uri: &str, body: impl Into<Bytes>) -> TestRequest {
+    TestRequest::default()
+        .method(method)
+        .uri(uri)
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload(body)
+}
+
+fn item(sku: &str, quantity: u32, unit_price: u64) -> Value {
+    json!({
+        "sku": sku,
+        "name": "Widget",
+        "quantity": quantity,
+        "unit_price": unit_price,
+        "currency": "EUR",
+        "tax_rate_bp": 2000,
+    })
+}
+
+fn delivery(price: u64) -> Value {
+    json!({"name": "Standard", "price": price, "currency": "EUR"})
+}
+
+/// An error answer: `status`, a JSON body with a non-empty `error`, and
+/// `field` naming the culprit (or null).
+#[track_caller]
+fn assert_error(reply: &Reply, status: StatusCode, field: Option<&str>) {
+    assert_eq!(reply.status, status, "answer: {}", reply.text());
+    let error = reply.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error answer without a JSON \"error\": {}", reply.text()));
+    assert!(!error.is_empty(), "empty error message");
+    assert_eq!(
+        reply.body["field"].as_str(),
+        field,
+        "field of {}",
+        reply.text()
+    );
+}
+
+/// The cart reads exactly as `before` (same body, same version, same ETag).
+async fn assert_unchanged(api: &Api, id: &str, before: &Reply) {
+    let now = api.cart(id).await;
+    assert_eq!(now.body, before.body, "the cart changed");
+    assert_eq!(now.etag(), before.etag(), "the cart's ETag changed");
+}
+
+/// (distinct carts, events) of kind `cart` in the store file.
+fn stored_carts(db: &Path) -> (i64, i64) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the store file");
+    conn.query_row(
+        "SELECT COUNT(DISTINCT grain), COUNT(*) FROM events WHERE kind = 'cart'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .expect("count the stored events")
+}
+
+/// Adds a line to a cart and checks the request with `body` is refused with
+/// 400 naming `field`, leaving the cart as it was.
+async fn assert_add_item_refused(body: impl Into<Bytes>, field: &str) {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+    let before = api.cart(&id).await;
+
+    let reply = api
+        .send(raw_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            body,
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some(field));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Creating and reading
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn create_answers_201_with_location_etag_1_and_an_empty_open_cart() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.send(TestRequest::post().uri("/carts")).await;
+
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let id = reply.body["id"].as_str().expect("id is a string");
+    Uuid::parse_str(id).expect("id is a UUID");
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/carts/{id}").as_str())
+    );
+    assert_eq!(reply.etag(), "\"1\"");
+    assert_eq!(reply.body["version"], 1);
+    assert_eq!(reply.body["status"], "open");
+    assert_eq!(reply.body["lines"], json!([]));
+    assert_eq!(reply.body["delivery"], Value::Null);
+    assert_eq!(reply.body["order_id"], Value::Null);
+    assert_eq!(
+        reply.body["totals"],
+        json!({"subtotal": 0, "tax": 0, "delivery": 0, "total": 0, "currency": null})
+    );
+}
+
+#[actix_web::test]
+async fn get_returns_the_created_body_and_etag() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let created = api.send(TestRequest::post().uri("/carts")).await;
+    let id = created.body["id"].as_str().expect("id");
+
+    let got = api.get(&format!("/carts/{id}")).await;
+
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body, created.body);
+    assert_eq!(got.etag(), created.etag());
+}
+
+#[actix_web::test]
+async fn get_of_a_never_created_cart_is_404_json() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get(&format!("/carts/{}", Uuid::new_v4())).await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, None);
+}
+
+#[actix_web::test]
+async fn get_with_an_id_that_is_not_a_uuid_is_400_naming_id() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/carts/not-a-uuid").await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some("id"));
+}
+
+#[actix_web::test]
+async fn a_change_to_a_never_created_cart_is_404_and_creates_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = Uuid::new_v4();
+
+    let reply = api.add(&id.to_string(), &item("SKU-1", 1, 100)).await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, None);
+    assert_error(
+        &api.get(&format!("/carts/{id}")).await,
+        StatusCode::NOT_FOUND,
+        None,
+    );
+    assert_eq!(stored_carts(&env.db()), (0, 0));
+}
+
+// ---------------------------------------------------------------------------
+// Changing a cart
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn add_item_answers_the_line_and_totals_and_bumps_the_etag() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+
+    let reply = api.add(&id, &item("SKU-1", 2, 150)).await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.etag(), "\"2\"");
+    assert_eq!(reply.body["version"], 2);
+    assert_eq!(reply.body["currency"], "EUR");
+    let line = &reply.body["lines"][0];
+    Uuid::parse_str(line["line_id"].as_str().expect("line_id")).expect("line_id is a UUID");
+    assert_eq!(line["sku"], "SKU-1");
+    assert_eq!(line["name"], "Widget");
+    assert_eq!(line["quantity"], 2);
+    assert_eq!(line["unit_price"], 150);
+    assert_eq!(line["currency"], "EUR");
+    assert_eq!(line["tax_rate_bp"], 2000);
+    assert_eq!(line["line_total"], 300);
+    assert_eq!(line["line_tax"], 60);
+    assert_eq!(
+        reply.body["totals"],
+        json!({"subtotal": 300, "tax": 60, "delivery": 0, "total": 360, "currency": "EUR"})
+    );
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn adding_the_same_sku_again_adds_to_its_quantity() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, first) = api.cart_with_a_line().await;
+
+    let reply = api.add_ok(&id, &item("SKU-1", 3, 150)).await;
+
+    let lines = reply.body["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), 1, "{}", reply.text());
+    assert_eq!(reply.line_id(0), first.line_id(0));
+    assert_eq!(lines[0]["quantity"], 5);
+    assert_eq!(reply.body["totals"]["subtotal"], 750);
+    assert_eq!(reply.body["totals"]["tax"], 150);
+    assert_eq!(reply.body["totals"]["total"], 900);
+    assert_eq!(reply.etag(), "\"3\"");
+}
+
+#[actix_web::test]
+async fn patch_sets_a_line_quantity() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, added) = api.cart_with_a_line().await;
+    let line_id = added.line_id(0);
+
+    let reply = api
+        .send(json_request(
+            Method::PATCH,
+            &format!("/carts/{id}/items/{line_id}"),
+            &json!({"quantity": 7}),
+        ))
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["lines"][0]["quantity"], 7);
+    assert_eq!(reply.body["totals"]["subtotal"], 1050);
+    assert_eq!(reply.body["totals"]["tax"], 210);
+    assert_eq!(reply.body["totals"]["total"], 1260);
+    assert_eq!(reply.etag(), "\"3\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn delete_line_removes_it() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+    let both = api.add_ok(&id, &item("SKU-2", 1, 1000)).await;
+    let first = both.line_id(0);
+
+    let reply = api
+        .send(TestRequest::delete().uri(&format!("/carts/{id}/items/{first}")))
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let lines = reply.body["lines"].as_array().expect("lines");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["sku"], "SKU-2");
+    assert_eq!(reply.body["totals"]["subtotal"], 1000);
+    assert_eq!(reply.body["totals"]["tax"], 200);
+    assert_eq!(reply.body["totals"]["total"], 1200);
+    assert_eq!(reply.etag(), "\"4\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn put_delivery_sets_it_and_adds_it_to_the_totals() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(json_request(
+            Method::PUT,
+            &format!("/carts/{id}/delivery"),
+            &delivery(499),
+        ))
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["delivery"], delivery(499));
+    assert_eq!(
+        reply.body["totals"],
+        json!({"subtotal": 300, "tax": 60, "delivery": 499, "total": 859, "currency": "EUR"})
+    );
+    assert_eq!(reply.etag(), "\"3\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn delete_delivery_removes_it_from_the_cart_and_the_totals() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+    let uri = format!("/carts/{id}/delivery");
+    let set = api
+        .send(json_request(Method::PUT, &uri, &delivery(499)))
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text());
+
+    let reply = api.send(TestRequest::delete().uri(&uri)).await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["delivery"], Value::Null);
+    assert_eq!(reply.body["totals"]["delivery"], 0);
+    assert_eq!(reply.body["totals"]["total"], 360);
+    assert_eq!(reply.etag(), "\"4\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn clear_empties_the_lines_and_the_delivery() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+    api.add_ok(&id, &item("SKU-2", 1, 1000)).await;
+    let set = api
+        .send(json_request(
+            Method::PUT,
+            &format!("/carts/{id}/delivery"),
+            &delivery(499),
+        ))
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+
+    let reply = api
+        .send(TestRequest::post().uri(&format!("/carts/{id}/clear")))
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["status"], "open");
+    assert_eq!(reply.body["lines"], json!([]));
+    assert_eq!(reply.body["delivery"], Value::Null);
+    assert_eq!(reply.body["currency"], Value::Null);
+    assert_eq!(
+        reply.body["totals"],
+        json!({"subtotal": 0, "tax": 0, "delivery": 0, "total": 0, "currency": null})
+    );
+    assert_eq!(reply.etag(), "\"5\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn checkout_answers_checked_out_with_an_order_id() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, added) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(TestRequest::post().uri(&format!("/carts/{id}/checkout")))
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["status"], "checked_out");
+    let order_id = reply.body["order_id"].as_str().expect("order_id");
+    Uuid::parse_str(order_id).expect("order_id is a UUID");
+    assert_eq!(reply.body["lines"], added.body["lines"]);
+    assert_eq!(reply.body["totals"], added.body["totals"]);
+    assert_eq!(reply.etag(), "\"3\"");
+    assert_eq!(api.cart(&id).await.body, reply.body);
+}
+
+#[actix_web::test]
+async fn every_change_after_checkout_is_409_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, added) = api.cart_with_a_line().await;
+    let line_id = added.line_id(0);
+    let checkout = format!("/carts/{id}/checkout");
+    let done = api.send(TestRequest::post().uri(&checkout)).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    let before = api.cart(&id).await;
+
+    let line = format!("/carts/{id}/items/{line_id}");
+    let changes = [
+        (
+            "add",
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            ),
+        ),
+        (
+            "patch",
+            json_request(Method::PATCH, &line, &json!({"quantity": 3})),
+        ),
+        ("delete line", TestRequest::delete().uri(&line)),
+        (
+            "put delivery",
+            json_request(
+                Method::PUT,
+                &format!("/carts/{id}/delivery"),
+                &delivery(499),
+            ),
+        ),
+        (
+            "delete delivery",
+            TestRequest::delete().uri(&format!("/carts/{id}/delivery")),
+        ),
+        (
+            "clear",
+            TestRequest::post().uri(&format!("/carts/{id}/clear")),
+        ),
+        ("checkout", TestRequest::post().uri(&checkout)),
+    ];
+    for (what, request) in changes {
+        let reply = api.send(request).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CONFLICT,
+            "{what}: {}",
+            reply.text()
+        );
+        assert!(reply.body["error"].is_string(), "{what}: {}", reply.text());
+    }
+
+    assert_unchanged(&api, &id, &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Validation: 400 naming the field, nothing changed
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn quantity_0_is_400_naming_quantity() {
+    assert_add_item_refused(item("SKU-1", 0, 150).to_string(), "quantity").await;
+}
+
+#[actix_web::test]
+async fn quantity_1000_is_400_naming_quantity() {
+    assert_add_item_refused(item("SKU-9", 1000, 150).to_string(), "quantity").await;
+}
+
+#[actix_web::test]
+async fn patch_to_quantity_0_is_400_naming_quantity() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, added) = api.cart_with_a_line().await;
+    let line_id = added.line_id(0);
+
+    let reply = api
+        .send(json_request(
+            Method::PATCH,
+            &format!("/carts/{id}/items/{line_id}"),
+            &json!({"quantity": 0}),
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some("quantity"));
+    assert_unchanged(&api, &id, &added).await;
+}
+
+#[actix_web::test]
+async fn sku_of_65_chars_is_400_naming_sku() {
+    let body = item(&"s".repeat(65), 1, 150);
+    assert_add_item_refused(body.to_string(), "sku").await;
+}
+
+#[actix_web::test]
+async fn name_of_201_chars_is_400_naming_name() {
+    let mut body = item("SKU-9", 1, 150);
+    body["name"] = json!("n".repeat(201));
+    assert_add_item_refused(body.to_string(), "name").await;
+}
+
+#[actix_web::test]
+async fn sku_of_64_chars_and_name_of_200_chars_are_accepted() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let mut body = item(&"s".repeat(64), 1, 150);
+    body["name"] = json!("é".repeat(200));
+
+    let reply = api.add(&id, &body).await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.body["lines"][0]["name"], body["name"]);
+}
+
+#[actix_web::test]
+async fn lower_case_currency_is_400_naming_currency() {
+    let mut body = item("SKU-9", 1, 150);
+    body["currency"] = json!("eur");
+    assert_add_item_refused(body.to_string(), "currency").await;
+}
+
+#[actix_web::test]
+async fn tax_rate_of_10001_bp_is_400_naming_tax_rate_bp() {
+    let mut body = item("SKU-9", 1, 150);
+    body["tax_rate_bp"] = json!(10_001);
+    assert_add_item_refused(body.to_string(), "tax_rate_bp").await;
+}
+
+#[actix_web::test]
+async fn a_wrongly_typed_field_is_400_naming_it() {
+    let mut body = item("SKU-9", 1, 150);
+    body["quantity"] = json!("two");
+    assert_add_item_refused(body.to_string(), "quantity").await;
+}
+
+#[actix_web::test]
+async fn a_missing_field_is_400_naming_it() {
+    let mut body = item("SKU-9", 1, 150);
+    body.as_object_mut().expect("object").remove("sku");
+    assert_add_item_refused(body.to_string(), "sku").await;
+}
+
+#[actix_web::test]
+async fn an_unknown_field_is_400_naming_it() {
+    let mut body = item("SKU-9", 1, 150);
+    body["colour"] = json!("red");
+    assert_add_item_refused(body.to_string(), "colour").await;
+}
+
+#[actix_web::test]
+async fn malformed_json_is_400() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+    let uri = format!("/carts/{id}/items");
+    let valid = item("SKU-9", 1, 150).to_string();
+
+    for body in [
+        "{".to_owned(),
+        "not json".to_owned(),
+        r#"{"sku": "SKU-9", "quantity": 1"#.to_owned(),
+        format!("{valid} trailing"),
+    ] {
+        let reply = api
+            .send(raw_request(Method::POST, &uri, body.clone()))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text()
+        );
+        assert!(reply.body["error"].is_string(), "{body}: {}", reply.text());
+    }
+
+    assert_unchanged(&api, &id, &before).await;
+}
+
+/// Found failing: a body cut short after a value names the field `"?"`
+/// (serde_path_to_error's unknown segment) instead of `body`.
+#[actix_web::test]
+async fn a_truncated_json_body_is_400_naming_body() {
+    assert_add_item_refused(r#"{"sku": "SKU-9", "quantity": 1"#, "body").await;
+}
+
+#[actix_web::test]
+async fn an_empty_body_on_add_item_is_400_naming_body() {
+    assert_add_item_refused("", "body").await;
+}
+
+// ---------------------------------------------------------------------------
+// State conflicts and missing lines
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn the_201st_distinct_line_is_409() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    for n in 0..200 {
+        api.add_ok(&id, &item(&format!("SKU-{n}"), 1, 100)).await;
+    }
+    let before = api.cart(&id).await;
+    assert_eq!(before.body["lines"].as_array().expect("lines").len(), 200);
+    assert_eq!(before.version(), 201);
+
+    let reply = api.add(&id, &item("SKU-200", 1, 100)).await;
+
+    assert_error(&reply, StatusCode::CONFLICT, None);
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn mixing_currencies_is_409_naming_currency() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+    let mut usd = item("SKU-2", 1, 100);
+    usd["currency"] = json!("USD");
+
+    let reply = api.add(&id, &usd).await;
+
+    assert_error(&reply, StatusCode::CONFLICT, Some("currency"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn checkout_of_an_empty_cart_is_409() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let before = api.cart(&id).await;
+
+    let reply = api
+        .send(TestRequest::post().uri(&format!("/carts/{id}/checkout")))
+        .await;
+
+    assert_error(&reply, StatusCode::CONFLICT, None);
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn patch_of_an_unknown_line_is_404_naming_line_id() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(json_request(
+            Method::PATCH,
+            &format!("/carts/{id}/items/{}", Uuid::new_v4()),
+            &json!({"quantity": 3}),
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, Some("line_id"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn delete_of_an_unknown_line_is_404_naming_line_id() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(TestRequest::delete().uri(&format!("/carts/{id}/items/{}", Uuid::new_v4())))
+        .await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, Some("line_id"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn a_line_id_that_is_not_a_uuid_is_400_naming_line_id() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+    let uri = format!("/carts/{id}/items/not-a-uuid");
+
+    let patch = api
+        .send(json_request(Method::PATCH, &uri, &json!({"quantity": 3})))
+        .await;
+    let delete = api.send(TestRequest::delete().uri(&uri)).await;
+
+    assert_error(&patch, StatusCode::BAD_REQUEST, Some("line_id"));
+    assert_error(&delete, StatusCode::BAD_REQUEST, Some("line_id"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Body size limit
+// ---------------------------------------------------------------------------
+
+fn oversized_item() -> String {
+    let mut body = item("SKU-9", 1, 150);
+    body["name"] = json!("x".repeat(70 * 1024));
+    body.to_string()
+}
+
+#[actix_web::test]
+async fn a_body_over_the_limit_is_413_json_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(raw_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            oversized_item(),
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, None);
+    assert_eq!(reply.body["code"], "body_too_large");
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn a_body_over_the_limit_without_content_length_is_413_json_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send_streamed(raw_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            oversized_item(),
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, None);
+    assert_unchanged(&api, &id, &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// If-Match
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn a_stale_if_match_is_412_naming_if_match_with_the_current_etag() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+    assert_eq!(before.etag(), "\"2\"");
+
+    let reply = api
+        .send(
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            )
+            .insert_header(("If-Match", "\"1\"")),
+        )
+        .await;
+
+    assert_error(&reply, StatusCode::PRECONDITION_FAILED, Some("If-Match"));
+    assert_eq!(reply.etag(), "\"2\"");
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn the_current_etag_as_if_match_is_accepted() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            )
+            .insert_header(("If-Match", before.etag())),
+        )
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.etag(), "\"3\"");
+    assert_eq!(reply.body["lines"].as_array().expect("lines").len(), 2);
+}
+
+#[actix_web::test]
+async fn if_match_star_is_accepted() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            )
+            .insert_header(("If-Match", "*")),
+        )
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.etag(), "\"3\"");
+}
+
+#[actix_web::test]
+async fn a_garbage_if_match_is_400_naming_if_match() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            )
+            .insert_header(("If-Match", "not an etag")),
+        )
+        .await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some("If-Match"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn of_two_concurrent_changes_with_the_same_if_match_exactly_one_wins() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+    let add = |sku: &str| {
+        json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &item(sku, 1, 10),
+        )
+        .insert_header(("If-Match", before.etag()))
+    };
+
+    let (a, b) = tokio::join!(api.send(add("SKU-A")), api.send(add("SKU-B")));
+
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+        "{} / {}",
+        a.text(),
+        b.text()
+    );
+    let now = api.cart(&id).await;
+    assert_eq!(now.version(), 3);
+    assert_eq!(now.body["lines"].as_array().expect("lines").len(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// Idempotency-Key
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn create_retried_with_the_same_idempotency_key_answers_the_same_single_cart() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let create = || {
+        TestRequest::post()
+            .uri("/carts")
+            .insert_header(("Idempotency-Key", "create-7f3a"))
+    };
+
+    let first = api.send(create()).await;
+    let second = api.send(create()).await;
+
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text());
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.etag(), "\"1\"");
+    assert_eq!(second.header("location"), first.header("location"));
+    let id = first.body["id"].as_str().expect("id");
+    assert_eq!(api.cart(id).await.version(), 1);
+    assert_eq!(stored_carts(&env.db()), (1, 1), "(carts, events) stored");
+}
+
+#[actix_web::test]
+async fn add_item_retried_with_the_same_idempotency_key_is_applied_once() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let add = || {
+        json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &item("SKU-1", 2, 150),
+        )
+        .insert_header(("Idempotency-Key", "add-1"))
+    };
+
+    let first = api.send(add()).await;
+    let second = api.send(add()).await;
+
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.etag(), first.etag());
+    let now = api.cart(&id).await;
+    assert_eq!(now.version(), 2);
+    assert_eq!(now.body["lines"][0]["quantity"], 2);
+}
+
+#[actix_web::test]
+async fn an_idempotency_key_reused_for_another_body_is_422_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let uri = format!("/carts/{id}/items");
+    let first = api
+        .send(
+            json_request(Method::POST, &uri, &item("SKU-1", 2, 150))
+                .insert_header(("Idempotency-Key", "add-1")),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+
+    let reply = api
+        .send(
+            json_request(Method::POST, &uri, &item("SKU-1", 5, 150))
+                .insert_header(("Idempotency-Key", "add-1")),
+        )
+        .await;
+
+    assert_error(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("Idempotency-Key"),
+    );
+    assert_unchanged(&api, &id, &first).await;
+}
+
+#[actix_web::test]
+async fn an_idempotency_key_of_300_chars_is_400_naming_it() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(
+            json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &item("SKU-2", 1, 10),
+            )
+            .insert_header(("Idempotency-Key", "k".repeat(300))),
+        )
+        .await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some("Idempotency-Key"));
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn an_idempotent_retry_is_answered_from_the_store_by_a_new_runtime() {
+    let env = Env::new();
+    let id;
+    let first;
+    let add = |id: &str| {
+        json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &item("SKU-1", 2, 150),
+        )
+        .insert_header(("Idempotency-Key", "add-across-restart"))
+    };
+    {
+        let api = Api::start(env.state()).await;
+        id = api.new_cart().await;
+        first = api.send(add(&id)).await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    }
+    let api = Api::start(env.state()).await;
+
+    let retry = api.send(add(&id)).await;
+
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.etag(), first.etag());
+    assert_unchanged(&api, &id, &first).await;
+}
+
+#[actix_web::test]
+async fn concurrent_requests_with_the_same_idempotency_key_apply_once() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let add = || {
+        json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &item("SKU-1", 2, 150),
+        )
+        .insert_header(("Idempotency-Key", "add-concurrent"))
+    };
+
+    let (first, second) = tokio::join!(api.send(add()), api.send(add()));
+
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.body, first.body);
+    let now = api.cart(&id).await;
+    assert_eq!(now.version(), 2);
+    assert_eq!(now.body["lines"][0]["quantity"], 2);
+}
+
+/// Found failing: a keyed request that changed nothing (clearing an empty
+/// cart) stores no answer, so its retry runs again and, after another
+/// change, clears the cart and answers a different version.
+#[actix_web::test]
+async fn a_retried_idempotent_clear_answers_the_first_answer_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let clear = || {
+        TestRequest::post()
+            .uri(&format!("/carts/{id}/clear"))
+            .insert_header(("Idempotency-Key", "clear-1"))
+    };
+    let first = api.send(clear()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let before = api.add_ok(&id, &item("SKU-1", 1, 10)).await;
+
+    let retry = api.send(clear()).await;
+
+    assert_eq!(retry.status, StatusCode::OK, "{}", retry.text());
+    assert_eq!(retry.body, first.body, "the retry got another answer");
+    assert_unchanged(&api, &id, &before).await;
+}
+
+// ---------------------------------------------------------------------------
+// Operations endpoints and routing
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn healthz_is_200() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/healthz").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["status"], "ok");
+}
+
+#[actix_web::test]
+async fn readyz_is_200_when_ready() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/readyz").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["status"], "ready");
+}
+
+#[actix_web::test]
+async fn readyz_is_503_with_retry_after_when_not_ready() {
+    let env = Env::new();
+    let state = env.state();
+    let ready = Arc::clone(&state.ready);
+    let api = Api::start(state).await;
+
+    ready.store(false, Ordering::Release);
+    let reply = api.get("/readyz").await;
+
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    let retry_after = reply.header("retry-after").expect("Retry-After");
+    retry_after
+        .parse::<u64>()
+        .expect("Retry-After is a number of seconds");
+    assert!(reply.body.is_object(), "JSON body: {}", reply.text());
+}
+
+#[actix_web::test]
+async fn openapi_json_lists_every_route() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/openapi.json").await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    let paths = reply.body["paths"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no \"paths\" object in {}", reply.text()));
+    for route in [
+        "/carts",
+        "/carts/{id}",
+        "/carts/{id}/items",
+        "/carts/{id}/items/{line_id}",
+        "/carts/{id}/delivery",
+        "/carts/{id}/clear",
+        "/carts/{id}/checkout",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(route), "{route} missing from {paths:?}");
+    }
+}
+
+#[actix_web::test]
+async fn an_unknown_route_is_404_json() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/no/such/route").await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, None);
+}
+
+/// Found failing: `GET /carts` (a known path, a method it does not take)
+/// gets actix's bare 405 with an empty body, not the API's JSON error.
+#[actix_web::test]
+async fn a_known_route_with_a_wrong_method_is_answered_in_json() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.get("/carts").await;
+
+    assert!(
+        reply.status.is_client_error(),
+        "GET /carts answered {}",
+        reply.status
+    );
+    assert!(
+        reply.body["error"].is_string(),
+        "{} with a body that is not the API's JSON error: {:?}",
+        reply.status,
+        reply.text()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Durability
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn a_new_runtime_on_the_same_store_file_sees_the_same_cart() {
+    let env = Env::new();
+    let id;
+    let before;
+    {
+        let api = Api::start(env.state()).await;
+        let (cart, added) = api.cart_with_a_line().await;
+        id = cart;
+        let line_id = added.line_id(0);
+        // Enough changes to pass the snapshot interval (64 events), so the
+        // reload goes through a snapshot and the events after it.
+        for quantity in 3..=70 {
+            let reply = api
+                .send(json_request(
+                    Method::PATCH,
+                    &format!("/carts/{id}/items/{line_id}"),
+                    &json!({"quantity": quantity}),
+                ))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        }
+        api.add_ok(&id, &item("SKU-2", 1, 1000)).await;
+        let set = api
+            .send(json_request(
+                Method::PUT,
+                &format!("/carts/{id}/delivery"),
+                &delivery(499),
+            ))
+            .await;
+        assert_eq!(set.status, StatusCode::OK);
+        let done = api
+            .send(TestRequest::post().uri(&format!("/carts/{id}/checkout")))
+            .await;
+        assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+        before = api.cart(&id).await;
+    }
+    assert_eq!(before.version(), 73);
+
+    // A new store handle and a new runtime: nothing is shared in memory.
+    let api = Api::start(state_on(&env.db())).await;
+
+    assert_unchanged(&api, &id, &before).await;
+    let store = SqliteStore::open(env.db()).expect("open the store again");
+    let loaded = store
+        .load(&GrainKey::new("cart", id))
+        .await
+        .expect("load the cart");
+    assert_eq!(loaded.version, 73);
+}

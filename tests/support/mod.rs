@@ -1,0 +1,224 @@
+//! Helpers for tests that run real `granary` node processes on loopback.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A node process. Killed (SIGKILL) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub node_id: String,
+    pub data_dir: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts `granary serve` on free loopback ports with `data_dir`, plus
+    /// `extra` arguments, and waits for its ready line.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn granary");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("granary ready ") => break line,
+                Some(Ok(_)) => continue,
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("granary exited before it was ready: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let field = |name: &str| -> String {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
+                .unwrap_or_else(|| panic!("ready line lacks {name}: {ready}"))
+        };
+        NodeProcess {
+            http: field("http").parse().expect("http addr"),
+            grpc: field("grpc").parse().expect("grpc addr"),
+            node_id: field("node"),
+            data_dir: data_dir.to_path_buf(),
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on a pid we spawned and have not reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small JSON-over-HTTP/1.1 client with a deadline on every request.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// An answer: status, ETag (if any) and the JSON body (Null if none).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub json: serde_json::Value,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Http {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let mut request = hyper::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(&json).expect("encode"))
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let etag = response
+                .headers()
+                .get("etag")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            let json = if bytes.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON from server: {e}"))?
+            };
+            Ok(Answer { status, etag, json })
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "request timed out".to_owned())?
+    }
+
+    pub async fn get(&self, url: &str) -> Result<Answer, String> {
+        self.send("GET", url, None, &[]).await
+    }
+
+    pub async fn post(&self, url: &str, body: serde_json::Value) -> Result<Answer, String> {
+        self.send("POST", url, Some(body), &[]).await
+    }
+
+    /// Creates a cart on `node` and returns its id.
+    pub async fn create_cart(&self, node: &NodeProcess) -> String {
+        let answer = self
+            .send("POST", &node.url("/carts"), None, &[])
+            .await
+            .expect("create cart");
+        assert_eq!(answer.status, 201, "{answer:?}");
+        answer.json["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// An item body with a unique sku.
+pub fn item(sku: &str) -> serde_json::Value {
+    serde_json::json!({"sku": sku, "name": format!("item {sku}"), "quantity": 1, "unit_price": 100, "currency": "EUR"})
+}
+
+/// The skus in a cart body.
+pub fn skus(cart: &serde_json::Value) -> Vec<String> {
+    cart["lines"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|l| l["sku"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
