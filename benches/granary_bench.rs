@@ -1,1 +1,535 @@
-fn main() {}
+//! Granary's benchmark: every figure side by side with a baseline measured
+//! in the same run, because the machines are noisy.
+//!
+//! Run: `cargo bench --bench granary_bench` (add `-- --quick` for a short run).
+//!
+//! 1. Local grain call vs a bare actix actor doing the same no-op work.
+//! 2. Durable cart mutations through the HTTP API at 64 concurrent clients
+//!    vs a stateless service that reads and rewrites the whole cart in the
+//!    same embedded database (SQLite, WAL, synchronous=FULL) per request.
+//! 3. Heap memory per live idle cart over 100k activations.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use granary::cart_grain::{CartGrain, CartRequest};
+use granary::http::{ApiState, configure};
+use granary_cart::{Cart, CartCommand, NewItem};
+use granary_grain::{Grain, GrainRuntime, RuntimeConfig};
+use granary_store::{EventStore, SqliteStore};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------
+// A counting allocator: live heap bytes, for the memory figure.
+
+struct Counting;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+// ---------------------------------------------------------------------------
+// 1. Local call: grain vs bare actor, same no-op work (read a counter).
+
+#[derive(Default, Serialize, Deserialize)]
+struct Tally {
+    value: u64,
+}
+
+#[derive(Clone)]
+struct Read;
+
+impl Grain for Tally {
+    const KIND: &'static str = "bench-tally";
+    type Command = Read;
+    type Event = u64;
+    type Rejection = ();
+    type Reply = u64;
+    fn decide(&self, _: &Read) -> Result<Vec<u64>, ()> {
+        Ok(Vec::new())
+    }
+    fn apply(&mut self, event: &u64) {
+        self.value += event;
+    }
+    fn reply(&self, _: &Read) -> u64 {
+        self.value
+    }
+}
+
+struct BareTally {
+    value: u64,
+}
+
+impl Actor for BareTally {
+    type Context = Context<Self>;
+}
+
+impl Message for Read {
+    type Result = u64;
+}
+
+impl Handler<Read> for BareTally {
+    type Result = MessageResult<Read>;
+    fn handle(&mut self, _: Read, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.value)
+    }
+}
+
+struct Rate {
+    per_sec: f64,
+}
+
+async fn local_calls(store: Arc<dyn EventStore>, calls: u64, in_flight: u64) -> (Rate, Rate) {
+    let bare = BareTally { value: 0 }.start();
+    let grains: GrainRuntime<Tally> = GrainRuntime::new(store, RuntimeConfig::default());
+    grains.call("t", Read).await.expect("activate");
+    // Warm both up, then alternate rounds so drift hits both alike.
+    let mut bare_time = Duration::ZERO;
+    let mut grain_time = Duration::ZERO;
+    for _round in 0..3 {
+        let start = Instant::now();
+        run_concurrently(in_flight, calls / 3, {
+            let bare = bare.clone();
+            move || {
+                let bare = bare.clone();
+                async move {
+                    bare.send(Read).await.expect("bare call");
+                }
+            }
+        })
+        .await;
+        bare_time += start.elapsed();
+        let start = Instant::now();
+        run_concurrently(in_flight, calls / 3, {
+            let grains = grains.clone();
+            move || {
+                let grains = grains.clone();
+                async move {
+                    grains.call("t", Read).await.expect("grain call");
+                }
+            }
+        })
+        .await;
+        grain_time += start.elapsed();
+    }
+    let done = (calls / 3 * 3) as f64;
+    (
+        Rate {
+            per_sec: done / bare_time.as_secs_f64(),
+        },
+        Rate {
+            per_sec: done / grain_time.as_secs_f64(),
+        },
+    )
+}
+
+/// Runs `total` calls of `make()` with `in_flight` of them outstanding, on
+/// the current arbiter.
+async fn run_concurrently<F, Fut>(in_flight: u64, total: u64, make: F)
+where
+    F: Fn() -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let per_task = total / in_flight;
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let make = make.clone();
+        tasks.push(actix_rt::spawn(async move {
+            for _ in 0..per_task {
+                make().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. HTTP: the grain service vs a stateless read-modify-write service.
+
+/// Starts an HTTP server on its own thread and actix System; returns its
+/// address. It lives until the process ends.
+fn start_server<F>(name: &str, factory: F) -> std::net::SocketAddr
+where
+    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || App::new().configure(factory.clone()))
+                    .workers(2)
+                    .disable_signals()
+                    .bind("127.0.0.1:0")
+                    .expect("bind");
+                tx.send(server.addrs()[0]).expect("report address");
+                server.run().await.expect("serve");
+            })
+        })
+        .expect("server thread");
+    rx.recv().expect("server address")
+}
+
+/// The baseline: every request opens a write transaction, reads the whole
+/// cart, applies the same domain rules, writes the whole cart back and
+/// commits (fsync) — what a shop builds without grains, at equal durability.
+mod stateless {
+    use super::*;
+    use rusqlite::{Connection, OptionalExtension, params};
+    use std::cell::RefCell;
+    use std::path::PathBuf;
+
+    thread_local! {
+        static CONN: RefCell<Option<Connection>> = const { RefCell::new(None) };
+    }
+
+    fn with_conn<T>(path: &PathBuf, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        CONN.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let conn = Connection::open(path)?;
+                conn.busy_timeout(Duration::from_secs(30))?;
+                conn.pragma_update(None, "journal_mode", "WAL")?;
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.execute_batch("CREATE TABLE IF NOT EXISTS baseline_carts (id TEXT PRIMARY KEY, body BLOB NOT NULL)")?;
+                *slot = Some(conn);
+            }
+            f(slot.as_mut().expect("connection"))
+        })
+    }
+
+    fn mutate(path: &PathBuf, id: &str, command: &CartCommand) -> rusqlite::Result<Option<Cart>> {
+        with_conn(path, |conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let body: Option<Vec<u8>> = tx
+                .query_row("SELECT body FROM baseline_carts WHERE id = ?1", params![id], |r| r.get(0))
+                .optional()?;
+            let mut cart: Cart = body
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let Ok(events) = cart.decide(command) else {
+                return Ok(None);
+            };
+            for event in &events {
+                cart.apply(event);
+            }
+            let body = serde_json::to_vec(&cart).expect("encode");
+            tx.execute(
+                "INSERT INTO baseline_carts (id, body) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                params![id, body],
+            )?;
+            tx.commit()?;
+            Ok(Some(cart))
+        })
+    }
+
+    pub fn configure(path: PathBuf) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+        move |cfg| {
+            let path = path.clone();
+            cfg.route(
+                "/carts/{id}/items",
+                web::post().to(move |id: web::Path<String>, item: web::Json<serde_json::Value>| {
+                    let path = path.clone();
+                    async move {
+                        let item: NewItem = NewItem {
+                            sku: item["sku"].as_str().unwrap_or_default().to_owned(),
+                            name: item["name"].as_str().unwrap_or_default().to_owned(),
+                            quantity: item["quantity"].as_u64().unwrap_or(1) as u32,
+                            unit_price: item["unit_price"].as_u64().unwrap_or(0),
+                            currency: item["currency"].as_str().unwrap_or("EUR").to_owned(),
+                            tax_rate_bp: None,
+                        };
+                        let id = id.into_inner();
+                        let result = web::block(move || {
+                            mutate(&path, &id, &CartCommand::Create)?;
+                            mutate(&path, &id, &CartCommand::AddItem(item)).map(|c| (id, c))
+                        })
+                        .await;
+                        match result {
+                            Ok(Ok((id, Some(cart)))) => HttpResponse::Ok().json(serde_json::json!({
+                                "id": id, "lines": cart.lines().len(), "total": cart.totals().total
+                            })),
+                            Ok(Ok((_, None))) => HttpResponse::Conflict().finish(),
+                            _ => HttpResponse::ServiceUnavailable().finish(),
+                        }
+                    }
+                }),
+            );
+        }
+    }
+}
+
+struct LoadResult {
+    failed: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn ok(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
+    fn per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// `clients` concurrent clients, each on its own cart, adding items for
+/// `duration`. Carts must exist already (or be created by the first call).
+async fn http_load(base: String, carts: Vec<String>, duration: Duration) -> LoadResult {
+    let http = support::Http::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for (client, cart) in carts.into_iter().enumerate() {
+        let (http, stop, base) = (http.clone(), stop.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let url = format!("{base}/carts/{cart}/items");
+            let mut latencies = Vec::new();
+            let mut failed = 0u64;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let sku = format!("sku-{}", (n + client as u64) % 50);
+                n += 1;
+                let sent = Instant::now();
+                match http.post(&url, support::item(&sku)).await {
+                    Ok(answer) if answer.status == 200 => latencies.push(sent.elapsed()),
+                    _ => failed += 1,
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let (l, f) = task.await.expect("client");
+        latencies.extend(l);
+        failed += f;
+    }
+    LoadResult {
+        failed,
+        elapsed: start.elapsed(),
+        latencies,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Memory per live idle cart.
+
+async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64) {
+    let runtime: GrainRuntime<CartGrain> = GrainRuntime::new(store, RuntimeConfig::default());
+    // Warm-up: the runtime's first allocations are not per-cart.
+    for i in 0..100 {
+        runtime
+            .call(&format!("warm-{i}"), CartRequest::Command(CartCommand::Create))
+            .await
+            .expect("create");
+    }
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let batch = 512;
+    let mut next = 0;
+    while next < carts {
+        let mut calls = Vec::new();
+        for i in next..(next + batch).min(carts) {
+            let runtime = runtime.clone();
+            calls.push(actix_rt::spawn(async move {
+                let id = uuid::Uuid::from_u128(i as u128 + 1).to_string();
+                runtime.call(&id, CartRequest::Command(CartCommand::Create)).await.expect("create");
+                let item = NewItem {
+                    sku: format!("sku-{}", i % 1000),
+                    name: "Bench item".into(),
+                    quantity: 1,
+                    unit_price: 1999,
+                    currency: "EUR".into(),
+                    tax_rate_bp: Some(1900),
+                };
+                runtime.call(&id, CartRequest::Command(CartCommand::AddItem(item))).await.expect("add");
+            }));
+        }
+        for call in calls {
+            call.await.expect("task");
+        }
+        next += batch;
+    }
+    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    assert_eq!(runtime.stats().live as usize, carts + 100);
+    let per_cart = (after - before) as f64 / carts as f64;
+    // For scale: the same cart state alone (no actor around it).
+    let bare_before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut states = Vec::with_capacity(1000);
+    for i in 0..1000 {
+        let mut cart = Cart::default();
+        for event in cart.decide(&CartCommand::Create).expect("create") {
+            cart.apply(&event);
+        }
+        let add = CartCommand::AddItem(NewItem {
+            sku: format!("sku-{i}"),
+            name: "Bench item".into(),
+            quantity: 1,
+            unit_price: 1999,
+            currency: "EUR".into(),
+            tax_rate_bp: Some(1900),
+        });
+        for event in cart.decide(&add).expect("add") {
+            cart.apply(&event);
+        }
+        states.push(Box::new(cart));
+    }
+    let state_only = (LIVE_BYTES.load(Ordering::Relaxed) - bare_before) as f64 / 1000.0;
+    drop(states);
+    (per_cart, state_only)
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_path = dir.path().join("events.db");
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&store_path).expect("store"));
+    println!("# Granary benchmark ({} run)\n", if quick { "quick" } else { "full" });
+
+    // 1. Local calls.
+    let calls = if quick { 60_000 } else { 600_000 };
+    let system = actix_rt::System::new();
+    for in_flight in [1u64, 64] {
+        let (bare, grain) = system.block_on(local_calls(store.clone(), calls, in_flight));
+        println!(
+            "local call, {in_flight} in flight: bare actix actor {:.0}/s, grain {:.0}/s, ratio {:.2}",
+            bare.per_sec,
+            grain.per_sec,
+            grain.per_sec / bare.per_sec
+        );
+    }
+
+    // 2. HTTP at 64 clients.
+    let clients = 64;
+    let seconds = if quick { 3 } else { 10 };
+    let grain_addr = {
+        let store = store.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, RuntimeConfig::default());
+                let state = ApiState {
+                    carts,
+                    max_body_bytes: 64 * 1024,
+                    ready: Arc::new(AtomicBool::new(true)),
+                };
+                let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
+                    .workers(2)
+                    .disable_signals()
+                    .bind("127.0.0.1:0")
+                    .expect("bind");
+                tx.send(server.addrs()[0]).expect("address");
+                server.run().await.expect("serve");
+            })
+        });
+        rx.recv().expect("address")
+    };
+    let baseline_addr = start_server("baseline", stateless::configure(store_path.clone()));
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (grain_result, baseline_result) = tokio.block_on(async {
+        let http = support::Http::new();
+        let mut grain_carts = Vec::new();
+        for _ in 0..clients {
+            let answer = http
+                .send("POST", &format!("http://{grain_addr}/carts"), None, &[])
+                .await
+                .expect("create");
+            grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
+        }
+        let baseline_carts: Vec<String> = (0..clients).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let half = Duration::from_secs(seconds) / 2;
+        // Two alternating halves each, so drift hits both alike.
+        let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
+        let b1 = http_load(format!("http://{baseline_addr}"), baseline_carts.clone(), half).await;
+        let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
+        let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
+        (merge(g1, g2), merge(b1, b2))
+    });
+    let store_stats = store.stats();
+    println!(
+        "HTTP add-item, {clients} clients: grains {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); \
+         stateless baseline {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); ratio {:.2}",
+        grain_result.per_sec(),
+        ms(grain_result.quantile(0.50)),
+        ms(grain_result.quantile(0.99)),
+        grain_result.ok(),
+        grain_result.failed,
+        baseline_result.per_sec(),
+        ms(baseline_result.quantile(0.50)),
+        ms(baseline_result.quantile(0.99)),
+        baseline_result.ok(),
+        baseline_result.failed,
+        grain_result.per_sec() / baseline_result.per_sec()
+    );
+    println!(
+        "group commit: {} appends in {} commits ({:.1} appends per fsync)",
+        store_stats.appends,
+        store_stats.commits,
+        store_stats.appends as f64 / store_stats.commits.max(1) as f64
+    );
+
+    // 3. Memory.
+    let carts = if quick { 10_000 } else { 100_000 };
+    let mem_store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("memory.db")).expect("store"));
+    let (per_cart, state_only) = system.block_on(memory_per_cart(mem_store, carts));
+    println!(
+        "memory: {per_cart:.0} bytes of heap per live idle cart over {carts} activations \
+         (the cart state alone: {state_only:.0} bytes)"
+    );
+}
+
+fn merge(mut a: LoadResult, b: LoadResult) -> LoadResult {
+    a.failed += b.failed;
+    a.elapsed += b.elapsed;
+    a.latencies.extend(b.latencies);
+    a
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
