@@ -209,7 +209,10 @@ mod stateless {
         static CONN: RefCell<Option<Connection>> = const { RefCell::new(None) };
     }
 
-    fn with_conn<T>(path: &PathBuf, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    fn with_conn<T>(
+        path: &PathBuf,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         CONN.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -228,7 +231,11 @@ mod stateless {
         with_conn(path, |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let body: Option<Vec<u8>> = tx
-                .query_row("SELECT body FROM baseline_carts WHERE id = ?1", params![id], |r| r.get(0))
+                .query_row(
+                    "SELECT body FROM baseline_carts WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let mut cart: Cart = body
                 .and_then(|b| serde_json::from_slice(&b).ok())
@@ -255,32 +262,34 @@ mod stateless {
             let path = path.clone();
             cfg.route(
                 "/carts/{id}/items",
-                web::post().to(move |id: web::Path<String>, item: web::Json<serde_json::Value>| {
-                    let path = path.clone();
-                    async move {
-                        let item: NewItem = NewItem {
-                            sku: item["sku"].as_str().unwrap_or_default().to_owned(),
-                            name: item["name"].as_str().unwrap_or_default().to_owned(),
-                            quantity: item["quantity"].as_u64().unwrap_or(1) as u32,
-                            unit_price: item["unit_price"].as_u64().unwrap_or(0),
-                            currency: item["currency"].as_str().unwrap_or("EUR").to_owned(),
-                            tax_rate_bp: None,
-                        };
-                        let id = id.into_inner();
-                        let result = web::block(move || {
-                            mutate(&path, &id, &CartCommand::Create)?;
-                            mutate(&path, &id, &CartCommand::AddItem(item)).map(|c| (id, c))
-                        })
-                        .await;
-                        match result {
+                web::post().to(
+                    move |id: web::Path<String>, item: web::Json<serde_json::Value>| {
+                        let path = path.clone();
+                        async move {
+                            let item: NewItem = NewItem {
+                                sku: item["sku"].as_str().unwrap_or_default().to_owned(),
+                                name: item["name"].as_str().unwrap_or_default().to_owned(),
+                                quantity: item["quantity"].as_u64().unwrap_or(1) as u32,
+                                unit_price: item["unit_price"].as_u64().unwrap_or(0),
+                                currency: item["currency"].as_str().unwrap_or("EUR").to_owned(),
+                                tax_rate_bp: None,
+                            };
+                            let id = id.into_inner();
+                            let result = web::block(move || {
+                                mutate(&path, &id, &CartCommand::Create)?;
+                                mutate(&path, &id, &CartCommand::AddItem(item)).map(|c| (id, c))
+                            })
+                            .await;
+                            match result {
                             Ok(Ok((id, Some(cart)))) => HttpResponse::Ok().json(serde_json::json!({
                                 "id": id, "lines": cart.lines().len(), "total": cart.totals().total
                             })),
                             Ok(Ok((_, None))) => HttpResponse::Conflict().finish(),
                             _ => HttpResponse::ServiceUnavailable().finish(),
                         }
-                    }
-                }),
+                        }
+                    },
+                ),
             );
         }
     }
@@ -359,7 +368,10 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64)
     // Warm-up: the runtime's first allocations are not per-cart.
     for i in 0..100 {
         runtime
-            .call(&format!("warm-{i}"), CartRequest::Command(CartCommand::Create))
+            .call(
+                &format!("warm-{i}"),
+                CartRequest::Command(CartCommand::Create),
+            )
             .await
             .expect("create");
     }
@@ -372,7 +384,10 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64)
             let runtime = runtime.clone();
             calls.push(actix_rt::spawn(async move {
                 let id = uuid::Uuid::from_u128(i as u128 + 1).to_string();
-                runtime.call(&id, CartRequest::Command(CartCommand::Create)).await.expect("create");
+                runtime
+                    .call(&id, CartRequest::Command(CartCommand::Create))
+                    .await
+                    .expect("create");
                 let item = NewItem {
                     sku: format!("sku-{}", i % 1000),
                     name: "Bench item".into(),
@@ -381,7 +396,10 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64)
                     currency: "EUR".into(),
                     tax_rate_bp: Some(1900),
                 };
-                runtime.call(&id, CartRequest::Command(CartCommand::AddItem(item))).await.expect("add");
+                runtime
+                    .call(&id, CartRequest::Command(CartCommand::AddItem(item)))
+                    .await
+                    .expect("add");
             }));
         }
         for call in calls {
@@ -425,7 +443,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store_path = dir.path().join("events.db");
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&store_path).expect("store"));
-    println!("# Granary benchmark ({} run)\n", if quick { "quick" } else { "full" });
+    println!(
+        "# Granary benchmark ({} run)\n",
+        if quick { "quick" } else { "full" }
+    );
 
     // 1. Local calls.
     let calls = if quick { 60_000 } else { 600_000 };
@@ -448,17 +469,19 @@ fn main() {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, RuntimeConfig::default());
+                let carts: GrainRuntime<CartGrain> =
+                    GrainRuntime::new(store, RuntimeConfig::default());
                 let state = ApiState {
                     carts,
                     max_body_bytes: 64 * 1024,
                     ready: Arc::new(AtomicBool::new(true)),
                 };
-                let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
-                    .workers(2)
-                    .disable_signals()
-                    .bind("127.0.0.1:0")
-                    .expect("bind");
+                let server =
+                    HttpServer::new(move || App::new().configure(configure(state.clone())))
+                        .workers(2)
+                        .disable_signals()
+                        .bind("127.0.0.1:0")
+                        .expect("bind");
                 tx.send(server.addrs()[0]).expect("address");
                 server.run().await.expect("serve");
             })
@@ -481,11 +504,18 @@ fn main() {
                 .expect("create");
             grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
         }
-        let baseline_carts: Vec<String> = (0..clients).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let baseline_carts: Vec<String> = (0..clients)
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
         let half = Duration::from_secs(seconds) / 2;
         // Two alternating halves each, so drift hits both alike.
         let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
-        let b1 = http_load(format!("http://{baseline_addr}"), baseline_carts.clone(), half).await;
+        let b1 = http_load(
+            format!("http://{baseline_addr}"),
+            baseline_carts.clone(),
+            half,
+        )
+        .await;
         let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
         let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
         (merge(g1, g2), merge(b1, b2))
@@ -515,7 +545,8 @@ fn main() {
 
     // 3. Memory.
     let carts = if quick { 10_000 } else { 100_000 };
-    let mem_store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(dir.path().join("memory.db")).expect("store"));
+    let mem_store: Arc<dyn EventStore> =
+        Arc::new(SqliteStore::open(dir.path().join("memory.db")).expect("store"));
     let (per_cart, state_only) = system.block_on(memory_per_cart(mem_store, carts));
     println!(
         "memory: {per_cart:.0} bytes of heap per live idle cart over {carts} activations \

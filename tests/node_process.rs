@@ -219,3 +219,32 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         assert!(stored.len() <= skus_acked.len() + 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_sharing_one_store_file_lose_no_update() {
+    // Until the cluster directory gives each cart one owner, two nodes may
+    // both host a cart; the store's version fence makes the stale one
+    // reload and retry instead of overwriting.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared.db");
+    let shared = shared.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", shared]);
+    let b = NodeProcess::start(&dir.path().join("b"), &["--store", shared]);
+    let http = Http::new();
+    let cart = http.create_cart(&a).await;
+    for n in 0..20 {
+        let node = if n % 2 == 0 { &b } else { &a };
+        let answer = http
+            .post(
+                &node.url(&format!("/carts/{cart}/items")),
+                item(&format!("s{n}")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    let c = NodeProcess::start(&dir.path().join("c"), &["--store", shared]);
+    let answer = http.get(&c.url(&format!("/carts/{cart}"))).await.unwrap();
+    assert_eq!(skus(&answer.json).len(), 20);
+    assert_eq!(answer.json["version"], 21);
+}

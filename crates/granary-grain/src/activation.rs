@@ -79,7 +79,7 @@ impl<G: Grain> GrainActor<G> {
     /// before the next message is handled.
     fn reload(&mut self, ctx: &mut Context<Self>) {
         let load = self.shared.store.load(&self.key);
-        ctx.wait(load.into_actor(self).map(|loaded, act, _ctx| {
+        ctx.wait(load.into_actor(self).map(|loaded, act, ctx| {
             act.broken = None;
             act.replies = None;
             match loaded {
@@ -87,6 +87,8 @@ impl<G: Grain> GrainActor<G> {
                     if let Err(err) = act.rebuild(loaded) {
                         tracing::error!(grain = %act.key, error = %err, "grain state cannot be rebuilt");
                         act.broken = Some(err);
+                    } else if act.version == 0 {
+                        act.release_if_still_empty(ctx);
                     }
                 }
                 Err(err) => act.broken = Some(CallError::Store(err)),
@@ -125,6 +127,19 @@ impl<G: Grain> GrainActor<G> {
         self.version = loaded.version;
         self.snapshot_version = loaded.snapshot.map_or(0, |s| s.version);
         Ok(())
+    }
+
+    /// A grain with nothing stored (a read of an id nobody wrote, e.g. a
+    /// GET of a cart never created) is dropped soon after, instead of
+    /// holding memory until the idle timeout: reads of random ids must not
+    /// fill the node.
+    fn release_if_still_empty(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(self.shared.config.empty_linger, |act, ctx| {
+            if act.version == 0 {
+                Counters::bump(&act.shared.counters.passivations);
+                ctx.stop();
+            }
+        });
     }
 
     fn restart(&mut self, ctx: &mut Context<Self>, panic: String) -> CallError<G::Rejection> {

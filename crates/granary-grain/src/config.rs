@@ -11,6 +11,9 @@ pub struct RuntimeConfig {
     pub max_live: usize,
     /// A snapshot is written every this many events (0 disables snapshots).
     pub snapshot_every: u64,
+    /// How long an activation with nothing stored (version 0) stays live
+    /// after it was loaded; reads of ids nobody wrote must not fill memory.
+    pub empty_linger: Duration,
     /// How often a runtime may retry a call that met a version conflict or
     /// an activation that was stopping.
     pub max_retries: u32,
@@ -22,6 +25,7 @@ impl Default for RuntimeConfig {
             idle_timeout: Duration::from_secs(15 * 60),
             max_live: 1_000_000,
             snapshot_every: 64,
+            empty_linger: Duration::from_secs(5),
             max_retries: 5,
         }
     }

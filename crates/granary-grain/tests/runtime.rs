@@ -304,5 +304,27 @@ async fn a_retried_idempotent_call_that_changed_nothing_still_gets_the_first_ans
     let first = rt.call_with("n", Op::Get, keyed.clone()).await.unwrap();
     rt.call("n", Op::Add(3)).await.unwrap();
     let again = rt.call_with("n", Op::Get, keyed).await.unwrap();
-    assert_eq!(again, first, "the retry is answered as the first time, not re-run");
+    assert_eq!(
+        again, first,
+        "the retry is answered as the first time, not re-run"
+    );
+}
+
+#[actix_rt::test]
+async fn reads_of_ids_nobody_wrote_do_not_stay_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        empty_linger: Duration::from_millis(20),
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(store(&dir), config);
+    for n in 0..50 {
+        assert_eq!(
+            rt.call(&format!("ghost-{n}"), Op::Get).await.unwrap().reply,
+            0
+        );
+    }
+    rt.call("real", Op::Add(1)).await.unwrap();
+    eventually("empty grains to be released", || rt.stats().live == 1).await;
+    assert_eq!(rt.live_ids(), ["real"]);
 }
