@@ -440,6 +440,14 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64)
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // `--only local|http|memory` runs one part.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let dir = tempfile::tempdir().expect("tempdir");
     let store_path = dir.path().join("events.db");
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&store_path).expect("store"));
@@ -451,7 +459,7 @@ fn main() {
     // 1. Local calls.
     let calls = if quick { 60_000 } else { 600_000 };
     let system = actix_rt::System::new();
-    for in_flight in [1u64, 64] {
+    for in_flight in [1u64, 64].into_iter().filter(|_| part("local")) {
         let (bare, grain) = system.block_on(local_calls(store.clone(), calls, in_flight));
         println!(
             "local call, {in_flight} in flight: bare actix actor {:.0}/s, grain {:.0}/s, ratio {:.2}",
@@ -462,88 +470,93 @@ fn main() {
     }
 
     // 2. HTTP at 64 clients.
-    let clients = 64;
-    let seconds = if quick { 3 } else { 10 };
-    let grain_addr = {
-        let store = store.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let carts: GrainRuntime<CartGrain> =
-                    GrainRuntime::new(store, RuntimeConfig::default());
-                let state = ApiState {
-                    carts,
-                    max_body_bytes: 64 * 1024,
-                    ready: Arc::new(AtomicBool::new(true)),
-                };
-                let server =
-                    HttpServer::new(move || App::new().configure(configure(state.clone())))
-                        .workers(2)
-                        .disable_signals()
-                        .bind("127.0.0.1:0")
-                        .expect("bind");
-                tx.send(server.addrs()[0]).expect("address");
-                server.run().await.expect("serve");
-            })
+    if part("http") {
+        let clients = 64;
+        let seconds = if quick { 3 } else { 10 };
+        let grain_addr = {
+            let store = store.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let carts: GrainRuntime<CartGrain> =
+                        GrainRuntime::new(store, RuntimeConfig::default());
+                    let state = ApiState {
+                        carts,
+                        max_body_bytes: 64 * 1024,
+                        ready: Arc::new(AtomicBool::new(true)),
+                    };
+                    let server =
+                        HttpServer::new(move || App::new().configure(configure(state.clone())))
+                            .workers(2)
+                            .disable_signals()
+                            .bind("127.0.0.1:0")
+                            .expect("bind");
+                    tx.send(server.addrs()[0]).expect("address");
+                    server.run().await.expect("serve");
+                })
+            });
+            rx.recv().expect("address")
+        };
+        let baseline_addr = start_server("baseline", stateless::configure(store_path.clone()));
+        let tokio = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let (grain_result, baseline_result) = tokio.block_on(async {
+            let http = support::Http::new();
+            let mut grain_carts = Vec::new();
+            for _ in 0..clients {
+                let answer = http
+                    .send("POST", &format!("http://{grain_addr}/carts"), None, &[])
+                    .await
+                    .expect("create");
+                grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
+            }
+            let baseline_carts: Vec<String> = (0..clients)
+                .map(|_| uuid::Uuid::new_v4().to_string())
+                .collect();
+            let half = Duration::from_secs(seconds) / 2;
+            // Two alternating halves each, so drift hits both alike.
+            let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
+            let b1 = http_load(
+                format!("http://{baseline_addr}"),
+                baseline_carts.clone(),
+                half,
+            )
+            .await;
+            let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
+            let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
+            (merge(g1, g2), merge(b1, b2))
         });
-        rx.recv().expect("address")
-    };
-    let baseline_addr = start_server("baseline", stateless::configure(store_path.clone()));
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let (grain_result, baseline_result) = tokio.block_on(async {
-        let http = support::Http::new();
-        let mut grain_carts = Vec::new();
-        for _ in 0..clients {
-            let answer = http
-                .send("POST", &format!("http://{grain_addr}/carts"), None, &[])
-                .await
-                .expect("create");
-            grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
-        }
-        let baseline_carts: Vec<String> = (0..clients)
-            .map(|_| uuid::Uuid::new_v4().to_string())
-            .collect();
-        let half = Duration::from_secs(seconds) / 2;
-        // Two alternating halves each, so drift hits both alike.
-        let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
-        let b1 = http_load(
-            format!("http://{baseline_addr}"),
-            baseline_carts.clone(),
-            half,
-        )
-        .await;
-        let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
-        let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
-        (merge(g1, g2), merge(b1, b2))
-    });
-    let store_stats = store.stats();
-    println!(
-        "HTTP add-item, {clients} clients: grains {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); \
+        let store_stats = store.stats();
+        println!(
+            "HTTP add-item, {clients} clients: grains {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); \
          stateless baseline {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); ratio {:.2}",
-        grain_result.per_sec(),
-        ms(grain_result.quantile(0.50)),
-        ms(grain_result.quantile(0.99)),
-        grain_result.ok(),
-        grain_result.failed,
-        baseline_result.per_sec(),
-        ms(baseline_result.quantile(0.50)),
-        ms(baseline_result.quantile(0.99)),
-        baseline_result.ok(),
-        baseline_result.failed,
-        grain_result.per_sec() / baseline_result.per_sec()
-    );
-    println!(
-        "group commit: {} appends in {} commits ({:.1} appends per fsync)",
-        store_stats.appends,
-        store_stats.commits,
-        store_stats.appends as f64 / store_stats.commits.max(1) as f64
-    );
+            grain_result.per_sec(),
+            ms(grain_result.quantile(0.50)),
+            ms(grain_result.quantile(0.99)),
+            grain_result.ok(),
+            grain_result.failed,
+            baseline_result.per_sec(),
+            ms(baseline_result.quantile(0.50)),
+            ms(baseline_result.quantile(0.99)),
+            baseline_result.ok(),
+            baseline_result.failed,
+            grain_result.per_sec() / baseline_result.per_sec()
+        );
+        println!(
+            "group commit: {} appends in {} commits ({:.1} appends per fsync)",
+            store_stats.appends,
+            store_stats.commits,
+            store_stats.appends as f64 / store_stats.commits.max(1) as f64
+        );
+    }
 
     // 3. Memory.
+    if !part("memory") {
+        return;
+    }
     let carts = if quick { 10_000 } else { 100_000 };
     let mem_store: Arc<dyn EventStore> =
         Arc::new(SqliteStore::open(dir.path().join("memory.db")).expect("store"));

@@ -5,7 +5,7 @@
 //! exactly one activation. Eviction and idle passivation both take from
 //! the cold end of the same order, so neither ever scans the whole map.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::Addr;
 use lru::LruCache;
@@ -17,7 +17,8 @@ pub(crate) struct Entry<G: Grain> {
     pub(crate) addr: Addr<GrainActor<G>>,
     /// Tells this activation from an earlier or later one of the same id.
     pub(crate) generation: u64,
-    pub(crate) last_used: Instant,
+    /// Milliseconds on the runtime's coarse clock (see `runtime.rs`).
+    pub(crate) last_used: u64,
 }
 
 pub(crate) struct Registry<G: Grain> {
@@ -34,7 +35,7 @@ impl<G: Grain> Registry<G> {
     }
 
     /// The live activation of `id`, marked as just used.
-    pub(crate) fn touch(&mut self, id: &str, now: Instant) -> Option<(Addr<GrainActor<G>>, u64)> {
+    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<(Addr<GrainActor<G>>, u64)> {
         let entry = self.live.get_mut(id)?;
         entry.last_used = now;
         Some((entry.addr.clone(), entry.generation))
@@ -51,7 +52,7 @@ impl<G: Grain> Registry<G> {
         id: String,
         addr: Addr<GrainActor<G>>,
         generation: u64,
-        now: Instant,
+        now: u64,
     ) {
         self.live.put(
             id,
@@ -88,9 +89,9 @@ impl<G: Grain> Registry<G> {
 
     /// Takes the least recently used activation if it has been idle for
     /// at least `idle`.
-    pub(crate) fn pop_idle(&mut self, now: Instant, idle: Duration) -> Option<(String, Entry<G>)> {
+    pub(crate) fn pop_idle(&mut self, now: u64, idle: Duration) -> Option<(String, Entry<G>)> {
         let (_, entry) = self.live.peek_lru()?;
-        if now.saturating_duration_since(entry.last_used) >= idle {
+        if u128::from(now.saturating_sub(entry.last_used)) >= idle.as_millis() {
             self.live.pop_lru()
         } else {
             None

@@ -1,5 +1,6 @@
 //! The handle callers use to reach grains of one kind.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,12 @@ pub(crate) struct Shared<G: Grain> {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) config: RuntimeConfig,
     pub(crate) counters: Counters,
+    /// A coarse clock (milliseconds since start) the idle sweeper advances
+    /// each tick: a call marks its grain used by reading it, which is far
+    /// cheaper than reading the system clock on every call. Idle times are
+    /// therefore exact to one sweep period.
+    clock_ms: AtomicU64,
+    started: Instant,
     /// Where grains live when the caller is not on an actix arbiter (gRPC
     /// handlers, plain tokio tasks), and where the idle sweeper runs.
     home: actix::ArbiterHandle,
@@ -66,6 +73,8 @@ where
             store,
             config,
             counters: Counters::default(),
+            clock_ms: AtomicU64::new(0),
+            started: Instant::now(),
             home: home.clone(),
         });
         let sweep_every = (shared.config.idle_timeout / 4)
@@ -75,7 +84,9 @@ where
             loop {
                 tokio::time::sleep(sweep_every).await;
                 let Some(shared) = weak.upgrade() else { break };
-                sweep_idle(&shared, Instant::now());
+                let now = shared.started.elapsed().as_millis() as u64;
+                shared.clock_ms.store(now, Ordering::Relaxed);
+                sweep_idle(&shared, now);
             }
         });
         GrainRuntime { shared }
@@ -129,7 +140,7 @@ where
 
     /// The live activation of `id`, started if there is none.
     fn activation(&self, id: &str) -> Addr<GrainActor<G>> {
-        let now = Instant::now();
+        let now = self.shared.clock_ms.load(Ordering::Relaxed);
         let mut registry = self
             .shared
             .registry
@@ -193,7 +204,7 @@ where
 }
 
 /// Passivates every grain idle for at least the configured timeout.
-fn sweep_idle<G: Grain>(shared: &Shared<G>, now: Instant) {
+fn sweep_idle<G: Grain>(shared: &Shared<G>, now: u64) {
     let mut registry = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
     while let Some((id, entry)) = registry.pop_idle(now, shared.config.idle_timeout) {
         tracing::trace!(grain = %id, "passivating idle grain");
