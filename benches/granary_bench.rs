@@ -22,7 +22,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use granary::cart_grain::{CartGrain, CartRequest};
 use granary::http::{ApiState, configure};
 use granary_cart::{Cart, CartCommand, NewItem};
-use granary_grain::{Grain, GrainRuntime, RuntimeConfig};
+use granary_grain::{Grain, GrainRuntime, Placement, RuntimeConfig};
 use granary_store::{EventStore, SqliteStore};
 use serde::{Deserialize, Serialize};
 
@@ -102,9 +102,27 @@ struct Rate {
     per_sec: f64,
 }
 
-async fn local_calls(store: Arc<dyn EventStore>, calls: u64, in_flight: u64) -> (Rate, Rate) {
-    let bare = BareTally { value: 0 }.start();
-    let grains: GrainRuntime<Tally> = GrainRuntime::new(store, RuntimeConfig::default());
+/// `same_thread`: grain and bare actor both on the caller's arbiter
+/// (`Placement::Caller`); otherwise both on another arbiter thread
+/// (`Placement::Pool(1)`, the node's default kind of placement).
+async fn local_calls(
+    store: Arc<dyn EventStore>,
+    calls: u64,
+    in_flight: u64,
+    same_thread: bool,
+) -> (Rate, Rate) {
+    let (bare, placement) = if same_thread {
+        (BareTally { value: 0 }.start(), Placement::Caller)
+    } else {
+        let elsewhere = actix::Arbiter::new();
+        let bare = BareTally::start_in_arbiter(&elsewhere.handle(), |_| BareTally { value: 0 });
+        (bare, Placement::Pool(1))
+    };
+    let config = RuntimeConfig {
+        placement,
+        ..RuntimeConfig::default()
+    };
+    let grains: GrainRuntime<Tally> = GrainRuntime::new(store, config);
     grains.call("t", Read).await.expect("activate");
     // Warm both up, then alternate rounds so drift hits both alike.
     let mut bare_time = Duration::ZERO;
@@ -459,10 +477,17 @@ fn main() {
     // 1. Local calls.
     let calls = if quick { 60_000 } else { 600_000 };
     let system = actix_rt::System::new();
-    for in_flight in [1u64, 64].into_iter().filter(|_| part("local")) {
-        let (bare, grain) = system.block_on(local_calls(store.clone(), calls, in_flight));
+    let cases = [(true, 1u64), (true, 64), (false, 1), (false, 64)];
+    for (same_thread, in_flight) in cases.into_iter().filter(|_| part("local")) {
+        let (bare, grain) =
+            system.block_on(local_calls(store.clone(), calls, in_flight, same_thread));
         println!(
-            "local call, {in_flight} in flight: bare actix actor {:.0}/s, grain {:.0}/s, ratio {:.2}",
+            "local call, {}, {in_flight} in flight: bare actix actor {:.0}/s, grain {:.0}/s, ratio {:.2}",
+            if same_thread {
+                "same thread"
+            } else {
+                "other thread"
+            },
             bare.per_sec,
             grain.per_sec,
             grain.per_sec / bare.per_sec

@@ -136,12 +136,22 @@ impl ConfigLayer {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            reason: e.message().to_owned()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default(),
+        toml::from_str(&text).map_err(|e| {
+            // toml reports where the bad value is; name the key written
+            // on that line, so the error says which setting to fix.
+            let key = e.span().and_then(|span| {
+                let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+                let line = &text[line_start..];
+                line.split_once('=').map(|(key, _)| key.trim().to_owned())
+            });
+            let reason = match key {
+                Some(key) if !key.is_empty() => format!("key `{key}`: {}", e.message()),
+                _ => e.message().to_owned(),
+            };
+            ConfigError::File {
+                path: path.display().to_string(),
+                reason,
+            }
         })
     }
 

@@ -19,6 +19,8 @@ use crate::proto::messages::{
 
 /// Most hosts a `Negotiate` request may name.
 const MAX_HOSTS: usize = 1_024;
+/// Most ids one `GetCartIds` reply carries.
+const MAX_CART_IDS: usize = 65_536;
 /// Longest host name accepted (DNS limit plus `:port`).
 const MAX_HOST_LEN: usize = 261;
 
@@ -85,6 +87,9 @@ impl ControlPlane for ControlPlaneService {
     async fn get_cart_ids(&self, _: Request<Empty>) -> Result<Response<CartIdsReply>, Status> {
         let mut cart_ids = self.carts.live_ids();
         cart_ids.sort();
+        // Bounded so the reply fits the 4 MiB message limit whatever the
+        // node holds (ids are 36 bytes).
+        cart_ids.truncate(MAX_CART_IDS);
         Ok(Response::new(CartIdsReply { cart_ids }))
     }
 

@@ -103,16 +103,18 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
 
     carts.passivate_all();
     let _ = grpc_stop.send(());
-    match grpc_thread.join() {
+    // Bounded: a peer holding a stream open must not keep the node up.
+    match grpc_thread.recv_timeout(GRPC_TIMEOUT + Duration::from_secs(1)) {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "gRPC server stopped with an error"),
-        Err(_) => tracing::warn!("gRPC server thread panicked"),
+        Err(_) => tracing::warn!("gRPC server did not stop in time; exiting anyway"),
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-type GrpcThread = std::thread::JoinHandle<anyhow::Result<()>>;
+/// Reports how the gRPC server thread ended.
+type GrpcThread = std::sync::mpsc::Receiver<anyhow::Result<()>>;
 
 /// Serves the ControlPlane on its own thread and runtime, so request work
 /// on the HTTP side never delays it.
@@ -121,30 +123,34 @@ fn start_grpc(
     service: ControlPlaneService,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::Builder::new()
+    let (ended, thread) = std::sync::mpsc::sync_channel(1);
+    let serve = move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let control_plane = ControlPlaneServer::new(service)
+                .max_decoding_message_size(GRPC_MAX_MESSAGE)
+                .max_encoding_message_size(4 * GRPC_MAX_MESSAGE);
+            Server::builder()
+                .timeout(GRPC_TIMEOUT)
+                .concurrency_limit_per_connection(256)
+                .max_concurrent_streams(256)
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .add_service(control_plane)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await?;
+            Ok(())
+        })
+    };
+    std::thread::Builder::new()
         .name("granary-grpc".into())
         .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                let control_plane = ControlPlaneServer::new(service)
-                    .max_decoding_message_size(GRPC_MAX_MESSAGE)
-                    .max_encoding_message_size(4 * GRPC_MAX_MESSAGE);
-                Server::builder()
-                    .timeout(GRPC_TIMEOUT)
-                    .concurrency_limit_per_connection(256)
-                    .max_concurrent_streams(256)
-                    .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                    .add_service(control_plane)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await?;
-                Ok(())
-            })
+            let _ = ended.send(serve());
         })?;
     Ok((stop, thread))
 }

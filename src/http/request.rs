@@ -154,7 +154,9 @@ pub(crate) fn idempotency(
     let mut hash = Fnv1a::default();
     hash.write(req.method().as_str().as_bytes());
     hash.write(b" ");
-    hash.write(req.path().as_bytes());
+    // Lower-cased: the ids in the path are UUIDs, which name the same cart
+    // in either case, so a retry spelling them differently is the same request.
+    hash.write(req.path().to_ascii_lowercase().as_bytes());
     hash.write(b"\n");
     hash.write(body);
     Ok(Some((key.to_owned(), hash.0)))

@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::fut::{ActorFutureExt, LocalBoxActorFuture, WrapFuture};
-use actix::{Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use granary_store::{
     AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError,
 };
+use tokio::sync::oneshot;
 
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
@@ -33,6 +34,8 @@ const REMEMBERED_REPLIES: usize = 16;
 pub(crate) struct Call<G: Grain> {
     pub(crate) command: G::Command,
     pub(crate) options: CallOptions,
+    /// 0 for the first send of a call, then 1, 2, … for the runtime's retries.
+    pub(crate) attempt: u32,
 }
 
 impl<G: Grain> Message for Call<G> {
@@ -40,9 +43,21 @@ impl<G: Grain> Message for Call<G> {
 }
 
 /// Stop after the messages already queued.
-pub(crate) struct Passivate;
+/// Stop after the messages already queued. `done` is dropped when the
+/// actor is, which releases its successor (see `Registry::retire`).
+pub(crate) struct Passivate {
+    pub(crate) done: Option<oneshot::Sender<()>>,
+}
 
 impl Message for Passivate {
+    type Result = ();
+}
+
+/// Stop if nothing was ever stored for this grain (sent to itself through
+/// the mailbox, so it never cuts a call in progress).
+struct ReleaseIfEmpty;
+
+impl Message for ReleaseIfEmpty {
     type Result = ();
 }
 
@@ -59,10 +74,19 @@ pub(crate) struct GrainActor<G: Grain> {
     /// size is what bounds how many fit in memory.
     #[allow(clippy::box_collection)]
     replies: Option<Box<VecDeque<IdempotencyRecord>>>,
+    /// The previous activation's stop signal: loading waits for it.
+    after: Option<oneshot::Receiver<()>>,
+    /// Dropped with the actor: tells the next activation it may load.
+    on_stop: Option<oneshot::Sender<()>>,
 }
 
 impl<G: Grain> GrainActor<G> {
-    pub(crate) fn new(id: String, generation: u64, shared: Arc<Shared<G>>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        generation: u64,
+        shared: Arc<Shared<G>>,
+        after: Option<oneshot::Receiver<()>>,
+    ) -> Self {
         GrainActor {
             key: GrainKey::new(G::KIND, id),
             generation,
@@ -72,13 +96,25 @@ impl<G: Grain> GrainActor<G> {
             snapshot_version: 0,
             broken: None,
             replies: None,
+            after,
+            on_stop: None,
         }
     }
 
     /// Throws the in-memory state away and rebuilds it from the store
     /// before the next message is handled.
     fn reload(&mut self, ctx: &mut Context<Self>) {
-        let load = self.shared.store.load(&self.key);
+        let store = self.shared.store.clone();
+        let key = self.key.clone();
+        let after = self.after.take();
+        let load = async move {
+            if let Some(previous_stopped) = after {
+                // Sender dropped = the previous activation is gone, with
+                // every write it had in flight settled.
+                let _ = previous_stopped.await;
+            }
+            store.load(&key).await
+        };
         ctx.wait(load.into_actor(self).map(|loaded, act, ctx| {
             act.broken = None;
             act.replies = None;
@@ -134,11 +170,8 @@ impl<G: Grain> GrainActor<G> {
     /// holding memory until the idle timeout: reads of random ids must not
     /// fill the node.
     fn release_if_still_empty(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_later(self.shared.config.empty_linger, |act, ctx| {
-            if act.version == 0 {
-                Counters::bump(&act.shared.counters.passivations);
-                ctx.stop();
-            }
+        ctx.run_later(self.shared.config.empty_linger, |_, ctx| {
+            ctx.address().do_send(ReleaseIfEmpty);
         });
     }
 
@@ -183,6 +216,20 @@ impl<G: Grain> GrainActor<G> {
             // Let the next call try a fresh activation.
             ctx.stop();
             return GrainResponse::Ready(Err(err));
+        }
+        if let Some(expected) = call.options.expected_version
+            && expected > self.version
+            && call.attempt == 0
+        {
+            // The client has seen a newer version than this activation: it
+            // was written elsewhere (another process on the store). Catch
+            // up, then let the runtime retry against fresh state.
+            self.reload(ctx);
+            return GrainResponse::Ready(Err(CallError::Store(StoreError::Conflict {
+                key: self.key.clone(),
+                expected,
+                actual: self.version,
+            })));
         }
         if let Some(expected) = call.options.expected_version
             && expected != self.version
@@ -234,19 +281,27 @@ impl<G: Grain> GrainActor<G> {
         // answer is computed on a copy of the state before the write.
         let idempotency = match call.options.idempotency.clone() {
             Some((key, request_hash)) => {
-                let snapshot = serde_json::to_vec(&self.state).map_err(encode_error)?;
-                let mut next: G = serde_json::from_slice(&snapshot).map_err(encode_error)?;
-                for event in &events {
-                    next.apply(event);
-                }
-                let outcome = Outcome {
-                    reply: next.reply(&call.command),
-                    version: new_version,
+                let answer = catch_unwind(AssertUnwindSafe(
+                    || -> Result<Vec<u8>, serde_json::Error> {
+                        let copy = serde_json::to_vec(&self.state)?;
+                        let mut next: G = serde_json::from_slice(&copy)?;
+                        for event in &events {
+                            next.apply(event);
+                        }
+                        serde_json::to_vec(&Outcome {
+                            reply: next.reply(&call.command),
+                            version: new_version,
+                        })
+                    },
+                ));
+                let reply = match answer {
+                    Ok(encoded) => encoded.map_err(encode_error)?,
+                    Err(panic) => return Err(CallError::Panicked(panic_message(&panic))),
                 };
                 Some(IdempotencyRecord {
                     key,
                     request_hash,
-                    reply: serde_json::to_vec(&outcome).map_err(encode_error)?,
+                    reply,
                 })
             }
             None => None,
@@ -331,9 +386,9 @@ impl<G: Grain> Actor for GrainActor<G> {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Ok(mut registry) = self.shared.registry.lock() {
-            registry.remove_if(&self.key.id, self.generation);
-        }
+        self.shared
+            .lock_registry()
+            .remove_if(&self.key.id, self.generation);
     }
 }
 
@@ -372,8 +427,20 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
 impl<G: Grain> Handler<Passivate> for GrainActor<G> {
     type Result = ();
 
-    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+    fn handle(&mut self, passivate: Passivate, ctx: &mut Self::Context) {
+        self.on_stop = passivate.done;
         ctx.stop();
+    }
+}
+
+impl<G: Grain> Handler<ReleaseIfEmpty> for GrainActor<G> {
+    type Result = ();
+
+    fn handle(&mut self, _: ReleaseIfEmpty, ctx: &mut Self::Context) {
+        if self.version == 0 {
+            Counters::bump(&self.shared.counters.passivations);
+            ctx.stop();
+        }
     }
 }
 
@@ -393,11 +460,35 @@ impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
                 }
             }
             GrainResponse::Pending(future) => {
-                <AtomicResponse<GrainActor<G>, CallResult<G>> as MessageResponse<
-                    GrainActor<G>,
-                    Call<G>,
-                >>::handle(AtomicResponse::new(future), ctx, tx)
+                // Like actix's AtomicResponse (the mailbox waits for the
+                // future), but the reply sender is guarded: if the actor
+                // stops before the future resolves (its thread ended, say),
+                // the caller hears "outcome unknown" instead of `Closed`,
+                // which the runtime would take as "never handled" and resend.
+                let guard = ReplyGuard::<G>(tx);
+                ctx.wait(future.map(move |result, _, _| guard.send(result)));
             }
+        }
+    }
+}
+
+/// Answers a taken call exactly once, even if its future is dropped.
+struct ReplyGuard<G: Grain>(Option<OneshotSender<CallResult<G>>>);
+
+impl<G: Grain> ReplyGuard<G> {
+    fn send(mut self, result: CallResult<G>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl<G: Grain> Drop for ReplyGuard<G> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Err(CallError::Unavailable(
+                "the grain stopped while handling the call; its outcome is unknown".into(),
+            )));
         }
     }
 }

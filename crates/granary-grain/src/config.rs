@@ -2,6 +2,26 @@
 
 use std::time::Duration;
 
+/// Which thread a new activation lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// On the runtime's own pool of arbiter threads (this many), chosen by
+    /// a hash of the id. Callers on other threads pay a thread hop per call,
+    /// but grains outlive the callers' threads: a server stopping one of its
+    /// worker threads never takes a grain (and its write in flight) with it.
+    Pool(usize),
+    /// On the caller's actix arbiter when there is one (no thread hop),
+    /// else on the pool's first arbiter. For callers whose threads live as
+    /// long as the runtime.
+    Caller,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement::Pool(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
 /// How the grain runtime manages activations. Defaults suit a laptop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -14,6 +34,11 @@ pub struct RuntimeConfig {
     /// How long an activation with nothing stored (version 0) stays live
     /// after it was loaded; reads of ids nobody wrote must not fill memory.
     pub empty_linger: Duration,
+    /// Where activations live.
+    pub placement: Placement,
+    /// Longest a call may wait for its answer. A call that times out gets
+    /// `CallError::Unavailable` and is never resent: its outcome is unknown.
+    pub call_timeout: Duration,
     /// How often a runtime may retry a call that met a version conflict or
     /// an activation that was stopping.
     pub max_retries: u32,
@@ -26,6 +51,8 @@ impl Default for RuntimeConfig {
             max_live: 1_000_000,
             snapshot_every: 64,
             empty_linger: Duration::from_secs(5),
+            placement: Placement::default(),
+            call_timeout: Duration::from_secs(30),
             max_retries: 5,
         }
     }

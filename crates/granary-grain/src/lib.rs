@@ -39,7 +39,7 @@ mod registry;
 mod runtime;
 mod stats;
 
-pub use config::RuntimeConfig;
+pub use config::{Placement, RuntimeConfig};
 pub use error::CallError;
 pub use grain::{Grain, Outcome};
 pub use runtime::{CallOptions, GrainRuntime};

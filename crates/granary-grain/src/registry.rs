@@ -5,12 +5,14 @@
 //! exactly one activation. Eviction and idle passivation both take from
 //! the cold end of the same order, so neither ever scans the whole map.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::Addr;
 use lru::LruCache;
+use tokio::sync::oneshot;
 
-use crate::activation::GrainActor;
+use crate::activation::{GrainActor, Passivate};
 use crate::grain::Grain;
 
 pub(crate) struct Entry<G: Grain> {
@@ -23,6 +25,10 @@ pub(crate) struct Entry<G: Grain> {
 
 pub(crate) struct Registry<G: Grain> {
     live: LruCache<String, Entry<G>>,
+    /// Activations told to stop that may not have stopped yet: the next
+    /// activation of the id waits for the signal (the sender is dropped when
+    /// the old actor is), so two activations never overlap.
+    stopping: HashMap<String, oneshot::Receiver<()>>,
     next_generation: u64,
 }
 
@@ -30,6 +36,7 @@ impl<G: Grain> Registry<G> {
     pub(crate) fn new() -> Self {
         Registry {
             live: LruCache::unbounded(),
+            stopping: HashMap::new(),
             next_generation: 1,
         }
     }
@@ -98,12 +105,35 @@ impl<G: Grain> Registry<G> {
         }
     }
 
-    pub(crate) fn drain(&mut self) -> Vec<(String, Entry<G>)> {
-        let mut all = Vec::with_capacity(self.live.len());
-        while let Some(item) = self.live.pop_lru() {
-            all.push(item);
+    /// Retires every live activation; returns how many.
+    pub(crate) fn retire_all(&mut self) -> usize {
+        let mut count = 0;
+        while let Some((id, entry)) = self.live.pop_lru() {
+            self.retire(id, entry);
+            count += 1;
         }
-        all
+        count
+    }
+
+    /// Asks `entry`'s actor to stop after the calls already queued, and
+    /// records the signal its successor must wait for.
+    pub(crate) fn retire(&mut self, id: String, entry: Entry<G>) {
+        let (done, stopped) = oneshot::channel();
+        entry.addr.do_send(Passivate { done: Some(done) });
+        self.stopping.insert(id, stopped);
+    }
+
+    /// The stop signal of the previous activation of `id`, if it may still
+    /// be running.
+    pub(crate) fn take_stopping(&mut self, id: &str) -> Option<oneshot::Receiver<()>> {
+        self.stopping.remove(id)
+    }
+
+    /// Forgets stop signals whose actor has stopped and was not followed.
+    pub(crate) fn forget_stopped(&mut self) {
+        self.stopping.retain(|_, stopped| {
+            matches!(stopped.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        });
     }
 
     pub(crate) fn len(&self) -> usize {

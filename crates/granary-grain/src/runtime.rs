@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr, Arbiter, MailboxError};
 use granary_store::{EventStore, StoreError};
 
-use crate::activation::{Call, GrainActor, Passivate};
-use crate::config::RuntimeConfig;
+use crate::activation::{Call, GrainActor};
+use crate::config::{Placement, RuntimeConfig};
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
 use crate::registry::Registry;
@@ -38,9 +38,10 @@ pub(crate) struct Shared<G: Grain> {
     /// therefore exact to one sweep period.
     clock_ms: AtomicU64,
     started: Instant,
-    /// Where grains live when the caller is not on an actix arbiter (gRPC
-    /// handlers, plain tokio tasks), and where the idle sweeper runs.
-    home: actix::ArbiterHandle,
+    /// The runtime's own arbiter threads: where pooled grains live, where
+    /// grains of callers outside actix live, and (the first) where the idle
+    /// sweeper runs.
+    arbiters: Vec<actix::ArbiterHandle>,
 }
 
 /// The runtime for one grain kind `G`. Clone it freely; all clones share
@@ -63,11 +64,16 @@ impl<G: Grain> GrainRuntime<G>
 where
     G::Command: Clone,
 {
-    /// Starts a runtime storing into `store`. Spawns one arbiter thread of
-    /// its own (home of grains called from outside actix, and of the idle
-    /// sweeper).
+    /// Starts a runtime storing into `store`. Spawns its arbiter threads
+    /// (see [`Placement`]).
     pub fn new(store: Arc<dyn EventStore>, config: RuntimeConfig) -> Self {
-        let home = Arbiter::new().handle();
+        let threads = match config.placement {
+            Placement::Pool(n) => n.max(1),
+            Placement::Caller => 1,
+        };
+        let arbiters: Vec<actix::ArbiterHandle> =
+            (0..threads).map(|_| Arbiter::new().handle()).collect();
+        let home = arbiters[0].clone();
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::new()),
             store,
@@ -75,7 +81,7 @@ where
             counters: Counters::default(),
             clock_ms: AtomicU64::new(0),
             started: Instant::now(),
-            home: home.clone(),
+            arbiters,
         });
         let sweep_every = (shared.config.idle_timeout / 4)
             .clamp(Duration::from_millis(10), Duration::from_secs(1));
@@ -87,6 +93,7 @@ where
                 let now = shared.started.elapsed().as_millis() as u64;
                 shared.clock_ms.store(now, Ordering::Relaxed);
                 sweep_idle(&shared, now);
+                shared.lock_registry().forget_stopped();
             }
         });
         GrainRuntime { shared }
@@ -118,14 +125,30 @@ where
             let call = Call {
                 command: command.clone(),
                 options: options.clone(),
+                attempt,
             };
-            let retry_reason = match addr.send(call).await {
-                Ok(Err(CallError::Store(StoreError::Conflict { .. }))) => "version conflict",
-                Ok(result) => return result,
-                // The activation stopped before it took the message (it was
-                // never handled): safe to resend to a fresh activation.
-                Err(MailboxError::Closed) => "activation stopped",
-                Err(MailboxError::Timeout) => "mailbox timeout",
+            let answer =
+                tokio::time::timeout(self.shared.config.call_timeout, addr.send(call)).await;
+            let retry_reason = match answer {
+                Ok(Ok(Err(CallError::Store(StoreError::Conflict { .. })))) => "version conflict",
+                // The first answer exists: the retry looks it up.
+                Ok(Ok(Err(CallError::Store(StoreError::DuplicateIdempotencyKey { .. })))) => {
+                    "answered before"
+                }
+                Ok(Ok(result)) => return result,
+                // The activation stopped before it took the message: actix
+                // dropped it unhandled (a call that was taken is always
+                // answered, see `ReplyGuard`), so resending is safe.
+                Ok(Err(MailboxError::Closed)) => "activation stopped",
+                // Never resend a call that may have been taken: its outcome
+                // is unknown.
+                Ok(Err(MailboxError::Timeout)) | Err(_) => {
+                    return Err(CallError::Unavailable(format!(
+                        "grain {}/{id} gave no answer within {:?}; the outcome is unknown",
+                        G::KIND,
+                        self.shared.config.call_timeout
+                    )));
+                }
             };
             attempt += 1;
             if attempt > self.shared.config.max_retries {
@@ -152,21 +175,38 @@ where
         while let Some((victim, entry)) = registry.pop_over(self.shared.config.max_live.max(1)) {
             tracing::trace!(grain = %victim, "evicting least recently used grain");
             Counters::bump(&self.shared.counters.evictions);
-            entry.addr.do_send(Passivate);
+            registry.retire(victim, entry);
         }
         let generation = registry.next_generation();
+        let after = registry.take_stopping(id);
         let shared = self.shared.clone();
         let owned_id = id.to_owned();
-        let addr = if Arbiter::try_current().is_some() {
-            GrainActor::new(owned_id, generation, shared).start()
-        } else {
-            GrainActor::start_in_arbiter(&self.shared.home, move |_| {
-                GrainActor::new(owned_id, generation, shared)
-            })
+        let addr = match self.home_of(id) {
+            None => GrainActor::new(owned_id, generation, shared, after).start(),
+            Some(arbiter) => GrainActor::start_in_arbiter(arbiter, move |_| {
+                GrainActor::new(owned_id, generation, shared, after)
+            }),
         };
         registry.insert(id.to_owned(), addr.clone(), generation, now);
         Counters::bump(&self.shared.counters.activations);
         addr
+    }
+
+    /// The arbiter a new activation of `id` starts on; `None` for the
+    /// caller's own.
+    fn home_of(&self, id: &str) -> Option<&actix::ArbiterHandle> {
+        let arbiters = &self.shared.arbiters;
+        match self.shared.config.placement {
+            Placement::Caller if Arbiter::try_current().is_some() => None,
+            Placement::Caller => arbiters.first(),
+            Placement::Pool(_) => {
+                // FNV-1a: stable and cheap; only spreading matters here.
+                let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                arbiters.get((hash % arbiters.len() as u64) as usize)
+            }
+        }
     }
 
     /// The runtime's counters.
@@ -183,11 +223,11 @@ where
     /// Passivates every live grain (after the messages already queued for
     /// it). Used at shutdown; calls made afterwards activate grains again.
     pub fn passivate_all(&self) {
-        let drained = self.lock_registry().drain();
-        for (_, entry) in drained {
-            Counters::bump(&self.shared.counters.passivations);
-            entry.addr.do_send(Passivate);
-        }
+        let retired = self.lock_registry().retire_all();
+        self.shared
+            .counters
+            .passivations
+            .fetch_add(retired as u64, Ordering::Relaxed);
     }
 
     /// The store this runtime writes to.
@@ -196,19 +236,24 @@ where
     }
 
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry<G>> {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shared.lock_registry()
+    }
+}
+
+impl<G: Grain> Shared<G> {
+    /// The registry, even if a panic poisoned its lock: its data stays
+    /// consistent because no code panics while holding it.
+    pub(crate) fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry<G>> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Passivates every grain idle for at least the configured timeout.
 fn sweep_idle<G: Grain>(shared: &Shared<G>, now: u64) {
-    let mut registry = shared.registry.lock().unwrap_or_else(|p| p.into_inner());
+    let mut registry = shared.lock_registry();
     while let Some((id, entry)) = registry.pop_idle(now, shared.config.idle_timeout) {
         tracing::trace!(grain = %id, "passivating idle grain");
         Counters::bump(&shared.counters.passivations);
-        entry.addr.do_send(Passivate);
+        registry.retire(id, entry);
     }
 }

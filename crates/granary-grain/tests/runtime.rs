@@ -328,3 +328,129 @@ async fn reads_of_ids_nobody_wrote_do_not_stay_in_memory() {
     eventually("empty grains to be released", || rt.stats().live == 1).await;
     assert_eq!(rt.live_ids(), ["real"]);
 }
+
+/// The real store behind a gate that holds appends until opened: lets a
+/// test keep a write in flight while something else happens.
+struct GatedStore {
+    inner: Arc<dyn EventStore>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatedStore {
+    fn new(inner: Arc<dyn EventStore>) -> (Arc<dyn EventStore>, Arc<tokio::sync::Semaphore>) {
+        let open = Arc::new(tokio::sync::Semaphore::new(0));
+        let store = GatedStore {
+            inner,
+            open: open.clone(),
+        };
+        (Arc::new(store), open)
+    }
+}
+
+impl EventStore for GatedStore {
+    fn append(&self, request: granary_store::AppendRequest) -> granary_store::StoreFuture<u64> {
+        let (inner, open) = (self.inner.clone(), self.open.clone());
+        Box::pin(async move {
+            let permit = open.acquire().await.expect("gate");
+            permit.forget();
+            inner.append(request).await
+        })
+    }
+    fn load(&self, key: &GrainKey) -> granary_store::StoreFuture<granary_store::LoadedGrain> {
+        self.inner.load(key)
+    }
+    fn save_snapshot(
+        &self,
+        key: &GrainKey,
+        snapshot: granary_store::Snapshot,
+    ) -> granary_store::StoreFuture<()> {
+        self.inner.save_snapshot(key, snapshot)
+    }
+    fn find_idempotent(
+        &self,
+        key: &GrainKey,
+        idempotency_key: &str,
+    ) -> granary_store::StoreFuture<Option<granary_store::IdempotencyRecord>> {
+        self.inner.find_idempotent(key, idempotency_key)
+    }
+    fn stats(&self) -> granary_store::StoreStats {
+        self.inner.stats()
+    }
+}
+
+#[actix_rt::test]
+async fn an_evicted_grain_with_a_write_in_flight_is_not_loaded_again_before_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gated, gate) = GatedStore::new(store(&dir));
+    let config = RuntimeConfig {
+        max_live: 1,
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(gated, config);
+    let writer = rt.clone();
+    let write = actix_rt::spawn(async move { writer.call("a", Op::Add(1)).await });
+    eventually("the write to be taken", || rt.stats().activations == 1).await;
+    // Activating "b" evicts "a" while its write waits at the gate; the next
+    // activation of "a" must not read the store before that write settles.
+    let other = rt.clone();
+    let b = actix_rt::spawn(async move { other.call("b", Op::Get).await });
+    let reader = rt.clone();
+    let read = actix_rt::spawn(async move { reader.call("a", Op::Get).await });
+    eventually("both activations", || rt.stats().activations == 3).await;
+    gate.add_permits(1);
+    assert_eq!(write.await.unwrap().unwrap().reply, 1);
+    b.await.unwrap().unwrap();
+    let read = read.await.unwrap().unwrap();
+    assert_eq!(
+        (read.reply, read.version),
+        (1, 1),
+        "the successor saw the write"
+    );
+}
+
+#[actix_rt::test]
+async fn a_call_that_times_out_is_answered_unknown_and_never_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gated, gate) = GatedStore::new(store(&dir));
+    let config = RuntimeConfig {
+        call_timeout: Duration::from_millis(100),
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(gated, config);
+    let err = rt.call("t", Op::Add(1)).await.unwrap_err();
+    assert!(
+        matches!(err, CallError::Unavailable(ref m) if m.contains("unknown")),
+        "{err:?}"
+    );
+    gate.add_permits(10);
+    // The write that was taken completes once; nothing resent it.
+    let after = rt.call("t", Op::Get).await.unwrap();
+    assert_eq!((after.reply, after.version), (1, 1));
+}
+
+#[actix_rt::test]
+async fn an_if_match_newer_than_the_activation_reloads_instead_of_refusing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = runtime(store(&dir), RuntimeConfig::default());
+    let b = runtime(store(&dir), RuntimeConfig::default());
+    a.call("m", Op::Add(1)).await.unwrap();
+    b.call("m", Op::Add(1)).await.unwrap(); // a's activation is now stale at 1
+    let fresh = CallOptions {
+        expected_version: Some(2),
+        ..CallOptions::default()
+    };
+    let outcome = a.call_with("m", Op::Add(1), fresh).await.unwrap();
+    assert_eq!((outcome.reply, outcome.version), (3, 3));
+    let future = CallOptions {
+        expected_version: Some(9),
+        ..CallOptions::default()
+    };
+    let err = a.call_with("m", Op::Add(1), future).await.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::VersionMismatch {
+            expected: 9,
+            actual: 3
+        }
+    );
+}

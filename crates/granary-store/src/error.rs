@@ -15,6 +15,14 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    /// The append carried an idempotency key already stored for this
+    /// grain: the request was answered before. Nothing was written; the
+    /// caller should look the first answer up.
+    #[error("idempotency key {idempotency_key:?} was already used for {key}")]
+    DuplicateIdempotencyKey {
+        key: GrainKey,
+        idempotency_key: String,
+    },
     /// The store cannot take the request now (queue full, database locked
     /// for too long, engine shutting down). Nothing was written.
     #[error("event store unavailable: {0}")]

@@ -113,7 +113,10 @@ async fn two_stores_on_one_file_share_streams_and_the_version_fence() {
             ..append_request(&other, 1, payloads("o", 2, 1))
         })
         .await;
-    assert!(matches!(dup, Err(StoreError::Invalid(_))), "got {dup:?}");
+    assert!(
+        matches!(dup, Err(StoreError::DuplicateIdempotencyKey { .. })),
+        "got {dup:?}"
+    );
     b.save_snapshot(
         &key,
         Snapshot {

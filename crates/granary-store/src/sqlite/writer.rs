@@ -32,6 +32,27 @@ pub(crate) enum WriteOp {
 enum Outcome {
     Appended(oneshot::Sender<Result<u64, StoreError>>, u64),
     Snapshotted(oneshot::Sender<Result<(), StoreError>>),
+    /// Refused inside the batch. Answered only after the batch's commit, so
+    /// a refused caller that reloads sees its neighbours' writes.
+    Refused(WriteReply, StoreError),
+}
+
+enum WriteReply {
+    Append(oneshot::Sender<Result<u64, StoreError>>),
+    Snapshot(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl WriteReply {
+    fn fail(self, err: StoreError) {
+        match self {
+            WriteReply::Append(reply) => {
+                let _ = reply.send(Err(err));
+            }
+            WriteReply::Snapshot(reply) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
 }
 
 pub(crate) fn run(
@@ -76,7 +97,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                     if matches!(err, StoreError::Conflict { .. }) {
                         counters.conflicts.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = reply.send(Err(err));
+                    outcomes.push(Outcome::Refused(WriteReply::Append(reply), err));
                 }
             },
             WriteOp::Snapshot {
@@ -85,9 +106,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                 reply,
             } => match snapshot_one(&tx, &key, &snapshot) {
                 Ok(()) => outcomes.push(Outcome::Snapshotted(reply)),
-                Err(err) => {
-                    let _ = reply.send(Err(err));
-                }
+                Err(err) => outcomes.push(Outcome::Refused(WriteReply::Snapshot(reply), err)),
             },
         }
         if tx.is_autocommit() {
@@ -114,6 +133,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                     Outcome::Snapshotted(reply) => {
                         let _ = reply.send(Ok(()));
                     }
+                    Outcome::Refused(reply, err) => reply.fail(err),
                 }
             }
         }
@@ -130,12 +150,10 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
 fn fail_outcomes(outcomes: Vec<Outcome>, err: &StoreError) {
     for outcome in outcomes {
         match outcome {
-            Outcome::Appended(reply, _) => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            Outcome::Snapshotted(reply) => {
-                let _ = reply.send(Err(err.clone()));
-            }
+            Outcome::Appended(reply, _) => WriteReply::Append(reply).fail(err.clone()),
+            Outcome::Snapshotted(reply) => WriteReply::Snapshot(reply).fail(err.clone()),
+            // Its own refusal is still the truer answer.
+            Outcome::Refused(reply, own) => reply.fail(own),
         }
     }
 }
@@ -143,12 +161,8 @@ fn fail_outcomes(outcomes: Vec<Outcome>, err: &StoreError) {
 fn fail_all(ops: impl Iterator<Item = WriteOp>, err: &StoreError) {
     for op in ops {
         match op {
-            WriteOp::Append { reply, .. } => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            WriteOp::Snapshot { reply, .. } => {
-                let _ = reply.send(Err(err.clone()));
-            }
+            WriteOp::Append { reply, .. } => WriteReply::Append(reply).fail(err.clone()),
+            WriteOp::Snapshot { reply, .. } => WriteReply::Snapshot(reply).fail(err.clone()),
         }
     }
 }
@@ -191,10 +205,10 @@ fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, 
             )
             .optional()?;
         if existing.is_some() {
-            return Err(StoreError::Invalid(format!(
-                "idempotency key {:?} was already used for {key}",
-                record.key
-            )));
+            return Err(StoreError::DuplicateIdempotencyKey {
+                key: key.clone(),
+                idempotency_key: record.key.clone(),
+            });
         }
         sp.execute(
             "INSERT INTO idempotency (kind, grain, key, request_hash, reply) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -422,7 +422,7 @@ pub async fn reused_idempotency_key_fails_and_writes_nothing(store: Arc<dyn Even
         .await
         .expect_err("reusing an idempotency key must fail");
     assert!(
-        matches!(err, StoreError::Invalid(_)),
+        matches!(err, StoreError::DuplicateIdempotencyKey { ref idempotency_key, .. } if idempotency_key == "req-1"),
         "reusing an idempotency key is a refused request, got {err:?}"
     );
     assert!(!err.is_retryable());
@@ -560,7 +560,7 @@ pub async fn refused_appends_do_not_disturb_concurrent_appends(store: Arc<dyn Ev
 
     // For each grain, at once: a valid append, a stale one and one reusing
     // the idempotency key (its version check would pass if it ran first, so
-    // either Conflict or Invalid is a correct refusal).
+    // either Conflict or DuplicateIdempotencyKey is a correct refusal).
     let start = Arc::new(Barrier::new(GRAINS * 3));
     let mut tasks = Vec::new();
     for n in 0..GRAINS {
@@ -592,7 +592,7 @@ pub async fn refused_appends_do_not_disturb_concurrent_appends(store: Arc<dyn Ev
             assert_eq!(result, Ok(3));
         } else {
             match result {
-                Err(StoreError::Conflict { .. } | StoreError::Invalid(_)) => {}
+                Err(StoreError::Conflict { .. } | StoreError::DuplicateIdempotencyKey { .. }) => {}
                 other => panic!("a stale or duplicate append must be refused, got {other:?}"),
             }
         }
