@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use granary::cart_grain::{CartGrain, CartRequest};
-use granary::http::{ApiState, configure};
+use granary::http::{ApiState, CartBody, configure};
 use granary_cart::{Cart, CartCommand, NewItem};
 use granary_grain::{Grain, GrainRuntime, Placement, RuntimeConfig};
 use granary_store::{EventStore, SqliteStore};
@@ -238,80 +238,116 @@ mod stateless {
                 conn.busy_timeout(Duration::from_secs(30))?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "FULL")?;
-                conn.execute_batch("CREATE TABLE IF NOT EXISTS baseline_carts (id TEXT PRIMARY KEY, body BLOB NOT NULL)")?;
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS baseline_carts \
+                     (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL)",
+                )?;
                 *slot = Some(conn);
             }
             f(slot.as_mut().expect("connection"))
         })
     }
 
-    fn mutate(path: &PathBuf, id: &str, command: &CartCommand) -> rusqlite::Result<Option<Cart>> {
+    /// One transaction: read the whole cart, decide with the same domain
+    /// rules, write the whole cart back if it changed, commit (fsync).
+    /// Returns the cart and its version, or `None` if the rules refused.
+    fn mutate(
+        path: &PathBuf,
+        id: &str,
+        command: &CartCommand,
+    ) -> rusqlite::Result<Option<(Cart, u64)>> {
         with_conn(path, |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let body: Option<Vec<u8>> = tx
+            let row: Option<(Vec<u8>, i64)> = tx
                 .query_row(
-                    "SELECT body FROM baseline_carts WHERE id = ?1",
+                    "SELECT body, version FROM baseline_carts WHERE id = ?1",
                     params![id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let mut cart: Cart = body
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let (mut cart, mut version) = match row {
+                Some((body, version)) => (
+                    serde_json::from_slice::<Cart>(&body).unwrap_or_default(),
+                    version as u64,
+                ),
+                None => (Cart::default(), 0),
+            };
             let Ok(events) = cart.decide(command) else {
                 return Ok(None);
             };
+            if events.is_empty() {
+                return Ok(Some((cart, version)));
+            }
             for event in &events {
                 cart.apply(event);
             }
+            version += events.len() as u64;
             let body = serde_json::to_vec(&cart).expect("encode");
             tx.execute(
-                "INSERT INTO baseline_carts (id, body) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
-                params![id, body],
+                "INSERT INTO baseline_carts (id, body, version) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body, version = excluded.version",
+                params![id, body, version as i64],
             )?;
             tx.commit()?;
-            Ok(Some(cart))
+            Ok(Some((cart, version)))
         })
+    }
+
+    async fn run(path: PathBuf, id: String, command: CartCommand) -> HttpResponse {
+        let Ok(uuid) = uuid::Uuid::parse_str(&id) else {
+            return HttpResponse::BadRequest().finish();
+        };
+        match web::block(move || mutate(&path, &id, &command)).await {
+            // The same body the grain service answers with.
+            Ok(Ok(Some((cart, version)))) => HttpResponse::Ok()
+                .insert_header(("ETag", format!("\"{version}\"")))
+                .json(CartBody::new(uuid, version, &cart)),
+            Ok(Ok(None)) => HttpResponse::Conflict().finish(),
+            _ => HttpResponse::ServiceUnavailable().finish(),
+        }
     }
 
     pub fn configure(path: PathBuf) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
         move |cfg| {
-            let path = path.clone();
+            let (create_path, add_path) = (path.clone(), path.clone());
             cfg.route(
+                "/carts/{id}",
+                web::post().to(move |id: web::Path<String>| {
+                    run(create_path.clone(), id.into_inner(), CartCommand::Create)
+                }),
+            )
+            .route(
                 "/carts/{id}/items",
-                web::post().to(
-                    move |id: web::Path<String>, item: web::Json<serde_json::Value>| {
-                        let path = path.clone();
-                        async move {
-                            let item: NewItem = NewItem {
-                                sku: item["sku"].as_str().unwrap_or_default().to_owned(),
-                                name: item["name"].as_str().unwrap_or_default().to_owned(),
-                                quantity: item["quantity"].as_u64().unwrap_or(1) as u32,
-                                unit_price: item["unit_price"].as_u64().unwrap_or(0),
-                                currency: item["currency"].as_str().unwrap_or("EUR").to_owned(),
-                                tax_rate_bp: None,
-                            };
-                            let id = id.into_inner();
-                            let result = web::block(move || {
-                                mutate(&path, &id, &CartCommand::Create)?;
-                                mutate(&path, &id, &CartCommand::AddItem(item)).map(|c| (id, c))
-                            })
-                            .await;
-                            match result {
-                            Ok(Ok((id, Some(cart)))) => HttpResponse::Ok().json(serde_json::json!({
-                                "id": id, "lines": cart.lines().len(), "total": cart.totals().total
-                            })),
-                            Ok(Ok((_, None))) => HttpResponse::Conflict().finish(),
-                            _ => HttpResponse::ServiceUnavailable().finish(),
-                        }
-                        }
-                    },
-                ),
+                web::post().to(move |id: web::Path<String>, item: web::Json<NewItemBody>| {
+                    let item = item.into_inner();
+                    let command = CartCommand::AddItem(NewItem {
+                        sku: item.sku,
+                        name: item.name,
+                        quantity: item.quantity,
+                        unit_price: item.unit_price,
+                        currency: item.currency,
+                        tax_rate_bp: item.tax_rate_bp,
+                    });
+                    run(add_path.clone(), id.into_inner(), command)
+                }),
             );
         }
     }
+
+    #[derive(Deserialize)]
+    pub struct NewItemBody {
+        sku: String,
+        name: String,
+        quantity: u32,
+        unit_price: u64,
+        currency: String,
+        tax_rate_bp: Option<u32>,
+    }
 }
+
+/// Distinct skus each benchmark cart cycles through: carts of a realistic
+/// size, so the figure is not dominated by rendering huge carts.
+const SKUS_PER_CART: u64 = 8;
 
 struct LoadResult {
     failed: u64,
@@ -351,7 +387,7 @@ async fn http_load(base: String, carts: Vec<String>, duration: Duration) -> Load
             let mut failed = 0u64;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let sku = format!("sku-{}", (n + client as u64) % 50);
+                let sku = format!("sku-{}", (n + client as u64) % SKUS_PER_CART);
                 n += 1;
                 let sent = Instant::now();
                 match http.post(&url, support::item(&sku)).await {
@@ -503,8 +539,16 @@ fn main() {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 actix_rt::System::new().block_on(async move {
-                    let carts: GrainRuntime<CartGrain> =
-                        GrainRuntime::new(store, RuntimeConfig::default());
+                    let placement = match std::env::var("GRANARY_BENCH_PLACEMENT").as_deref() {
+                        Ok("caller") => Placement::Caller,
+                        Ok(n) => n.parse().map(Placement::Pool).unwrap_or_default(),
+                        Err(_) => Placement::default(),
+                    };
+                    let config = RuntimeConfig {
+                        placement,
+                        ..RuntimeConfig::default()
+                    };
+                    let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, config);
                     let state = ApiState {
                         carts,
                         max_body_bytes: 64 * 1024,
@@ -538,9 +582,21 @@ fn main() {
                     .expect("create");
                 grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
             }
-            let baseline_carts: Vec<String> = (0..clients)
-                .map(|_| uuid::Uuid::new_v4().to_string())
-                .collect();
+            let mut baseline_carts = Vec::new();
+            for _ in 0..clients {
+                let id = uuid::Uuid::new_v4().to_string();
+                let answer = http
+                    .send(
+                        "POST",
+                        &format!("http://{baseline_addr}/carts/{id}"),
+                        None,
+                        &[],
+                    )
+                    .await
+                    .expect("create");
+                assert_eq!(answer.status, 200, "baseline create");
+                baseline_carts.push(id);
+            }
             let half = Duration::from_secs(seconds) / 2;
             // Two alternating halves each, so drift hits both alike.
             let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;

@@ -22,6 +22,7 @@ use granary_grain::GrainRuntime;
 use crate::cart_grain::CartGrain;
 pub use error::ApiError;
 pub use openapi::openapi_json;
+pub use views::CartBody;
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -107,14 +107,15 @@ impl<G: Grain> GrainActor<G> {
         let store = self.shared.store.clone();
         let key = self.key.clone();
         let after = self.after.take();
-        let load = async move {
+        let limit = self.shared.config.store_timeout;
+        let load = bounded(limit, async move {
             if let Some(previous_stopped) = after {
                 // Sender dropped = the previous activation is gone, with
                 // every write it had in flight settled.
                 let _ = previous_stopped.await;
             }
             store.load(&key).await
-        };
+        });
         ctx.wait(load.into_actor(self).map(|loaded, act, ctx| {
             act.broken = None;
             act.replies = None;
@@ -306,12 +307,15 @@ impl<G: Grain> GrainActor<G> {
             }
             None => None,
         };
-        let append = self.shared.store.append(AppendRequest {
-            key: self.key.clone(),
-            expected_version: self.version,
-            events: payloads,
-            idempotency: idempotency.clone(),
-        });
+        let append = bounded(
+            self.shared.config.store_timeout,
+            self.shared.store.append(AppendRequest {
+                key: self.key.clone(),
+                expected_version: self.version,
+                events: payloads,
+                idempotency: idempotency.clone(),
+            }),
+        );
         Ok(Box::pin(append.into_actor(self).map(
             move |written, act, ctx| {
                 match written {
@@ -343,7 +347,15 @@ impl<G: Grain> GrainActor<G> {
                         act.reload(ctx);
                         Err(CallError::Store(err))
                     }
-                    Err(err) => Err(CallError::Store(err)),
+                    Err(err @ StoreError::DuplicateIdempotencyKey { .. }) => {
+                        Err(CallError::Store(err))
+                    }
+                    Err(err) => {
+                        // Timed out or failed at commit: the write may or
+                        // may not be durable. Catch up before the next call.
+                        act.reload(ctx);
+                        Err(CallError::Store(err))
+                    }
                 }
             },
         )))
@@ -469,6 +481,20 @@ impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
                 ctx.wait(future.map(move |result, _, _| guard.send(result)));
             }
         }
+    }
+}
+
+/// `future`, or `Unavailable` if it takes longer than `limit` (the store
+/// did not answer; whether it acted is unknown).
+async fn bounded<T>(
+    limit: std::time::Duration,
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer from the event store within {limit:?}; the outcome is unknown"
+        ))),
     }
 }
 

@@ -36,9 +36,11 @@ pub struct RuntimeConfig {
     pub empty_linger: Duration,
     /// Where activations live.
     pub placement: Placement,
-    /// Longest a call may wait for its answer. A call that times out gets
-    /// `CallError::Unavailable` and is never resent: its outcome is unknown.
-    pub call_timeout: Duration,
+    /// Longest a grain waits for one store call (a load or an append), so a
+    /// hung store never holds a grain's mailbox. A write that takes longer
+    /// is answered `CallError::Unavailable` ("outcome unknown"), never
+    /// resent, and the grain reloads before its next call.
+    pub store_timeout: Duration,
     /// How often a runtime may retry a call that met a version conflict or
     /// an activation that was stopping.
     pub max_retries: u32,
@@ -52,7 +54,7 @@ impl Default for RuntimeConfig {
             snapshot_every: 64,
             empty_linger: Duration::from_secs(5),
             placement: Placement::default(),
-            call_timeout: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(10),
             max_retries: 5,
         }
     }

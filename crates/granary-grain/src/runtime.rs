@@ -127,26 +127,25 @@ where
                 options: options.clone(),
                 attempt,
             };
-            let answer =
-                tokio::time::timeout(self.shared.config.call_timeout, addr.send(call)).await;
-            let retry_reason = match answer {
-                Ok(Ok(Err(CallError::Store(StoreError::Conflict { .. })))) => "version conflict",
+            // No timer per call (it would cost more than a call answered from
+            // memory): the grain bounds every store wait it makes, which is
+            // the only thing its mailbox ever waits for.
+            let retry_reason = match addr.send(call).await {
+                Ok(Err(CallError::Store(StoreError::Conflict { .. }))) => "version conflict",
                 // The first answer exists: the retry looks it up.
-                Ok(Ok(Err(CallError::Store(StoreError::DuplicateIdempotencyKey { .. })))) => {
+                Ok(Err(CallError::Store(StoreError::DuplicateIdempotencyKey { .. }))) => {
                     "answered before"
                 }
-                Ok(Ok(result)) => return result,
+                Ok(result) => return result,
                 // The activation stopped before it took the message: actix
                 // dropped it unhandled (a call that was taken is always
                 // answered, see `ReplyGuard`), so resending is safe.
-                Ok(Err(MailboxError::Closed)) => "activation stopped",
-                // Never resend a call that may have been taken: its outcome
-                // is unknown.
-                Ok(Err(MailboxError::Timeout)) | Err(_) => {
+                Err(MailboxError::Closed) => "activation stopped",
+                // Never resend a call that may have been taken.
+                Err(MailboxError::Timeout) => {
                     return Err(CallError::Unavailable(format!(
-                        "grain {}/{id} gave no answer within {:?}; the outcome is unknown",
-                        G::KIND,
-                        self.shared.config.call_timeout
+                        "grain {}/{id} gave no answer in time; the outcome is unknown",
+                        G::KIND
                     )));
                 }
             };
