@@ -42,10 +42,10 @@ impl<G: Grain> Registry<G> {
     }
 
     /// The live activation of `id`, marked as just used.
-    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<(Addr<GrainActor<G>>, u64)> {
+    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<&Addr<GrainActor<G>>> {
         let entry = self.live.get_mut(id)?;
         entry.last_used = now;
-        Some((entry.addr.clone(), entry.generation))
+        Some(&entry.addr)
     }
 
     pub(crate) fn next_generation(&mut self) -> u64 {

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Arbiter, MailboxError};
+use actix::{Actor, Arbiter, MailboxError};
 use granary_store::{EventStore, StoreError};
 
 use crate::activation::{Call, GrainActor};
@@ -121,16 +121,16 @@ where
     ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
         let mut attempt = 0;
         loop {
-            let addr = self.activation(id);
             let call = Call {
                 command: command.clone(),
                 options: options.clone(),
                 attempt,
             };
+            let request = self.send(id, call);
             // No timer per call (it would cost more than a call answered from
             // memory): the grain bounds every store wait it makes, which is
             // the only thing its mailbox ever waits for.
-            let retry_reason = match addr.send(call).await {
+            let retry_reason = match request.await {
                 Ok(Err(CallError::Store(StoreError::Conflict { .. }))) => "version conflict",
                 // The first answer exists: the retry looks it up.
                 Ok(Err(CallError::Store(StoreError::DuplicateIdempotencyKey { .. }))) => {
@@ -160,16 +160,14 @@ where
         }
     }
 
-    /// The live activation of `id`, started if there is none.
-    fn activation(&self, id: &str) -> Addr<GrainActor<G>> {
+    /// Queues `call` in the mailbox of `id`'s live activation, started if
+    /// there is none. Queuing is a channel push, done under the registry
+    /// lock so the hot path needs no `Addr` clone.
+    fn send(&self, id: &str, call: Call<G>) -> actix::dev::Request<GrainActor<G>, Call<G>> {
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
-        let mut registry = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((addr, _)) = registry.touch(id, now) {
-            return addr;
+        let mut registry = self.shared.lock_registry();
+        if let Some(addr) = registry.touch(id, now) {
+            return addr.send(call);
         }
         while let Some((victim, entry)) = registry.pop_over(self.shared.config.max_live.max(1)) {
             tracing::trace!(grain = %victim, "evicting least recently used grain");
@@ -186,9 +184,10 @@ where
                 GrainActor::new(owned_id, generation, shared, after)
             }),
         };
-        registry.insert(id.to_owned(), addr.clone(), generation, now);
+        let request = addr.send(call);
+        registry.insert(id.to_owned(), addr, generation, now);
         Counters::bump(&self.shared.counters.activations);
-        addr
+        request
     }
 
     /// The arbiter a new activation of `id` starts on; `None` for the
