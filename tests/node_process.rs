@@ -199,12 +199,21 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    graceful_stop_under_load(libc::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_finishes_in_flight_requests_and_exits_zero() {
+    graceful_stop_under_load(libc::SIGINT).await;
+}
+
+async fn graceful_stop_under_load(signal: libc::c_int) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut node = NodeProcess::start(&data, &[]);
     let load = Load::start(&node, 8, 1_000_000).await;
     load.until_acked(100).await;
-    node.terminate();
+    node.signal(signal);
     let status = tokio::task::block_in_place(|| node.wait_exit(Duration::from_secs(30)));
     assert!(status.success(), "graceful stop exits 0, got {status}");
     for task in load.tasks {
