@@ -337,7 +337,7 @@ struct GatedStore {
 }
 
 impl GatedStore {
-    fn new(inner: Arc<dyn EventStore>) -> (Arc<dyn EventStore>, Arc<tokio::sync::Semaphore>) {
+    fn wrap(inner: Arc<dyn EventStore>) -> (Arc<dyn EventStore>, Arc<tokio::sync::Semaphore>) {
         let open = Arc::new(tokio::sync::Semaphore::new(0));
         let store = GatedStore {
             inner,
@@ -381,7 +381,7 @@ impl EventStore for GatedStore {
 #[actix_rt::test]
 async fn an_evicted_grain_with_a_write_in_flight_is_not_loaded_again_before_it_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let (gated, gate) = GatedStore::new(store(&dir));
+    let (gated, gate) = GatedStore::wrap(store(&dir));
     let config = RuntimeConfig {
         max_live: 1,
         ..RuntimeConfig::default()
@@ -411,7 +411,7 @@ async fn an_evicted_grain_with_a_write_in_flight_is_not_loaded_again_before_it_s
 #[actix_rt::test]
 async fn a_write_the_store_does_not_answer_in_time_is_answered_unknown_and_never_resent() {
     let dir = tempfile::tempdir().unwrap();
-    let (gated, gate) = GatedStore::new(store(&dir));
+    let (gated, gate) = GatedStore::wrap(store(&dir));
     let config = RuntimeConfig {
         store_timeout: Duration::from_millis(100),
         ..RuntimeConfig::default()
