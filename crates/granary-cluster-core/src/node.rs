@@ -1,0 +1,772 @@
+//! One member's view of the cluster, as a state machine.
+//!
+//! Inputs are ticks, messages (with the transport-authenticated sender) and
+//! proposed membership changes, each with the time; outputs are what the
+//! runtime must do. The runtime must carry out `Persist` before it sends
+//! any message that follows it in the same batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{ClusterConfig, NodeId};
+use crate::message::{Change, Message};
+use crate::timing::Timing;
+
+/// What a member must keep across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Durable {
+    /// The newest term this node has seen.
+    pub term: u64,
+    /// Whom it voted for in `term`.
+    pub voted_for: Option<NodeId>,
+    /// The newest config it accepted (committed or not).
+    pub config: ClusterConfig,
+    /// The newest config version it knows to be committed.
+    pub committed_version: u64,
+    /// The members of that committed config: the only peers whose
+    /// heartbeats it echoes. A member re-admitted by a config not yet
+    /// committed (say, one removed while it was cut off, which may still
+    /// hold grains that were re-homed) gets no echo, so it cannot count
+    /// this node towards a majority until the re-admission commits.
+    pub committed_members: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    Leader,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Tick {
+        now: u64,
+    },
+    Received {
+        from: NodeId,
+        message: Message,
+        now: u64,
+    },
+    Propose {
+        change: Change,
+        now: u64,
+    },
+}
+
+/// Why a proposed change was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Only the leader commits changes; ask this one (if known).
+    NotLeader { leader: Option<NodeId> },
+    /// The leader cannot see a majority, so it cannot commit.
+    NoQuorum,
+    /// A previous change is not committed yet.
+    ChangeInProgress,
+    /// The change would change nothing (already a member, not a member).
+    NoChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write this to stable storage before sending what follows.
+    Persist(Durable),
+    Send {
+        to: NodeId,
+        message: Message,
+    },
+    /// Whether this node may serve grains now (it sees a majority both
+    /// ways). Emitted when it changes.
+    Serving(bool),
+    /// A config became committed: the view grains are placed by.
+    Committed(ClusterConfig),
+    /// A proposed change was taken and is being replicated.
+    Proposed {
+        change: Change,
+        version: u64,
+    },
+    Rejected {
+        change: Change,
+        reason: RejectReason,
+    },
+}
+
+/// What this node knows about one peer.
+#[derive(Debug, Clone, Default)]
+struct Peer {
+    /// When we last received anything from it (our clock).
+    heard_at: Option<u64>,
+    /// The newest of our nonces it echoed: it heard us at that time.
+    confirmed_at: Option<u64>,
+    /// Its newest nonce, echoed back in our next heartbeat to it.
+    nonce: Option<u64>,
+    /// Its last silence report and when we got it.
+    silence: Option<(u64, BTreeMap<NodeId, u64>)>,
+}
+
+/// One member's state machine. See the crate docs for the rules.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    me: NodeId,
+    timing: Timing,
+    durable: Durable,
+    role: Role,
+    leader: Option<NodeId>,
+    leader_heard_at: Option<u64>,
+    votes: BTreeSet<NodeId>,
+    acks: BTreeSet<NodeId>,
+    peers: BTreeMap<NodeId, Peer>,
+    /// When this node started observing (silence before any message is
+    /// counted from here).
+    started_at: u64,
+    election_deadline: u64,
+    next_heartbeat: u64,
+    serving: bool,
+    rng: u64,
+}
+
+impl ClusterNode {
+    /// A node with its persisted state, starting at `now`. `seed` varies
+    /// the election timeouts between nodes (any value; tests fix it).
+    pub fn new(me: NodeId, durable: Durable, timing: Timing, now: u64, seed: u64) -> Self {
+        let mut node = ClusterNode {
+            me,
+            timing,
+            durable,
+            role: Role::Follower,
+            leader: None,
+            leader_heard_at: None,
+            votes: BTreeSet::new(),
+            acks: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            started_at: now,
+            election_deadline: now,
+            next_heartbeat: now,
+            serving: false,
+            rng: seed | 1,
+        };
+        node.election_deadline = now + node.election_timeout();
+        node
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> u64 {
+        self.durable.term
+    }
+
+    pub fn leader(&self) -> Option<&NodeId> {
+        self.leader.as_ref()
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.durable.config
+    }
+
+    pub fn committed_version(&self) -> u64 {
+        self.durable.committed_version
+    }
+
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving
+    }
+
+    /// When we last heard from `peer`, on our clock.
+    pub fn heard_at(&self, peer: &NodeId) -> Option<u64> {
+        self.peers.get(peer).and_then(|p| p.heard_at)
+    }
+
+    /// Members that confirmed hearing us within `fence_after`, us included.
+    pub fn live_members(&self, now: u64) -> BTreeSet<NodeId> {
+        self.durable
+            .config
+            .ids()
+            .filter(|id| *id == &self.me || self.confirmed_within(id, now, self.timing.fence_after))
+            .cloned()
+            .collect()
+    }
+
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Tick { now } => self.on_tick(now, &mut out),
+            Input::Received { from, message, now } => self.on_message(from, message, now, &mut out),
+            Input::Propose { change, now } => self.on_propose(change, now, &mut out),
+        }
+        out
+    }
+
+    // ---- time ------------------------------------------------------------
+
+    fn on_tick(&mut self, now: u64, out: &mut Vec<Output>) {
+        self.update_serving(now, out);
+        if self.role == Role::Leader && !self.serving {
+            // Check-quorum: a leader that cannot see a majority steps down,
+            // so it stops taking proposals it could never commit.
+            self.role = Role::Follower;
+            self.leader = None;
+            self.leader_heard_at = None;
+            self.election_deadline = now + self.election_timeout();
+        }
+        if self.role == Role::Leader {
+            self.detect_dead(now, out);
+        } else if now >= self.election_deadline && self.durable.config.is_member(&self.me) {
+            // Only a node that sees a majority both ways campaigns: a node
+            // cut off from the cluster must not inflate terms and disrupt
+            // the majority when it comes back.
+            if self.serving {
+                self.start_election(now, out);
+            } else {
+                self.election_deadline = now + self.election_timeout();
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.send_heartbeats(now, out);
+            self.next_heartbeat = now + self.timing.heartbeat_every;
+        }
+    }
+
+    fn send_heartbeats(&mut self, now: u64, out: &mut Vec<Output>) {
+        if !self.durable.config.is_member(&self.me) {
+            return;
+        }
+        let silence: Vec<(NodeId, u64)> = self
+            .durable
+            .config
+            .ids()
+            .filter(|id| *id != &self.me)
+            .map(|id| (id.clone(), self.silence_of(id, now)))
+            .collect();
+        let resend_config = self.role == Role::Leader && self.change_pending();
+        for to in self.others() {
+            if resend_config && !self.acks.contains(&to) {
+                // Messages get lost: a pending config goes out again with
+                // every heartbeat until its member acknowledges it.
+                out.push(Output::Send {
+                    to: to.clone(),
+                    message: self.apply_config_message(),
+                });
+            }
+            let echo = if self.durable.committed_members.contains(&to) {
+                self.peers.get(&to).and_then(|p| p.nonce)
+            } else {
+                None
+            };
+            out.push(Output::Send {
+                to,
+                message: Message::Heartbeat {
+                    term: self.durable.term,
+                    leader: self.leader.clone(),
+                    config_term: self.durable.config.term,
+                    config_version: self.durable.config.version,
+                    committed_version: self.durable.committed_version,
+                    nonce: now,
+                    echo,
+                    silence: silence.clone(),
+                },
+            });
+        }
+    }
+
+    fn update_serving(&mut self, now: u64, out: &mut Vec<Output>) {
+        let serving = self.durable.config.is_member(&self.me)
+            && self.live_members(now).len() >= self.durable.config.quorum();
+        if serving != self.serving {
+            self.serving = serving;
+            out.push(Output::Serving(serving));
+        }
+    }
+
+    /// The leader declares a member dead when a majority of members
+    /// (reporting in their heartbeats, the leader included) have not heard
+    /// from it for `dead_after`.
+    fn detect_dead(&mut self, now: u64, out: &mut Vec<Output>) {
+        if !self.serving || self.change_pending() {
+            return;
+        }
+        let quorum = self.durable.config.quorum();
+        let suspects: Vec<NodeId> = self
+            .others()
+            .into_iter()
+            .filter(|suspect| {
+                let agreeing = self
+                    .durable
+                    .config
+                    .ids()
+                    .filter(|reporter| *reporter != suspect)
+                    .filter(|reporter| {
+                        self.reported_silence(reporter, suspect, now) >= self.timing.dead_after
+                    })
+                    .count();
+                agreeing >= quorum
+            })
+            .collect();
+        if let Some(dead) = suspects.into_iter().next() {
+            self.commit_change(Change::Dead(dead), now, out);
+        }
+    }
+
+    /// How long `reporter` said it had not heard from `suspect`, in its
+    /// latest report. The report's age is not added: the reporter may have
+    /// heard the suspect since, and overstating silence is what could
+    /// declare a live member dead. A report older than `fence_after` does
+    /// not count.
+    fn reported_silence(&self, reporter: &NodeId, suspect: &NodeId, now: u64) -> u64 {
+        if reporter == &self.me {
+            return self.silence_of(suspect, now);
+        }
+        let Some((received_at, report)) = self.peers.get(reporter).and_then(|p| p.silence.as_ref())
+        else {
+            return 0;
+        };
+        if now.saturating_sub(*received_at) >= self.timing.fence_after {
+            return 0;
+        }
+        report.get(suspect).copied().unwrap_or(0)
+    }
+
+    fn silence_of(&self, id: &NodeId, now: u64) -> u64 {
+        let since = self
+            .heard_at(id)
+            .unwrap_or(self.started_at)
+            .max(self.started_at);
+        now.saturating_sub(since)
+    }
+
+    fn confirmed_within(&self, id: &NodeId, now: u64, window: u64) -> bool {
+        self.peers
+            .get(id)
+            .and_then(|p| p.confirmed_at)
+            .is_some_and(|at| now.saturating_sub(at) < window)
+    }
+
+    // ---- messages --------------------------------------------------------
+
+    fn on_message(&mut self, from: NodeId, message: Message, now: u64, out: &mut Vec<Output>) {
+        if from == self.me {
+            return;
+        }
+        if !self.durable.config.is_member(&from) {
+            self.on_message_from_non_member(from, message, now, out);
+            return;
+        }
+        let peer = self.peers.entry(from.clone()).or_default();
+        peer.heard_at = Some(now);
+        if let Message::RequestVote { .. } = message
+            && self.leader_is_live(now)
+            && self.leader.as_ref() != Some(&from)
+        {
+            // Leader stickiness: while we hear a leader, a candidate (say,
+            // one coming back from a partition) does not unseat it.
+            out.push(Output::Send {
+                to: from,
+                message: Message::Vote {
+                    term: self.durable.term,
+                    granted: false,
+                },
+            });
+            return;
+        }
+        if let Some(term) = message_term(&message)
+            && term > self.durable.term
+        {
+            self.adopt_term(term, out);
+        }
+        match message {
+            Message::Heartbeat {
+                term,
+                leader,
+                config_term,
+                config_version,
+                committed_version,
+                nonce,
+                echo,
+                silence,
+            } => {
+                let peer = self.peers.entry(from.clone()).or_default();
+                peer.nonce = Some(nonce);
+                if let Some(echo) = echo
+                    && echo <= now
+                {
+                    peer.confirmed_at = Some(peer.confirmed_at.map_or(echo, |c| c.max(echo)));
+                }
+                peer.silence = Some((now, silence.into_iter().collect()));
+                if term == self.durable.term
+                    && leader.as_ref() == Some(&from)
+                    && self.role != Role::Leader
+                {
+                    self.follow(from.clone(), now);
+                    let theirs = (config_term, config_version);
+                    if theirs > self.durable.config.stamp() {
+                        out.push(Output::Send {
+                            to: from.clone(),
+                            message: Message::PullConfig,
+                        });
+                    } else if theirs == self.durable.config.stamp() {
+                        self.learn_committed(committed_version.min(config_version), out);
+                    }
+                }
+                self.update_serving(now, out);
+            }
+            Message::RequestVote {
+                term,
+                config_term,
+                config_version,
+            } => {
+                // A candidate whose config is older than ours might undo a
+                // committed change: no vote.
+                let grant = term == self.durable.term
+                    && self.durable.voted_for.as_ref().is_none_or(|v| v == &from)
+                    && (config_term, config_version) >= self.durable.config.stamp()
+                    && self.role != Role::Leader;
+                if grant {
+                    self.durable.voted_for = Some(from.clone());
+                    out.push(Output::Persist(self.durable.clone()));
+                    self.election_deadline = now + self.election_timeout();
+                }
+                out.push(Output::Send {
+                    to: from,
+                    message: Message::Vote {
+                        term: self.durable.term,
+                        granted: grant,
+                    },
+                });
+            }
+            Message::Vote { term, granted } => {
+                if self.role == Role::Candidate && term == self.durable.term && granted {
+                    self.votes.insert(from);
+                    if self.votes.len() >= self.durable.config.quorum() {
+                        self.become_leader(now, out);
+                    }
+                }
+            }
+            Message::ApplyConfig {
+                term,
+                config,
+                committed_version,
+            } => {
+                // Only the leader of our current term replicates configs,
+                // and only a newer one is taken.
+                if term != self.durable.term || self.role == Role::Leader {
+                    return;
+                }
+                self.follow(from.clone(), now);
+                self.accept_config(from, config, committed_version, now, out);
+            }
+            Message::ConfigAck { term, version } => {
+                if self.role == Role::Leader
+                    && term == self.durable.term
+                    && version == self.durable.config.version
+                    && self.durable.config.term == self.durable.term
+                {
+                    self.acks.insert(from);
+                    self.check_commit(out);
+                }
+            }
+            Message::PullConfig => {
+                if self.role == Role::Leader {
+                    out.push(Output::Send {
+                        to: from,
+                        message: self.apply_config_message(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A node outside our config: ignored, except for a newer config that
+    /// names both this node and the sender — how a joining node (or one
+    /// removed while it was away and now re-admitted) learns the cluster.
+    fn on_message_from_non_member(&mut self, from: NodeId, message: Message, now: u64, out: &mut Vec<Output>) {
+        let Message::ApplyConfig {
+            term,
+            config,
+            committed_version,
+        } = message
+        else {
+            return;
+        };
+        if config.stamp() <= self.durable.config.stamp()
+            || !config.is_member(&self.me)
+            || !config.is_member(&from)
+        {
+            return;
+        }
+        if term > self.durable.term {
+            self.adopt_term(term, out);
+        }
+        self.follow(from.clone(), now);
+        self.peers.entry(from.clone()).or_default().heard_at = Some(now);
+        self.accept_config(from, config, committed_version, now, out);
+    }
+
+    fn accept_config(
+        &mut self,
+        leader: NodeId,
+        config: ClusterConfig,
+        committed_version: u64,
+        now: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let stamp = config.stamp();
+        if stamp > self.durable.config.stamp() {
+            self.durable.config = config;
+            self.durable.committed_version = self
+                .durable
+                .committed_version
+                .min(self.durable.config.version);
+            self.track_members(now);
+            out.push(Output::Persist(self.durable.clone()));
+        }
+        if stamp == self.durable.config.stamp() {
+            // Acknowledged again on a resend: the first ack may be lost.
+            out.push(Output::Send {
+                to: leader,
+                message: Message::ConfigAck {
+                    term: self.durable.term,
+                    version: self.durable.config.version,
+                },
+            });
+        }
+        let committed = committed_version.min(self.durable.config.version);
+        self.learn_committed(committed, out);
+        self.update_serving(now, out);
+    }
+
+    fn learn_committed(&mut self, version: u64, out: &mut Vec<Output>) {
+        if version > self.durable.committed_version && version == self.durable.config.version {
+            self.durable.committed_version = version;
+            self.durable.committed_members = self.durable.config.ids().cloned().collect();
+            out.push(Output::Persist(self.durable.clone()));
+            out.push(Output::Committed(self.durable.config.clone()));
+        }
+    }
+
+    // ---- roles -----------------------------------------------------------
+
+    fn adopt_term(&mut self, term: u64, out: &mut Vec<Output>) {
+        self.durable.term = term;
+        self.durable.voted_for = None;
+        self.role = Role::Follower;
+        self.leader = None;
+        self.leader_heard_at = None;
+        self.votes.clear();
+        self.acks.clear();
+        out.push(Output::Persist(self.durable.clone()));
+    }
+
+    fn follow(&mut self, leader: NodeId, now: u64) {
+        self.role = Role::Follower;
+        self.leader = Some(leader);
+        self.leader_heard_at = Some(now);
+        self.election_deadline = now + self.election_timeout();
+    }
+
+    fn leader_is_live(&self, now: u64) -> bool {
+        match self.role {
+            Role::Leader => self.serving,
+            _ => self
+                .leader_heard_at
+                .is_some_and(|at| now.saturating_sub(at) < self.timing.election_min),
+        }
+    }
+
+    fn start_election(&mut self, now: u64, out: &mut Vec<Output>) {
+        self.durable.term += 1;
+        self.durable.voted_for = Some(self.me.clone());
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.leader_heard_at = None;
+        self.votes = BTreeSet::from([self.me.clone()]);
+        self.election_deadline = now + self.election_timeout();
+        out.push(Output::Persist(self.durable.clone()));
+        if self.votes.len() >= self.durable.config.quorum() {
+            self.become_leader(now, out);
+            return;
+        }
+        for to in self.others() {
+            out.push(Output::Send {
+                to,
+                message: Message::RequestVote {
+                    term: self.durable.term,
+                    config_term: self.durable.config.term,
+                    config_version: self.durable.config.version,
+                },
+            });
+        }
+    }
+
+    fn become_leader(&mut self, now: u64, out: &mut Vec<Output>) {
+        self.role = Role::Leader;
+        self.leader = Some(self.me.clone());
+        self.leader_heard_at = Some(now);
+        self.acks = BTreeSet::from([self.me.clone()]);
+        self.next_heartbeat = now;
+        // Like Raft's no-op entry: a new leader first commits a config of
+        // its own term (same members, next version). That re-makes any
+        // config it accepted but did not see committed (counting acks of an
+        // older term's config would be unsafe, as in Raft), and it
+        // supersedes uncommitted configs an old leader left on a minority,
+        // which every member then replaces with this one.
+        self.durable.config.term = self.durable.term;
+        self.durable.config.version += 1;
+        out.push(Output::Persist(self.durable.clone()));
+        for to in self.others() {
+            out.push(Output::Send {
+                to,
+                message: self.apply_config_message(),
+            });
+        }
+        self.check_commit(out);
+        self.send_heartbeats(now, out);
+        self.next_heartbeat = now + self.timing.heartbeat_every;
+    }
+
+    // ---- membership changes ------------------------------------------------
+
+    fn on_propose(&mut self, change: Change, now: u64, out: &mut Vec<Output>) {
+        if self.role != Role::Leader {
+            out.push(Output::Rejected {
+                change,
+                reason: RejectReason::NotLeader {
+                    leader: self.leader.clone(),
+                },
+            });
+            return;
+        }
+        self.update_serving(now, out);
+        let reason = if !self.serving {
+            Some(RejectReason::NoQuorum)
+        } else if self.change_pending() {
+            Some(RejectReason::ChangeInProgress)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => out.push(Output::Rejected { change, reason }),
+            None => self.commit_change(change, now, out),
+        }
+    }
+
+    fn change_pending(&self) -> bool {
+        self.durable.committed_version < self.durable.config.version
+    }
+
+    fn commit_change(&mut self, change: Change, now: u64, out: &mut Vec<Output>) {
+        let mut next = self.durable.config.clone();
+        let changed = match &change {
+            Change::Join(member) => {
+                next.members
+                    .insert(member.id.clone(), member.clone())
+                    .as_ref()
+                    != Some(member)
+            }
+            Change::Leave(id) | Change::Dead(id) => next.members.remove(id).is_some(),
+        };
+        if !changed {
+            out.push(Output::Rejected {
+                change,
+                reason: RejectReason::NoChange,
+            });
+            return;
+        }
+        next.version += 1;
+        next.term = self.durable.term;
+        self.durable.config = next;
+        self.track_members(now);
+        self.acks = BTreeSet::from([self.me.clone()]);
+        out.push(Output::Persist(self.durable.clone()));
+        out.push(Output::Proposed {
+            change,
+            version: self.durable.config.version,
+        });
+        for to in self.others() {
+            out.push(Output::Send {
+                to,
+                message: self.apply_config_message(),
+            });
+        }
+        self.check_commit(out);
+        if !self.durable.config.is_member(&self.me) {
+            // A leader that removed itself steps down once it is out.
+            self.role = Role::Follower;
+            self.leader = None;
+        }
+    }
+
+    /// Commits the current config once a majority of it has acknowledged.
+    fn check_commit(&mut self, out: &mut Vec<Output>) {
+        let config = &self.durable.config;
+        let acked = self.acks.iter().filter(|id| config.is_member(id)).count();
+        if self.change_pending() && acked >= config.quorum() {
+            self.durable.committed_version = config.version;
+            self.durable.committed_members = config.ids().cloned().collect();
+            out.push(Output::Persist(self.durable.clone()));
+            out.push(Output::Committed(self.durable.config.clone()));
+        }
+    }
+
+    fn apply_config_message(&self) -> Message {
+        Message::ApplyConfig {
+            term: self.durable.term,
+            config: self.durable.config.clone(),
+            committed_version: self.durable.committed_version,
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------
+
+    /// Forgets departed members and starts the silence clock of new ones
+    /// now: a member that just joined is not "silent since we started".
+    fn track_members(&mut self, now: u64) {
+        let members = &self.durable.config.members;
+        self.peers.retain(|id, _| members.contains_key(id));
+        for id in members.keys() {
+            if id != &self.me {
+                let peer = self.peers.entry(id.clone()).or_default();
+                if peer.heard_at.is_none() {
+                    peer.heard_at = Some(now);
+                }
+            }
+        }
+    }
+
+    fn others(&self) -> Vec<NodeId> {
+        self.durable
+            .config
+            .ids()
+            .filter(|id| *id != &self.me)
+            .cloned()
+            .collect()
+    }
+
+    /// A pseudo-random election timeout in `[election_min, election_max)`.
+    fn election_timeout(&mut self) -> u64 {
+        // xorshift64: deterministic per seed, good enough to spread timeouts.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let span = self.timing.election_max - self.timing.election_min;
+        self.timing.election_min + self.rng % span.max(1)
+    }
+}
+
+fn message_term(message: &Message) -> Option<u64> {
+    match message {
+        Message::Heartbeat { term, .. }
+        | Message::RequestVote { term, .. }
+        | Message::Vote { term, .. }
+        | Message::ApplyConfig { term, .. }
+        | Message::ConfigAck { term, .. } => Some(*term),
+        Message::PullConfig => None,
+    }
+}

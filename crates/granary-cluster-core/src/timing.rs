@@ -1,0 +1,101 @@
+//! How often members talk and how long silence may last.
+
+/// The cluster's clocks, in milliseconds. Checked by [`Timing::validate`]:
+/// `heartbeat_every` < `fence_after` < `dead_after`, with at least two
+/// heartbeats of margin between fencing and death, so a partitioned
+/// minority has stopped serving before the majority re-homes its grains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub heartbeat_every: u64,
+    pub fence_after: u64,
+    pub dead_after: u64,
+    /// A follower that hears no leader for a time drawn from
+    /// `[election_min, election_max)` campaigns.
+    pub election_min: u64,
+    pub election_max: u64,
+}
+
+impl Default for Timing {
+    /// Defaults sized so a crashed node's grains are served again within
+    /// about 2 s (`dead_after` 1.5 s plus re-activation).
+    fn default() -> Self {
+        Timing {
+            heartbeat_every: 100,
+            fence_after: 900,
+            dead_after: 1_500,
+            election_min: 500,
+            election_max: 900,
+        }
+    }
+}
+
+/// A timing that would break the single-activation argument.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    #[error("heartbeat_every must be at least 1 ms")]
+    ZeroHeartbeat,
+    #[error(
+        "fence_after ({fence_after} ms) must be at least 3 heartbeats ({heartbeat_every} ms each)"
+    )]
+    FenceTooShort {
+        fence_after: u64,
+        heartbeat_every: u64,
+    },
+    #[error(
+        "dead_after ({dead_after} ms) must exceed fence_after ({fence_after} ms) by at least 2 heartbeats ({heartbeat_every} ms each)"
+    )]
+    DeadTooSoon {
+        dead_after: u64,
+        fence_after: u64,
+        heartbeat_every: u64,
+    },
+    #[error("election timeouts must satisfy heartbeat_every < election_min < election_max")]
+    BadElection,
+}
+
+impl Timing {
+    pub fn validate(&self) -> Result<(), TimingError> {
+        if self.heartbeat_every == 0 {
+            return Err(TimingError::ZeroHeartbeat);
+        }
+        if self.fence_after < 3 * self.heartbeat_every {
+            return Err(TimingError::FenceTooShort {
+                fence_after: self.fence_after,
+                heartbeat_every: self.heartbeat_every,
+            });
+        }
+        if self.dead_after < self.fence_after + 2 * self.heartbeat_every {
+            return Err(TimingError::DeadTooSoon {
+                dead_after: self.dead_after,
+                fence_after: self.fence_after,
+                heartbeat_every: self.heartbeat_every,
+            });
+        }
+        if !(self.heartbeat_every < self.election_min && self.election_min < self.election_max) {
+            return Err(TimingError::BadElection);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Timing::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn death_must_come_well_after_fencing() {
+        let timing = Timing {
+            dead_after: 1_000,
+            ..Timing::default()
+        };
+        assert!(matches!(
+            timing.validate(),
+            Err(TimingError::DeadTooSoon { .. })
+        ));
+    }
+}
