@@ -63,6 +63,10 @@ pub struct OwnershipDirectory {
     owners: HashMap<String, NodeId>,
     /// Members whose grain lists are still awaited after a view change.
     awaiting: BTreeSet<NodeId>,
+    /// After a view change that removed members, no claim is granted
+    /// before this time: the removed members must have fenced themselves
+    /// (see docs/cluster-protocol.md, invariant 4).
+    hold_until: u64,
 }
 
 impl OwnershipDirectory {
@@ -74,8 +78,9 @@ impl OwnershipDirectory {
             members: BTreeSet::new(),
             owners: HashMap::new(),
             awaiting: BTreeSet::new(),
+            hold_until: 0,
         };
-        directory.view_changed(config);
+        directory.view_changed(config, 0, 0);
         directory
     }
 
@@ -85,7 +90,7 @@ impl OwnershipDirectory {
     }
 
     /// `claimant` wants to host `grain`.
-    pub fn claim(&mut self, grain: &str, claimant: &NodeId) -> ClaimOutcome {
+    pub fn claim(&mut self, grain: &str, claimant: &NodeId, now: u64) -> ClaimOutcome {
         match self.holder(grain) {
             Some(holder) if holder != &self.me => {
                 return ClaimOutcome::NotHolder {
@@ -108,7 +113,7 @@ impl OwnershipDirectory {
                 }
             };
         }
-        if !self.awaiting.is_empty() {
+        if !self.awaiting.is_empty() || now < self.hold_until {
             return ClaimOutcome::Rebuilding;
         }
         self.owners.insert(grain.to_owned(), claimant.clone());
@@ -129,11 +134,16 @@ impl OwnershipDirectory {
         self.awaiting.remove(member);
     }
 
-    /// A new committed view: entries of departed members and of grains
-    /// whose partition moved away are dropped; the partition waits for
-    /// every other member's grain list.
-    pub fn view_changed(&mut self, config: &ClusterConfig) {
-        self.members = config.ids().cloned().collect();
+    /// A new committed view, at `now`: entries of departed members and of
+    /// grains whose partition moved away are dropped; the partition waits
+    /// for every other member's grain list and, if members were removed,
+    /// until `now + hold` (pass the cluster's `fence_after`).
+    pub fn view_changed(&mut self, config: &ClusterConfig, now: u64, hold: u64) {
+        let next: BTreeSet<NodeId> = config.ids().cloned().collect();
+        if self.members.iter().any(|m| !next.contains(m)) {
+            self.hold_until = now.saturating_add(hold);
+        }
+        self.members = next;
         let members = &self.members;
         let me = &self.me;
         self.owners.retain(|grain, owner| {
@@ -258,17 +268,17 @@ mod tests {
         let mut directory = ready_directory("a", &members);
         let grain = grain_held_by("a", &members);
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("b")),
+            directory.claim(&grain, &NodeId::new("b"), 0),
             ClaimOutcome::Accepted
         );
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 0),
             ClaimOutcome::Owned {
                 owner: NodeId::new("b")
             }
         );
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("b")),
+            directory.claim(&grain, &NodeId::new("b"), 0),
             ClaimOutcome::Accepted
         );
     }
@@ -279,7 +289,7 @@ mod tests {
         let mut directory = ready_directory("a", &members);
         let grain = grain_held_by("b", &members);
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 0),
             ClaimOutcome::NotHolder {
                 holder: NodeId::new("b")
             }
@@ -292,12 +302,12 @@ mod tests {
         let mut directory = OwnershipDirectory::new(NodeId::new("a"), &members);
         let grain = grain_held_by("a", &members);
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 0),
             ClaimOutcome::Rebuilding
         );
         directory.rebuild_from(&NodeId::new("b"), vec![grain.clone()]);
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 0),
             ClaimOutcome::Owned {
                 owner: NodeId::new("b")
             }
@@ -305,7 +315,7 @@ mod tests {
         directory.rebuild_from(&NodeId::new("c"), Vec::new());
         assert!(directory.is_ready());
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 0),
             ClaimOutcome::Owned {
                 owner: NodeId::new("b")
             }
@@ -324,17 +334,22 @@ mod tests {
             })
             .expect("some grain");
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("b")),
+            directory.claim(&grain, &NodeId::new("b"), 0),
             ClaimOutcome::Accepted
         );
         let without_b = ClusterConfig {
             version: 2,
             ..config(&["a", "c"])
         };
-        directory.view_changed(&without_b);
+        directory.view_changed(&without_b, 1_000, 900);
         directory.rebuild_from(&NodeId::new("c"), Vec::new());
         assert_eq!(
-            directory.claim(&grain, &NodeId::new("c")),
+            directory.claim(&grain, &NodeId::new("c"), 1_899),
+            ClaimOutcome::Rebuilding,
+            "the removed owner may still be serving until the hold ends"
+        );
+        assert_eq!(
+            directory.claim(&grain, &NodeId::new("c"), 1_900),
             ClaimOutcome::Accepted
         );
         assert_eq!(directory.owned_by(&NodeId::new("b")), 0);

@@ -486,7 +486,13 @@ impl ClusterNode {
     /// A node outside our config: ignored, except for a newer config that
     /// names both this node and the sender — how a joining node (or one
     /// removed while it was away and now re-admitted) learns the cluster.
-    fn on_message_from_non_member(&mut self, from: NodeId, message: Message, now: u64, out: &mut Vec<Output>) {
+    fn on_message_from_non_member(
+        &mut self,
+        from: NodeId,
+        message: Message,
+        now: u64,
+        out: &mut Vec<Output>,
+    ) {
         let Message::ApplyConfig {
             term,
             config,
