@@ -553,6 +553,7 @@ fn main() {
                         carts,
                         max_body_bytes: 64 * 1024,
                         ready: Arc::new(AtomicBool::new(true)),
+                        serving: Arc::new(AtomicBool::new(true)),
                     };
                     let server =
                         HttpServer::new(move || App::new().configure(configure(state.clone())))

@@ -48,6 +48,9 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     /// How long a stopping node waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// `HOST:PORT` gRPC addresses of members to ask for admission when this
+    /// node has no cluster state yet. Empty: found a new cluster.
+    pub join: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +67,7 @@ impl Default for NodeConfig {
             snapshot_every: 64,
             max_body_bytes: 64 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            join: Vec::new(),
         }
     }
 }
@@ -112,6 +116,7 @@ pub struct ConfigLayer {
     pub snapshot_every: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub shutdown_timeout: Option<String>,
+    pub join: Option<Vec<String>>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -127,6 +132,7 @@ pub const KEYS: &[&str] = &[
     "snapshot_every",
     "max_body_bytes",
     "shutdown_timeout",
+    "join",
 ];
 
 impl ConfigLayer {
@@ -178,6 +184,14 @@ impl ConfigLayer {
             snapshot_every: number("snapshot_every")?,
             max_body_bytes: number("max_body_bytes")?,
             shutdown_timeout: get("shutdown_timeout"),
+            // Comma-separated in the environment.
+            join: get("join").map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
         })
     }
 
@@ -194,6 +208,7 @@ impl ConfigLayer {
             snapshot_every: other.snapshot_every.or(self.snapshot_every),
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             shutdown_timeout: other.shutdown_timeout.or(self.shutdown_timeout),
+            join: other.join.or(self.join),
         }
     }
 
@@ -279,6 +294,13 @@ impl ConfigLayer {
             }
             Some(n) => n as usize,
         };
+        let join = self.join.unwrap_or_default();
+        if join.len() > 32 {
+            return Err(invalid("join", "at most 32 seeds".into()));
+        }
+        if let Some(bad) = join.iter().find(|seed| !valid_host_port(seed)) {
+            return Err(invalid("join", format!("{bad:?} is not HOST:PORT")));
+        }
         Ok(NodeConfig {
             data_dir,
             store,
@@ -294,6 +316,7 @@ impl ConfigLayer {
                 self.shutdown_timeout,
                 defaults.shutdown_timeout,
             )?,
+            join,
         })
     }
 }
@@ -342,6 +365,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "snapshot_every" => layer.snapshot_every.is_some(),
         "max_body_bytes" => layer.max_body_bytes.is_some(),
         "shutdown_timeout" => layer.shutdown_timeout.is_some(),
+        "join" => layer.join.is_some(),
         _ => false,
     }
 }

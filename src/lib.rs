@@ -16,9 +16,11 @@
 //!   - `proto`: generated wire types, private to the node.
 
 pub mod cart_grain;
+pub mod cluster;
 pub mod config;
 pub mod control_plane;
 pub mod http;
 pub mod identity;
 pub mod node;
 mod proto;
+pub mod status;

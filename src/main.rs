@@ -24,6 +24,18 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the HTTP API's OpenAPI document.
     Openapi,
+    /// Show a node's view of the cluster (talks to its gRPC port).
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The node's gRPC address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7070")]
+    node: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Every flag can also be set as `GRANARY_<NAME>` or in the config file.
@@ -62,6 +74,10 @@ struct ServeArgs {
     /// How long shutdown waits for in-flight requests [default: 30s].
     #[arg(long, value_name = "DURATION")]
     shutdown_timeout: Option<String>,
+    /// A member's gRPC HOST:PORT to ask for admission (repeatable; only
+    /// used while this node has no cluster state). None: found a cluster.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +88,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve(*args),
+        Command::Status(args) => match granary::status::run(&args.node, args.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("granary: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -100,6 +123,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         snapshot_every: args.snapshot_every,
         max_body_bytes: args.max_body_bytes,
         shutdown_timeout: args.shutdown_timeout,
+        join: (!args.join.is_empty()).then_some(args.join),
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

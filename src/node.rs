@@ -19,11 +19,14 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cart_grain::CartGrain;
+use crate::cluster::{self, ClusterService};
 use crate::config::NodeConfig;
 use crate::control_plane::ControlPlaneService;
 use crate::http::{self, ApiState};
 use crate::identity;
+use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
+use granary_cluster_core::{Member, NodeId, Timing};
 
 /// Largest gRPC message a node decodes.
 const GRPC_MAX_MESSAGE: usize = 1024 * 1024;
@@ -60,9 +63,25 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     } else {
         config.advertise.clone()
     };
+    let me = Member {
+        id: NodeId(node_id.to_string()),
+        address: advertise.clone(),
+    };
+    let (cluster, membership) = cluster::start(
+        me,
+        config.data_dir.clone(),
+        config.join.clone(),
+        Timing::default(),
+    )?;
+    let live_grains = {
+        let carts = carts.clone();
+        Arc::new(move || carts.stats().live) as Arc<dyn Fn() -> u64 + Send + Sync>
+    };
     let (grpc_stop, grpc_thread) = start_grpc(
         grpc_listener,
         ControlPlaneService::new(advertise.clone(), carts.clone()),
+        ClusterService::new(cluster.clone(), live_grains),
+        membership,
     )?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -70,6 +89,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         carts: carts.clone(),
         max_body_bytes: config.max_body_bytes,
         ready: ready.clone(),
+        serving: cluster.serving_flag(),
     };
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .disable_signals()
@@ -83,13 +103,23 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         .context("the HTTP server bound no address")?;
     let server = server.run();
     let handle = server.handle();
+    // A founding or restarted node sees its majority within a few
+    // heartbeats; a joining one once it is admitted. Either way, say
+    // "ready" when it can serve, or after a bound (it then answers 503
+    // until it can).
+    let serving = cluster.serving_flag();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !serving.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_path.display(), "granary node ready");
     // One machine-readable line on stdout, for scripts and tests.
     let mut stdout = std::io::stdout();
     let _ = writeln!(
         stdout,
-        "granary ready node={node_id} http={http_addr} grpc={grpc_addr} advertise={advertise}"
+        "granary ready node={node_id} http={http_addr} grpc={grpc_addr} advertise={advertise} serving={}",
+        serving.load(Ordering::Acquire)
     );
     let _ = stdout.flush();
 
@@ -121,6 +151,8 @@ type GrpcThread = std::sync::mpsc::Receiver<anyhow::Result<()>>;
 fn start_grpc(
     listener: std::net::TcpListener,
     service: ControlPlaneService,
+    cluster: ClusterService,
+    membership: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ended, thread) = std::sync::mpsc::sync_channel(1);
@@ -129,6 +161,9 @@ fn start_grpc(
             .enable_all()
             .build()?;
         runtime.block_on(async move {
+            // The heartbeat/quorum task shares this runtime with the
+            // cluster's RPCs and nothing else: HTTP load cannot delay it.
+            tokio::spawn(membership);
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             let control_plane = ControlPlaneServer::new(service)
@@ -140,6 +175,11 @@ fn start_grpc(
                 .max_concurrent_streams(256)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .add_service(control_plane)
+                .add_service(
+                    ClusterServer::new(cluster)
+                        .max_decoding_message_size(GRPC_MAX_MESSAGE)
+                        .max_encoding_message_size(GRPC_MAX_MESSAGE),
+                )
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })

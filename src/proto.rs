@@ -6,3 +6,9 @@ pub(crate) mod messages {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("messages");
 }
+
+/// Granary's own cluster protocol (package `granary.cluster.v1`).
+pub(crate) mod cluster {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("granary.cluster.v1");
+}

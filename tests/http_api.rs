@@ -61,6 +61,7 @@ fn state_on(db: &Path) -> ApiState {
         carts: GrainRuntime::<CartGrain>::new(Arc::new(store), RuntimeConfig::default()),
         max_body_bytes: MAX_BODY_BYTES,
         ready: Arc::new(AtomicBool::new(true)),
+        serving: Arc::new(AtomicBool::new(true)),
     }
 }
 

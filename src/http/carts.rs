@@ -30,6 +30,13 @@ async fn call(
     request: CartRequest,
     options: CallOptions,
 ) -> Result<Outcome<granary_cart::Cart>, ApiError> {
+    if !state.serving.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node cannot see a majority of the cluster; retry, here or on another node",
+        )
+        .with_code("fenced"));
+    }
     Ok(state
         .carts
         .call_with(&id.to_string(), request, options)

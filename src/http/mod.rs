@@ -31,6 +31,9 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Cleared when the node starts shutting down.
     pub ready: Arc<AtomicBool>,
+    /// Whether this node may serve grains: cleared while it cannot see a
+    /// majority of the cluster (it has fenced itself).
+    pub serving: Arc<AtomicBool>,
 }
 
 /// Registers every route of the API.

@@ -12,7 +12,7 @@ use crate::message::{Change, Message};
 use crate::timing::Timing;
 
 /// What a member must keep across restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Durable {
     /// The newest term this node has seen.
     pub term: u64,
@@ -22,12 +22,15 @@ pub struct Durable {
     pub config: ClusterConfig,
     /// The newest config version it knows to be committed.
     pub committed_version: u64,
-    /// The members of that committed config: the only peers whose
-    /// heartbeats it echoes. A member re-admitted by a config not yet
-    /// committed (say, one removed while it was cut off, which may still
-    /// hold grains that were re-homed) gets no echo, so it cannot count
-    /// this node towards a majority until the re-admission commits.
+    /// The members of that committed config.
     pub committed_members: BTreeSet<NodeId>,
+    /// Members a committed config removed and no committed config has
+    /// admitted since. Their heartbeats are not echoed even if a newer,
+    /// uncommitted config names them: one removed while it was cut off may
+    /// still hold grains that were re-homed, and must not count this node
+    /// towards a majority until its re-admission commits.
+    #[serde(default)]
+    pub departed: BTreeSet<NodeId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,7 +259,7 @@ impl ClusterNode {
                     message: self.apply_config_message(),
                 });
             }
-            let echo = if self.durable.committed_members.contains(&to) {
+            let echo = if !self.durable.departed.contains(&to) {
                 self.peers.get(&to).and_then(|p| p.nonce)
             } else {
                 None
@@ -551,7 +554,8 @@ impl ClusterNode {
     fn learn_committed(&mut self, version: u64, out: &mut Vec<Output>) {
         if version > self.durable.committed_version && version == self.durable.config.version {
             self.durable.committed_version = version;
-            self.durable.committed_members = self.durable.config.ids().cloned().collect();
+            let members = self.durable.config.ids().cloned().collect();
+            self.set_committed_members(members);
             out.push(Output::Persist(self.durable.clone()));
             out.push(Output::Committed(self.durable.config.clone()));
         }
@@ -715,7 +719,8 @@ impl ClusterNode {
         let acked = self.acks.iter().filter(|id| config.is_member(id)).count();
         if self.change_pending() && acked >= config.quorum() {
             self.durable.committed_version = config.version;
-            self.durable.committed_members = config.ids().cloned().collect();
+            let members = config.ids().cloned().collect();
+            self.set_committed_members(members);
             out.push(Output::Persist(self.durable.clone()));
             out.push(Output::Committed(self.durable.config.clone()));
         }
@@ -730,6 +735,18 @@ impl ClusterNode {
     }
 
     // ---- helpers -----------------------------------------------------------
+
+    fn set_committed_members(&mut self, members: BTreeSet<NodeId>) {
+        let removed: Vec<NodeId> = self
+            .durable
+            .committed_members
+            .difference(&members)
+            .cloned()
+            .collect();
+        self.durable.departed.extend(removed);
+        self.durable.departed.retain(|id| !members.contains(id));
+        self.durable.committed_members = members;
+    }
 
     /// Forgets departed members and starts the silence clock of new ones
     /// now: a member that just joined is not "silent since we started".

@@ -92,6 +92,7 @@ impl Sim {
             committed_members: config.ids().cloned().collect(),
             config,
             committed_version: 1,
+            departed: BTreeSet::new(),
         };
         let timing = Timing::default();
         let mut sim = Sim {
@@ -417,6 +418,51 @@ impl Sim {
                     && n.leader() == first.leader()
             })
             && nodes.len() == first.config().members.len()
+            && nodes.len() == self.ids.len()
+    }
+}
+
+/// A cluster that starts as one founding member; the others start outside
+/// any cluster and are admitted through the leader one at a time.
+fn run_growth_seed(seed: u64) {
+    let members = 3 + (seed % 3) as usize;
+    let mut sim = Sim::new(seed, members);
+    let founder = sim.ids[0].clone();
+    let founding = ClusterConfig::founding(Member {
+        id: founder.clone(),
+        address: format!("{founder}:7070"),
+    });
+    for id in sim.ids.clone() {
+        let durable = if id == founder {
+            Durable {
+                committed_members: founding.ids().cloned().collect(),
+                committed_version: founding.version,
+                config: founding.clone(),
+                ..Durable::default()
+            }
+        } else {
+            Durable::default()
+        };
+        sim.disks.insert(id.clone(), durable);
+        sim.start(&id);
+    }
+    sim.max_delay = 1 + (seed % 40);
+    let deadline = sim.now + 20_000;
+    while !sim.converged() {
+        sim.rejoin_removed();
+        assert!(
+            sim.now < deadline,
+            "seed {seed}: the cluster did not grow\n{}",
+            sim.dump()
+        );
+        sim.step();
+    }
+}
+
+#[test]
+fn members_join_one_by_one_and_converge() {
+    for seed in 1..=12 {
+        run_growth_seed(seed);
     }
 }
 

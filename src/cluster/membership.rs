@@ -1,0 +1,401 @@
+//! The heartbeat/quorum task: one `ClusterNode` driven by a ticker, the
+//! messages peers deliver and the changes operators propose.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use granary_cluster_core::{
+    Change, ClusterConfig, ClusterNode, Durable, Input, Member, Message, NodeId, Output,
+    RejectReason, Role, Timing,
+};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+use super::persist;
+use super::wire;
+use crate::proto::cluster as pb;
+use crate::proto::cluster::cluster_client::ClusterClient;
+
+/// Messages waiting for the task before deliveries are refused.
+const QUEUE: usize = 4_096;
+/// Deadline of every protocol message sent to a peer.
+const SEND_DEADLINE: Duration = Duration::from_millis(500);
+
+enum Command {
+    Deliver {
+        from: NodeId,
+        message: Message,
+    },
+    Propose {
+        change: Change,
+        reply: oneshot::Sender<Result<(), RejectReason>>,
+    },
+    Status {
+        reply: oneshot::Sender<ClusterStatus>,
+    },
+}
+
+/// A snapshot of this member's view, for `granary status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterStatus {
+    pub node_id: String,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub quorum: bool,
+    pub quorum_size: usize,
+    pub members: usize,
+    pub config_version: u64,
+    pub committed_version: u64,
+    pub peers: Vec<PeerView>,
+    /// The address of each member, by id.
+    #[serde(skip)]
+    pub addresses: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    pub id: String,
+    pub address: String,
+    pub live: bool,
+    pub last_seen_ms_ago: Option<u64>,
+}
+
+/// How the rest of the node talks to the membership task. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    commands: mpsc::Sender<Command>,
+    serving: Arc<AtomicBool>,
+    me: Member,
+}
+
+impl ClusterHandle {
+    /// Whether this node may serve grains now (it sees a majority).
+    pub fn serving_flag(&self) -> Arc<AtomicBool> {
+        self.serving.clone()
+    }
+
+    pub fn me(&self) -> &Member {
+        &self.me
+    }
+
+    /// Hands a peer's message to the task; `false` when the queue is full
+    /// (the message is dropped, as the network might have).
+    pub fn deliver(&self, from: NodeId, message: Message) -> bool {
+        self.commands
+            .try_send(Command::Deliver { from, message })
+            .is_ok()
+    }
+
+    pub async fn propose(&self, change: Change) -> Result<(), RejectReason> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Propose { change, reply })
+            .await
+            .is_err()
+        {
+            return Err(RejectReason::NotLeader { leader: None });
+        }
+        answer
+            .await
+            .unwrap_or(Err(RejectReason::NotLeader { leader: None }))
+    }
+
+    pub async fn status(&self) -> Option<ClusterStatus> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Status { reply }).await.ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Loads (or founds) this member's state and returns its handle and the
+/// task to spawn on the gRPC runtime. Without saved state, a node with no
+/// `join` seeds founds a one-member cluster; with seeds it starts outside
+/// any cluster and asks the seeds to admit it.
+pub fn start(
+    me: Member,
+    data_dir: PathBuf,
+    join: Vec<String>,
+    timing: Timing,
+) -> anyhow::Result<(
+    ClusterHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
+    timing.validate()?;
+    let durable = match persist::load(&data_dir)? {
+        Some(durable) => durable,
+        None if join.is_empty() => {
+            let config = ClusterConfig::founding(me.clone());
+            let durable = Durable {
+                term: 0,
+                voted_for: None,
+                committed_members: config.ids().cloned().collect(),
+                committed_version: config.version,
+                config,
+                departed: Default::default(),
+            };
+            persist::save(&data_dir, &durable)?;
+            tracing::info!(node = %me.id, "founded a new cluster");
+            durable
+        }
+        None => Durable::default(),
+    };
+    let started = Instant::now();
+    let seed = me
+        .id
+        .0
+        .bytes()
+        .fold(0x9e37_79b9_u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+    let node = ClusterNode::new(me.id.clone(), durable, timing, 0, seed);
+    let (commands, rx) = mpsc::channel(QUEUE);
+    let serving = Arc::new(AtomicBool::new(false));
+    let handle = ClusterHandle {
+        commands,
+        serving: serving.clone(),
+        me: me.clone(),
+    };
+    let task = Membership {
+        node,
+        data_dir,
+        serving,
+        started,
+        clients: HashMap::new(),
+        timing,
+    };
+    let joiner = handle.clone();
+    let run = async move {
+        if !join.is_empty() {
+            tokio::spawn(join_until_member(joiner, join));
+        }
+        task.run(rx).await;
+    };
+    Ok((handle, run))
+}
+
+struct Membership {
+    node: ClusterNode,
+    data_dir: PathBuf,
+    serving: Arc<AtomicBool>,
+    started: Instant,
+    clients: HashMap<String, ClusterClient<Channel>>,
+    timing: Timing,
+}
+
+impl Membership {
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            (self.timing.heartbeat_every / 4).max(5),
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let outputs = tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.node.step(Input::Tick { now })
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    let now = self.now();
+                    match command {
+                        Command::Deliver { from, message } => self.node.step(Input::Received { from, message, now }),
+                        Command::Propose { change, reply } => {
+                            let outputs = self.node.step(Input::Propose { change, now });
+                            let answer = outputs
+                                .iter()
+                                .find_map(|o| match o {
+                                    Output::Rejected { reason: RejectReason::NoChange, .. } => Some(Ok(())),
+                                    Output::Rejected { reason, .. } => Some(Err(reason.clone())),
+                                    Output::Proposed { .. } => Some(Ok(())),
+                                    _ => None,
+                                })
+                                .unwrap_or(Ok(()));
+                            let _ = reply.send(answer);
+                            outputs
+                        }
+                        Command::Status { reply } => {
+                            let _ = reply.send(self.status(now));
+                            continue;
+                        }
+                    }
+                }
+            };
+            self.execute(outputs);
+        }
+    }
+
+    fn execute(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Persist(durable) => {
+                    if let Err(err) = persist::save(&self.data_dir, &durable) {
+                        // Nothing that follows may go out: a vote or an ack
+                        // must never be sent before it is on disk.
+                        tracing::error!(error = %format!("{err:#}"), "cannot persist cluster state; dropping this step's messages");
+                        return;
+                    }
+                }
+                Output::Send { to, message } => self.send(&to, &message),
+                Output::Serving(serving) => {
+                    self.serving.store(serving, Ordering::Release);
+                    if serving {
+                        tracing::info!("a majority is in sight: serving grains");
+                    } else {
+                        tracing::warn!("no majority in sight: fenced, not serving grains");
+                    }
+                }
+                Output::Committed(config) => {
+                    tracing::info!(
+                        version = config.version,
+                        term = config.term,
+                        members = config.members.len(),
+                        "cluster config committed"
+                    );
+                }
+                Output::Proposed { change, version } => {
+                    tracing::info!(?change, version, "membership change proposed")
+                }
+                Output::Rejected { change, reason } => {
+                    tracing::debug!(?change, ?reason, "membership change rejected")
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, to: &NodeId, message: &Message) {
+        let address = match (self.node.config().members.get(to), message) {
+            (Some(member), _) => member.address.clone(),
+            // A joining node is not in our config yet: the config we send
+            // it names its address.
+            (None, Message::ApplyConfig { config, .. }) => match config.members.get(to) {
+                Some(member) => member.address.clone(),
+                None => return,
+            },
+            (None, _) => return,
+        };
+        let client = match self.clients.get(&address) {
+            Some(client) => client.clone(),
+            None => {
+                let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
+                    tracing::warn!(%address, "member address is not a valid endpoint");
+                    return;
+                };
+                let channel = endpoint
+                    .connect_timeout(SEND_DEADLINE)
+                    .timeout(SEND_DEADLINE)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                let client = ClusterClient::new(channel);
+                self.clients.insert(address.clone(), client.clone());
+                client
+            }
+        };
+        let envelope = wire::to_envelope(self.node.id(), message);
+        tokio::spawn(async move {
+            let mut client = client;
+            let mut request = tonic::Request::new(envelope);
+            request.set_timeout(SEND_DEADLINE);
+            if let Err(status) = client.deliver(request).await {
+                tracing::trace!(%address, %status, "cluster message not delivered");
+            }
+        });
+    }
+
+    fn status(&self, now: u64) -> ClusterStatus {
+        let live = self.node.live_members(now);
+        let config = self.node.config();
+        ClusterStatus {
+            node_id: self.node.id().0.clone(),
+            role: match self.node.role() {
+                Role::Leader => "leader",
+                Role::Candidate => "candidate",
+                Role::Follower => "follower",
+            }
+            .to_owned(),
+            term: self.node.term(),
+            leader: self.node.leader().map(|l| l.0.clone()),
+            quorum: self.node.is_serving(),
+            quorum_size: config.quorum(),
+            members: config.members.len(),
+            config_version: config.version,
+            committed_version: self.node.committed_version(),
+            peers: config
+                .members
+                .values()
+                .map(|m| PeerView {
+                    id: m.id.0.clone(),
+                    address: m.address.clone(),
+                    live: live.contains(&m.id),
+                    last_seen_ms_ago: if &m.id == self.node.id() {
+                        Some(0)
+                    } else {
+                        self.node.heard_at(&m.id).map(|at| now.saturating_sub(at))
+                    },
+                })
+                .collect(),
+            addresses: config
+                .members
+                .values()
+                .map(|m| (m.id.0.clone(), m.address.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Asks the seeds (then whichever leader they name) to admit this node,
+/// until it finds itself in a config.
+async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
+    let mut targets: Vec<String> = seeds.clone();
+    loop {
+        if let Some(status) = handle.status().await
+            && status.peers.iter().any(|p| p.id == handle.me.id.0)
+        {
+            tracing::info!(members = status.members, "joined the cluster");
+            return;
+        }
+        let target = targets.remove(0);
+        if targets.is_empty() {
+            targets = seeds.clone();
+        }
+        match ask_to_join(&target, &handle.me).await {
+            Ok(reply) if reply.accepted => {
+                tracing::info!(%target, "join accepted; waiting for the config")
+            }
+            Ok(reply) if !reply.leader_address.is_empty() => {
+                tracing::info!(%target, leader = %reply.leader_address, "joining through the leader");
+                targets.insert(0, reply.leader_address);
+            }
+            Ok(reply) => tracing::info!(%target, message = %reply.message, "join not taken yet"),
+            Err(err) => tracing::warn!(%target, error = %err, "join request failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn ask_to_join(target: &str, me: &Member) -> Result<pb::JoinReply, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = ClusterClient::new(channel);
+    let reply = client
+        .join(pb::JoinRequest {
+            member: Some(pb::Member {
+                id: me.id.0.clone(),
+                address: me.address.clone(),
+            }),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(reply.into_inner())
+}

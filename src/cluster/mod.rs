@@ -1,0 +1,24 @@
+//! The cluster runtime: the pure `granary-cluster-core` state machine run
+//! over gRPC (`proto/cluster.proto`).
+//!
+//! - `membership.rs`: the heartbeat/quorum task. It owns the
+//!   [`ClusterNode`](granary_cluster_core::ClusterNode), ticks it, feeds it
+//!   delivered messages and proposals, and carries out its outputs: persist
+//!   (fsync) before sending, send over pooled channels with a deadline,
+//!   publish whether this node may serve grains. It runs on the gRPC thread's
+//!   runtime, never behind HTTP work, so heartbeats do not starve under load.
+//! - `wire.rs`: core messages ⇄ protobuf.
+//! - `service.rs`: the `granary.cluster.v1.Cluster` gRPC service.
+//! - `persist.rs`: the durable state in `<data_dir>/cluster.json`.
+//!
+//! Not built yet (issue 3): the ownership directory actor, remote grain
+//! calls, `Closing` handling, mutual TLS (issue 5). Until then the sender of
+//! a message is taken from the envelope and is not authenticated.
+
+mod membership;
+mod persist;
+mod service;
+mod wire;
+
+pub use membership::{ClusterHandle, ClusterStatus, PeerView, start};
+pub use service::ClusterService;

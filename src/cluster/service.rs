@@ -1,0 +1,113 @@
+//! The `granary.cluster.v1.Cluster` gRPC service.
+
+use granary_cluster_core::{Change, RejectReason};
+use tonic::{Request, Response, Status};
+
+use super::membership::ClusterHandle;
+use super::wire;
+use crate::proto::cluster as pb;
+use crate::proto::cluster::cluster_server::Cluster;
+
+pub struct ClusterService {
+    handle: ClusterHandle,
+    live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl ClusterService {
+    pub fn new(
+        handle: ClusterHandle,
+        live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
+        ClusterService {
+            handle,
+            live_grains,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn deliver(
+        &self,
+        request: Request<pb::Envelope>,
+    ) -> Result<Response<pb::Delivered>, Status> {
+        let (from, message) =
+            wire::from_envelope(request.into_inner()).map_err(Status::invalid_argument)?;
+        if !self.handle.deliver(from, message) {
+            return Err(Status::resource_exhausted(
+                "the cluster task is behind; message dropped",
+            ));
+        }
+        Ok(Response::new(pb::Delivered {}))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("member: missing"))?;
+        let member = wire::member_from_wire(member, "member").map_err(Status::invalid_argument)?;
+        let reply = match self.handle.propose(Change::Join(member)).await {
+            Ok(()) => pb::JoinReply {
+                accepted: true,
+                message: "admitted; the config follows".into(),
+                leader_address: String::new(),
+            },
+            Err(RejectReason::NotLeader { leader }) => {
+                let address = match (&leader, self.handle.status().await) {
+                    (Some(leader), Some(status)) => {
+                        status.addresses.get(&leader.0).cloned().unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
+                pb::JoinReply {
+                    accepted: false,
+                    message: "not the leader".into(),
+                    leader_address: address,
+                }
+            }
+            Err(reason) => pb::JoinReply {
+                accepted: false,
+                message: format!("{reason:?}"),
+                leader_address: String::new(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let status = self
+            .handle
+            .status()
+            .await
+            .ok_or_else(|| Status::unavailable("the cluster task has stopped"))?;
+        Ok(Response::new(pb::StatusReply {
+            node_id: status.node_id,
+            role: status.role,
+            term: status.term,
+            leader: status.leader.unwrap_or_default(),
+            quorum: status.quorum,
+            quorum_size: status.quorum_size as u32,
+            members: status.members as u32,
+            config_version: status.config_version,
+            committed_version: status.committed_version,
+            peers: status
+                .peers
+                .into_iter()
+                .map(|p| pb::PeerStatus {
+                    id: p.id,
+                    address: p.address,
+                    live: p.live,
+                    last_seen_ms_ago: p.last_seen_ms_ago,
+                })
+                .collect(),
+            live_grains: (self.live_grains)(),
+        }))
+    }
+}

@@ -1,0 +1,226 @@
+//! Real node processes forming a cluster on loopback: joining, one leader,
+//! a killed member removed by the majority, a lone survivor fencing itself,
+//! and `granary status`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Http, NodeProcess};
+
+pub mod cluster {
+    tonic::include_proto!("granary.cluster.v1");
+}
+
+use cluster::cluster_client::ClusterClient;
+use cluster::{StatusReply, StatusRequest};
+
+async fn status(node: &NodeProcess) -> Option<StatusReply> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc)).ok()?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let reply = ClusterClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .ok()?;
+    Some(reply.into_inner())
+}
+
+/// Polls the nodes' status until `done` holds for all of them.
+async fn until_all(
+    nodes: &[&NodeProcess],
+    what: &str,
+    done: impl Fn(&StatusReply) -> bool,
+) -> Vec<StatusReply> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut replies = Vec::new();
+        let mut last = None;
+        for node in nodes {
+            match status(node).await {
+                Some(reply) if done(&reply) => replies.push(reply),
+                other => {
+                    last = other;
+                    break;
+                }
+            }
+        }
+        if replies.len() == nodes.len() {
+            return replies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; last status {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess) {
+    let a = NodeProcess::start(&dir.join("a"), &[]);
+    let seed = a.grpc.to_string();
+    let b = NodeProcess::start(&dir.join("b"), &["--join", &seed]);
+    let c = NodeProcess::start(&dir.join("c"), &["--join", &seed]);
+    (a, b, c)
+}
+
+fn agreed(replies: &[StatusReply]) -> bool {
+    let leader = &replies[0].leader;
+    !leader.is_empty()
+        && replies
+            .iter()
+            .all(|r| &r.leader == leader && r.config_version == replies[0].config_version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_join_and_agree_on_one_leader_and_one_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = three_nodes(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replies = loop {
+        let replies = until_all(&[&a, &b, &c], "three committed members, all live", |r| {
+            r.members == 3
+                && r.committed_version == r.config_version
+                && r.quorum
+                && r.peers.iter().all(|p| p.live)
+        })
+        .await;
+        if agreed(&replies) {
+            break replies;
+        }
+        assert!(Instant::now() < deadline, "no agreement: {replies:?}");
+    };
+    let leaders = replies.iter().filter(|r| r.role == "leader").count();
+    assert_eq!(leaders, 1, "{replies:?}");
+    for reply in &replies {
+        assert_eq!(reply.quorum_size, 2);
+    }
+
+    // The CLI shows the same view.
+    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args(["status", "--node", &a.grpc.to_string()])
+        .output()
+        .expect("granary status");
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("quorum      yes (needs 2 of 3)"), "{text}");
+    assert!(text.contains(&replies[0].leader), "{text}");
+    let json = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args(["status", "--json", "--node", &b.grpc.to_string()])
+        .output()
+        .expect("granary status --json");
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
+    assert_eq!(value["members"], 3);
+    assert_eq!(value["peers"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, mut c) = three_nodes(dir.path());
+    until_all(&[&a, &b, &c], "three committed members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.quorum
+    })
+    .await;
+    let killed_at = Instant::now();
+    c.kill9();
+    let replies = until_all(&[&a, &b], "the dead member removed", |r| {
+        r.members == 2 && r.committed_version == r.config_version && r.quorum
+    })
+    .await;
+    let removed_after = killed_at.elapsed();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.peers.iter().all(|p| p.id != c.node_id))
+    );
+    assert!(
+        removed_after >= Duration::from_millis(1_500),
+        "removed before dead_after: {removed_after:?}"
+    );
+    let http = Http::new();
+    let answer = http
+        .send("POST", &a.url("/carts"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 201, "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_without_a_majority_fences_itself_and_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b, mut c) = three_nodes(dir.path());
+    until_all(&[&a, &b, &c], "three committed members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.quorum
+    })
+    .await;
+    b.kill9();
+    c.kill9();
+    until_all(&[&a], "the survivor fenced", |r| !r.quorum).await;
+    let http = Http::new();
+    let answer = http
+        .send("POST", &a.url("/carts"), None, &[])
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.json["code"], "fenced");
+    // It never removed the others: a minority commits nothing.
+    let reply = status(&a).await.expect("status");
+    assert_eq!(reply.members, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &[]);
+    let before = status(&a).await.expect("status");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ClusterClient::new(channel);
+    // No message at all, and a sender name with spaces: InvalidArgument.
+    let err = client
+        .deliver(cluster::Envelope {
+            from: "x".into(),
+            message: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .deliver(cluster::Envelope {
+            from: "bad sender".into(),
+            message: Some(cluster::envelope::Message::PullConfig(
+                cluster::PullConfig {},
+            )),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A vote request from a non-member is ignored: no term change.
+    client
+        .deliver(cluster::Envelope {
+            from: "intruder".into(),
+            message: Some(cluster::envelope::Message::RequestVote(
+                cluster::RequestVote {
+                    term: 1_000,
+                    config_term: 1_000,
+                    config_version: 1_000,
+                },
+            )),
+        })
+        .await
+        .expect("delivered (and ignored)");
+    let after = status(&a).await.expect("status");
+    assert_eq!(after.term, before.term);
+    assert_eq!(after.config_version, before.config_version);
+    assert!(after.quorum);
+}
