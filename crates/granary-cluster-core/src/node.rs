@@ -124,6 +124,8 @@ pub struct ClusterNode {
     election_deadline: u64,
     next_heartbeat: u64,
     serving: bool,
+    /// When `serving` last went false.
+    lost_majority_at: u64,
     rng: u64,
 }
 
@@ -145,6 +147,7 @@ impl ClusterNode {
             election_deadline: now,
             next_heartbeat: now,
             serving: false,
+            lost_majority_at: now,
             rng: seed | 1,
         };
         node.election_deadline = now + node.election_timeout();
@@ -212,9 +215,14 @@ impl ClusterNode {
 
     fn on_tick(&mut self, now: u64, out: &mut Vec<Output>) {
         self.update_serving(now, out);
-        if self.role == Role::Leader && !self.serving {
-            // Check-quorum: a leader that cannot see a majority steps down,
-            // so it stops taking proposals it could never commit.
+        if self.role == Role::Leader
+            && !self.serving
+            && now.saturating_sub(self.lost_majority_at) >= self.timing.election_min
+        {
+            // Check-quorum: a leader that has not seen a majority for an
+            // election timeout steps down, so it stops taking proposals it
+            // could never commit. (Not at once: a member that just joined
+            // echoes only after a heartbeat round trip.)
             self.role = Role::Follower;
             self.leader = None;
             self.leader_heard_at = None;
@@ -285,6 +293,9 @@ impl ClusterNode {
             && self.live_members(now).len() >= self.durable.config.quorum();
         if serving != self.serving {
             self.serving = serving;
+            if !serving {
+                self.lost_majority_at = now;
+            }
             out.push(Output::Serving(serving));
         }
     }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Starts a 3-node Granary cluster on this machine: one embedded store shared
+# by all three (--store), one data directory each, node A founding the
+# cluster and B and C joining it. Prints `granary status`, then waits;
+# ctrl-c stops all three gracefully.
+#
+#   examples/local_cluster.sh            # data under ./local-cluster
+#   GRANARY_CLUSTER_DIR=/tmp/c examples/local_cluster.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir="${GRANARY_CLUSTER_DIR:-./local-cluster}"
+mkdir -p "$dir"
+cargo build --release --quiet
+bin=./target/release/granary
+
+pids=()
+stop() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+# start NAME HTTP GRPC [--join SEED]: runs a node and waits for its ready line.
+start() {
+    local name=$1 http=$2 grpc=$3
+    shift 3
+    "$bin" serve --data-dir "$dir/$name" --store "$dir/events.db" \
+        --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" "$@" \
+        > "$dir/$name.out" 2> "$dir/$name.log" &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        if grep -q '^granary ready' "$dir/$name.out" 2>/dev/null; then
+            echo "node $name: $(grep '^granary ready' "$dir/$name.out")"
+            return
+        fi
+        sleep 0.1
+    done
+    echo "node $name did not start; see $dir/$name.log" >&2
+    exit 1
+}
+
+start a 8081 7071
+start b 8082 7072 --join 127.0.0.1:7071
+start c 8083 7073 --join 127.0.0.1:7071
+
+echo
+"$bin" status --node 127.0.0.1:7071
+echo
+echo "HTTP on 127.0.0.1:8081, :8082, :8083; logs in $dir. ctrl-c stops the cluster."
+wait
