@@ -11,6 +11,7 @@ use granary_grain::GrainRuntime;
 use tonic::{Request, Response, Status};
 
 use crate::cart_grain::CartGrain;
+use crate::cluster::ClusterHandle;
 use crate::proto::messages::control_plane_server::ControlPlane;
 use crate::proto::messages::{
     CartIdsReply, ClosingNotice, Empty, NegotiateReply, NegotiateRequest, OwnerChangeAck,
@@ -28,11 +29,20 @@ const MAX_HOST_LEN: usize = 261;
 pub struct ControlPlaneService {
     advertise: String,
     carts: GrainRuntime<CartGrain>,
+    cluster: Option<ClusterHandle>,
 }
 
 impl ControlPlaneService {
-    pub fn new(advertise: String, carts: GrainRuntime<CartGrain>) -> Self {
-        ControlPlaneService { advertise, carts }
+    pub fn new(
+        advertise: String,
+        carts: GrainRuntime<CartGrain>,
+        cluster: Option<ClusterHandle>,
+    ) -> Self {
+        ControlPlaneService {
+            advertise,
+            carts,
+            cluster,
+        }
     }
 }
 
@@ -75,10 +85,21 @@ impl ControlPlane for ControlPlaneService {
         for host in &known {
             check_host("known_hosts", host)?;
         }
-        // A single node's healthy view is itself. The caller's hosts are
-        // validated but not adopted: membership changes only through the
-        // cluster protocol, never from a payload.
-        let hosts: BTreeSet<String> = [self.advertise.clone()].into_iter().collect();
+        // This node's healthy view: itself and the members it sees live.
+        // The caller's hosts are validated but not adopted: membership
+        // changes only through the cluster protocol, never from a payload.
+        let mut hosts: BTreeSet<String> = [self.advertise.clone()].into_iter().collect();
+        if let Some(cluster) = &self.cluster
+            && let Some(status) = cluster.status().await
+        {
+            hosts.extend(
+                status
+                    .peers
+                    .into_iter()
+                    .filter(|p| p.live)
+                    .map(|p| p.address),
+            );
+        }
         Ok(Response::new(NegotiateReply {
             hosts: hosts.into_iter().collect(),
         }))

@@ -79,7 +79,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     };
     let (grpc_stop, grpc_thread) = start_grpc(
         grpc_listener,
-        ControlPlaneService::new(advertise.clone(), carts.clone()),
+        ControlPlaneService::new(advertise.clone(), carts.clone(), Some(cluster.clone())),
         ClusterService::new(cluster.clone(), live_grains),
         membership,
     )?;

@@ -224,3 +224,34 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
     assert_eq!(after.config_version, before.config_version);
     assert!(after.quorum);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_answers_the_live_members() {
+    pub mod messages {
+        tonic::include_proto!("messages");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = three_nodes(dir.path());
+    until_all(&[&a, &b, &c], "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", b.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let reply = messages::control_plane_client::ControlPlaneClient::new(channel)
+        .negotiate(messages::NegotiateRequest {
+            known_hosts: vec!["elsewhere:1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut hosts = reply.hosts;
+    hosts.sort();
+    let mut expected = vec![a.grpc.to_string(), b.grpc.to_string(), c.grpc.to_string()];
+    expected.sort();
+    assert_eq!(hosts, expected, "the caller's hosts are not adopted; the members are listed");
+}
