@@ -554,6 +554,7 @@ fn main() {
                         max_body_bytes: 64 * 1024,
                         ready: Arc::new(AtomicBool::new(true)),
                         serving: Arc::new(AtomicBool::new(true)),
+                        router: None,
                     };
                     let server =
                         HttpServer::new(move || App::new().configure(configure(state.clone())))

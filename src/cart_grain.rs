@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct CartGrain(Cart);
 
-/// What callers send a cart grain.
-#[derive(Debug, Clone, PartialEq)]
+/// What callers send a cart grain (JSON on the wire between members).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CartRequest {
     /// Read the cart (served from memory; never writes).
     Get,

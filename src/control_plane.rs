@@ -11,7 +11,9 @@ use granary_grain::GrainRuntime;
 use tonic::{Request, Response, Status};
 
 use crate::cart_grain::CartGrain;
-use crate::cluster::ClusterHandle;
+use std::sync::Arc;
+
+use crate::cluster::{CartRouter, ClusterHandle};
 use crate::proto::messages::control_plane_server::ControlPlane;
 use crate::proto::messages::{
     CartIdsReply, ClosingNotice, Empty, NegotiateReply, NegotiateRequest, OwnerChangeAck,
@@ -30,6 +32,7 @@ pub struct ControlPlaneService {
     advertise: String,
     carts: GrainRuntime<CartGrain>,
     cluster: Option<ClusterHandle>,
+    router: Option<Arc<CartRouter>>,
 }
 
 impl ControlPlaneService {
@@ -37,11 +40,13 @@ impl ControlPlaneService {
         advertise: String,
         carts: GrainRuntime<CartGrain>,
         cluster: Option<ClusterHandle>,
+        router: Option<Arc<CartRouter>>,
     ) -> Self {
         ControlPlaneService {
             advertise,
             carts,
             cluster,
+            router,
         }
     }
 }
@@ -106,7 +111,12 @@ impl ControlPlane for ControlPlaneService {
     }
 
     async fn get_cart_ids(&self, _: Request<Empty>) -> Result<Response<CartIdsReply>, Status> {
-        let mut cart_ids = self.carts.live_ids();
+        // In a cluster: the carts whose ownership this member holds (the
+        // directory rebuilds from these); alone: the carts live here.
+        let mut cart_ids = match &self.router {
+            Some(router) => router.owned_ids(MAX_CART_IDS),
+            None => self.carts.live_ids(),
+        };
         cart_ids.sort();
         // Bounded so the reply fits the 4 MiB message limit whatever the
         // node holds (ids are 36 bytes).
@@ -123,6 +133,10 @@ impl ControlPlane for ControlPlaneService {
             return Err(Status::invalid_argument("cart_id: not a UUID"));
         }
         check_host("new_host", &request.new_host)?;
+        if let Some(router) = &self.router {
+            let (accepted, message) = router.claim_here(&request.cart_id, &request.new_host);
+            return Ok(Response::new(OwnerChangeAck { accepted, message }));
+        }
         if request.new_host == self.advertise {
             Ok(Response::new(OwnerChangeAck {
                 accepted: true,
@@ -146,6 +160,9 @@ impl ControlPlane for ControlPlaneService {
         let notice = request.into_inner();
         check_host("host", &notice.host)?;
         tracing::info!(host = %notice.host, "peer announced it is closing");
+        if let Some(router) = &self.router {
+            router.member_closed(&notice.host);
+        }
         Ok(Response::new(OwnerChangeAck {
             accepted: true,
             message: format!("acknowledged closing of {}", notice.host),

@@ -19,12 +19,13 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cart_grain::CartGrain;
-use crate::cluster::{self, ClusterService};
+use crate::cluster::{self, CartRouter, ClusterService, GrainsService};
 use crate::config::NodeConfig;
 use crate::control_plane::ControlPlaneService;
 use crate::http::{self, ApiState};
 use crate::identity;
 use crate::proto::cluster::cluster_server::ClusterServer;
+use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
 use granary_cluster_core::{Member, NodeId, Timing};
 
@@ -77,11 +78,42 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         let carts = carts.clone();
         Arc::new(move || carts.stats().live) as Arc<dyn Fn() -> u64 + Send + Sync>
     };
+    // Two runtimes of their own: one for the cluster's heartbeats and
+    // directory (nothing else runs there, so request load cannot delay a
+    // heartbeat), one for the gRPC servers and the channels to peers.
+    let grpc_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cluster_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let router = {
+        let _cluster = cluster_runtime.enter();
+        CartRouter::start(cluster.clone(), grpc_runtime.handle().clone())
+    };
+    cluster_runtime.spawn(release_claims_when_fenced(
+        cluster.serving_flag(),
+        router.clone(),
+        carts.clone(),
+    ));
+    std::thread::Builder::new()
+        .name("granary-cluster".into())
+        .spawn(move || {
+            cluster_runtime.block_on(membership);
+        })?;
     let (grpc_stop, grpc_thread) = start_grpc(
+        grpc_runtime,
         grpc_listener,
-        ControlPlaneService::new(advertise.clone(), carts.clone(), Some(cluster.clone())),
-        ClusterService::new(cluster.clone(), live_grains),
-        membership,
+        GrpcServices {
+            control_plane: ControlPlaneService::new(
+                advertise.clone(),
+                carts.clone(),
+                Some(cluster.clone()),
+                Some(router.clone()),
+            ),
+            cluster: ClusterService::new(cluster.clone(), live_grains),
+            grains: GrainsService::new(router.clone(), carts.clone()),
+        },
     )?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -90,6 +122,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         ready: ready.clone(),
         serving: cluster.serving_flag(),
+        router: Some(router),
     };
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .disable_signals()
@@ -148,35 +181,41 @@ type GrpcThread = std::sync::mpsc::Receiver<anyhow::Result<()>>;
 
 /// Serves the ControlPlane on its own thread and runtime, so request work
 /// on the HTTP side never delays it.
-fn start_grpc(
-    listener: std::net::TcpListener,
-    service: ControlPlaneService,
+struct GrpcServices {
+    control_plane: ControlPlaneService,
     cluster: ClusterService,
-    membership: impl std::future::Future<Output = ()> + Send + 'static,
+    grains: GrainsService,
+}
+
+/// Serves the node's gRPC services on `runtime`, on a thread of its own.
+fn start_grpc(
+    runtime: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    services: GrpcServices,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ended, thread) = std::sync::mpsc::sync_channel(1);
     let serve = move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         runtime.block_on(async move {
-            // The heartbeat/quorum task shares this runtime with the
-            // cluster's RPCs and nothing else: HTTP load cannot delay it.
-            tokio::spawn(membership);
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let control_plane = ControlPlaneServer::new(service)
-                .max_decoding_message_size(GRPC_MAX_MESSAGE)
-                .max_encoding_message_size(4 * GRPC_MAX_MESSAGE);
             Server::builder()
                 .timeout(GRPC_TIMEOUT)
                 .concurrency_limit_per_connection(256)
                 .max_concurrent_streams(256)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_service(control_plane)
                 .add_service(
-                    ClusterServer::new(cluster)
+                    ControlPlaneServer::new(services.control_plane)
+                        .max_decoding_message_size(GRPC_MAX_MESSAGE)
+                        .max_encoding_message_size(4 * GRPC_MAX_MESSAGE),
+                )
+                .add_service(
+                    ClusterServer::new(services.cluster)
+                        .max_decoding_message_size(GRPC_MAX_MESSAGE)
+                        .max_encoding_message_size(GRPC_MAX_MESSAGE),
+                )
+                .add_service(
+                    GrainsServer::new(services.grains)
                         .max_decoding_message_size(GRPC_MAX_MESSAGE)
                         .max_encoding_message_size(GRPC_MAX_MESSAGE),
                 )
@@ -193,6 +232,28 @@ fn start_grpc(
             let _ = ended.send(serve());
         })?;
     Ok((stop, thread))
+}
+
+/// When this node loses its majority it gives up every claim and drops its
+/// activations: by the time the majority re-homes them it must not be
+/// serving them (docs/cluster-protocol.md, invariant 4).
+async fn release_claims_when_fenced(
+    serving: Arc<AtomicBool>,
+    router: Arc<CartRouter>,
+    carts: GrainRuntime<CartGrain>,
+) {
+    let mut was_serving = serving.load(Ordering::Acquire);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let now_serving = serving.load(Ordering::Acquire);
+        if was_serving && !now_serving {
+            router.fenced();
+            carts.passivate_all();
+            tracing::warn!("fenced: released every cart claim and passivated every cart");
+        }
+        was_serving = now_serving;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (ctrl-c), naming which.

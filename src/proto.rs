@@ -12,3 +12,9 @@ pub(crate) mod cluster {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("granary.cluster.v1");
 }
+
+/// Remote grain calls (package `granary.grains.v1`).
+pub(crate) mod grains {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("granary.grains.v1");
+}

@@ -143,12 +143,27 @@ async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
         removed_after >= Duration::from_millis(1_500),
         "removed before dead_after: {removed_after:?}"
     );
-    let http = Http::new();
-    let answer = http
-        .send("POST", &a.url("/carts"), None, &[])
-        .await
-        .unwrap();
+    // The directory holds the dead member's carts for fence_after after the
+    // removal commits; meanwhile calls get 503 with Retry-After.
+    let answer = create_retrying(&a).await;
     assert_eq!(answer.status, 201, "{answer:?}");
+}
+
+/// `POST /carts` on `node`, retried on 503 (as a client honouring
+/// Retry-After would) for at most 10 s.
+async fn create_retrying(node: &NodeProcess) -> support::Answer {
+    let http = Http::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = http
+            .send("POST", &node.url("/carts"), None, &[])
+            .await
+            .unwrap();
+        if answer.status != 503 || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,5 +268,70 @@ async fn negotiate_answers_the_live_members() {
     hosts.sort();
     let mut expected = vec![a.grpc.to_string(), b.grpc.to_string(), c.grpc.to_string()];
     expected.sort();
-    assert_eq!(hosts, expected, "the caller's hosts are not adopted; the members are listed");
+    assert_eq!(
+        hosts, expected,
+        "the caller's hosts are not adopted; the members are listed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let seed = a.grpc.to_string();
+    let b = NodeProcess::start(&dir.path().join("b"), &["--store", store, "--join", &seed]);
+    let c = NodeProcess::start(&dir.path().join("c"), &["--store", store, "--join", &seed]);
+    let nodes = [&a, &b, &c];
+    until_all(&nodes, "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    let http = Http::new();
+    let mut carts = Vec::new();
+    for (n, node) in nodes.iter().enumerate().cycle().take(9) {
+        // Each view change makes the directory rebuild for a moment (503,
+        // Retry-After): retry as a client would.
+        let created = create_retrying(node).await;
+        assert_eq!(created.status, 201, "node {n}: {created:?}");
+        carts.push(created.json["id"].as_str().unwrap().to_owned());
+    }
+    for cart in &carts {
+        for (n, node) in nodes.iter().enumerate() {
+            let answer = http
+                .post(
+                    &node.url(&format!("/carts/{cart}/items")),
+                    support::item(&format!("from-{n}")),
+                )
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200, "add through node {n}: {answer:?}");
+        }
+        let mut seen = Vec::new();
+        for node in &nodes {
+            let answer = http
+                .get(&node.url(&format!("/carts/{cart}")))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, 200);
+            seen.push(answer.json.clone());
+        }
+        assert!(
+            seen.iter().all(|body| body == &seen[0]),
+            "members disagree on {cart}"
+        );
+        assert_eq!(seen[0]["version"], 4);
+        assert_eq!(support::skus(&seen[0]).len(), 3);
+    }
+    // Every cart is live on exactly one member.
+    let mut live = 0;
+    for node in &nodes {
+        live += status(node).await.expect("status").live_grains;
+    }
+    assert_eq!(
+        live,
+        carts.len() as u64,
+        "each cart has exactly one activation"
+    );
 }

@@ -62,6 +62,7 @@ fn state_on(db: &Path) -> ApiState {
         max_body_bytes: MAX_BODY_BYTES,
         ready: Arc::new(AtomicBool::new(true)),
         serving: Arc::new(AtomicBool::new(true)),
+        router: None,
     }
 }
 

@@ -69,7 +69,9 @@ pub struct PeerView {
 pub struct ClusterHandle {
     commands: mpsc::Sender<Command>,
     serving: Arc<AtomicBool>,
+    committed: tokio::sync::watch::Receiver<ClusterConfig>,
     me: Member,
+    timing: Timing,
 }
 
 impl ClusterHandle {
@@ -80,6 +82,20 @@ impl ClusterHandle {
 
     pub fn me(&self) -> &Member {
         &self.me
+    }
+
+    /// The newest committed config (empty until this node has one).
+    pub fn committed(&self) -> ClusterConfig {
+        self.committed.borrow().clone()
+    }
+
+    /// Changes of the committed config.
+    pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<ClusterConfig> {
+        self.committed.clone()
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     /// Hands a peer's message to the task; `false` when the queue is full
@@ -153,15 +169,24 @@ pub fn start(
     let node = ClusterNode::new(me.id.clone(), durable, timing, 0, seed);
     let (commands, rx) = mpsc::channel(QUEUE);
     let serving = Arc::new(AtomicBool::new(false));
+    let initial = if node.committed_version() == node.config().version {
+        node.config().clone()
+    } else {
+        ClusterConfig::default()
+    };
+    let (committed, committed_rx) = tokio::sync::watch::channel(initial);
     let handle = ClusterHandle {
         commands,
         serving: serving.clone(),
+        committed: committed_rx,
         me: me.clone(),
+        timing,
     };
     let task = Membership {
         node,
         data_dir,
         serving,
+        committed,
         started,
         clients: HashMap::new(),
         timing,
@@ -180,6 +205,7 @@ struct Membership {
     node: ClusterNode,
     data_dir: PathBuf,
     serving: Arc<AtomicBool>,
+    committed: tokio::sync::watch::Sender<ClusterConfig>,
     started: Instant,
     clients: HashMap<String, ClusterClient<Channel>>,
     timing: Timing,
@@ -252,6 +278,7 @@ impl Membership {
                     }
                 }
                 Output::Committed(config) => {
+                    self.committed.send_replace(config.clone());
                     tracing::info!(
                         version = config.version,
                         term = config.term,

@@ -15,10 +15,14 @@
 //! calls, `Closing` handling, mutual TLS (issue 5). Until then the sender of
 //! a message is taken from the envelope and is not authenticated.
 
+mod grains_service;
 mod membership;
 mod persist;
+mod router;
 mod service;
 mod wire;
 
+pub use grains_service::GrainsService;
 pub use membership::{ClusterHandle, ClusterStatus, PeerView, start};
+pub use router::{CartRouter, Route, Unroutable};
 pub use service::ClusterService;

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::request::{call_options, etag, parse_json, parse_uuid, read_body};
 use super::views::{AddItemBody, CartBody, ChangeQuantityBody, ErrorBody, SetDeliveryBody};
 use crate::cart_grain::CartRequest;
+use crate::cluster::{CartRouter, Route};
 
 /// Namespace of cart ids derived from an `Idempotency-Key` on `POST /carts`,
 /// so a retried create names the same cart.
@@ -37,10 +38,110 @@ async fn call(
         )
         .with_code("fenced"));
     }
-    Ok(state
-        .carts
-        .call_with(&id.to_string(), request, options)
-        .await?)
+    let grain = id.to_string();
+    let Some(router) = &state.router else {
+        return Ok(state.carts.call_with(&grain, request, options).await?);
+    };
+    // A stale route (the owner moved) is resolved again, a few times.
+    for _ in 0..3 {
+        let route = router.route(&grain).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.0).with_code("placing")
+        })?;
+        match route {
+            Route::Local => return Ok(state.carts.call_with(&grain, request, options).await?),
+            Route::Remote { address } => {
+                match forward(router, &address, &grain, &request, &options).await {
+                    Forwarded::Answer(result) => return result,
+                    Forwarded::Moved => router.forget(&grain),
+                    Forwarded::Unreachable(reason) => {
+                        router.forget(&grain);
+                        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+                            .with_code("owner_unreachable"));
+                    }
+                }
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the cart is moving between members; retry",
+    )
+    .with_code("moving"))
+}
+
+enum Forwarded {
+    Answer(Result<Outcome<granary_cart::Cart>, ApiError>),
+    /// The callee does not own the cart; nothing was done.
+    Moved,
+    /// No answer: the outcome is unknown, so the call is not retried.
+    Unreachable(String),
+}
+
+/// Sends a call to the member that owns the cart.
+async fn forward(
+    router: &CartRouter,
+    address: &str,
+    grain: &str,
+    request: &CartRequest,
+    options: &CallOptions,
+) -> Forwarded {
+    use crate::proto::grains::{GrainCall, grain_answer};
+    let mut client = match router.grains_client(address) {
+        Ok(client) => client,
+        Err(err) => return Forwarded::Unreachable(err.0),
+    };
+    let Ok(command) = serde_json::to_vec(request) else {
+        return Forwarded::Answer(Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the call",
+        )));
+    };
+    let (idempotency_key, request_hash) = options.idempotency.clone().unwrap_or_default();
+    let mut call = tonic::Request::new(GrainCall {
+        kind: "cart".into(),
+        id: grain.to_owned(),
+        command,
+        expected_version: options.expected_version,
+        idempotency_key,
+        request_hash,
+    });
+    call.set_timeout(std::time::Duration::from_secs(10));
+    let answer = match client.call(call).await {
+        Ok(answer) => answer.into_inner(),
+        Err(status) => {
+            return Forwarded::Unreachable(format!(
+                "the member that owns this cart did not answer ({}); the outcome is unknown",
+                status.message()
+            ));
+        }
+    };
+    match answer.result {
+        Some(grain_answer::Result::Ok(outcome)) => match serde_json::from_slice(&outcome.reply) {
+            Ok(cart) => Forwarded::Answer(Ok(Outcome {
+                reply: cart,
+                version: outcome.version,
+            })),
+            Err(_) => Forwarded::Answer(Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the owner sent an unreadable cart",
+            ))),
+        },
+        Some(grain_answer::Result::Failure(failure)) if failure.not_owner => Forwarded::Moved,
+        Some(grain_answer::Result::Failure(failure)) => {
+            let status =
+                StatusCode::from_u16(failure.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut err = ApiError::new(status, failure.message).with_code(failure.code);
+            if !failure.field.is_empty() {
+                err = err.with_field(failure.field);
+            }
+            err.etag = failure.current_version;
+            Forwarded::Answer(Err(err))
+        }
+        None => Forwarded::Answer(Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the owner sent an empty answer",
+        ))),
+    }
 }
 
 /// Runs one command from a request with a body (or none) and answers 200.

@@ -1,6 +1,8 @@
 //! Every API failure is a status code and a JSON body
 //! `{"error": "...", "field": "..." | null, "code": "..."}`.
 
+use std::borrow::Cow;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use granary_cart::CartError;
@@ -13,7 +15,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub field: Option<String>,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     /// The cart's current version, sent as `ETag` (on 412).
     pub etag: Option<u64>,
 }
@@ -31,7 +33,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
-            code,
+            code: Cow::Borrowed(code),
             etag: None,
         }
     }
@@ -45,8 +47,8 @@ impl ApiError {
         self
     }
 
-    pub fn with_code(mut self, code: &'static str) -> Self {
-        self.code = code;
+    pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.code = code.into();
         self
     }
 }
@@ -85,7 +87,7 @@ impl From<CartError> for ApiError {
             status,
             message: err.to_string(),
             field: err.field().map(str::to_owned),
-            code: err.code(),
+            code: Cow::Borrowed(err.code()),
             etag: None,
         }
     }
@@ -101,7 +103,7 @@ impl From<CallError<CartError>> for ApiError {
                     "If-Match names version {expected}, the cart is at version {actual}"
                 ),
                 field: Some("If-Match".into()),
-                code: "version_mismatch",
+                code: Cow::Borrowed("version_mismatch"),
                 etag: Some(actual),
             },
             CallError::IdempotencyKeyReused { .. } => ApiError::new(

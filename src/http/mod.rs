@@ -34,6 +34,9 @@ pub struct ApiState {
     /// Whether this node may serve grains: cleared while it cannot see a
     /// majority of the cluster (it has fenced itself).
     pub serving: Arc<AtomicBool>,
+    /// In a cluster: which member owns each cart. `None`: every cart is
+    /// served here.
+    pub router: Option<Arc<crate::cluster::CartRouter>>,
 }
 
 /// Registers every route of the API.

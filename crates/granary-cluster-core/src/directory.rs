@@ -171,6 +171,11 @@ impl OwnershipDirectory {
         self.awaiting.remove(member);
     }
 
+    /// The recorded owner of `grain`, if this partition has one.
+    pub fn owner(&self, grain: &str) -> Option<&NodeId> {
+        self.owners.get(grain)
+    }
+
     /// Grains this partition records for `owner`.
     pub fn owned_by(&self, owner: &NodeId) -> usize {
         self.owners.values().filter(|o| *o == owner).count()

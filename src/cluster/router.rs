@@ -1,0 +1,327 @@
+//! The directory actor: which member hosts each cart, and the way there.
+//!
+//! A member hosts a cart only after the cart's *partition holder* (the
+//! member rendezvous hashing picks from the committed view) accepted its
+//! claim (`ConfirmOwner`). The holder's partition is an
+//! [`OwnershipDirectory`]; after every view change it is rebuilt from each
+//! member's `GetCartIds` before it grants anything. Calls for a cart owned
+//! elsewhere are forwarded to the owner (`granary.grains.v1.Grains/Call`);
+//! a stale route (the owner moved) is dropped and resolved again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use granary_cluster_core::{
+    ClaimOutcome, ClusterConfig, NodeId, OwnershipDirectory, partition_holder,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use super::membership::ClusterHandle;
+use crate::proto::grains::grains_client::GrainsClient;
+use crate::proto::messages::control_plane_client::ControlPlaneClient;
+use crate::proto::messages::{Empty, OwnerChangeRequest};
+
+/// Deadline of a claim or a forwarded call.
+const RPC_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Where a call for a grain goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This member owns it.
+    Local,
+    /// Another member owns it.
+    Remote { address: String },
+}
+
+/// Why a grain cannot be routed now (the caller answers 503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unroutable(pub String);
+
+pub struct CartRouter {
+    cluster: ClusterHandle,
+    started: Instant,
+    directory: Mutex<OwnershipDirectory>,
+    /// Grains whose claims this member holds.
+    owned: Mutex<HashSet<String>>,
+    /// Known owners of grains hosted elsewhere: grain → address.
+    routes: Mutex<HashMap<String, String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The runtime channels live on (the gRPC runtime), whichever thread
+    /// asks for one.
+    io: tokio::runtime::Handle,
+}
+
+impl CartRouter {
+    /// Starts the router; the task that follows committed views is spawned
+    /// on the current runtime, channels are made on `io`.
+    pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<CartRouter> {
+        let me = cluster.me().id.clone();
+        let view = cluster.committed();
+        let router = Arc::new(CartRouter {
+            directory: Mutex::new(OwnershipDirectory::new(me, &view)),
+            cluster,
+            started: Instant::now(),
+            owned: Mutex::new(HashSet::new()),
+            routes: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            io,
+        });
+        let follower = router.clone();
+        tokio::spawn(async move { follower.follow_views().await });
+        router
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn me(&self) -> &NodeId {
+        &self.cluster.me().id
+    }
+
+    /// Where calls for `grain` go, claiming it if nobody owns it.
+    pub async fn route(&self, grain: &str) -> Result<Route, Unroutable> {
+        if lock(&self.owned).contains(grain) {
+            return Ok(Route::Local);
+        }
+        if let Some(address) = lock(&self.routes).get(grain) {
+            return Ok(Route::Remote {
+                address: address.clone(),
+            });
+        }
+        let view = self.cluster.committed();
+        let holder = partition_holder(grain, view.ids())
+            .cloned()
+            .ok_or_else(|| Unroutable("this node has no committed cluster view yet".into()))?;
+        if &holder == self.me() {
+            let outcome = lock(&self.directory).claim(grain, &holder, self.now());
+            return self.settle(grain, &view, outcome);
+        }
+        let address = view
+            .members
+            .get(&holder)
+            .map(|m| m.address.clone())
+            .ok_or_else(|| Unroutable("the partition holder has no address".into()))?;
+        let ack = self.confirm_owner(&address, grain).await?;
+        if ack.accepted {
+            lock(&self.owned).insert(grain.to_owned());
+            return Ok(Route::Local);
+        }
+        match parse_ack(&ack.message) {
+            Some(("owner", owner)) => {
+                lock(&self.routes).insert(grain.to_owned(), owner.to_owned());
+                Ok(Route::Remote {
+                    address: owner.to_owned(),
+                })
+            }
+            _ => Err(Unroutable(format!(
+                "the directory cannot place this cart yet ({})",
+                ack.message
+            ))),
+        }
+    }
+
+    fn settle(
+        &self,
+        grain: &str,
+        view: &ClusterConfig,
+        outcome: ClaimOutcome,
+    ) -> Result<Route, Unroutable> {
+        match outcome {
+            ClaimOutcome::Accepted => {
+                lock(&self.owned).insert(grain.to_owned());
+                Ok(Route::Local)
+            }
+            ClaimOutcome::Owned { owner } => {
+                let address = view
+                    .members
+                    .get(&owner)
+                    .map(|m| m.address.clone())
+                    .ok_or_else(|| Unroutable("the owner has no address".into()))?;
+                lock(&self.routes).insert(grain.to_owned(), address.clone());
+                Ok(Route::Remote { address })
+            }
+            ClaimOutcome::NotHolder { .. } | ClaimOutcome::Rebuilding => Err(Unroutable(
+                "the directory is being rebuilt after a membership change".into(),
+            )),
+        }
+    }
+
+    /// Forgets a route that turned out stale.
+    pub fn forget(&self, grain: &str) {
+        lock(&self.routes).remove(grain);
+    }
+
+    /// Whether this member holds the claim for `grain`.
+    pub fn owns(&self, grain: &str) -> bool {
+        lock(&self.owned).contains(grain)
+    }
+
+    /// Grains whose claims this member holds (for `GetCartIds`).
+    pub fn owned_ids(&self, limit: usize) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.owned).iter().take(limit).cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A claim sent to this member as partition holder (`ConfirmOwner`).
+    /// Answers "owner=ADDR" (granted, or owned elsewhere), "holder=ADDR"
+    /// or "rebuilding".
+    pub fn claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
+        let view = self.cluster.committed();
+        let Some(claimant) = view
+            .members
+            .values()
+            .find(|m| m.address == claimant_address)
+        else {
+            let owner = lock(&self.directory)
+                .owner(grain)
+                .and_then(|id| view.members.get(id))
+                .map(|m| m.address.clone());
+            return match owner {
+                Some(owner) => (
+                    false,
+                    format!("owner={owner}; rejected: {claimant_address} is not a member"),
+                ),
+                None => (
+                    false,
+                    format!("rejected: {claimant_address} is not a member"),
+                ),
+            };
+        };
+        let outcome = lock(&self.directory).claim(grain, &claimant.id, self.now());
+        let address_of = |id: &NodeId| {
+            view.members
+                .get(id)
+                .map(|m| m.address.clone())
+                .unwrap_or_default()
+        };
+        match outcome {
+            ClaimOutcome::Accepted => (true, format!("owner={claimant_address}")),
+            ClaimOutcome::Owned { owner } => (false, format!("owner={}", address_of(&owner))),
+            ClaimOutcome::NotHolder { holder } => {
+                (false, format!("holder={}", address_of(&holder)))
+            }
+            ClaimOutcome::Rebuilding => (false, "rebuilding".into()),
+        }
+    }
+
+    /// A member left gracefully: its grains may be claimed at once.
+    pub fn member_closed(&self, address: &str) {
+        let view = self.cluster.committed();
+        if let Some(member) = view.members.values().find(|m| m.address == address) {
+            lock(&self.directory).drop_member(&member.id);
+        }
+        lock(&self.routes).retain(|_, owner| owner != address);
+    }
+
+    /// This member lost its majority: it gives up every claim and route.
+    pub fn fenced(&self) {
+        lock(&self.owned).clear();
+        lock(&self.routes).clear();
+    }
+
+    pub fn channel(&self, address: &str) -> Result<Channel, Unroutable> {
+        if let Some(channel) = lock(&self.channels).get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|_| Unroutable(format!("{address:?} is not a member address")))?;
+        let _io = self.io.enter();
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(RPC_DEADLINE)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        lock(&self.channels).insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn grains_client(&self, address: &str) -> Result<GrainsClient<Channel>, Unroutable> {
+        Ok(GrainsClient::new(self.channel(address)?))
+    }
+
+    async fn confirm_owner(
+        &self,
+        holder: &str,
+        grain: &str,
+    ) -> Result<crate::proto::messages::OwnerChangeAck, Unroutable> {
+        let mut client = ControlPlaneClient::new(self.channel(holder)?);
+        let mut request = tonic::Request::new(OwnerChangeRequest {
+            cart_id: grain.to_owned(),
+            new_host: self.cluster.me().address.clone(),
+        });
+        request.set_timeout(RPC_DEADLINE);
+        client
+            .confirm_owner(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                Unroutable(format!(
+                    "the partition holder {holder} did not answer: {}",
+                    status.message()
+                ))
+            })
+    }
+
+    /// Follows committed views: re-partitions the directory and rebuilds
+    /// this member's partition from every member's grain list.
+    async fn follow_views(self: Arc<Self>) {
+        let mut views = self.cluster.watch_committed();
+        let hold = self.cluster.timing().fence_after;
+        loop {
+            let view = views.borrow_and_update().clone();
+            lock(&self.directory).view_changed(&view, self.now(), hold);
+            // Routes to members that left are stale.
+            let addresses: HashSet<String> =
+                view.members.values().map(|m| m.address.clone()).collect();
+            lock(&self.routes).retain(|_, owner| addresses.contains(owner));
+            for member in view.members.values().filter(|m| &m.id != self.me()) {
+                let router = self.clone();
+                let member = member.clone();
+                tokio::spawn(async move { router.rebuild_from(member.id, member.address).await });
+            }
+            // This member's own grains count too.
+            let mine = lock(&self.owned).iter().cloned().collect::<Vec<_>>();
+            let me = self.me().clone();
+            lock(&self.directory).rebuild_from(&me, mine);
+            if views.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn rebuild_from(&self, member: NodeId, address: String) {
+        for _ in 0..50 {
+            let Ok(channel) = self.channel(&address) else {
+                return;
+            };
+            let mut request = tonic::Request::new(Empty {});
+            request.set_timeout(RPC_DEADLINE);
+            match ControlPlaneClient::new(channel).get_cart_ids(request).await {
+                Ok(reply) => {
+                    lock(&self.directory).rebuild_from(&member, reply.into_inner().cart_ids);
+                    return;
+                }
+                Err(status) => {
+                    tracing::debug!(%address, %status, "GetCartIds failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// `key=value` at the start of an acknowledgement's message (anything after
+/// a `;` is an explanation for people).
+fn parse_ack(message: &str) -> Option<(&str, &str)> {
+    let head = message.split(';').next()?.trim();
+    let (key, value) = head.split_once('=')?;
+    (!value.is_empty()).then_some((key, value))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
