@@ -122,7 +122,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         ready: ready.clone(),
         serving: cluster.serving_flag(),
-        router: Some(router),
+        router: Some(router.clone()),
     };
     let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
         .disable_signals()
@@ -164,6 +164,19 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     });
     server.await.context("the HTTP server failed")?;
 
+    // Hand over: leave the membership (so partitions move at once), tell
+    // the others to claim this node's carts, then let the grains go.
+    if cluster.committed().members.len() > 1 {
+        if cluster.leave(Duration::from_secs(3)).await {
+            tracing::info!("left the cluster");
+        } else {
+            tracing::warn!(
+                "could not leave the cluster in time; the others will find this node dead"
+            );
+        }
+    }
+
+    router.announce_closing().await;
     carts.passivate_all();
     let _ = grpc_stop.send(());
     // Bounded: a peer holding a stream open must not keep the node up.

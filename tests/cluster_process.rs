@@ -335,3 +335,63 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
         "each cart has exactly one activation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let seed = a.grpc.to_string();
+    let b = NodeProcess::start(&dir.path().join("b"), &["--store", store, "--join", &seed]);
+    let mut c = NodeProcess::start(&dir.path().join("c"), &["--store", store, "--join", &seed]);
+    until_all(&[&a, &b, &c], "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    // Carts created through C are claimed by C.
+    let http = Http::new();
+    let mut carts = Vec::new();
+    for n in 0..6 {
+        let created = create_retrying(&c).await;
+        assert_eq!(created.status, 201);
+        let cart = created.json["id"].as_str().unwrap().to_owned();
+        let added = http
+            .post(&c.url(&format!("/carts/{cart}/items")), support::item(&format!("s{n}")))
+            .await
+            .unwrap();
+        assert_eq!(added.status, 200);
+        carts.push(cart);
+    }
+    assert_eq!(status(&c).await.expect("status").live_grains, 6);
+
+    let stopped_at = Instant::now();
+    c.terminate();
+    let exit = tokio::task::block_in_place(|| c.wait_exit(Duration::from_secs(30)));
+    assert!(exit.success(), "{exit}");
+    until_all(&[&a, &b], "C removed", |r| r.members == 2 && r.committed_version == r.config_version).await;
+    let handed_over = stopped_at.elapsed();
+    assert!(
+        handed_over < Duration::from_millis(1_500),
+        "a graceful leave must not wait for dead_after: {handed_over:?}"
+    );
+    // Every cart is served by the others, with every acknowledged change.
+    for cart in &carts {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let answer = http.get(&a.url(&format!("/carts/{cart}"))).await.unwrap();
+            if answer.status != 503 || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(support::skus(&answer.json).len(), 1);
+    }
+    // C comes back with its data directory and rejoins.
+    let c = NodeProcess::start(&dir.path().join("c"), &["--store", store, "--join", &seed]);
+    until_all(&[&a, &b, &c], "C back", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.quorum
+    })
+    .await;
+}

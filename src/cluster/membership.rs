@@ -121,6 +121,52 @@ impl ClusterHandle {
             .unwrap_or(Err(RejectReason::NotLeader { leader: None }))
     }
 
+    /// Graceful leave: asks the leader (or, being the leader, itself) to
+    /// remove this member, and waits, at most `limit`, until the leader's
+    /// view no longer lists it. Returns whether that happened.
+    pub async fn leave(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let Some(status) = self.status().await else {
+                return false;
+            };
+            if !status.peers.iter().any(|p| p.id == self.me.id.0) {
+                return true;
+            }
+            if status.members <= 1 {
+                return false; // a cluster of one has nobody to hand over to
+            }
+            let leader = status
+                .leader
+                .clone()
+                .and_then(|id| status.addresses.get(&id).cloned());
+            match (
+                status.leader.as_deref() == Some(self.me.id.0.as_str()),
+                leader,
+            ) {
+                (true, _) => {
+                    let _ = self.propose(Change::Leave(self.me.id.clone())).await;
+                }
+                (false, Some(address)) => {
+                    if let Ok(reply) = ask(&address, |mut client| {
+                        let id = self.me.id.0.clone();
+                        async move { client.leave(pb::LeaveRequest { id }).await }
+                    })
+                    .await
+                        && let Ok(Some(view)) = remote_status(&address).await
+                        && !view.peers.iter().any(|p| p.id == self.me.id.0)
+                    {
+                        let _ = reply;
+                        return true;
+                    }
+                }
+                (false, None) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     pub async fn status(&self) -> Option<ClusterStatus> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Status { reply }).await.ok()?;
@@ -193,9 +239,7 @@ pub fn start(
     };
     let joiner = handle.clone();
     let run = async move {
-        if !join.is_empty() {
-            tokio::spawn(join_until_member(joiner, join));
-        }
+        tokio::spawn(join_until_member(joiner, join));
         task.run(rx).await;
     };
     Ok((handle, run))
@@ -376,34 +420,87 @@ impl Membership {
     }
 }
 
-/// Asks the seeds (then whichever leader they name) to admit this node,
-/// until it finds itself in a config.
+/// Keeps this node in the cluster: while it cannot see a majority for
+/// longer than `patience` (it is joining, or was removed while away), it
+/// asks the seeds and the members it knows (then whichever leader they
+/// name) to admit it. Asking a leader that already lists it changes
+/// nothing.
 async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
-    let mut targets: Vec<String> = seeds.clone();
+    let patience = Duration::from_millis(handle.timing.dead_after * 2);
+    let mut unserved_since: Option<tokio::time::Instant> = None;
+    let mut leader_hint: Option<String> = None;
+    let mut turn = 0usize;
     loop {
-        if let Some(status) = handle.status().await
-            && status.peers.iter().any(|p| p.id == handle.me.id.0)
-        {
-            tracing::info!(members = status.members, "joined the cluster");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Some(status) = handle.status().await else {
             return;
+        };
+        let is_member = status.peers.iter().any(|p| p.id == handle.me.id.0);
+        if status.quorum && is_member {
+            unserved_since = None;
+            continue;
         }
-        let target = targets.remove(0);
+        // A node that was never admitted asks at once; a member that lost
+        // its majority waits a while first (it may just be a partition).
+        let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
+        if is_member && since.elapsed() < patience {
+            continue;
+        }
+        let mut targets: Vec<String> = seeds.clone();
+        targets.extend(
+            status
+                .peers
+                .iter()
+                .filter(|p| p.id != handle.me.id.0)
+                .map(|p| p.address.clone()),
+        );
         if targets.is_empty() {
-            targets = seeds.clone();
+            continue;
         }
+        let target = leader_hint.take().unwrap_or_else(|| {
+            turn += 1;
+            targets[turn % targets.len()].clone()
+        });
         match ask_to_join(&target, &handle.me).await {
             Ok(reply) if reply.accepted => {
-                tracing::info!(%target, "join accepted; waiting for the config")
+                tracing::info!(%target, "asked to be admitted; waiting for the config")
             }
             Ok(reply) if !reply.leader_address.is_empty() => {
-                tracing::info!(%target, leader = %reply.leader_address, "joining through the leader");
-                targets.insert(0, reply.leader_address);
+                leader_hint = Some(reply.leader_address)
             }
-            Ok(reply) => tracing::info!(%target, message = %reply.message, "join not taken yet"),
-            Err(err) => tracing::warn!(%target, error = %err, "join request failed"),
+            Ok(reply) => {
+                tracing::debug!(%target, message = %reply.message, "admission not taken yet")
+            }
+            Err(err) => tracing::debug!(%target, error = %err, "admission request failed"),
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Calls `call` on a fresh client to `address`, with short deadlines.
+async fn ask<T, F, Fut>(address: &str, call: F) -> Result<T, String>
+where
+    F: FnOnce(ClusterClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    call(ClusterClient::new(channel))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.to_string())
+}
+
+async fn remote_status(address: &str) -> Result<Option<pb::StatusReply>, String> {
+    ask(address, |mut client| async move {
+        client.status(pb::StatusRequest {}).await
+    })
+    .await
+    .map(Some)
 }
 
 async fn ask_to_join(target: &str, me: &Member) -> Result<pb::JoinReply, String> {

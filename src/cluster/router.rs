@@ -48,6 +48,9 @@ pub struct CartRouter {
     /// Known owners of grains hosted elsewhere: grain → address.
     routes: Mutex<HashMap<String, String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Members that announced a graceful leave (`Closing`), by address:
+    /// they released their carts, so their removal needs no hold.
+    closed: Mutex<HashSet<String>>,
     /// The runtime channels live on (the gRPC runtime), whichever thread
     /// asks for one.
     io: tokio::runtime::Handle,
@@ -66,6 +69,7 @@ impl CartRouter {
             owned: Mutex::new(HashSet::new()),
             routes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            closed: Mutex::new(HashSet::new()),
             io,
         });
         let follower = router.clone();
@@ -159,6 +163,36 @@ impl CartRouter {
         lock(&self.owned).contains(grain)
     }
 
+    /// Tells every other member this one is leaving (`Closing`), so they
+    /// claim its carts at once. Bounded: one second per member, in parallel.
+    pub async fn announce_closing(&self) {
+        let view = self.cluster.committed();
+        let me = self.cluster.me().clone();
+        let mut calls = Vec::new();
+        for member in view.members.values().filter(|m| m.id != me.id) {
+            let Ok(channel) = self.channel(&member.address) else {
+                continue;
+            };
+            let host = me.address.clone();
+            calls.push(self.io.spawn(async move {
+                let mut request =
+                    tonic::Request::new(crate::proto::messages::ClosingNotice { host });
+                request.set_timeout(Duration::from_secs(1));
+                ControlPlaneClient::new(channel)
+                    .closing(request)
+                    .await
+                    .is_ok()
+            }));
+        }
+        let mut told = 0;
+        for call in calls {
+            if matches!(call.await, Ok(true)) {
+                told += 1;
+            }
+        }
+        tracing::info!(told, "announced closing to the other members");
+    }
+
     /// Grains whose claims this member holds (for `GetCartIds`).
     pub fn owned_ids(&self, limit: usize) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.owned).iter().take(limit).cloned().collect();
@@ -214,6 +248,7 @@ impl CartRouter {
         if let Some(member) = view.members.values().find(|m| m.address == address) {
             lock(&self.directory).drop_member(&member.id);
         }
+        lock(&self.closed).insert(address.to_owned());
         lock(&self.routes).retain(|_, owner| owner != address);
     }
 
@@ -270,10 +305,22 @@ impl CartRouter {
     /// this member's partition from every member's grain list.
     async fn follow_views(self: Arc<Self>) {
         let mut views = self.cluster.watch_committed();
-        let hold = self.cluster.timing().fence_after;
+        let fence_after = self.cluster.timing().fence_after;
+        let mut previous: Option<ClusterConfig> = None;
         loop {
             let view = views.borrow_and_update().clone();
+            // Carts of a member removed without saying goodbye are held
+            // until it has surely fenced itself; one that left gracefully
+            // released them already.
+            let closed = lock(&self.closed).clone();
+            let crashed = previous.as_ref().is_some_and(|old| {
+                old.members
+                    .values()
+                    .any(|m| !view.members.contains_key(&m.id) && !closed.contains(&m.address))
+            });
+            let hold = if crashed { fence_after } else { 0 };
             lock(&self.directory).view_changed(&view, self.now(), hold);
+            previous = Some(view.clone());
             // Routes to members that left are stale.
             let addresses: HashSet<String> =
                 view.members.values().map(|m| m.address.clone()).collect();

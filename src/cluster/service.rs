@@ -1,6 +1,6 @@
 //! The `granary.cluster.v1.Cluster` gRPC service.
 
-use granary_cluster_core::{Change, RejectReason};
+use granary_cluster_core::{Change, NodeId, RejectReason};
 use tonic::{Request, Response, Status};
 
 use super::membership::ClusterHandle;
@@ -21,6 +21,35 @@ impl ClusterService {
         ClusterService {
             handle,
             live_grains,
+        }
+    }
+
+    /// Proposes a membership change here, or names the leader to ask.
+    async fn propose(&self, change: Change) -> pb::JoinReply {
+        match self.handle.propose(change).await {
+            Ok(()) => pb::JoinReply {
+                accepted: true,
+                message: "taken; the config follows".into(),
+                leader_address: String::new(),
+            },
+            Err(RejectReason::NotLeader { leader }) => {
+                let address = match (&leader, self.handle.status().await) {
+                    (Some(leader), Some(status)) => {
+                        status.addresses.get(&leader.0).cloned().unwrap_or_default()
+                    }
+                    _ => String::new(),
+                };
+                pb::JoinReply {
+                    accepted: false,
+                    message: "not the leader".into(),
+                    leader_address: address,
+                }
+            }
+            Err(reason) => pb::JoinReply {
+                accepted: false,
+                message: format!("{reason:?}"),
+                leader_address: String::new(),
+            },
         }
     }
 }
@@ -50,32 +79,23 @@ impl Cluster for ClusterService {
             .member
             .ok_or_else(|| Status::invalid_argument("member: missing"))?;
         let member = wire::member_from_wire(member, "member").map_err(Status::invalid_argument)?;
-        let reply = match self.handle.propose(Change::Join(member)).await {
-            Ok(()) => pb::JoinReply {
-                accepted: true,
-                message: "admitted; the config follows".into(),
-                leader_address: String::new(),
-            },
-            Err(RejectReason::NotLeader { leader }) => {
-                let address = match (&leader, self.handle.status().await) {
-                    (Some(leader), Some(status)) => {
-                        status.addresses.get(&leader.0).cloned().unwrap_or_default()
-                    }
-                    _ => String::new(),
-                };
-                pb::JoinReply {
-                    accepted: false,
-                    message: "not the leader".into(),
-                    leader_address: address,
-                }
-            }
-            Err(reason) => pb::JoinReply {
-                accepted: false,
-                message: format!("{reason:?}"),
-                leader_address: String::new(),
-            },
-        };
-        Ok(Response::new(reply))
+        Ok(Response::new(self.propose(Change::Join(member)).await))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        let id = request.into_inner().id;
+        if id.is_empty()
+            || id.len() > 261
+            || id.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(Status::invalid_argument(
+                "id: 1..=261 printable characters without spaces",
+            ));
+        }
+        Ok(Response::new(self.propose(Change::Leave(NodeId(id))).await))
     }
 
     async fn status(

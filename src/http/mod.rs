@@ -74,12 +74,14 @@ pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the node takes requests (not starting, not stopping).
+/// Readiness: the node takes requests (not starting, not stopping, not fenced).
 #[utoipa::path(get, path = "/readyz", tag = "ops", responses(
     (status = 200, description = "Ready"),
-    (status = 503, description = "Starting or stopping")))]
+    (status = 503, description = "Starting, stopping, or fenced")))]
 pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
-    if state.ready.load(Ordering::Acquire) {
+    // Not ready while starting, stopping, or fenced (no majority in sight):
+    // a load balancer's health check then sends traffic elsewhere.
+    if state.ready.load(Ordering::Acquire) && state.serving.load(Ordering::Acquire) {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable()

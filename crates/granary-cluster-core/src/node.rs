@@ -717,11 +717,6 @@ impl ClusterNode {
             });
         }
         self.check_commit(out);
-        if !self.durable.config.is_member(&self.me) {
-            // A leader that removed itself steps down once it is out.
-            self.role = Role::Follower;
-            self.leader = None;
-        }
     }
 
     /// Commits the current config once a majority of it has acknowledged.
@@ -734,6 +729,12 @@ impl ClusterNode {
             self.set_committed_members(members);
             out.push(Output::Persist(self.durable.clone()));
             out.push(Output::Committed(self.durable.config.clone()));
+            if !self.durable.config.is_member(&self.me) {
+                // A leader that removed itself (graceful leave) steps down
+                // once the removal is committed; the rest elect another.
+                self.role = Role::Follower;
+                self.leader = None;
+            }
         }
     }
 
