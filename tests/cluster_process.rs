@@ -357,7 +357,10 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
         assert_eq!(created.status, 201);
         let cart = created.json["id"].as_str().unwrap().to_owned();
         let added = http
-            .post(&c.url(&format!("/carts/{cart}/items")), support::item(&format!("s{n}")))
+            .post(
+                &c.url(&format!("/carts/{cart}/items")),
+                support::item(&format!("s{n}")),
+            )
             .await
             .unwrap();
         assert_eq!(added.status, 200);
@@ -369,7 +372,10 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
     c.terminate();
     let exit = tokio::task::block_in_place(|| c.wait_exit(Duration::from_secs(30)));
     assert!(exit.success(), "{exit}");
-    until_all(&[&a, &b], "C removed", |r| r.members == 2 && r.committed_version == r.config_version).await;
+    until_all(&[&a, &b], "C removed", |r| {
+        r.members == 2 && r.committed_version == r.config_version
+    })
+    .await;
     let handed_over = stopped_at.elapsed();
     assert!(
         handed_over < Duration::from_millis(1_500),
@@ -394,4 +400,150 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
         r.members == 3 && r.committed_version == r.config_version && r.quorum
     })
     .await;
+}
+
+/// A client behaving like a load balancer in front of the members: each
+/// request carries an Idempotency-Key, goes to the next member, and on a
+/// 503 or a connection failure is retried on another member.
+async fn add_through_any(
+    http: &Http,
+    nodes: &[String],
+    start: usize,
+    cart: &str,
+    sku: &str,
+) -> (bool, u32) {
+    let key = format!("add-{cart}-{sku}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut retries = 0;
+    let mut n = start;
+    loop {
+        let url = format!("{}/carts/{cart}/items", nodes[n % nodes.len()]);
+        match http
+            .send(
+                "POST",
+                &url,
+                Some(support::item(sku)),
+                &[("Idempotency-Key", &key)],
+            )
+            .await
+        {
+            Ok(answer) if answer.status == 200 => return (true, retries),
+            Ok(answer) if answer.status != 503 => panic!("unexpected answer {answer:?}"),
+            _ => {}
+        }
+        retries += 1;
+        n += 1;
+        if Instant::now() > deadline {
+            return (false, retries);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let store = store.to_str().unwrap().to_owned();
+    let names = ["a", "b", "c"];
+    let first = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
+    let seed = first.grpc.to_string();
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(NodeProcess::start(
+            &dir.path().join(name),
+            &["--store", &store, "--join", &seed],
+        ));
+    }
+    until_all(
+        &nodes.iter().collect::<Vec<_>>(),
+        "three live members",
+        |r| {
+            r.members == 3
+                && r.committed_version == r.config_version
+                && r.peers.iter().all(|p| p.live)
+        },
+    )
+    .await;
+    // Fixed HTTP ports so clients keep their targets across restarts.
+    let http_urls: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.http)).collect();
+    let http_addrs: Vec<String> = nodes.iter().map(|n| n.http.to_string()).collect();
+    let grpc_addrs: Vec<String> = nodes.iter().map(|n| n.grpc.to_string()).collect();
+
+    let http = Http::new();
+    let mut carts = Vec::new();
+    for n in 0..8 {
+        let created = create_retrying(&nodes[n % 3]).await;
+        assert_eq!(created.status, 201);
+        carts.push(created.json["id"].as_str().unwrap().to_owned());
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (c, cart) in carts.iter().enumerate() {
+        let (http, urls, cart, stop) =
+            (http.clone(), http_urls.clone(), cart.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut acked, mut failed, mut retries) = (Vec::new(), 0u32, 0u32);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 180 {
+                let sku = format!("r{c}-{n}");
+                let (ok, tries) = add_through_any(&http, &urls, c + n, &cart, &sku).await;
+                retries += tries;
+                if ok {
+                    acked.push(sku);
+                } else {
+                    failed += 1;
+                }
+                n += 1;
+            }
+            (cart, acked, failed, retries)
+        }));
+    }
+    // Restart each member in turn: SIGTERM, wait for it to exit, start it
+    // again on the same ports and data, wait until it is back.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nodes[i].terminate();
+        let exit = tokio::task::block_in_place(|| nodes[i].wait_exit(Duration::from_secs(30)));
+        assert!(exit.success());
+        let data = dir.path().join(names[i]);
+        let restarted = NodeProcess::start_at(
+            &data,
+            &http_addrs[i],
+            &grpc_addrs[i],
+            &["--store", &store, "--join", &grpc_addrs[(i + 1) % 3]],
+        );
+        nodes[i] = restarted;
+        until_all(&nodes.iter().collect::<Vec<_>>(), "the member back", |r| {
+            r.members == 3 && r.committed_version == r.config_version && r.quorum
+        })
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total_failed = 0;
+    let mut total_retries = 0;
+    let mut total_acked = 0;
+    for client in clients {
+        let (cart, acked, failed, retries) = client.await.unwrap();
+        total_failed += failed;
+        total_retries += retries;
+        total_acked += acked.len();
+        let answer = http
+            .get(&format!("{}/carts/{cart}", http_urls[0]))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        let stored = support::skus(&answer.json);
+        for sku in &acked {
+            assert_eq!(
+                stored.iter().filter(|s| *s == sku).count(),
+                1,
+                "{sku} must be in {cart} exactly once"
+            );
+        }
+    }
+    eprintln!(
+        "rolling restart: {total_acked} changes acknowledged, {total_retries} retries (503 or refused), {total_failed} failed"
+    );
+    assert_eq!(total_failed, 0);
 }

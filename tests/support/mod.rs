@@ -26,11 +26,17 @@ impl NodeProcess {
     /// Starts `granary serve` on free loopback ports with `data_dir`, plus
     /// `extra` arguments, and waits for its ready line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> NodeProcess {
+        Self::start_at(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Starts a node on the given HTTP and gRPC addresses (e.g. to restart
+    /// one where its clients and peers expect it).
+    pub fn start_at(data_dir: &Path, http: &str, grpc: &str, extra: &[&str]) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(["--http", http, "--grpc", grpc])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
