@@ -69,6 +69,21 @@ fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess)
     (a, b, c)
 }
 
+/// Three members sharing one store file (`<dir>/shared.db`), A founding,
+/// B and C joining; returned once every member sees every other live.
+async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]) {
+    let store = dir.join("shared.db").to_str().expect("path").to_owned();
+    let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
+    let seed = a.grpc.to_string();
+    let b = NodeProcess::start(&dir.join("b"), &["--store", &store, "--join", &seed]);
+    let c = NodeProcess::start(&dir.join("c"), &["--store", &store, "--join", &seed]);
+    until_all(&[&a, &b, &c], "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    (store, [a, b, c])
+}
+
 fn agreed(replies: &[StatusReply]) -> bool {
     let leader = &replies[0].leader;
     !leader.is_empty()
@@ -140,7 +155,7 @@ async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
             .all(|r| r.peers.iter().all(|p| p.id != c.node_id))
     );
     assert!(
-        removed_after >= Duration::from_millis(1_500),
+        removed_after >= Duration::from_millis(1_000),
         "removed before dead_after: {removed_after:?}"
     );
     // The directory holds the dead member's carts for fence_after after the
@@ -277,17 +292,8 @@ async fn negotiate_answers_the_live_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("shared.db");
-    let store = store.to_str().unwrap();
-    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
-    let seed = a.grpc.to_string();
-    let b = NodeProcess::start(&dir.path().join("b"), &["--store", store, "--join", &seed]);
-    let c = NodeProcess::start(&dir.path().join("c"), &["--store", store, "--join", &seed]);
+    let (_, [a, b, c]) = formed_on_one_store(dir.path()).await;
     let nodes = [&a, &b, &c];
-    until_all(&nodes, "three live members", |r| {
-        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
-    })
-    .await;
     let http = Http::new();
     let mut carts = Vec::new();
     for (n, node) in nodes.iter().enumerate().cycle().take(9) {
@@ -339,16 +345,9 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("shared.db");
-    let store = store.to_str().unwrap();
-    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let (store, [a, b, mut c]) = formed_on_one_store(dir.path()).await;
+    let store = store.as_str();
     let seed = a.grpc.to_string();
-    let b = NodeProcess::start(&dir.path().join("b"), &["--store", store, "--join", &seed]);
-    let mut c = NodeProcess::start(&dir.path().join("c"), &["--store", store, "--join", &seed]);
-    until_all(&[&a, &b, &c], "three live members", |r| {
-        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
-    })
-    .await;
     // Carts created through C are claimed by C.
     let http = Http::new();
     let mut carts = Vec::new();
@@ -378,7 +377,7 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
     .await;
     let handed_over = stopped_at.elapsed();
     assert!(
-        handed_over < Duration::from_millis(1_500),
+        handed_over < Duration::from_millis(1_000),
         "a graceful leave must not wait for dead_after: {handed_over:?}"
     );
     // Every cart is served by the others, with every acknowledged change.

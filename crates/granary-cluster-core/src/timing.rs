@@ -17,12 +17,14 @@ pub struct Timing {
 
 impl Default for Timing {
     /// Defaults sized so a crashed node's grains are served again within
-    /// about 2 s (`dead_after` 1.5 s plus re-activation).
+    /// 2 s: `dead_after` (1 s) for the majority to agree it is gone, plus the
+    /// directory's hold of `fence_after` (0.6 s) after the removal commits.
+    /// Six missed heartbeats fence a node; ten declare it dead.
     fn default() -> Self {
         Timing {
             heartbeat_every: 100,
-            fence_after: 900,
-            dead_after: 1_500,
+            fence_after: 600,
+            dead_after: 1_000,
             election_min: 500,
             election_max: 900,
         }
@@ -90,7 +92,7 @@ mod tests {
     #[test]
     fn death_must_come_well_after_fencing() {
         let timing = Timing {
-            dead_after: 1_000,
+            dead_after: 700,
             ..Timing::default()
         };
         assert!(matches!(

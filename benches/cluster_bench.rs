@@ -1,0 +1,189 @@
+//! Cluster figures, each with its baseline measured in the same run.
+//!
+//! Run: `cargo bench --bench cluster_bench` (real node processes on
+//! loopback, release build).
+//!
+//! 1. Remote grain call throughput: `Grains/Call` (a cart read, forwarded
+//!    form) against a member vs a bare tonic unary echo on the same server
+//!    (`ControlPlane/Ping`), both at 64 in flight over one connection.
+//! 2. Failover: after `kill -9` of the member owning a cart, how long until
+//!    another member serves it again.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Http, NodeProcess};
+
+pub mod messages {
+    tonic::include_proto!("messages");
+}
+pub mod grains {
+    tonic::include_proto!("granary.grains.v1");
+}
+pub mod cluster {
+    tonic::include_proto!("granary.cluster.v1");
+}
+
+async fn channel(node: &NodeProcess) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// Runs `call` with `in_flight` concurrent loops for `duration`; calls/s.
+async fn rate<F, Fut>(in_flight: usize, duration: Duration, call: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (call, done, stop) = (call.clone(), done.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                assert!(call().await, "call failed");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("task");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn until_members(node: &NodeProcess, members: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut client = cluster::cluster_client::ClusterClient::new(channel(node).await);
+        if let Ok(reply) = client.status(cluster::StatusRequest {}).await {
+            let reply = reply.into_inner();
+            if reply.members == members
+                && reply.committed_version == reply.config_version
+                && reply.peers.iter().all(|p| p.live)
+            {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = dir.path().join("shared.db");
+        let store = store.to_str().expect("path").to_owned();
+        let a = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
+        let seed = a.grpc.to_string();
+        let b = NodeProcess::start(&dir.path().join("b"), &["--store", &store, "--join", &seed]);
+        let mut c = NodeProcess::start(&dir.path().join("c"), &["--store", &store, "--join", &seed]);
+        until_members(&a, 3).await;
+        println!("# Granary cluster benchmark\n");
+
+        // 1. A cart owned by B, read through B's Grains service.
+        let http = Http::new();
+        let cart = loop {
+            let answer = http.send("POST", &b.url("/carts"), None, &[]).await.expect("create");
+            if answer.status == 201 {
+                break answer.json["id"].as_str().expect("id").to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let grpc = channel(&b).await;
+        let command = serde_json::to_vec(&serde_json::json!("Get")).expect("json");
+        let seconds = Duration::from_secs(5);
+        let mut results = Vec::new();
+        for round in 0..2 {
+            let echo = {
+                let grpc = grpc.clone();
+                rate(64, seconds / 2, move || {
+                    let mut client = messages::control_plane_client::ControlPlaneClient::new(grpc.clone());
+                    async move { client.ping(messages::Empty {}).await.is_ok() }
+                })
+                .await
+            };
+            let remote = {
+                let (grpc, cart, command) = (grpc.clone(), cart.clone(), command.clone());
+                rate(64, seconds / 2, move || {
+                    let mut client = grains::grains_client::GrainsClient::new(grpc.clone());
+                    let call = grains::GrainCall {
+                        kind: "cart".into(),
+                        id: cart.clone(),
+                        command: command.clone(),
+                        ..Default::default()
+                    };
+                    async move {
+                        matches!(
+                            client.call(call).await.map(|a| a.into_inner().result),
+                            Ok(Some(grains::grain_answer::Result::Ok(_)))
+                        )
+                    }
+                })
+                .await
+            };
+            results.push((echo, remote));
+            let _ = round;
+        }
+        let echo: f64 = results.iter().map(|r| r.0).sum::<f64>() / results.len() as f64;
+        let remote: f64 = results.iter().map(|r| r.1).sum::<f64>() / results.len() as f64;
+        println!(
+            "remote grain call (cart read), 64 in flight: {remote:.0}/s; bare tonic echo on the same server: {echo:.0}/s; ratio {:.2}",
+            remote / echo
+        );
+
+        // 2. Failover after kill -9 of the owner.
+        let mut owned_by_c = Vec::new();
+        for _ in 0..5 {
+            let answer = loop {
+                let answer = http.send("POST", &c.url("/carts"), None, &[]).await.expect("create");
+                if answer.status == 201 {
+                    break answer;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            owned_by_c.push(answer.json["id"].as_str().expect("id").to_owned());
+        }
+        let killed = Instant::now();
+        c.kill9();
+        let mut waits = Vec::new();
+        for cart in &owned_by_c {
+            loop {
+                let answer = http.get(&a.url(&format!("/carts/{cart}"))).await.expect("get");
+                if answer.status == 200 {
+                    waits.push(killed.elapsed());
+                    break;
+                }
+                assert!(killed.elapsed() < Duration::from_secs(30), "cart never came back");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let first = waits.first().copied().unwrap_or_default();
+        println!(
+            "failover after kill -9 of the owner: first cart served again after {:.2} s (goal <= 2 s), all {} after {:.2} s",
+            first.as_secs_f64(),
+            waits.len(),
+            waits.last().copied().unwrap_or_default().as_secs_f64()
+        );
+        drop(b);
+    });
+}
