@@ -151,7 +151,68 @@ fn main() {
             remote / echo
         );
 
-        // 2. Failover after kill -9 of the owner.
+        // 2. Full HTTP load through every member: no member may be fenced
+        //    or declared dead meanwhile (heartbeats must not starve).
+        let before = {
+            let mut client = cluster::cluster_client::ClusterClient::new(channel(&a).await);
+            client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
+        };
+        let nodes = [&a, &b, &c];
+        let mut carts = Vec::new();
+        for n in 0..64 {
+            let node = nodes[n % 3];
+            let answer = loop {
+                let answer = http.send("POST", &node.url("/carts"), None, &[]).await.expect("create");
+                if answer.status == 201 {
+                    break answer;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));
+        }
+        let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (n, cart) in carts {
+            let (http, urls, ok, failed, stop) = (http.clone(), urls.clone(), ok.clone(), failed.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Each request through the next member: most are forwarded.
+                    let url = format!("{}/carts/{cart}/items", urls[(n + i as usize) % urls.len()]);
+                    match http.post(&url, support::item(&format!("sku-{}", i % 8))).await {
+                        Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            }));
+        }
+        let load_for = Duration::from_secs(10);
+        let started = Instant::now();
+        tokio::time::sleep(load_for).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.expect("client");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let after = {
+            let mut client = cluster::cluster_client::ClusterClient::new(channel(&a).await);
+            client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
+        };
+        println!(
+            "3 members under full HTTP load (64 clients, requests spread over all members) for {load_for:?}: {:.0} adds/s, {} failed; membership {} -> {} members, config v{} -> v{} (a false dead verdict would change both)",
+            ok.load(Ordering::Relaxed) as f64 / elapsed,
+            failed.load(Ordering::Relaxed),
+            before.members,
+            after.members,
+            before.config_version,
+            after.config_version
+        );
+
+        // 3. Failover after kill -9 of the owner.
         let mut owned_by_c = Vec::new();
         for _ in 0..5 {
             let answer = loop {
