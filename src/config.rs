@@ -51,6 +51,28 @@ pub struct NodeConfig {
     /// `HOST:PORT` gRPC addresses of members to ask for admission when this
     /// node has no cluster state yet. Empty: found a new cluster.
     pub join: Vec<String>,
+    /// How often members heartbeat each other.
+    pub heartbeat_every: Duration,
+    /// A member that cannot see a majority for this long stops serving.
+    pub fence_after: Duration,
+    /// A member silent this long (to a majority) is removed and its grains
+    /// re-homed. Must exceed `fence_after` by two heartbeats.
+    pub dead_after: Duration,
+}
+
+impl NodeConfig {
+    /// The cluster's clocks, in the core's terms (election timeouts follow
+    /// the heartbeat: 5 to 9 of them).
+    pub fn timing(&self) -> granary_cluster_core::Timing {
+        let heartbeat = self.heartbeat_every.as_millis() as u64;
+        granary_cluster_core::Timing {
+            heartbeat_every: heartbeat,
+            fence_after: self.fence_after.as_millis() as u64,
+            dead_after: self.dead_after.as_millis() as u64,
+            election_min: heartbeat * 5,
+            election_max: heartbeat * 9,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -68,6 +90,9 @@ impl Default for NodeConfig {
             max_body_bytes: 64 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             join: Vec::new(),
+            heartbeat_every: Duration::from_millis(100),
+            fence_after: Duration::from_millis(600),
+            dead_after: Duration::from_millis(1_000),
         }
     }
 }
@@ -117,6 +142,9 @@ pub struct ConfigLayer {
     pub max_body_bytes: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub join: Option<Vec<String>>,
+    pub heartbeat_every: Option<String>,
+    pub fence_after: Option<String>,
+    pub dead_after: Option<String>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -133,6 +161,9 @@ pub const KEYS: &[&str] = &[
     "max_body_bytes",
     "shutdown_timeout",
     "join",
+    "heartbeat_every",
+    "fence_after",
+    "dead_after",
 ];
 
 impl ConfigLayer {
@@ -192,6 +223,9 @@ impl ConfigLayer {
                     .map(str::to_owned)
                     .collect()
             }),
+            heartbeat_every: get("heartbeat_every"),
+            fence_after: get("fence_after"),
+            dead_after: get("dead_after"),
         })
     }
 
@@ -209,6 +243,9 @@ impl ConfigLayer {
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
             shutdown_timeout: other.shutdown_timeout.or(self.shutdown_timeout),
             join: other.join.or(self.join),
+            heartbeat_every: other.heartbeat_every.or(self.heartbeat_every),
+            fence_after: other.fence_after.or(self.fence_after),
+            dead_after: other.dead_after.or(self.dead_after),
         }
     }
 
@@ -301,6 +338,30 @@ impl ConfigLayer {
         if let Some(bad) = join.iter().find(|seed| !valid_host_port(seed)) {
             return Err(invalid("join", format!("{bad:?} is not HOST:PORT")));
         }
+        let heartbeat_every = duration(
+            "heartbeat_every",
+            self.heartbeat_every,
+            defaults.heartbeat_every,
+        )?;
+        let fence_after = duration("fence_after", self.fence_after, defaults.fence_after)?;
+        let dead_after = duration("dead_after", self.dead_after, defaults.dead_after)?;
+        let timing_check = NodeConfig {
+            heartbeat_every,
+            fence_after,
+            dead_after,
+            ..NodeConfig::default()
+        }
+        .timing()
+        .validate();
+        if let Err(err) = timing_check {
+            let key = match err {
+                granary_cluster_core::TimingError::ZeroHeartbeat
+                | granary_cluster_core::TimingError::BadElection => "heartbeat_every",
+                granary_cluster_core::TimingError::FenceTooShort { .. } => "fence_after",
+                granary_cluster_core::TimingError::DeadTooSoon { .. } => "dead_after",
+            };
+            return Err(invalid(key, err.to_string()));
+        }
         Ok(NodeConfig {
             data_dir,
             store,
@@ -317,6 +378,9 @@ impl ConfigLayer {
                 defaults.shutdown_timeout,
             )?,
             join,
+            heartbeat_every,
+            fence_after,
+            dead_after,
         })
     }
 }
@@ -366,6 +430,9 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "max_body_bytes" => layer.max_body_bytes.is_some(),
         "shutdown_timeout" => layer.shutdown_timeout.is_some(),
         "join" => layer.join.is_some(),
+        "heartbeat_every" => layer.heartbeat_every.is_some(),
+        "fence_after" => layer.fence_after.is_some(),
+        "dead_after" => layer.dead_after.is_some(),
         _ => false,
     }
 }
@@ -510,6 +577,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("GRANARY_STORE"), "{err}");
+    }
+
+    #[test]
+    fn cluster_timings_that_break_the_fencing_argument_are_refused() {
+        let flags = ConfigLayer {
+            fence_after: Some("900ms".into()),
+            dead_after: Some("1s".into()),
+            ..ConfigLayer::default()
+        };
+        let err = load(None, &env(&[]), flags).unwrap_err();
+        assert!(err.to_string().contains("--dead-after"), "{err}");
+        let err = load(
+            None,
+            &env(&[("GRANARY_FENCE_AFTER", "100ms")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("GRANARY_FENCE_AFTER"), "{err}");
+        let ok = load(
+            None,
+            &env(&[("GRANARY_DEAD_AFTER", "3s")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.timing().dead_after, 3_000);
     }
 
     #[test]

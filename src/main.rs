@@ -78,6 +78,15 @@ struct ServeArgs {
     /// used while this node has no cluster state). None: found a cluster.
     #[arg(long, value_name = "HOST:PORT")]
     join: Vec<String>,
+    /// How often members heartbeat each other [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    heartbeat_every: Option<String>,
+    /// Stop serving after this long without a majority in sight [default: 600ms].
+    #[arg(long, value_name = "DURATION")]
+    fence_after: Option<String>,
+    /// Remove a member silent this long to a majority [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    dead_after: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -124,6 +133,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         max_body_bytes: args.max_body_bytes,
         shutdown_timeout: args.shutdown_timeout,
         join: (!args.join.is_empty()).then_some(args.join),
+        heartbeat_every: args.heartbeat_every,
+        fence_after: args.fence_after,
+        dead_after: args.dead_after,
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

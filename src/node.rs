@@ -27,7 +27,7 @@ use crate::identity;
 use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
-use granary_cluster_core::{Member, NodeId, Timing};
+use granary_cluster_core::{Member, NodeId};
 
 /// Largest gRPC message a node decodes.
 const GRPC_MAX_MESSAGE: usize = 1024 * 1024;
@@ -72,7 +72,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         me,
         config.data_dir.clone(),
         config.join.clone(),
-        Timing::default(),
+        config.timing(),
     )?;
     let live_grains = {
         let carts = carts.clone();
