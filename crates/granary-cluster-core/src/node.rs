@@ -104,6 +104,8 @@ struct Peer {
     nonce: Option<u64>,
     /// Its last silence report and when we got it.
     silence: Option<(u64, BTreeMap<NodeId, u64>)>,
+    /// When we started expecting it (it joined): silence counts from here.
+    watched_since: Option<u64>,
 }
 
 /// One member's state machine. See the crate docs for the rules.
@@ -348,11 +350,22 @@ impl ClusterNode {
         report.get(suspect).copied().unwrap_or(0)
     }
 
+    /// How long `id` has not confirmed hearing us (echoed one of our
+    /// nonces). Counting confirmations rather than messages received makes
+    /// a one-way partition visible: a member whose heartbeats still arrive
+    /// but who no longer hears anyone is silent here, so the majority can
+    /// remove it (it has fenced itself: it confirms nobody either).
     fn silence_of(&self, id: &NodeId, now: u64) -> u64 {
-        let since = self
-            .heard_at(id)
-            .unwrap_or(self.started_at)
-            .max(self.started_at);
+        let peer = self.peers.get(id);
+        let since = [
+            Some(self.started_at),
+            peer.and_then(|p| p.confirmed_at),
+            peer.and_then(|p| p.watched_since),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(self.started_at);
         now.saturating_sub(since)
     }
 
@@ -768,8 +781,8 @@ impl ClusterNode {
         for id in members.keys() {
             if id != &self.me {
                 let peer = self.peers.entry(id.clone()).or_default();
-                if peer.heard_at.is_none() {
-                    peer.heard_at = Some(now);
+                if peer.watched_since.is_none() {
+                    peer.watched_since = Some(now);
                 }
             }
         }

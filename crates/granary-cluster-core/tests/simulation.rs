@@ -594,3 +594,31 @@ fn random_seeds_within_a_time_budget() {
     }
     assert!(runs > 0);
 }
+
+#[test]
+fn a_member_that_hears_nobody_is_removed_though_its_heartbeats_still_arrive() {
+    let mut sim = Sim::new(5, 3);
+    sim.run(3_000);
+    assert!(sim.converged());
+    // One-way partition: n0 still reaches the others, nothing reaches n0.
+    let deaf = sim.ids[0].clone();
+    for other in sim.ids.clone() {
+        if other != deaf {
+            sim.cut.insert((other, deaf.clone()));
+        }
+    }
+    sim.run(sim.timing.fence_after + 200);
+    assert!(
+        !sim.nodes[&deaf].as_ref().expect("running").is_serving(),
+        "a node that hears nobody must fence"
+    );
+    sim.run(sim.timing.dead_after + 2_000);
+    for node in sim.live_nodes().filter(|n| n.id() != &deaf) {
+        assert!(
+            !node.config().is_member(&deaf),
+            "{} still lists the deaf member",
+            node.id()
+        );
+        assert!(node.is_serving());
+    }
+}
