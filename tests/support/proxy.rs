@@ -1,0 +1,79 @@
+//! A TCP proxy a test controls: forwards connections to a target until it
+//! is cut, then closes every open connection and refuses new ones (closes
+//! them at once) until healed. Put it in front of a node's gRPC port and
+//! advertise the proxy's address, and the node's inbound traffic passes
+//! through it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    /// Bumped on every cut: open connections watch it and close.
+    epoch: watch::Sender<u64>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port, forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let cut = Arc::new(AtomicBool::new(false));
+        let (epoch, _) = watch::channel(0u64);
+        let open = Arc::new(AtomicUsize::new(0));
+        let (cut_flag, epochs, open_count) = (cut.clone(), epoch.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut_flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut closing = epochs.subscribe();
+                let open_count = open_count.clone();
+                open_count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        tokio::select! {
+                            _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = closing.changed() => {}
+                        }
+                    }
+                    open_count.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            epoch,
+            open,
+        }
+    }
+
+    /// Closes every open connection (returns once they are closed) and
+    /// refuses new ones.
+    pub async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.epoch.send_modify(|e| *e += 1);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
