@@ -24,9 +24,22 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
         let reply = ClusterClient::new(channel)
             .status(StatusRequest {})
             .await
-            .with_context(|| format!("{node} did not answer the status request"))?;
-        anyhow::Ok(reply.into_inner())
+            .with_context(|| format!("{node} did not answer the status request"))?
+            .into_inner();
+        // Each peer reports its own live grains; ask them, briefly.
+        let mut grains = std::collections::HashMap::new();
+        for peer in &reply.peers {
+            if peer.id == reply.node_id {
+                grains.insert(peer.id.clone(), reply.live_grains);
+                continue;
+            }
+            if let Some(count) = peer_grains(&peer.address).await {
+                grains.insert(peer.id.clone(), count);
+            }
+        }
+        anyhow::Ok((reply, grains))
     })?;
+    let (reply, grains) = reply;
     if json {
         let peers: Vec<serde_json::Value> = reply
             .peers
@@ -34,6 +47,7 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
             .map(|p| {
                 serde_json::json!({
                     "id": p.id, "address": p.address, "live": p.live, "last_seen_ms_ago": p.last_seen_ms_ago,
+                    "live_grains": grains.get(&p.id),
                 })
             })
             .collect();
@@ -77,20 +91,39 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
     println!("live grains {}", reply.live_grains);
     println!();
     println!(
-        "{:<38} {:<22} {:<5} {:>10}",
-        "PEER", "ADDRESS", "LIVE", "LAST SEEN"
+        "{:<38} {:<22} {:<5} {:>12} {:>11}",
+        "PEER", "ADDRESS", "LIVE", "LAST SEEN", "LIVE GRAINS"
     );
     for peer in &reply.peers {
         let seen = peer
             .last_seen_ms_ago
             .map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
+        let live_grains = grains.get(&peer.id).map_or("?".to_owned(), u64::to_string);
         println!(
-            "{:<38} {:<22} {:<5} {:>10}",
+            "{:<38} {:<22} {:<5} {:>12} {:>11}",
             peer.id,
             peer.address,
             if peer.live { "yes" } else { "no" },
-            seen
+            seen,
+            live_grains
         );
     }
     Ok(())
+}
+
+/// A peer's own count of live grains, or `None` if it does not answer
+/// within a second.
+async fn peer_grains(address: &str) -> Option<u64> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .ok()?;
+    let reply = ClusterClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .ok()?;
+    Some(reply.into_inner().live_grains)
 }

@@ -132,6 +132,12 @@ async fn three_nodes_join_and_agree_on_one_leader_and_one_view() {
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
     assert_eq!(value["members"], 3);
     assert_eq!(value["peers"].as_array().map(Vec::len), Some(3));
+    let peers = value["peers"].as_array().expect("peers");
+    assert!(
+        peers.iter().all(|p| p["live_grains"].is_u64()),
+        "each peer reports its live grains: {value}"
+    );
+    assert!(text.contains("LIVE GRAINS"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
