@@ -142,7 +142,9 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     // until it can).
     let serving = cluster.serving_flag();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !serving.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+    while !(serving.load(Ordering::Acquire) && cluster.has_view_lease())
+        && std::time::Instant::now() < deadline
+    {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     ready.store(true, Ordering::Release);

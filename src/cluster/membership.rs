@@ -69,6 +69,7 @@ pub struct PeerView {
 pub struct ClusterHandle {
     commands: mpsc::Sender<Command>,
     serving: Arc<AtomicBool>,
+    view_lease: Arc<AtomicBool>,
     committed: tokio::sync::watch::Receiver<ClusterConfig>,
     me: Member,
     timing: Timing,
@@ -82,6 +83,13 @@ impl ClusterHandle {
 
     pub fn me(&self) -> &Member {
         &self.me
+    }
+
+    /// Whether this node's committed view is confirmed current by the
+    /// leader (see `ClusterNode::has_view_lease`): the directory grants and
+    /// claims only then. Refreshed every tick.
+    pub fn has_view_lease(&self) -> bool {
+        self.view_lease.load(Ordering::Acquire)
     }
 
     /// The newest committed config (empty until this node has one).
@@ -215,6 +223,7 @@ pub fn start(
     let node = ClusterNode::new(me.id.clone(), durable, timing, 0, seed);
     let (commands, rx) = mpsc::channel(QUEUE);
     let serving = Arc::new(AtomicBool::new(false));
+    let view_lease = Arc::new(AtomicBool::new(false));
     let initial = if node.committed_version() == node.config().version {
         node.config().clone()
     } else {
@@ -224,6 +233,7 @@ pub fn start(
     let handle = ClusterHandle {
         commands,
         serving: serving.clone(),
+        view_lease: view_lease.clone(),
         committed: committed_rx,
         me: me.clone(),
         timing,
@@ -232,6 +242,7 @@ pub fn start(
         node,
         data_dir,
         serving,
+        view_lease,
         committed,
         started,
         clients: HashMap::new(),
@@ -249,6 +260,7 @@ struct Membership {
     node: ClusterNode,
     data_dir: PathBuf,
     serving: Arc<AtomicBool>,
+    view_lease: Arc<AtomicBool>,
     committed: tokio::sync::watch::Sender<ClusterConfig>,
     started: Instant,
     clients: HashMap<String, ClusterClient<Channel>>,
@@ -298,6 +310,9 @@ impl Membership {
                 }
             };
             self.execute(outputs);
+            let now = self.now();
+            self.view_lease
+                .store(self.node.has_view_lease(now), Ordering::Release);
         }
     }
 

@@ -48,9 +48,6 @@ pub struct CartRouter {
     /// Known owners of grains hosted elsewhere: grain → address.
     routes: Mutex<HashMap<String, String>>,
     channels: Mutex<HashMap<String, Channel>>,
-    /// Members that announced a graceful leave (`Closing`), by address:
-    /// they released their carts, so their removal needs no hold.
-    closed: Mutex<HashSet<String>>,
     /// The runtime channels live on (the gRPC runtime), whichever thread
     /// asks for one.
     io: tokio::runtime::Handle,
@@ -69,7 +66,6 @@ impl CartRouter {
             owned: Mutex::new(HashSet::new()),
             routes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
-            closed: Mutex::new(HashSet::new()),
             io,
         });
         let follower = router.clone();
@@ -94,6 +90,11 @@ impl CartRouter {
             return Ok(Route::Remote {
                 address: address.clone(),
             });
+        }
+        if !self.cluster.has_view_lease() {
+            return Err(Unroutable(
+                "this node's view of the cluster is not confirmed current yet".into(),
+            ));
         }
         let view = self.cluster.committed();
         let holder = partition_holder(grain, view.ids())
@@ -204,6 +205,9 @@ impl CartRouter {
     /// Answers "owner=ADDR" (granted, or owned elsewhere), "holder=ADDR"
     /// or "rebuilding".
     pub fn claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
+        if !self.cluster.has_view_lease() {
+            return (false, "rebuilding".into());
+        }
         let view = self.cluster.committed();
         let Some(claimant) = view
             .members
@@ -248,7 +252,6 @@ impl CartRouter {
         if let Some(member) = view.members.values().find(|m| m.address == address) {
             lock(&self.directory).drop_member(&member.id);
         }
-        lock(&self.closed).insert(address.to_owned());
         lock(&self.routes).retain(|_, owner| owner != address);
     }
 
@@ -306,21 +309,18 @@ impl CartRouter {
     async fn follow_views(self: Arc<Self>) {
         let mut views = self.cluster.watch_committed();
         let fence_after = self.cluster.timing().fence_after;
-        let mut previous: Option<ClusterConfig> = None;
         loop {
             let view = views.borrow_and_update().clone();
-            // Carts of a member removed without saying goodbye are held
-            // until it has surely fenced itself; one that left gracefully
-            // released them already.
-            let closed = lock(&self.closed).clone();
-            let crashed = previous.as_ref().is_some_and(|old| {
-                old.members
-                    .values()
-                    .any(|m| !view.members.contains_key(&m.id) && !closed.contains(&m.address))
-            });
-            let hold = if crashed { fence_after } else { 0 };
+            // Every view change holds grants for fence_after: holders of the
+            // old view may grant until their view lease runs out, and the
+            // partition is rebuilt from the members' lists after that.
+            // (A lone member has nobody else granting: no hold.)
+            let hold = if view.members.len() <= 1 {
+                0
+            } else {
+                fence_after
+            };
             lock(&self.directory).view_changed(&view, self.now(), hold);
-            previous = Some(view.clone());
             // Routes to members that left are stale.
             let addresses: HashSet<String> =
                 view.members.values().map(|m| m.address.clone()).collect();
@@ -328,7 +328,14 @@ impl CartRouter {
             for member in view.members.values().filter(|m| &m.id != self.me()) {
                 let router = self.clone();
                 let member = member.clone();
-                tokio::spawn(async move { router.rebuild_from(member.id, member.address).await });
+                let stamp = view.stamp();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(hold)).await;
+                    // A newer view may have come meanwhile; it rebuilds itself.
+                    if router.cluster.committed().stamp() == stamp {
+                        router.rebuild_from(member.id, member.address).await;
+                    }
+                });
             }
             // This member's own grains count too.
             let mine = lock(&self.owned).iter().cloned().collect::<Vec<_>>();

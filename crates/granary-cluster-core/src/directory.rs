@@ -134,21 +134,20 @@ impl OwnershipDirectory {
         self.awaiting.remove(member);
     }
 
-    /// A new committed view, at `now`: entries of departed members and of
-    /// grains whose partition moved away are dropped; the partition waits
-    /// for every other member's grain list and, if members were removed,
-    /// until `now + hold` (pass the cluster's `fence_after`).
+    /// A new committed view, at `now`: every entry is dropped and the
+    /// partition waits for every member's grain list (this node's own
+    /// included: pass it to [`OwnershipDirectory::rebuild_from`]) and until
+    /// `now + hold` (pass the cluster's `fence_after`: claims granted under
+    /// the old view by holders whose view lease has not yet run out must
+    /// show up in those lists first).
     pub fn view_changed(&mut self, config: &ClusterConfig, now: u64, hold: u64) {
         let next: BTreeSet<NodeId> = config.ids().cloned().collect();
-        if self.members.iter().any(|m| !next.contains(m)) {
-            self.hold_until = now.saturating_add(hold);
-        }
+        self.hold_until = now.saturating_add(hold);
         self.members = next;
-        let members = &self.members;
-        let me = &self.me;
-        self.owners.retain(|grain, owner| {
-            members.contains(owner) && partition_holder(grain, members) == Some(me)
-        });
+        // Entries are not carried over: a member that missed views may hold
+        // an entry the others superseded. The partition is rebuilt from
+        // what every member reports it hosts.
+        self.owners.clear();
         self.awaiting = self
             .members
             .iter()

@@ -128,6 +128,9 @@ pub struct ClusterNode {
     serving: bool,
     /// When `serving` last went false.
     lost_majority_at: u64,
+    /// The config stamp and committed version the leader last reported,
+    /// and when: the basis of the view lease.
+    leader_view: Option<((u64, u64), u64, u64)>,
     rng: u64,
 }
 
@@ -150,6 +153,7 @@ impl ClusterNode {
             next_heartbeat: now,
             serving: false,
             lost_majority_at: now,
+            leader_view: None,
             rng: seed | 1,
         };
         node.election_deadline = now + node.election_timeout();
@@ -191,6 +195,28 @@ impl ClusterNode {
     /// When we last heard from `peer`, on our clock.
     pub fn heard_at(&self, peer: &NodeId) -> Option<u64> {
         self.peers.get(peer).and_then(|p| p.heard_at)
+    }
+
+    /// Whether this node's committed view is, by the leader's word within
+    /// `fence_after`, the cluster's current one (or this node is a serving
+    /// leader). The ownership directory grants and claims grains only under
+    /// this lease: when a leader commits a new view, every lease on the old
+    /// one runs out within `fence_after`, and holders of the new view wait
+    /// that long before granting (see docs/cluster-protocol.md).
+    pub fn has_view_lease(&self, now: u64) -> bool {
+        if !self.serving || self.change_pending() {
+            return false;
+        }
+        // A serving leader's view is the current one; so is a lone member's
+        // (nobody else can have changed a config it is the only voter of).
+        if self.role == Role::Leader || self.durable.config.members.len() == 1 {
+            return true;
+        }
+        self.leader_view.is_some_and(|(stamp, committed, at)| {
+            stamp == self.durable.config.stamp()
+                && committed == self.durable.config.version
+                && now.saturating_sub(at) < self.timing.fence_after
+        })
     }
 
     /// Members that confirmed hearing us within `fence_after`, us included.
@@ -432,6 +458,8 @@ impl ClusterNode {
                     && self.role != Role::Leader
                 {
                     self.follow(from.clone(), now);
+                    self.leader_view =
+                        Some(((config_term, config_version), committed_version, now));
                     let theirs = (config_term, config_version);
                     if theirs > self.durable.config.stamp() {
                         out.push(Output::Send {

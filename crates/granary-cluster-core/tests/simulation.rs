@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use granary_cluster_core::{
-    ClusterConfig, ClusterNode, Durable, Input, Member, Message, NodeId, Output, Role, Timing,
+    ClusterConfig, ClusterNode, Durable, Input, Member, Message, NodeId, Output,
+    OwnershipDirectory, Role, Timing,
 };
 
 /// Simulated milliseconds per step.
@@ -64,8 +65,25 @@ struct Sim {
     leaders_by_term: BTreeMap<u64, NodeId>,
     /// (when, member, config stamp): removed members to check.
     removal_checks: Vec<(u64, NodeId, (u64, u64))>,
+    /// Each running node's grain side, as the node runtime builds it.
+    grains: BTreeMap<NodeId, GrainSide>,
     log: Vec<String>,
 }
+
+/// What a node's runtime keeps for grains: its directory partition (over
+/// its committed view), the grains it activated, and the members whose
+/// grain lists its partition still awaits.
+struct GrainSide {
+    directory: OwnershipDirectory,
+    view: ClusterConfig,
+    owned: BTreeSet<String>,
+    awaiting: BTreeSet<NodeId>,
+    /// Grain lists are gathered only after this (the view change's hold).
+    rebuild_after: u64,
+}
+
+/// Grains clients ask for.
+const GRAINS: u64 = 24;
 
 impl Sim {
     fn new(seed: u64, members: usize) -> Sim {
@@ -108,6 +126,7 @@ impl Sim {
             in_flight: VecDeque::new(),
             leaders_by_term: BTreeMap::new(),
             removal_checks: Vec::new(),
+            grains: BTreeMap::new(),
             log: Vec::new(),
         };
         for id in &ids {
@@ -126,12 +145,29 @@ impl Sim {
             self.now,
             seed,
         );
+        let durable = &self.disks[id];
+        let view = if durable.committed_version == durable.config.version {
+            durable.config.clone()
+        } else {
+            ClusterConfig::default()
+        };
+        self.grains.insert(
+            id.clone(),
+            GrainSide {
+                directory: OwnershipDirectory::new(id.clone(), &view),
+                awaiting: view.ids().filter(|m| *m != id).cloned().collect(),
+                view,
+                owned: BTreeSet::new(),
+                rebuild_after: self.now + self.timing.fence_after,
+            },
+        );
         self.nodes.insert(id.clone(), Some(node));
     }
 
     fn crash(&mut self, id: &NodeId) {
         self.log.push(format!("{} crash {id}", self.now));
         self.nodes.insert(id.clone(), None);
+        self.grains.remove(id);
         self.in_flight.retain(|e| &e.to != id);
     }
 
@@ -159,7 +195,29 @@ impl Sim {
                         });
                     }
                 }
-                Output::Committed(config) => self.check_commit_is_safe(id, &config),
+                Output::Committed(config) => {
+                    self.check_commit_is_safe(id, &config);
+                    let hold = self.timing.fence_after;
+                    let now = self.now;
+                    if let Some(side) = self.grains.get_mut(id) {
+                        // Every view change holds grants (and the rebuild) for
+                        // fence_after: leases on the old view run out first.
+                        side.directory.view_changed(&config, now, hold);
+                        self.log
+                            .push(format!("{now} {id} adopts view {:?}", config.stamp()));
+                        side.rebuild_after = now + hold;
+                        side.awaiting = config.ids().filter(|m| *m != id).cloned().collect();
+                        let mine = side.owned.iter().cloned().collect::<Vec<_>>();
+                        side.directory.rebuild_from(id, mine);
+                        side.view = config;
+                    }
+                }
+                Output::Serving(false) => {
+                    // A fenced node gives up every claim and activation.
+                    if let Some(side) = self.grains.get_mut(id) {
+                        side.owned.clear();
+                    }
+                }
                 _ => {}
             }
         }
@@ -201,8 +259,130 @@ impl Sim {
             let outputs = node.step(Input::Tick { now });
             self.execute(&id, outputs);
         }
+        self.rebuild_directories();
+        self.client_calls();
         self.check_invariants();
         self.check_removed_members_stopped();
+        self.check_single_activation();
+    }
+
+    /// Whether messages flow both ways between two running nodes.
+    fn connected(&self, a: &NodeId, b: &NodeId) -> bool {
+        a == b
+            || (self.nodes.get(a).is_some_and(Option::is_some)
+                && self.nodes.get(b).is_some_and(Option::is_some)
+                && !self.cut.contains(&(a.clone(), b.clone()))
+                && !self.cut.contains(&(b.clone(), a.clone())))
+    }
+
+    /// Holders ask the members they still await for their grains
+    /// (`GetCartIds`), when they can reach them.
+    fn rebuild_directories(&mut self) {
+        let ids: Vec<NodeId> = self.grains.keys().cloned().collect();
+        for holder in &ids {
+            if self.now < self.grains[holder].rebuild_after {
+                continue;
+            }
+            let awaiting: Vec<NodeId> = self.grains[holder].awaiting.iter().cloned().collect();
+            for member in awaiting {
+                if !self.connected(holder, &member) {
+                    continue;
+                }
+                let Some(theirs) = self
+                    .grains
+                    .get(&member)
+                    .map(|g| g.owned.iter().cloned().collect::<Vec<_>>())
+                else {
+                    continue;
+                };
+                let side = self.grains.get_mut(holder).expect("holder");
+                side.directory.rebuild_from(&member, theirs);
+                side.awaiting.remove(&member);
+            }
+        }
+    }
+
+    /// A client calls a random grain on a random serving node, which claims
+    /// it at the partition holder (by its own committed view) unless it
+    /// already hosts it.
+    fn client_calls(&mut self) {
+        let now = self.now;
+        for _ in 0..3 {
+            let caller = self.ids[self.rng.below(self.ids.len() as u64) as usize].clone();
+            let grain = format!("g{}", self.rng.below(GRAINS));
+            // Claims are made and granted only under a view lease.
+            let leased = |sim: &Sim, id: &NodeId| {
+                sim.nodes
+                    .get(id)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|n| n.has_view_lease(now))
+            };
+            if !leased(self, &caller) {
+                continue;
+            }
+            let Some(side) = self.grains.get(&caller) else {
+                continue;
+            };
+            if side.owned.contains(&grain) {
+                continue;
+            }
+            let Some(holder) = side.directory.holder(&grain).cloned() else {
+                continue;
+            };
+            if !self.connected(&caller, &holder) || !leased(self, &holder) {
+                continue;
+            }
+            let Some(holder_side) = self.grains.get_mut(&holder) else {
+                continue;
+            };
+            let outcome = holder_side.directory.claim(&grain, &caller, now);
+            if outcome == granary_cluster_core::ClaimOutcome::Accepted {
+                let view = self.grains[&caller].view.stamp();
+                let holder_view = self.grains[&holder].view.stamp();
+                self.log.push(format!("{now} {holder} (view {holder_view:?}) grants {grain} to {caller} (view {view:?})"));
+                self.grains
+                    .get_mut(&caller)
+                    .expect("caller")
+                    .owned
+                    .insert(grain);
+            }
+        }
+    }
+
+    /// No grain is hosted by two serving nodes at once.
+    fn check_single_activation(&self) {
+        let mut hosts: BTreeMap<&String, Vec<&NodeId>> = BTreeMap::new();
+        for (id, side) in &self.grains {
+            let serving = self
+                .nodes
+                .get(id)
+                .and_then(Option::as_ref)
+                .is_some_and(ClusterNode::is_serving);
+            if serving {
+                for grain in &side.owned {
+                    hosts.entry(grain).or_default().push(id);
+                }
+            }
+        }
+        for (grain, nodes) in hosts {
+            assert!(
+                nodes.len() <= 1,
+                "{grain} is hosted by {nodes:?} at {}\n{}\n{}",
+                self.now,
+                self.dump(),
+                self.log
+                    .iter()
+                    .rev()
+                    .take(if std::env::var("SIM_FULL_LOG").is_ok() {
+                        100_000
+                    } else {
+                        12
+                    })
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 
     fn live_nodes(&self) -> impl Iterator<Item = &ClusterNode> {
