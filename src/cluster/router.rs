@@ -24,6 +24,12 @@ use crate::proto::messages::{Empty, OwnerChangeRequest};
 
 /// Deadline of a claim or a forwarded call.
 const RPC_DEADLINE: Duration = Duration::from_secs(5);
+/// Deadline of a claim. A grant that arrives later is discarded (the call
+/// answers 503 and is retried), so every grant a claimant acts on reached
+/// it within this of being made; the hold after a view change covers it.
+const CLAIM_DEADLINE: Duration = Duration::from_millis(200);
+/// How stale this node's view-lease flag may be (the cluster task's tick).
+const LEASE_STALENESS: Duration = Duration::from_millis(50);
 
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,7 +297,7 @@ impl CartRouter {
             cart_id: grain.to_owned(),
             new_host: self.cluster.me().address.clone(),
         });
-        request.set_timeout(RPC_DEADLINE);
+        request.set_timeout(CLAIM_DEADLINE);
         client
             .confirm_owner(request)
             .await
@@ -311,14 +317,16 @@ impl CartRouter {
         let fence_after = self.cluster.timing().fence_after;
         loop {
             let view = views.borrow_and_update().clone();
-            // Every view change holds grants for fence_after: holders of the
-            // old view may grant until their view lease runs out, and the
-            // partition is rebuilt from the members' lists after that.
-            // (A lone member has nobody else granting: no hold.)
+            // Every view change holds grants: holders of the old view may
+            // grant until their view lease runs out (fence_after, plus the
+            // lease flag's staleness), and a grant may take up to the claim
+            // deadline to reach its claimant; the partition is rebuilt from
+            // the members' lists after that. (A lone member has nobody else
+            // granting: no hold.)
             let hold = if view.members.len() <= 1 {
                 0
             } else {
-                fence_after
+                fence_after + (CLAIM_DEADLINE + LEASE_STALENESS).as_millis() as u64
             };
             lock(&self.directory).view_changed(&view, self.now(), hold);
             // Routes to members that left are stale.
