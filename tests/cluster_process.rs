@@ -336,6 +336,34 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
         assert_eq!(seen[0]["version"], 4);
         assert_eq!(support::skus(&seen[0]).len(), 3);
     }
+    // Refusals travel back through a forwarding member unchanged.
+    let cart = &carts[0];
+    for (n, node) in nodes.iter().enumerate() {
+        let mut bad = support::item("bad");
+        bad["quantity"] = serde_json::json!(0);
+        let refused = http
+            .post(&node.url(&format!("/carts/{cart}/items")), bad)
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 400, "node {n}: {refused:?}");
+        assert_eq!(refused.json["field"], "quantity", "node {n}");
+        let stale = http
+            .send(
+                "POST",
+                &node.url(&format!("/carts/{cart}/items")),
+                Some(support::item("late")),
+                &[("If-Match", "\"1\"")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(stale.status, 412, "node {n}: {stale:?}");
+        assert_eq!(
+            stale.etag.as_deref(),
+            Some("\"4\""),
+            "node {n}: the current version"
+        );
+    }
+
     // Every cart is live on exactly one member.
     let mut live = 0;
     for node in &nodes {

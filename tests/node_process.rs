@@ -88,6 +88,8 @@ fn a_busy_port_is_an_error_naming_the_address() {
 struct Load {
     acked: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>,
     failed: Arc<std::sync::atomic::AtomicU64>,
+    /// Signalled after every acknowledgement.
+    progress: Arc<tokio::sync::Notify>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -96,11 +98,17 @@ impl Load {
         let http = Http::new();
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let progress = Arc::new(tokio::sync::Notify::new());
         let mut tasks = Vec::new();
         for client in 0..clients {
             let cart = http.create_cart(node).await;
             let url = node.url(&format!("/carts/{cart}/items"));
-            let (http, acked, failed) = (http.clone(), acked.clone(), failed.clone());
+            let (http, acked, failed, progress) = (
+                http.clone(),
+                acked.clone(),
+                failed.clone(),
+                progress.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 for n in 0..per_client {
                     let sku = format!("c{client}-{n}");
@@ -112,6 +120,7 @@ impl Load {
                                 .entry(cart.clone())
                                 .or_insert_with(BTreeSet::new)
                                 .insert(sku);
+                            progress.notify_waiters();
                         }
                         _ => {
                             // The node went away (killed or stopping): this
@@ -126,6 +135,7 @@ impl Load {
         Load {
             acked,
             failed,
+            progress,
             tasks,
         }
     }
@@ -138,13 +148,18 @@ impl Load {
     /// progress is the event awaited).
     async fn until_acked(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.acked_count().await < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "load made no progress"
-            );
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+        loop {
+            // Register for the next acknowledgement before counting, so
+            // none is missed between the count and the wait.
+            let next = self.progress.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.acked_count().await >= n {
+                return;
+            }
+            tokio::time::timeout_at(deadline, next)
+                .await
+                .expect("load made no progress");
         }
     }
 }

@@ -156,15 +156,15 @@ impl ClusterHandle {
                     let _ = self.propose(Change::Leave(self.me.id.clone())).await;
                 }
                 (false, Some(address)) => {
-                    if let Ok(reply) = ask(&address, |mut client| {
-                        let id = self.me.id.0.clone();
-                        async move { client.leave(pb::LeaveRequest { id }).await }
+                    let id = self.me.id.0.clone();
+                    let asked = ask(&address, |mut client| async move {
+                        client.leave(pb::LeaveRequest { id }).await
                     })
-                    .await
+                    .await;
+                    if asked.is_ok()
                         && let Ok(Some(view)) = remote_status(&address).await
                         && !view.peers.iter().any(|p| p.id == self.me.id.0)
                     {
-                        let _ = reply;
                         return true;
                     }
                 }

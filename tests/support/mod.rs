@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -92,17 +92,23 @@ impl NodeProcess {
 
     /// Waits for the process to exit, at most `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+        // Wait for the exit itself; a watchdog kills the node if it takes
+        // longer than `limit`, which then fails the test.
+        let pid = self.child.id() as libc::pid_t;
+        let (exited, watch) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let overdue = watch.recv_timeout(limit).is_err();
+            if overdue {
+                // SAFETY: kill(2) on a pid we spawned and have not reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            assert!(
-                Instant::now() < deadline,
-                "node did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            overdue
+        });
+        let status = self.child.wait().expect("wait");
+        let _ = exited.send(());
+        let overdue = watchdog.join().expect("watchdog");
+        assert!(!overdue, "node did not exit within {limit:?}");
+        status
     }
 
     /// SIGKILL, no goodbye.
