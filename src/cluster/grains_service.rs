@@ -57,6 +57,17 @@ impl Grains for GrainsService {
         }
         let command: CartRequest = serde_json::from_slice(&call.command)
             .map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
+        // A fenced member serves nothing, forwarded calls included: the
+        // majority may re-home its carts.
+        if !self.router.is_serving() {
+            return Ok(Response::new(failure(
+                &ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this member cannot see a majority of the cluster; retry",
+                )
+                .with_code("fenced"),
+            )));
+        }
         if !self.router.owns(&call.id) {
             match self.router.route(&call.id).await {
                 Ok(Route::Local) => {}

@@ -81,6 +81,11 @@ impl ClusterHandle {
         self.serving.clone()
     }
 
+    /// Whether this node may serve grains now.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
     pub fn me(&self) -> &Member {
         &self.me
     }

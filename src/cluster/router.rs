@@ -9,11 +9,12 @@
 //! a stale route (the owner moved) is dropped and resolved again.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use granary_cluster_core::{
-    ClaimOutcome, ClusterConfig, NodeId, OwnershipDirectory, partition_holder,
+    CLAIM_DEADLINE_MS, ClaimOutcome, ClusterConfig, NodeId, OwnershipDirectory, partition_holder,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -26,10 +27,9 @@ use crate::proto::messages::{Empty, OwnerChangeRequest};
 const RPC_DEADLINE: Duration = Duration::from_secs(5);
 /// Deadline of a claim. A grant that arrives later is discarded (the call
 /// answers 503 and is retried), so every grant a claimant acts on reached
-/// it within this of being made; the hold after a view change covers it.
-const CLAIM_DEADLINE: Duration = Duration::from_millis(200);
-/// How stale this node's view-lease flag may be (the cluster task's tick).
-const LEASE_STALENESS: Duration = Duration::from_millis(50);
+/// it within this of being made; the hold after a view change covers it
+/// (`Timing::directory_hold`).
+const CLAIM_DEADLINE: Duration = Duration::from_millis(CLAIM_DEADLINE_MS);
 
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,11 @@ pub struct CartRouter {
     directory: Mutex<OwnershipDirectory>,
     /// Grains whose claims this member holds.
     owned: Mutex<HashSet<String>>,
+    /// Bumped, under the `owned` lock, every time this member fences: a
+    /// grant that was in flight across a fence is discarded, since the
+    /// claims it made before fencing may be re-granted elsewhere once the
+    /// majority removes it.
+    fence_epoch: AtomicU64,
     /// Known owners of grains hosted elsewhere: grain → address.
     routes: Mutex<HashMap<String, String>>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -70,6 +75,7 @@ impl CartRouter {
             cluster,
             started: Instant::now(),
             owned: Mutex::new(HashSet::new()),
+            fence_epoch: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             io,
@@ -115,9 +121,16 @@ impl CartRouter {
             .get(&holder)
             .map(|m| m.address.clone())
             .ok_or_else(|| Unroutable("the partition holder has no address".into()))?;
+        let epoch = self.fence_epoch.load(Ordering::Acquire);
         let ack = self.confirm_owner(&address, grain).await?;
         if ack.accepted {
-            lock(&self.owned).insert(grain.to_owned());
+            let mut owned = lock(&self.owned);
+            if self.fence_epoch.load(Ordering::Acquire) != epoch {
+                return Err(Unroutable(
+                    "this node lost sight of the majority while placing the cart; retry".into(),
+                ));
+            }
+            owned.insert(grain.to_owned());
             return Ok(Route::Local);
         }
         match parse_ack(&ack.message) {
@@ -168,6 +181,11 @@ impl CartRouter {
     /// Whether this member holds the claim for `grain`.
     pub fn owns(&self, grain: &str) -> bool {
         lock(&self.owned).contains(grain)
+    }
+
+    /// Whether this member sees a majority and may serve grains.
+    pub fn is_serving(&self) -> bool {
+        self.cluster.is_serving()
     }
 
     /// Tells every other member this one is leaving (`Closing`), so they
@@ -263,7 +281,10 @@ impl CartRouter {
 
     /// This member lost its majority: it gives up every claim and route.
     pub fn fenced(&self) {
-        lock(&self.owned).clear();
+        let mut owned = lock(&self.owned);
+        self.fence_epoch.fetch_add(1, Ordering::AcqRel);
+        owned.clear();
+        drop(owned);
         lock(&self.routes).clear();
     }
 
@@ -314,20 +335,12 @@ impl CartRouter {
     /// this member's partition from every member's grain list.
     async fn follow_views(self: Arc<Self>) {
         let mut views = self.cluster.watch_committed();
-        let fence_after = self.cluster.timing().fence_after;
         loop {
             let view = views.borrow_and_update().clone();
-            // Every view change holds grants: holders of the old view may
-            // grant until their view lease runs out (fence_after, plus the
-            // lease flag's staleness), and a grant may take up to the claim
-            // deadline to reach its claimant; the partition is rebuilt from
-            // the members' lists after that. (A lone member has nobody else
-            // granting: no hold.)
-            let hold = if view.members.len() <= 1 {
-                0
-            } else {
-                fence_after + (CLAIM_DEADLINE + LEASE_STALENESS).as_millis() as u64
-            };
+            // Every view change holds grants until grants made under the
+            // old view have reached their claimants; the partition is
+            // rebuilt from the members' lists after that.
+            let hold = self.cluster.timing().directory_hold(view.members.len());
             lock(&self.directory).view_changed(&view, self.now(), hold);
             // Routes to members that left are stale.
             let addresses: HashSet<String> =

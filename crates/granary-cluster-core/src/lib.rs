@@ -37,4 +37,4 @@ pub use config::{ClusterConfig, Member, NodeId};
 pub use directory::{ClaimOutcome, OwnershipDirectory, partition_holder};
 pub use message::{Change, Message};
 pub use node::{ClusterNode, Durable, Input, Output, RejectReason, Role};
-pub use timing::{Timing, TimingError};
+pub use timing::{CLAIM_DEADLINE_MS, LEASE_STALENESS_MS, Timing, TimingError};

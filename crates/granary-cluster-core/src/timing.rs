@@ -55,7 +55,31 @@ pub enum TimingError {
     BadElection,
 }
 
+/// How long a claimant waits for the partition holder's answer to a claim
+/// (`ConfirmOwner`). A grant that arrives later is discarded, so every grant
+/// a claimant acts on reached it within this of being made.
+pub const CLAIM_DEADLINE_MS: u64 = 200;
+
+/// How stale a runtime's copy of its view-lease flag may be when a holder
+/// checks it before granting (the cluster task refreshes it every tick).
+pub const LEASE_STALENESS_MS: u64 = 50;
+
 impl Timing {
+    /// How long a partition holder grants nothing after adopting a new
+    /// view of `members` members: holders of the old view may grant until
+    /// their view lease runs out (`fence_after`, plus the lease flag's
+    /// staleness), and such a grant may take up to the claim deadline to
+    /// reach its claimant. After the hold, every grant made under an older
+    /// view shows up in its claimant's grain list (`GetCartIds`). A lone
+    /// member has nobody else granting: no hold.
+    pub fn directory_hold(&self, members: usize) -> u64 {
+        if members <= 1 {
+            0
+        } else {
+            self.fence_after + CLAIM_DEADLINE_MS + LEASE_STALENESS_MS
+        }
+    }
+
     pub fn validate(&self) -> Result<(), TimingError> {
         if self.heartbeat_every == 0 {
             return Err(TimingError::ZeroHeartbeat);
