@@ -84,10 +84,9 @@ impl Grains for GrainsService {
                     }));
                 }
                 Err(err) => {
-                    return Ok(Response::new(failure(&ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        err.0,
-                    ))));
+                    return Ok(Response::new(failure(
+                        &ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.0).with_code("placing"),
+                    )));
                 }
             }
         }

@@ -173,6 +173,16 @@ impl CartRouter {
         }
     }
 
+    /// How long a call may wait for its cart to be placed before it is
+    /// answered 503: the failover window, in which a crashed member is
+    /// declared dead and the directory's hold after its removal runs out,
+    /// plus a margin for the rebuild.
+    pub fn placement_wait(&self) -> Duration {
+        let timing = self.cluster.timing();
+        let members = self.cluster.committed().members.len();
+        Duration::from_millis(timing.dead_after + timing.directory_hold(members.max(2)) + 500)
+    }
+
     /// Forgets a route that turned out stale.
     pub fn forget(&self, grain: &str) {
         lock(&self.routes).remove(grain);

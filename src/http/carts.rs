@@ -1,6 +1,8 @@
 //! The cart handlers. Each one validates its input, turns it into one grain
 //! call and renders the outcome; the rules live in the cart domain.
 
+use std::time::{Duration, Instant};
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use granary_cart::CartCommand;
@@ -42,17 +44,35 @@ async fn call(
     let Some(router) = &state.router else {
         return Ok(state.carts.call_with(&grain, request, options).await?);
     };
-    // A stale route (the owner moved) is resolved again, a few times.
-    for _ in 0..3 {
-        let route = router.route(&grain).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.0).with_code("placing")
-        })?;
-        match route {
-            Route::Local => return Ok(state.carts.call_with(&grain, request, options).await?),
-            Route::Remote { address } => {
+    // While the cart cannot be placed (the directory rebuilds after a view
+    // change, a holder is unreachable until the majority removes it) the
+    // call waits, bounded by the failover window, and a stale route (the
+    // owner moved) is resolved again. Only then does it answer 503.
+    let deadline = Instant::now() + router.placement_wait();
+    let mut backoff = Duration::from_millis(10);
+    let mut moved = 0;
+    loop {
+        let refusal = match router.route(&grain).await {
+            Ok(Route::Local) => return Ok(state.carts.call_with(&grain, request, options).await?),
+            Ok(Route::Remote { address }) => {
                 match forward(router, &address, &grain, &request, &options).await {
                     Forwarded::Answer(result) => return result,
-                    Forwarded::Moved => router.forget(&grain),
+                    Forwarded::NotDone(err) => {
+                        router.forget(&grain);
+                        err
+                    }
+                    Forwarded::Moved => {
+                        router.forget(&grain);
+                        moved += 1;
+                        if moved <= 3 {
+                            continue;
+                        }
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the cart is moving between members; retry",
+                        )
+                        .with_code("moving")
+                    }
                     Forwarded::Unreachable(reason) => {
                         router.forget(&grain);
                         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
@@ -60,19 +80,29 @@ async fn call(
                     }
                 }
             }
+            Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.0).with_code("placing"),
+        };
+        if !state.serving.load(std::sync::atomic::Ordering::Acquire)
+            || Instant::now() + backoff > deadline
+        {
+            return Err(refusal);
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
     }
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the cart is moving between members; retry",
-    )
-    .with_code("moving"))
 }
+
+/// Codes of 503 answers a member gives before it runs a call: the call
+/// was not done and may be sent again.
+pub(crate) const NOT_DONE_CODES: &[&str] = &["fenced", "placing"];
 
 enum Forwarded {
     Answer(Result<Outcome<granary_cart::Cart>, ApiError>),
     /// The callee does not own the cart; nothing was done.
     Moved,
+    /// The callee refused before running the call (it is fenced, or could
+    /// not place the cart); nothing was done.
+    NotDone(ApiError),
     /// No answer: the outcome is unknown, so the call is not retried.
     Unreachable(String),
 }
@@ -127,6 +157,14 @@ async fn forward(
             ))),
         },
         Some(grain_answer::Result::Failure(failure)) if failure.not_owner => Forwarded::Moved,
+        Some(grain_answer::Result::Failure(failure))
+            if failure.http_status == 503 && NOT_DONE_CODES.contains(&failure.code.as_str()) =>
+        {
+            Forwarded::NotDone(
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, failure.message)
+                    .with_code(failure.code),
+            )
+        }
         Some(grain_answer::Result::Failure(failure)) => {
             let status =
                 StatusCode::from_u16(failure.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);

@@ -136,6 +136,7 @@ pub struct Http {
 pub struct Answer {
     pub status: u16,
     pub etag: Option<String>,
+    pub retry_after: Option<String>,
     pub json: serde_json::Value,
 }
 
@@ -180,11 +181,14 @@ impl Http {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
-            let etag = response
-                .headers()
-                .get("etag")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let (etag, retry_after) = (header("etag"), header("retry-after"));
             let bytes = response
                 .into_body()
                 .collect()
@@ -196,7 +200,12 @@ impl Http {
             } else {
                 serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON from server: {e}"))?
             };
-            Ok(Answer { status, etag, json })
+            Ok(Answer {
+                status,
+                etag,
+                retry_after,
+                json,
+            })
         };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
