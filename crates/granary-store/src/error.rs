@@ -24,15 +24,22 @@ pub enum StoreError {
         idempotency_key: String,
     },
     /// The store cannot take the request now (queue full, database locked
-    /// for too long, engine shutting down). Nothing was written.
+    /// for too long or unreachable, engine shutting down). Nothing was
+    /// written.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The write was sent but its outcome never came back (the connection
+    /// broke, or no answer within the deadline): it may or may not be
+    /// durable. The writer must reload before deciding again; a retry with
+    /// the same idempotency key gets the first answer if it was made.
+    #[error("event store outcome unknown: {0}")]
+    Indeterminate(String),
     /// The database answered with an error the engine does not expect.
     #[error("event store failure: {0}")]
     Engine(String),
     /// The database holds a schema newer than this build understands.
     #[error(
-        "the event store at {path} has schema version {found}; this build supports up to {supported}"
+        "the event store at {path} has schema version {found}; this build supports up to {supported}; run a newer granary"
     )]
     SchemaTooNew {
         path: String,
@@ -47,7 +54,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Indeterminate(_)
+        )
     }
 }
 

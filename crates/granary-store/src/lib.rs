@@ -19,6 +19,10 @@
 //!   acknowledged; a single writer thread group-commits every append queued
 //!   while the previous commit was syncing, so many concurrent changes share
 //!   one fsync; several processes on one machine may open the same file.
+//! - [`PostgresStore`] (`postgres/`): one PostgreSQL database shared by
+//!   nodes on many machines. Writer connections send every append queued
+//!   meanwhile as one statement (`granary_append`): one transaction, one
+//!   commit, one round trip per batch.
 //!
 //! # Data flow
 //! `append` → bounded queue → writer thread: `BEGIN IMMEDIATE`, per request a
@@ -27,11 +31,13 @@
 //! the events after it, in one read transaction.
 
 mod error;
+mod postgres;
 mod sqlite;
 mod store;
 mod types;
 
 pub use error::StoreError;
+pub use postgres::{PostgresStore, PostgresStoreOptions};
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
 pub use store::{EventStore, StoreFuture, StoreStats};
 pub use types::{AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};

@@ -50,6 +50,13 @@ pub trait EventStore: Send + Sync + 'static {
         idempotency_key: &str,
     ) -> StoreFuture<Option<IdempotencyRecord>>;
 
+    /// The id of the cluster whose data this store holds. With `propose`,
+    /// records it if the store holds none yet (the founding member does
+    /// this). Resolves to the id the store holds afterwards. Members
+    /// compare ids when one joins, so a node pointed at another store
+    /// cannot join (its carts would not be the cluster's carts).
+    fn cluster_id(&self, propose: Option<String>) -> StoreFuture<Option<String>>;
+
     /// The engine's counters.
     fn stats(&self) -> StoreStats;
 }

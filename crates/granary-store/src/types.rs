@@ -62,6 +62,18 @@ pub struct AppendRequest {
     pub idempotency: Option<IdempotencyRecord>,
 }
 
+impl AppendRequest {
+    /// The checks every engine makes before touching its database.
+    pub fn check(&self) -> Result<(), crate::StoreError> {
+        if self.events.is_empty() && self.idempotency.is_none() {
+            return Err(crate::StoreError::Invalid(
+                "an append needs at least one event".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What activation reads: the newest snapshot, if any, and every event
 /// after it, in order. `version` is the version of the last event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
@@ -181,12 +181,8 @@ impl SqliteStore {
 
 impl EventStore for SqliteStore {
     fn append(&self, request: AppendRequest) -> StoreFuture<u64> {
-        if request.events.is_empty() && request.idempotency.is_none() {
-            return Box::pin(async {
-                Err(StoreError::Invalid(
-                    "an append needs at least one event".into(),
-                ))
-            });
+        if let Err(err) = request.check() {
+            return Box::pin(async { Err(err) });
         }
         self.submit_write(|reply| WriteOp::Append { request, reply })
     }
@@ -216,6 +212,44 @@ impl EventStore for SqliteStore {
             key,
             idempotency_key,
             reply,
+        })
+    }
+
+    fn cluster_id(&self, propose: Option<String>) -> StoreFuture<Option<String>> {
+        // Rare (once at start): a connection of its own on a short-lived
+        // thread, so neither queue waits behind it.
+        let path = self.path.clone();
+        let (tx, rx) = oneshot::channel();
+        let spawned = thread::Builder::new()
+            .name("granary-store-meta".into())
+            .spawn(move || {
+                let result = (|| {
+                    let mut conn = open_connection(&path, Duration::from_secs(5))?;
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    if let Some(id) = &propose {
+                        tx.execute(
+                            "INSERT INTO granary_meta (key, value) VALUES ('cluster_id', ?1)
+                             ON CONFLICT (key) DO NOTHING",
+                            [id],
+                        )?;
+                    }
+                    let id = tx
+                        .query_row(
+                            "SELECT value FROM granary_meta WHERE key = 'cluster_id'",
+                            [],
+                            |row| row.get::<_, String>(0),
+                        )
+                        .optional()?;
+                    tx.commit()?;
+                    Ok(id)
+                })();
+                let _ = tx.send(result);
+            });
+        Box::pin(async move {
+            spawned.map_err(|e| StoreError::Unavailable(format!("cannot start a thread: {e}")))?;
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("store thread stopped".into())))
         })
     }
 

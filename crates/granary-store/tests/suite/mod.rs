@@ -6,6 +6,8 @@
 //! PostgreSQL) declares `mod suite;` and runs every function against a fresh
 //! store of its own.
 
+pub mod crash;
+
 use std::sync::Arc;
 
 use granary_store::{
@@ -677,4 +679,19 @@ pub async fn streams_are_isolated_by_kind_and_id(store: Arc<dyn EventStore>) {
             .expect("load"),
         LoadedGrain::default()
     );
+}
+
+/// The cluster id: none in a fresh store; the first proposal is recorded,
+/// later ones do not replace it, and reading without a proposal finds it.
+pub async fn cluster_id_is_recorded_once(store: Arc<dyn EventStore>) {
+    assert_eq!(store.cluster_id(None).await, Ok(None));
+    assert_eq!(
+        store.cluster_id(Some("first".into())).await,
+        Ok(Some("first".into()))
+    );
+    assert_eq!(
+        store.cluster_id(Some("second".into())).await,
+        Ok(Some("first".into()))
+    );
+    assert_eq!(store.cluster_id(None).await, Ok(Some("first".into())));
 }

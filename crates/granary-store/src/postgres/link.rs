@@ -1,0 +1,174 @@
+//! One connection to PostgreSQL that heals itself, and fails fast while
+//! it cannot.
+//!
+//! A link connects on first use and again after the connection broke.
+//! While the server is unreachable it answers `Unavailable` at once and
+//! tries again only every [`RETRY_EVERY`], so callers never queue behind
+//! a dead server.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+use crate::error::StoreError;
+
+/// How long a link waits before trying an unreachable server again.
+const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// The statements a link prepares once per connection.
+pub(crate) struct Statements {
+    pub append: Statement,
+    pub snapshot: Statement,
+    pub load: Statement,
+    pub find_idempotent: Statement,
+}
+
+pub(crate) struct Link {
+    config: Config,
+    location: String,
+    connect_timeout: Duration,
+    live: Option<(Client, Statements)>,
+    /// While set and in the future, the server is taken to be unreachable.
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+impl Link {
+    pub(crate) fn new(config: Config, location: String, connect_timeout: Duration) -> Link {
+        Link {
+            config,
+            location,
+            connect_timeout,
+            live: None,
+            retry_at: None,
+            last_error: String::new(),
+        }
+    }
+
+    /// A connected client and its statements, connecting if need be.
+    /// `Unavailable` (nothing was sent) when the server cannot be reached.
+    pub(crate) async fn get(&mut self) -> Result<&(Client, Statements), StoreError> {
+        if self
+            .live
+            .as_ref()
+            .is_some_and(|(client, _)| client.is_closed())
+        {
+            self.live = None;
+        }
+        if self.live.is_none() {
+            if let Some(at) = self.retry_at
+                && Instant::now() < at
+            {
+                return Err(self.unreachable());
+            }
+            match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+                Ok(Ok(live)) => {
+                    if self.retry_at.take().is_some() {
+                        tracing::info!(location = %self.location, "PostgreSQL reachable again");
+                    }
+                    self.live = Some(live);
+                }
+                Ok(Err(err)) => return Err(self.failed(err.to_string())),
+                Err(_) => {
+                    return Err(
+                        self.failed(format!("no connection within {:?}", self.connect_timeout))
+                    );
+                }
+            }
+        }
+        Ok(self.live.as_ref().expect("connected"))
+    }
+
+    /// Drops the connection (after a timeout or a broken exchange): the
+    /// next use connects anew.
+    pub(crate) fn reset(&mut self) {
+        self.live = None;
+    }
+
+    fn failed(&mut self, error: String) -> StoreError {
+        if self.retry_at.is_none() {
+            tracing::warn!(location = %self.location, %error, "PostgreSQL unreachable; failing fast until it is back");
+        }
+        self.last_error = error;
+        self.retry_at = Some(Instant::now() + RETRY_EVERY);
+        self.unreachable()
+    }
+
+    fn unreachable(&self) -> StoreError {
+        StoreError::Unavailable(format!(
+            "PostgreSQL at {} is unreachable ({})",
+            self.location, self.last_error
+        ))
+    }
+
+    async fn connect(&self) -> Result<(Client, Statements), tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let location = self.location.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%location, error = %err, "PostgreSQL connection ended");
+            }
+        });
+        let statements = Statements {
+            append: client
+                .prepare(
+                    "SELECT out_index, out_outcome, out_version
+                       FROM granary_append($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .await?,
+            snapshot: client
+                .prepare("SELECT out_stored, out_last FROM granary_snapshot($1, $2, $3, $4)")
+                .await?,
+            load: client
+                .prepare(
+                    "WITH s AS (
+                        SELECT version, payload FROM granary_snapshots
+                         WHERE kind = $1 AND grain = $2)
+                     SELECT false AS is_event, version, payload FROM s
+                     UNION ALL
+                     SELECT true, e.version, e.payload FROM granary_events e
+                      WHERE e.kind = $1 AND e.grain = $2
+                        AND e.version > coalesce((SELECT version FROM s), 0)
+                     ORDER BY 1, 2",
+                )
+                .await?,
+            find_idempotent: client
+                .prepare(
+                    "SELECT request_hash, reply FROM granary_idempotency
+                      WHERE kind = $1 AND grain = $2 AND key = $3",
+                )
+                .await?,
+        };
+        Ok((client, statements))
+    }
+}
+
+/// What a failed exchange means. `sent`: the request may have reached the
+/// server. A write whose answer is lost is `Indeterminate`; a read, or a
+/// write the server answered with an ordinary error (its transaction was
+/// rolled back), is `Unavailable` or `Engine`.
+pub(crate) fn classify(err: &tokio_postgres::Error, write: bool) -> StoreError {
+    if let Some(db) = err.as_db_error() {
+        let class = &db.code().code()[..2];
+        let fatal = matches!(db.severity(), "FATAL" | "PANIC");
+        if write && fatal {
+            // The session was cut while running the batch (e.g. the server
+            // is shutting down): whether it committed is not known.
+            return StoreError::Indeterminate(format!("PostgreSQL ended the session: {db}"));
+        }
+        // Connection, resources, operator intervention, serialization:
+        // transient. Anything else is a bug or damage.
+        return if matches!(class, "08" | "40" | "53" | "57" | "58") {
+            StoreError::Unavailable(format!("PostgreSQL: {db}"))
+        } else {
+            StoreError::Engine(format!("PostgreSQL: {db}"))
+        };
+    }
+    if write {
+        StoreError::Indeterminate(format!(
+            "the connection to PostgreSQL broke during a write: {err}"
+        ))
+    } else {
+        StoreError::Unavailable(format!("the connection to PostgreSQL broke: {err}"))
+    }
+}

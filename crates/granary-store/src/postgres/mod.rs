@@ -1,0 +1,560 @@
+//! The PostgreSQL engine: one database shared by nodes on many machines.
+//!
+//! Writers: a few connections take appends from one bounded queue. A
+//! writer takes every append that queued while it was busy (up to
+//! `max_batch`) and sends them as one call of `granary_append`: one
+//! statement, so one transaction, one commit and one round trip for the
+//! whole batch (group commit). Each append runs in its own subtransaction
+//! there, so a conflict refuses that append only.
+//!
+//! Readers: a few more connections serve `load`, `find_idempotent`,
+//! snapshots and the cluster id from a second queue.
+//!
+//! Failure: every exchange has a deadline. A write whose answer is lost
+//! (the connection broke, the deadline passed) is `Indeterminate`; while
+//! the server is unreachable every call answers `Unavailable` at once
+//! (see [`link`]), and the links reconnect by themselves when it is back.
+//!
+//! The engine runs its connections on a tokio runtime of its own, on one
+//! thread, so it works the same under any caller's executor.
+
+mod link;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::Config;
+
+use crate::error::StoreError;
+use crate::store::{EventStore, StoreFuture, StoreStats};
+use crate::types::{
+    AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
+};
+use link::{Link, classify};
+
+/// Tuning of the PostgreSQL engine.
+#[derive(Debug, Clone)]
+pub struct PostgresStoreOptions {
+    /// Connections that write (each carries one batch at a time).
+    pub writers: usize,
+    /// Connections that read.
+    pub readers: usize,
+    /// Requests that may wait before `append` answers `Unavailable`.
+    pub queue: usize,
+    /// Most appends one batch may carry.
+    pub max_batch: usize,
+    /// How long a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How long one exchange (a batch, a load) may take.
+    pub round_trip_timeout: Duration,
+}
+
+impl Default for PostgresStoreOptions {
+    fn default() -> Self {
+        PostgresStoreOptions {
+            writers: 2,
+            readers: 4,
+            queue: 16_384,
+            max_batch: 1_024,
+            connect_timeout: Duration::from_secs(2),
+            round_trip_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    appends: AtomicU64,
+    conflicts: AtomicU64,
+    commits: AtomicU64,
+    loads: AtomicU64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+struct Append {
+    request: AppendRequest,
+    reply: Reply<u64>,
+}
+
+enum ReadOp {
+    Load(GrainKey, Reply<LoadedGrain>),
+    Find(GrainKey, String, Reply<Option<IdempotencyRecord>>),
+    Snapshot(GrainKey, Snapshot, Reply<()>),
+    ClusterId(Option<String>, Reply<Option<String>>),
+}
+
+struct Shared {
+    writes: mpsc::Sender<Append>,
+    reads: mpsc::Sender<ReadOp>,
+    counters: Arc<Counters>,
+    location: String,
+    /// Dropped with the last clone: the engine's runtime thread ends.
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// The PostgreSQL event store. Cheap to clone; the clones share the
+/// connections, which close when the last clone is dropped.
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.shared.location)
+            .finish()
+    }
+}
+
+/// `postgres://host:port/db` of a config, without user or password.
+fn location_of(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{host}:{port}/{db}")
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`)
+    /// with default options, applying migrations.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, PostgresStoreOptions::default())
+    }
+
+    /// Connects, applies migrations (refusing a newer schema) and starts
+    /// the engine's connections. Fails if the database cannot be reached
+    /// now: a node should not start on a store it cannot use.
+    pub fn open_with(url: &str, options: PostgresStoreOptions) -> Result<Self, StoreError> {
+        let mut config = Config::from_str(url)
+            .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL URL: {e}")))?;
+        config
+            .connect_timeout(options.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .application_name("granary");
+        let location = location_of(&config);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("granary-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the engine: {e}")))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (started, setup) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let (writes, write_rx) = mpsc::channel(options.queue.max(1));
+        let (reads, read_rx) = mpsc::channel(options.queue.max(1));
+        {
+            let (config, location, counters) = (config.clone(), location.clone(), counters.clone());
+            std::thread::Builder::new()
+                .name("granary-postgres".into())
+                .spawn(move || {
+                    let setup = runtime.block_on(async {
+                        let connect = config.connect(tokio_postgres::NoTls);
+                        let (mut client, connection) =
+                            tokio::time::timeout(options.connect_timeout, connect)
+                                .await
+                                .map_err(|_| {
+                                    StoreError::Unavailable(format!(
+                                        "cannot connect to {location}: no answer within {:?}",
+                                        options.connect_timeout
+                                    ))
+                                })?
+                                .map_err(|e| {
+                                    StoreError::Unavailable(format!(
+                                        "cannot connect to {location}: {e}"
+                                    ))
+                                })?;
+                        let driver = tokio::spawn(connection);
+                        schema::migrate(&mut client, &location).await?;
+                        drop(client);
+                        let _ = driver.await;
+                        Ok(())
+                    });
+                    let failed = setup.is_err();
+                    let _ = started.send(setup);
+                    if failed {
+                        return;
+                    }
+                    let write_rx = Arc::new(Mutex::new(write_rx));
+                    for _ in 0..options.writers.max(1) {
+                        let link =
+                            Link::new(config.clone(), location.clone(), options.connect_timeout);
+                        runtime.spawn(write_loop(
+                            link,
+                            write_rx.clone(),
+                            options.clone(),
+                            counters.clone(),
+                        ));
+                    }
+                    let read_rx = Arc::new(Mutex::new(read_rx));
+                    for _ in 0..options.readers.max(1) {
+                        let link =
+                            Link::new(config.clone(), location.clone(), options.connect_timeout);
+                        runtime.spawn(read_loop(
+                            link,
+                            read_rx.clone(),
+                            options.round_trip_timeout,
+                            counters.clone(),
+                        ));
+                    }
+                    // Runs the connections until the store is dropped.
+                    let _ = stopped.recv();
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                })
+                .map_err(|e| StoreError::Unavailable(format!("cannot start a thread: {e}")))?;
+        }
+        setup
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the engine stopped".into())))?;
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                writes,
+                reads,
+                counters,
+                location,
+                _stop: stop,
+            }),
+        })
+    }
+
+    /// `postgres://host:port/db`, without credentials (for logs).
+    pub fn location(&self) -> &str {
+        &self.shared.location
+    }
+
+    fn read<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> ReadOp) -> StoreFuture<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.reads.try_send(make(tx));
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError::Unavailable("read queue is full".into()));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the engine stopped".into())))
+        })
+    }
+}
+
+impl EventStore for PostgresStore {
+    fn append(&self, request: AppendRequest) -> StoreFuture<u64> {
+        if let Err(err) = request.check() {
+            return Box::pin(async { Err(err) });
+        }
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.writes.try_send(Append { request, reply: tx });
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(StoreError::Unavailable("write queue is full".into()));
+            }
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("the engine stopped".into())))
+        })
+    }
+
+    fn load(&self, key: &GrainKey) -> StoreFuture<LoadedGrain> {
+        let key = key.clone();
+        self.read(|reply| ReadOp::Load(key, reply))
+    }
+
+    fn save_snapshot(&self, key: &GrainKey, snapshot: Snapshot) -> StoreFuture<()> {
+        let key = key.clone();
+        self.read(|reply| ReadOp::Snapshot(key, snapshot, reply))
+    }
+
+    fn find_idempotent(
+        &self,
+        key: &GrainKey,
+        idempotency_key: &str,
+    ) -> StoreFuture<Option<IdempotencyRecord>> {
+        let (key, idempotency_key) = (key.clone(), idempotency_key.to_owned());
+        self.read(|reply| ReadOp::Find(key, idempotency_key, reply))
+    }
+
+    fn cluster_id(&self, propose: Option<String>) -> StoreFuture<Option<String>> {
+        self.read(|reply| ReadOp::ClusterId(propose, reply))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        StoreStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            conflicts: c.conflicts.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One writer connection: takes a batch, sends it as one statement,
+/// answers every caller.
+async fn write_loop(
+    mut link: Link,
+    queue: Arc<Mutex<mpsc::Receiver<Append>>>,
+    options: PostgresStoreOptions,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    loop {
+        {
+            let mut rx = queue.lock().await;
+            match rx.recv().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+            while batch.len() < options.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+        }
+        write_batch(&mut link, &mut batch, &options, &counters).await;
+    }
+}
+
+async fn write_batch(
+    link: &mut Link,
+    batch: &mut Vec<Append>,
+    options: &PostgresStoreOptions,
+    counters: &Counters,
+) {
+    let n = batch.len();
+    let mut kinds = Vec::with_capacity(n);
+    let mut grains = Vec::with_capacity(n);
+    let mut expected = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut payloads: Vec<&[u8]> = Vec::new();
+    let mut idem_keys = Vec::with_capacity(n);
+    let mut idem_hashes = Vec::with_capacity(n);
+    let mut idem_replies: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    for Append { request, .. } in batch.iter() {
+        kinds.push(request.key.kind.as_str());
+        grains.push(request.key.id.as_str());
+        expected.push(request.expected_version as i64);
+        counts.push(request.events.len() as i32);
+        payloads.extend(request.events.iter().map(Vec::as_slice));
+        let record = request.idempotency.as_ref();
+        idem_keys.push(record.map(|r| r.key.as_str()));
+        idem_hashes.push(record.map(|r| r.request_hash as i64));
+        idem_replies.push(record.map(|r| r.reply.as_slice()));
+    }
+    let result = match link.get().await {
+        Err(err) => Err(err),
+        Ok((client, statements)) => {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &kinds,
+                &grains,
+                &expected,
+                &counts,
+                &payloads,
+                &idem_keys,
+                &idem_hashes,
+                &idem_replies,
+            ];
+            let call = client.query(&statements.append, &params);
+            match tokio::time::timeout(options.round_trip_timeout, call).await {
+                Ok(Ok(rows)) => Ok(rows),
+                Ok(Err(err)) => Err(classify(&err, true)),
+                Err(_) => Err(StoreError::Indeterminate(format!(
+                    "no answer from PostgreSQL within {:?}",
+                    options.round_trip_timeout
+                ))),
+            }
+        }
+    };
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(err) => {
+            if matches!(err, StoreError::Indeterminate(_)) {
+                link.reset();
+            }
+            for Append { reply, .. } in batch.drain(..) {
+                let _ = reply.send(Err(err.clone()));
+            }
+            return;
+        }
+    };
+    counters.commits.fetch_add(1, Ordering::Relaxed);
+    let mut outcomes: Vec<Option<(String, i64)>> = vec![None; n];
+    for row in rows {
+        let index: i32 = row.get(0);
+        if let Some(slot) = outcomes.get_mut((index as usize).wrapping_sub(1)) {
+            *slot = Some((row.get(1), row.get(2)));
+        }
+    }
+    for (Append { request, reply }, outcome) in batch.drain(..).zip(outcomes) {
+        let answer = match outcome {
+            Some((outcome, version)) if outcome == "ok" => {
+                counters.appends.fetch_add(1, Ordering::Relaxed);
+                Ok(version as u64)
+            }
+            Some((outcome, version)) if outcome == "conflict" => {
+                counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Conflict {
+                    key: request.key,
+                    expected: request.expected_version,
+                    actual: version as u64,
+                })
+            }
+            Some((outcome, _)) if outcome == "duplicate" => {
+                Err(StoreError::DuplicateIdempotencyKey {
+                    key: request.key,
+                    idempotency_key: request.idempotency.map(|r| r.key).unwrap_or_default(),
+                })
+            }
+            other => Err(StoreError::Engine(format!(
+                "granary_append answered {other:?} for {}",
+                request.key
+            ))),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// One reader connection.
+async fn read_loop(
+    mut link: Link,
+    queue: Arc<Mutex<mpsc::Receiver<ReadOp>>>,
+    deadline: Duration,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let op = {
+            let mut rx = queue.lock().await;
+            match rx.recv().await {
+                Some(op) => op,
+                None => return,
+            }
+        };
+        match op {
+            ReadOp::Load(key, reply) => {
+                let answer = exchange(&mut link, deadline, |c, s| async move {
+                    let rows = c.query(&s.load, &[&key.kind, &key.id]).await?;
+                    Ok(loaded(rows))
+                })
+                .await;
+                if answer.is_ok() {
+                    counters.loads.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(answer);
+            }
+            ReadOp::Find(key, idempotency_key, reply) => {
+                let answer = exchange(&mut link, deadline, |c, s| async move {
+                    let row = c
+                        .query_opt(&s.find_idempotent, &[&key.kind, &key.id, &idempotency_key])
+                        .await?;
+                    Ok(row.map(|row| IdempotencyRecord {
+                        key: idempotency_key,
+                        request_hash: row.get::<_, i64>(0) as u64,
+                        reply: row.get(1),
+                    }))
+                })
+                .await;
+                let _ = reply.send(answer);
+            }
+            ReadOp::Snapshot(key, snapshot, reply) => {
+                let version = snapshot.version as i64;
+                let answer = exchange(&mut link, deadline, |c, s| {
+                    let key = key.clone();
+                    async move {
+                        let row = c
+                            .query_one(
+                                &s.snapshot,
+                                &[&key.kind, &key.id, &version, &snapshot.payload],
+                            )
+                            .await?;
+                        Ok((row.get::<_, bool>(0), row.get::<_, i64>(1)))
+                    }
+                })
+                .await
+                .and_then(|(stored, last)| {
+                    if stored {
+                        Ok(())
+                    } else {
+                        Err(StoreError::Invalid(format!(
+                            "snapshot of {key} at version {version} but the stream is at {last}"
+                        )))
+                    }
+                });
+                let _ = reply.send(answer);
+            }
+            ReadOp::ClusterId(propose, reply) => {
+                let answer = exchange(&mut link, deadline, |c, _| async move {
+                    if let Some(id) = &propose {
+                        c.execute(
+                            "INSERT INTO granary_meta (key, value) VALUES ('cluster_id', $1)
+                             ON CONFLICT (key) DO NOTHING",
+                            &[id],
+                        )
+                        .await?;
+                    }
+                    let row = c
+                        .query_opt(
+                            "SELECT value FROM granary_meta WHERE key = 'cluster_id'",
+                            &[],
+                        )
+                        .await?;
+                    Ok(row.map(|row| row.get::<_, String>(0)))
+                })
+                .await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Runs one read exchange with a deadline; a broken or late exchange
+/// drops the connection.
+async fn exchange<'a, T, F, Fut>(
+    link: &'a mut Link,
+    deadline: Duration,
+    run: F,
+) -> Result<T, StoreError>
+where
+    F: FnOnce(&'a tokio_postgres::Client, &'a link::Statements) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'a,
+{
+    let (client, statements) = match link.get().await {
+        Ok((client, statements)) => (client, statements),
+        Err(err) => return Err(err),
+    };
+    let outcome = tokio::time::timeout(deadline, run(client, statements)).await;
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(classify(&err, false)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer from PostgreSQL within {deadline:?}"
+        ))),
+    }
+}
+
+fn loaded(rows: Vec<tokio_postgres::Row>) -> LoadedGrain {
+    let mut grain = LoadedGrain::default();
+    for row in rows {
+        let is_event: bool = row.get(0);
+        let version = row.get::<_, i64>(1) as u64;
+        let payload: Vec<u8> = row.get(2);
+        if is_event {
+            grain.events.push(EventRecord { version, payload });
+        } else {
+            grain.snapshot = Some(Snapshot { version, payload });
+        }
+        grain.version = grain.version.max(version);
+    }
+    grain
+}

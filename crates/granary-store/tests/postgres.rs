@@ -1,0 +1,224 @@
+//! The store suite against PostgreSQL, [`PostgresStore`], on a real
+//! server (see `granary-testpg`: `GRANARY_TEST_PG`, or a throwaway server
+//! the harness starts), plus what only a server engine has: several
+//! stores on one database, schema versioning, group commit in one round
+//! trip, and an outage of the server.
+
+mod suite;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary_store::{EventStore, PostgresStore, PostgresStoreOptions, StoreError};
+use suite::{append_request, assert_stream, cart, payloads};
+
+/// A fresh database on the shared server, or `None` (skipped) without one.
+fn fresh_url() -> Option<String> {
+    Some(granary_testpg::shared()?.fresh_database())
+}
+
+fn open(url: &str) -> Arc<dyn EventStore> {
+    Arc::new(PostgresStore::open(url).expect("open the PostgreSQL store"))
+}
+
+/// One `#[tokio::test]` per engine-neutral suite function, each on a
+/// fresh database.
+macro_rules! postgres_suite {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(url) = fresh_url() else { return };
+                suite::$name(open(&url)).await;
+            }
+        )*
+    };
+}
+
+postgres_suite!(
+    unknown_grain_loads_empty,
+    append_to_new_stream_returns_new_version_and_loads_in_order,
+    stale_expected_version_conflicts_and_writes_nothing,
+    empty_append_is_refused_as_invalid,
+    load_returns_newest_snapshot_and_only_later_events,
+    older_snapshot_never_replaces_newer,
+    idempotency_record_stored_with_append_is_found,
+    idempotency_keys_are_scoped_to_their_grain,
+    reused_idempotency_key_fails_and_writes_nothing,
+    concurrent_appends_to_different_grains_all_succeed_and_share_commits,
+    concurrent_appends_to_one_grain_at_same_version_exactly_one_wins,
+    refused_appends_do_not_disturb_concurrent_appends,
+    streams_are_isolated_by_kind_and_id,
+    cluster_id_is_recorded_once,
+);
+
+/// A process killed with SIGKILL while appending loses no append it had
+/// acknowledged (the suite's crash test, on a database).
+#[test]
+fn sigkill_loses_no_acknowledged_append() {
+    let url = match std::env::var("GRANARY_STORE_CRASH_WRITER") {
+        Ok(url) => url,
+        Err(_) => {
+            let Some(url) = fresh_url() else { return };
+            url
+        }
+    };
+    suite::crash::sigkill_loses_no_acknowledged_append(
+        "sigkill_loses_no_acknowledged_append",
+        &url,
+        open,
+    );
+}
+
+/// Two stores on one database (two nodes on two machines) see each
+/// other's appends, and the expected-version fence holds between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_database_share_streams_and_the_version_fence() {
+    let Some(url) = fresh_url() else { return };
+    let (a, b) = (open(&url), open(&url));
+    let key = cart("shared");
+    let first = payloads("a", 1, 2);
+    assert_eq!(
+        a.append(append_request(&key, 0, first.clone())).await,
+        Ok(2)
+    );
+    assert_stream(&b.load(&key).await.expect("b loads"), &first);
+    assert_eq!(
+        b.append(append_request(&key, 2, payloads("b", 3, 1))).await,
+        Ok(3)
+    );
+    match a
+        .append(append_request(&key, 2, payloads("late", 3, 1)))
+        .await
+    {
+        Err(StoreError::Conflict {
+            expected: 2,
+            actual: 3,
+            ..
+        }) => {}
+        other => panic!("a stale writer must conflict, got {other:?}"),
+    }
+    assert_eq!(a.cluster_id(Some("c1".into())).await, Ok(Some("c1".into())));
+    assert_eq!(b.cluster_id(None).await, Ok(Some("c1".into())));
+}
+
+/// Concurrent appends go to the server in batches: many appends per
+/// round trip (one commit each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_round_trips() {
+    let Some(url) = fresh_url() else { return };
+    let store = open(&url);
+    let mut writers = Vec::new();
+    for n in 0..200 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let key = cart(&format!("g{n}"));
+            store
+                .append(append_request(&key, 0, payloads("e", 1, 1)))
+                .await
+        }));
+    }
+    for writer in writers {
+        assert_eq!(writer.await.expect("task"), Ok(1));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.appends, 200);
+    assert!(
+        stats.commits < 200,
+        "200 concurrent appends took {} round trips",
+        stats.commits
+    );
+}
+
+/// A database whose schema is newer than this build is refused at open,
+/// naming the database and the versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_schema_is_refused_at_open() {
+    let Some(server) = granary_testpg::shared() else {
+        return;
+    };
+    let url = server.fresh_database();
+    drop(open(&url));
+    let db = url.rsplit('/').next().expect("a database name").to_owned();
+    server.psql_in(
+        &db,
+        "UPDATE granary_meta SET value = '999' WHERE key = 'schema_version'",
+    );
+    match PostgresStore::open(&url) {
+        Err(err @ StoreError::SchemaTooNew { found: 999, .. }) => {
+            assert!(err.to_string().contains(&db), "{err}");
+        }
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
+}
+
+/// A URL that is not one is refused before anything is tried.
+#[test]
+fn a_bad_url_is_refused() {
+    match PostgresStore::open("postgres://host:notaport/db") {
+        Err(StoreError::Invalid(message)) => assert!(message.contains("URL"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+/// The server stops: appends fail fast with `Unavailable` (nothing was
+/// written), never hang; once it is back the same store works again by
+/// itself, and everything acknowledged before is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_fast_and_heals_by_itself() {
+    let Some(server) = tokio::task::block_in_place(granary_testpg::private) else {
+        return;
+    };
+    let url = server.fresh_database();
+    let store: Arc<dyn EventStore> =
+        Arc::new(PostgresStore::open_with(&url, PostgresStoreOptions::default()).expect("open"));
+    let key = cart("outage");
+    assert_eq!(
+        store
+            .append(append_request(&key, 0, payloads("o", 1, 1)))
+            .await,
+        Ok(1)
+    );
+
+    tokio::task::block_in_place(|| server.stop());
+    for attempt in 0..20 {
+        let sent = Instant::now();
+        let answer = store
+            .append(append_request(&key, 1, payloads("o", 2, 1)))
+            .await;
+        assert!(
+            sent.elapsed() < Duration::from_secs(4),
+            "attempt {attempt} took {:?}",
+            sent.elapsed()
+        );
+        match answer {
+            Err(StoreError::Unavailable(_)) => {}
+            // The first exchange on a connection cut by the shutdown.
+            Err(StoreError::Indeterminate(_)) if attempt == 0 => {}
+            other => panic!("attempt {attempt} during the outage: {other:?}"),
+        }
+        assert!(matches!(
+            store.load(&key).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+
+    tokio::task::block_in_place(|| server.restart());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let version = loop {
+        match store.load(&key).await {
+            Ok(loaded) => break loaded.version,
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("the store did not come back: {other:?}"),
+        }
+    };
+    assert_eq!(version, 1, "nothing was written during the outage");
+    assert_eq!(
+        store
+            .append(append_request(&key, 1, payloads("o", 2, 1)))
+            .await,
+        Ok(2)
+    );
+}
