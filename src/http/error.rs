@@ -112,6 +112,14 @@ impl From<CallError<CartError>> for ApiError {
             )
             .with_field("Idempotency-Key")
             .with_code("idempotency_key_reused"),
+            CallError::Store(StoreError::Indeterminate(reason)) => {
+                tracing::warn!(%reason, "cart change outcome unknown");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the event store did not confirm the change; it may or may not have been made: retry with the same Idempotency-Key",
+                )
+                .with_code("outcome_unknown")
+            }
             CallError::Store(StoreError::Unavailable(reason)) | CallError::Unavailable(reason) => {
                 tracing::warn!(%reason, "cart call unavailable");
                 ApiError::new(

@@ -307,7 +307,7 @@ impl<G: Grain> GrainActor<G> {
             }
             None => None,
         };
-        let append = bounded(
+        let append = bounded_write(
             self.shared.config.store_timeout,
             self.shared.store.append(AppendRequest {
                 key: self.key.clone(),
@@ -350,9 +350,18 @@ impl<G: Grain> GrainActor<G> {
                     Err(err @ StoreError::DuplicateIdempotencyKey { .. }) => {
                         Err(CallError::Store(err))
                     }
+                    Err(err @ StoreError::Unavailable(_)) => {
+                        // Nothing was written: the state in memory is still
+                        // the stored one, and reads keep being answered from
+                        // it while the store is away.
+                        Err(CallError::Store(err))
+                    }
                     Err(err) => {
-                        // Timed out or failed at commit: the write may or
-                        // may not be durable. Catch up before the next call.
+                        // No answer, or a failure at commit: the write may
+                        // or may not be durable. Catch up before the next
+                        // call (if the store is away, calls fail until it is
+                        // back rather than answer from a state that may be
+                        // behind).
                         act.reload(ctx);
                         Err(CallError::Store(err))
                     }
@@ -484,8 +493,8 @@ impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
     }
 }
 
-/// `future`, or `Unavailable` if it takes longer than `limit` (the store
-/// did not answer; whether it acted is unknown).
+/// `future`, or `Unavailable` if it takes longer than `limit` (for reads:
+/// nothing changed).
 async fn bounded<T>(
     limit: std::time::Duration,
     future: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -493,6 +502,20 @@ async fn bounded<T>(
     match tokio::time::timeout(limit, future).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer from the event store within {limit:?}"
+        ))),
+    }
+}
+
+/// A write's `future`, or `Indeterminate` if it takes longer than `limit`:
+/// the store did not answer, so whether it wrote is unknown.
+async fn bounded_write<T>(
+    limit: std::time::Duration,
+    future: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Indeterminate(format!(
             "no answer from the event store within {limit:?}; the outcome is unknown"
         ))),
     }

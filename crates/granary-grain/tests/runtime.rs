@@ -1,6 +1,7 @@
 //! The grain runtime's promises, each against a real embedded store.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, RuntimeConfig};
@@ -373,9 +374,133 @@ impl EventStore for GatedStore {
     ) -> granary_store::StoreFuture<Option<granary_store::IdempotencyRecord>> {
         self.inner.find_idempotent(key, idempotency_key)
     }
+    fn cluster_id(&self, propose: Option<String>) -> granary_store::StoreFuture<Option<String>> {
+        self.inner.cluster_id(propose)
+    }
     fn stats(&self) -> granary_store::StoreStats {
         self.inner.stats()
     }
+}
+
+/// A store whose database can be taken away: appends then fail with the
+/// error set, loads with `Unavailable`.
+struct FlakyStore {
+    inner: Arc<dyn EventStore>,
+    append_error: std::sync::Mutex<Option<StoreError>>,
+    loads_down: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyStore {
+    fn down(&self, append_error: StoreError) {
+        *self.append_error.lock().unwrap() = Some(append_error);
+        self.loads_down.store(true, Ordering::SeqCst);
+    }
+
+    fn up(&self) {
+        *self.append_error.lock().unwrap() = None;
+        self.loads_down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl EventStore for FlakyStore {
+    fn append(&self, request: granary_store::AppendRequest) -> granary_store::StoreFuture<u64> {
+        match self.append_error.lock().unwrap().clone() {
+            Some(err) => Box::pin(async move { Err(err) }),
+            None => self.inner.append(request),
+        }
+    }
+    fn load(&self, key: &GrainKey) -> granary_store::StoreFuture<granary_store::LoadedGrain> {
+        if self.loads_down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Unavailable("database down".into())) });
+        }
+        self.inner.load(key)
+    }
+    fn save_snapshot(
+        &self,
+        key: &GrainKey,
+        snapshot: granary_store::Snapshot,
+    ) -> granary_store::StoreFuture<()> {
+        self.inner.save_snapshot(key, snapshot)
+    }
+    fn find_idempotent(
+        &self,
+        key: &GrainKey,
+        idempotency_key: &str,
+    ) -> granary_store::StoreFuture<Option<granary_store::IdempotencyRecord>> {
+        self.inner.find_idempotent(key, idempotency_key)
+    }
+    fn cluster_id(&self, propose: Option<String>) -> granary_store::StoreFuture<Option<String>> {
+        self.inner.cluster_id(propose)
+    }
+    fn stats(&self) -> granary_store::StoreStats {
+        self.inner.stats()
+    }
+}
+
+fn flaky(dir: &tempfile::TempDir) -> Arc<FlakyStore> {
+    Arc::new(FlakyStore {
+        inner: store(dir),
+        append_error: std::sync::Mutex::new(None),
+        loads_down: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+/// The database goes away: a write it refused wrote nothing, so the grain
+/// keeps its state and keeps answering reads from memory; once it is back,
+/// writes continue from that state.
+#[actix_rt::test]
+async fn a_live_grain_answers_reads_from_memory_while_the_store_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(&dir);
+    let rt = runtime(store.clone(), RuntimeConfig::default());
+    assert_eq!(rt.call("a", Op::Add(5)).await.unwrap().reply, 5);
+    store.down(StoreError::Unavailable("database down".into()));
+    assert!(matches!(
+        rt.call("a", Op::Add(1)).await,
+        Err(CallError::Store(StoreError::Unavailable(_)))
+    ));
+    for _ in 0..3 {
+        let read = rt.call("a", Op::Get).await.expect("a read from memory");
+        assert_eq!((read.reply, read.version), (5, 1));
+    }
+    store.up();
+    let write = rt.call("a", Op::Add(1)).await.expect("writes resume");
+    assert_eq!((write.reply, write.version), (6, 2));
+}
+
+/// A write whose outcome is unknown may be durable: the grain does not
+/// answer from the state it had (it may be behind) until it caught up with
+/// the store.
+#[actix_rt::test]
+async fn after_an_unknown_outcome_the_grain_catches_up_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flaky(&dir);
+    let rt = runtime(store.clone(), RuntimeConfig::default());
+    assert_eq!(rt.call("a", Op::Add(5)).await.unwrap().reply, 5);
+    // The change lands in the store, but the answer is lost.
+    let key = GrainKey::new("counter", "a");
+    let landed = store
+        .inner
+        .append(granary_store::AppendRequest {
+            key,
+            expected_version: 1,
+            events: vec![b"2".to_vec()],
+            idempotency: None,
+        })
+        .await;
+    assert_eq!(landed, Ok(2));
+    store.down(StoreError::Indeterminate("connection lost".into()));
+    assert!(matches!(
+        rt.call("a", Op::Add(2)).await,
+        Err(CallError::Store(StoreError::Indeterminate(_)))
+    ));
+    assert!(
+        rt.call("a", Op::Get).await.is_err(),
+        "a read must not be answered from a state that may be behind"
+    );
+    store.up();
+    let read = rt.call("a", Op::Get).await.expect("caught up");
+    assert_eq!((read.reply, read.version), (7, 2));
 }
 
 #[actix_rt::test]
@@ -419,7 +544,7 @@ async fn a_write_the_store_does_not_answer_in_time_is_answered_unknown_and_never
     let rt = runtime(gated, config);
     let err = rt.call("t", Op::Add(1)).await.unwrap_err();
     assert!(
-        matches!(err, CallError::Store(StoreError::Unavailable(ref m)) if m.contains("unknown")),
+        matches!(err, CallError::Store(StoreError::Indeterminate(ref m)) if m.contains("unknown")),
         "{err:?}"
     );
     gate.add_permits(10);
