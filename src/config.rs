@@ -21,6 +21,9 @@ pub enum StoreLocation {
     /// The embedded engine in a file of the operator's choice; nodes on one
     /// machine that name the same file share one store.
     EmbeddedAt(PathBuf),
+    /// A PostgreSQL database (`postgres://user:password@host:port/db`),
+    /// shared by nodes on any number of machines.
+    Postgres(String),
 }
 
 /// Everything a node needs to start.
@@ -104,6 +107,16 @@ impl NodeConfig {
             StoreLocation::Embedded => self.data_dir.join("events.db"),
             StoreLocation::EmbeddedAt(path) if path.is_dir() => path.join("events.db"),
             StoreLocation::EmbeddedAt(path) => path.clone(),
+            StoreLocation::Postgres(_) => self.data_dir.join("events.db"),
+        }
+    }
+
+    /// The store, for logs: a file path, or the database without
+    /// credentials.
+    pub fn store_description(&self) -> String {
+        match &self.store {
+            StoreLocation::Postgres(url) => granary_store::PostgresStore::describe(url),
+            _ => self.store_path().display().to_string(),
         }
     }
 }
@@ -285,15 +298,17 @@ impl ConfigLayer {
         let store = match self.store.as_deref().map(str::trim) {
             None | Some("") | Some("embedded") => StoreLocation::Embedded,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                return Err(invalid(
-                    "store",
-                    "PostgreSQL stores are not supported by this build yet; use a file path".into(),
-                ));
+                granary_store::PostgresStore::check_url(url)
+                    .map_err(|reason| invalid("store", reason))?;
+                StoreLocation::Postgres(url.to_owned())
             }
             Some(url) if url.contains("://") => {
                 return Err(invalid(
                     "store",
-                    format!("{url:?}: unknown store scheme; give a file path"),
+                    format!(
+                        "{}: unknown store scheme; give a file path or a postgres:// URL",
+                        granary_store::PostgresStore::describe(url)
+                    ),
                 ));
             }
             Some(path) => StoreLocation::EmbeddedAt(PathBuf::from(path)),
@@ -560,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn store_paths_and_unsupported_urls() {
+    fn store_paths_postgres_urls_and_unknown_schemes() {
         let flags = ConfigLayer {
             store: Some("/var/lib/shared/events.db".into()),
             ..ConfigLayer::default()
@@ -570,13 +585,31 @@ mod tests {
             config.store_path(),
             PathBuf::from("/var/lib/shared/events.db")
         );
+        let config = load(
+            None,
+            &env(&[("GRANARY_STORE", "postgres://shop:secret@db:5433/granary")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.store,
+            StoreLocation::Postgres("postgres://shop:secret@db:5433/granary".into())
+        );
+        assert!(!config.store_description().contains("secret"));
         let err = load(
             None,
-            &env(&[("GRANARY_STORE", "postgres://db/granary")]),
+            &env(&[("GRANARY_STORE", "postgres://db:notaport/granary")]),
             ConfigLayer::default(),
         )
         .unwrap_err();
         assert!(err.to_string().contains("GRANARY_STORE"), "{err}");
+        let err = load(
+            None,
+            &env(&[("GRANARY_STORE", "mysql://db/granary")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown store scheme"), "{err}");
     }
 
     #[test]

@@ -14,13 +14,13 @@ use std::time::Duration;
 use actix_web::{App, HttpServer};
 use anyhow::Context;
 use granary_grain::{GrainRuntime, RuntimeConfig};
-use granary_store::{EventStore, SqliteStore};
+use granary_store::{EventStore, PostgresStore, SqliteStore};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cart_grain::CartGrain;
 use crate::cluster::{self, CartRouter, ClusterService, GrainsService};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
 use crate::http::{self, ApiState};
 use crate::identity;
@@ -41,12 +41,13 @@ pub fn run(config: NodeConfig) -> anyhow::Result<()> {
 }
 
 async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
-    let store_path = config.store_path();
-    let store = SqliteStore::open(&store_path)
-        .with_context(|| format!("cannot open the event store {}", store_path.display()))?;
-    let store: Arc<dyn EventStore> = Arc::new(store);
+    let store_name = config.store_description();
+    let store =
+        open_store(&config).with_context(|| format!("cannot open the event store {store_name}"))?;
+    let cluster_id = cluster_id(&store, &config, &store_name).await?;
+    let carts_store = store.clone();
     let carts = GrainRuntime::<CartGrain>::new(
-        store,
+        carts_store,
         RuntimeConfig {
             idle_timeout: config.idle_timeout,
             max_live: config.max_live_grains,
@@ -73,6 +74,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         config.data_dir.clone(),
         config.join.clone(),
         config.timing(),
+        cluster_id.clone(),
     )?;
     let live_grains = {
         let carts = carts.clone();
@@ -136,6 +138,25 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         .context("the HTTP server bound no address")?;
     let server = server.run();
     let handle = server.handle();
+    // Stop on SIGTERM/ctrl-c, or when this node can never be admitted.
+    // Installed before the ready line, so an early SIGTERM is graceful too.
+    let fatal = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (cluster, fatal, ready) = (cluster.clone(), fatal.clone(), ready.clone());
+        actix_rt::spawn(async move {
+            tokio::select! {
+                signal = wait_for_stop_signal() => {
+                    tracing::info!(signal, "stopping: finishing in-flight requests");
+                }
+                reason = cluster.fatal() => {
+                    tracing::error!(%reason, "stopping: this node cannot be admitted");
+                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
+            }
+            ready.store(false, Ordering::Release);
+            handle.stop(true).await;
+        });
+    }
     // A founding or restarted node sees its majority within a few
     // heartbeats; a joining one once it is admitted. Either way, say
     // "ready" when it can serve, or after a bound (it then answers 503
@@ -147,8 +168,10 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
+    // Let the stop task install its signal handlers before "ready".
+    actix_rt::task::yield_now().await;
     ready.store(true, Ordering::Release);
-    tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_path.display(), "granary node ready");
+    tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_name, %cluster_id, "granary node ready");
     // One machine-readable line on stdout, for scripts and tests.
     let mut stdout = std::io::stdout();
     let _ = writeln!(
@@ -158,13 +181,11 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     );
     let _ = stdout.flush();
 
-    actix_rt::spawn(async move {
-        let signal = wait_for_stop_signal().await;
-        tracing::info!(signal, "stopping: finishing in-flight requests");
-        ready.store(false, Ordering::Release);
-        handle.stop(true).await;
-    });
     server.await.context("the HTTP server failed")?;
+    if let Some(reason) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = grpc_stop.send(());
+        anyhow::bail!("{reason}");
+    }
 
     // Hand over: leave the membership (so partitions move at once), tell
     // the others to claim this node's carts, then let the grains go.
@@ -189,6 +210,36 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The event store the config names.
+fn open_store(config: &NodeConfig) -> anyhow::Result<Arc<dyn EventStore>> {
+    Ok(match &config.store {
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url)?),
+        _ => Arc::new(SqliteStore::open(config.store_path())?),
+    })
+}
+
+/// The id of the cluster whose data the store holds. A node that founds a
+/// cluster (no saved membership, no `--join`) records a new one in an
+/// unclaimed store; any other node must find one there: a joining node
+/// shows it to the members, who admit only their own store's id.
+async fn cluster_id(
+    store: &Arc<dyn EventStore>,
+    config: &NodeConfig,
+    store_name: &str,
+) -> anyhow::Result<String> {
+    if let Some(id) = store.cluster_id(None).await? {
+        return Ok(id);
+    }
+    if config.join.is_empty() {
+        let proposed = uuid::Uuid::new_v4().to_string();
+        let recorded = store.cluster_id(Some(proposed)).await?;
+        return recorded.context("the store did not record a cluster id");
+    }
+    anyhow::bail!(
+        "the event store {store_name} holds no cluster id, so it is not the store of the cluster this node is joining; a joining node must use the cluster's store (give it the same --store as the members)"
+    )
 }
 
 /// Reports how the gRPC server thread ended.

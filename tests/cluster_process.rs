@@ -62,11 +62,99 @@ async fn until_all(
 }
 
 fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess) {
-    let a = NodeProcess::start(&dir.join("a"), &[]);
+    let store = dir.join("shared.db").to_str().expect("path").to_owned();
+    let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
     let seed = a.grpc.to_string();
-    let b = NodeProcess::start(&dir.join("b"), &["--join", &seed]);
-    let c = NodeProcess::start(&dir.join("c"), &["--join", &seed]);
+    let b = NodeProcess::start(&dir.join("b"), &["--store", &store, "--join", &seed]);
+    let c = NodeProcess::start(&dir.join("c"), &["--store", &store, "--join", &seed]);
     (a, b, c)
+}
+
+/// Runs `granary serve` with `args` expecting it to fail by itself within
+/// 30 s; its exit status and what it wrote to stderr.
+fn serve_expecting_failure(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .arg("serve")
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn granary");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("granary kept running with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
+/// One cluster, one store: a node whose store holds no cluster id, or
+/// another cluster's, is not admitted; it stops with an error that says
+/// why, and the cluster's membership is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_store_is_refused_at_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cluster.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let seed = a.grpc.to_string();
+
+    // A fresh store: no cluster id at all.
+    let fresh = dir.path().join("fresh.db");
+    let (exit, stderr) = tokio::task::block_in_place(|| {
+        serve_expecting_failure(&[
+            "--data-dir",
+            dir.path().join("b").to_str().unwrap(),
+            "--store",
+            fresh.to_str().unwrap(),
+            "--join",
+            &seed,
+        ])
+    });
+    assert!(!exit.success());
+    assert!(
+        stderr.contains("holds no cluster id") && stderr.contains("fresh.db"),
+        "{stderr}"
+    );
+
+    // Another cluster's store: its founder ran on it and stopped.
+    let other = dir.path().join("other.db");
+    let other = other.to_str().unwrap();
+    let mut founder = NodeProcess::start(&dir.path().join("d"), &["--store", other]);
+    founder.terminate();
+    assert!(tokio::task::block_in_place(|| founder.wait_exit(Duration::from_secs(30))).success());
+    let (exit, stderr) = tokio::task::block_in_place(|| {
+        serve_expecting_failure(&[
+            "--data-dir",
+            dir.path().join("c").to_str().unwrap(),
+            "--store",
+            other,
+            "--join",
+            &seed,
+        ])
+    });
+    assert!(!exit.success());
+    assert!(
+        stderr.contains("refused") && stderr.contains("the cluster's store"),
+        "{stderr}"
+    );
+    let reply = status(&a).await.expect("status");
+    assert_eq!(reply.members, 1, "{reply:?}");
 }
 
 /// Three members sharing one store file (`<dir>/shared.db`), A founding,

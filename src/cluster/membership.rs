@@ -73,9 +73,32 @@ pub struct ClusterHandle {
     committed: tokio::sync::watch::Receiver<ClusterConfig>,
     me: Member,
     timing: Timing,
+    /// The cluster id recorded in this node's event store.
+    cluster_id: Arc<str>,
+    /// Set when this node can never be admitted (its store is not the
+    /// cluster's): the node stops with this reason.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl ClusterHandle {
+    /// The cluster id recorded in this node's event store.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Resolves with the reason once this node can never be admitted.
+    pub async fn fatal(&self) -> String {
+        let mut fatal = self.fatal.subscribe();
+        loop {
+            if let Some(reason) = fatal.borrow_and_update().clone() {
+                return reason;
+            }
+            if fatal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Whether this node may serve grains now (it sees a majority).
     pub fn serving_flag(&self) -> Arc<AtomicBool> {
         self.serving.clone()
@@ -196,6 +219,7 @@ pub fn start(
     data_dir: PathBuf,
     join: Vec<String>,
     timing: Timing,
+    cluster_id: String,
 ) -> anyhow::Result<(
     ClusterHandle,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -242,6 +266,8 @@ pub fn start(
         committed: committed_rx,
         me: me.clone(),
         timing,
+        cluster_id: cluster_id.into(),
+        fatal: tokio::sync::watch::channel(None).0,
     };
     let task = Membership {
         node,
@@ -481,7 +507,12 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
             turn += 1;
             targets[turn % targets.len()].clone()
         });
-        match ask_to_join(&target, &handle.me).await {
+        match ask_to_join(&target, &handle.me, &handle.cluster_id).await {
+            Ok(reply) if reply.refused => {
+                tracing::error!(%target, message = %reply.message, "admission refused");
+                handle.fatal.send_replace(Some(reply.message));
+                return;
+            }
             Ok(reply) if reply.accepted => {
                 tracing::info!(%target, "asked to be admitted; waiting for the config")
             }
@@ -523,7 +554,7 @@ async fn remote_status(address: &str) -> Result<Option<pb::StatusReply>, String>
     .map(Some)
 }
 
-async fn ask_to_join(target: &str, me: &Member) -> Result<pb::JoinReply, String> {
+async fn ask_to_join(target: &str, me: &Member, cluster_id: &str) -> Result<pb::JoinReply, String> {
     let endpoint = Endpoint::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
@@ -538,6 +569,7 @@ async fn ask_to_join(target: &str, me: &Member) -> Result<pb::JoinReply, String>
                 id: me.id.0.clone(),
                 address: me.address.clone(),
             }),
+            cluster_id: cluster_id.to_owned(),
         })
         .await
         .map_err(|e| e.to_string())?;

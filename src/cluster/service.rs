@@ -31,6 +31,7 @@ impl ClusterService {
                 accepted: true,
                 message: "taken; the config follows".into(),
                 leader_address: String::new(),
+                refused: false,
             },
             Err(RejectReason::NotLeader { leader }) => {
                 let address = match (&leader, self.handle.status().await) {
@@ -43,12 +44,14 @@ impl ClusterService {
                     accepted: false,
                     message: "not the leader".into(),
                     leader_address: address,
+                    refused: false,
                 }
             }
             Err(reason) => pb::JoinReply {
                 accepted: false,
                 message: format!("{reason:?}"),
                 leader_address: String::new(),
+                refused: false,
             },
         }
     }
@@ -74,11 +77,29 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
+        let request = request.into_inner();
         let member = request
-            .into_inner()
             .member
             .ok_or_else(|| Status::invalid_argument("member: missing"))?;
         let member = wire::member_from_wire(member, "member").map_err(Status::invalid_argument)?;
+        // One cluster, one store: a node whose store is not this cluster's
+        // would serve carts nobody else can see.
+        if request.cluster_id != self.handle.cluster_id() {
+            let theirs = if request.cluster_id.is_empty() {
+                "no cluster id".to_owned()
+            } else {
+                format!("cluster id {:?}", request.cluster_id)
+            };
+            return Ok(Response::new(pb::JoinReply {
+                accepted: false,
+                refused: true,
+                message: format!(
+                    "refused: the joining node's event store holds {theirs}, but this cluster's store holds cluster id {:?}; a member must use the cluster's store (give it the same --store)",
+                    self.handle.cluster_id()
+                ),
+                leader_address: String::new(),
+            }));
+        }
         Ok(Response::new(self.propose(Change::Join(member)).await))
     }
 

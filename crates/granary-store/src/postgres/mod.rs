@@ -232,6 +232,25 @@ impl PostgresStore {
         })
     }
 
+    /// Whether `url` is a PostgreSQL URL this engine can use; why not.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        Config::from_str(url)
+            .map(|_| ())
+            .map_err(|e| format!("not a PostgreSQL URL: {e}"))
+    }
+
+    /// A store URL for logs and errors: `postgres://host:port/db` without
+    /// credentials, or the scheme alone if it is not a PostgreSQL URL.
+    pub fn describe(url: &str) -> String {
+        match Config::from_str(url) {
+            Ok(config) => location_of(&config),
+            Err(_) => url.split_once("://").map_or_else(
+                || "a URL".to_owned(),
+                |(scheme, _)| format!("a {scheme}:// URL"),
+            ),
+        }
+    }
+
     /// `postgres://host:port/db`, without credentials (for logs).
     pub fn location(&self) -> &str {
         &self.shared.location
