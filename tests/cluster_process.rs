@@ -9,57 +9,9 @@ use std::time::{Duration, Instant};
 
 use support::{Http, NodeProcess};
 
-pub mod cluster {
-    tonic::include_proto!("granary.cluster.v1");
-}
-
-use cluster::cluster_client::ClusterClient;
-use cluster::{StatusReply, StatusRequest};
-
-async fn status(node: &NodeProcess) -> Option<StatusReply> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc)).ok()?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    let reply = ClusterClient::new(channel)
-        .status(StatusRequest {})
-        .await
-        .ok()?;
-    Some(reply.into_inner())
-}
-
-/// Polls the nodes' status until `done` holds for all of them.
-async fn until_all(
-    nodes: &[&NodeProcess],
-    what: &str,
-    done: impl Fn(&StatusReply) -> bool,
-) -> Vec<StatusReply> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut replies = Vec::new();
-        let mut last = None;
-        for node in nodes {
-            match status(node).await {
-                Some(reply) if done(&reply) => replies.push(reply),
-                other => {
-                    last = other;
-                    break;
-                }
-            }
-        }
-        if replies.len() == nodes.len() {
-            return replies;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}; last status {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::cluster::pb as cluster;
+use support::cluster::pb::cluster_client::ClusterClient;
+use support::cluster::{StatusReply, status, until_all};
 
 fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess) {
     let store = dir.join("shared.db").to_str().expect("path").to_owned();

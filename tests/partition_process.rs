@@ -10,24 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::{Http, NodeProcess};
 
-pub mod cluster {
-    tonic::include_proto!("granary.cluster.v1");
-}
-
-async fn status(node: &NodeProcess) -> Option<cluster::StatusReply> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    let reply = cluster::cluster_client::ClusterClient::new(channel)
-        .status(cluster::StatusRequest {})
-        .await
-        .ok()?;
-    Some(reply.into_inner())
-}
+use support::cluster::{pb as cluster, status};
 
 async fn until(
     node: &NodeProcess,

@@ -1,6 +1,8 @@
 //! Helpers for tests that run real `granary` node processes on loopback.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

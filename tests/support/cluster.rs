@@ -1,0 +1,60 @@
+//! The cluster's own gRPC service as tests see it: a node's status, and
+//! waiting until every node's status says something.
+
+use std::time::{Duration, Instant};
+
+use super::NodeProcess;
+
+pub mod pb {
+    tonic::include_proto!("granary.cluster.v1");
+}
+
+pub use pb::StatusReply;
+
+/// A node's `granary.cluster.v1.Cluster/Status`, or `None` if it does not
+/// answer within 2 s.
+pub async fn status(node: &NodeProcess) -> Option<StatusReply> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc)).ok()?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .ok()?;
+    let reply = pb::cluster_client::ClusterClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+        .ok()?;
+    Some(reply.into_inner())
+}
+
+/// Polls the nodes' status until `done` holds for all of them (30 s at
+/// most); their last replies.
+pub async fn until_all(
+    nodes: &[&NodeProcess],
+    what: &str,
+    done: impl Fn(&StatusReply) -> bool,
+) -> Vec<StatusReply> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut replies = Vec::new();
+        let mut last = None;
+        for node in nodes {
+            match status(node).await {
+                Some(reply) if done(&reply) => replies.push(reply),
+                other => {
+                    last = other;
+                    break;
+                }
+            }
+        }
+        if replies.len() == nodes.len() {
+            return replies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; last status {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
