@@ -8,6 +8,10 @@
 //!    vs a stateless service that reads and rewrites the whole cart in the
 //!    same embedded database (SQLite, WAL, synchronous=FULL) per request.
 //! 3. Heap memory per live idle cart over 100k activations.
+//! 4. Part 2 on PostgreSQL: the grain service on the PostgreSQL engine vs
+//!    the stateless service on the same server, plus appends per database
+//!    round trip (group commit at work). The server is `GRANARY_TEST_PG`,
+//!    or a throwaway one started from Debian's `postgresql` package.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -293,27 +297,53 @@ mod stateless {
         })
     }
 
-    async fn run(path: PathBuf, id: String, command: CartCommand) -> HttpResponse {
+    /// Runs one command on one cart in one database transaction: the new
+    /// cart and version, `None` if the rules refused, `Err` on a failure.
+    pub type Runner = Arc<
+        dyn Fn(
+                String,
+                CartCommand,
+            )
+                -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(Cart, u64)>, String>>>>
+            + Send
+            + Sync,
+    >;
+
+    async fn run(runner: Runner, id: String, command: CartCommand) -> HttpResponse {
         let Ok(uuid) = uuid::Uuid::parse_str(&id) else {
             return HttpResponse::BadRequest().finish();
         };
-        match web::block(move || mutate(&path, &id, &command)).await {
+        match runner(id, command).await {
             // The same body the grain service answers with.
-            Ok(Ok(Some((cart, version)))) => HttpResponse::Ok()
+            Ok(Some((cart, version))) => HttpResponse::Ok()
                 .insert_header(("ETag", format!("\"{version}\"")))
                 .json(CartBody::new(uuid, version, &cart)),
-            Ok(Ok(None)) => HttpResponse::Conflict().finish(),
-            _ => HttpResponse::ServiceUnavailable().finish(),
+            Ok(None) => HttpResponse::Conflict().finish(),
+            Err(_) => HttpResponse::ServiceUnavailable().finish(),
         }
     }
 
-    pub fn configure(path: PathBuf) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
+    /// The baseline on the embedded database file at `path`.
+    pub fn sqlite(path: PathBuf) -> Runner {
+        Arc::new(move |id, command| {
+            let path = path.clone();
+            Box::pin(async move {
+                web::block(move || mutate(&path, &id, &command))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+        })
+    }
+
+    /// The routes the load uses: create and add-item.
+    pub fn configure(runner: Runner) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
         move |cfg| {
-            let (create_path, add_path) = (path.clone(), path.clone());
+            let (create, add) = (runner.clone(), runner.clone());
             cfg.route(
                 "/carts/{id}",
                 web::post().to(move |id: web::Path<String>| {
-                    run(create_path.clone(), id.into_inner(), CartCommand::Create)
+                    run(create.clone(), id.into_inner(), CartCommand::Create)
                 }),
             )
             .route(
@@ -328,7 +358,7 @@ mod stateless {
                         currency: item.currency,
                         tax_rate_bp: item.tax_rate_bp,
                     });
-                    run(add_path.clone(), id.into_inner(), command)
+                    run(add.clone(), id.into_inner(), command)
                 }),
             );
         }
@@ -342,6 +372,112 @@ mod stateless {
         unit_price: u64,
         currency: String,
         tax_rate_bp: Option<u32>,
+    }
+}
+
+/// The stateless baseline on PostgreSQL: a pool of connections; per
+/// request one transaction that locks the cart's row, reads the whole
+/// cart, decides with the same rules, writes the whole cart back and
+/// commits (durable: `synchronous_commit` on, the server's default).
+mod stateless_pg {
+    use super::*;
+    use tokio_postgres::{Client, NoTls};
+
+    pub struct Pool {
+        clients: Vec<tokio::sync::Mutex<Client>>,
+        next: std::sync::atomic::AtomicUsize,
+    }
+
+    /// `size` connections to `url`, driven by a runtime thread of their own.
+    pub fn connect(url: &str, size: usize) -> Arc<Pool> {
+        let url = url.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let mut clients = Vec::new();
+                for _ in 0..size {
+                    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+                        .await
+                        .expect("connect the baseline");
+                    tokio::spawn(connection);
+                    clients.push(tokio::sync::Mutex::new(client));
+                }
+                clients[0]
+                    .lock()
+                    .await
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS baseline_carts \
+                         (id text PRIMARY KEY, body bytea NOT NULL, version bigint NOT NULL)",
+                    )
+                    .await
+                    .expect("baseline table");
+                tx.send(Arc::new(Pool {
+                    clients,
+                    next: Default::default(),
+                }))
+                .expect("pool");
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("pool")
+    }
+
+    async fn mutate(
+        pool: &Pool,
+        id: &str,
+        command: &CartCommand,
+    ) -> Result<Option<(Cart, u64)>, tokio_postgres::Error> {
+        let n = pool.next.fetch_add(1, Ordering::Relaxed) % pool.clients.len();
+        let mut client = pool.clients[n].lock().await;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT body, version FROM baseline_carts WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?;
+        let (mut cart, mut version) = match row {
+            Some(row) => (
+                serde_json::from_slice::<Cart>(row.get::<_, &[u8]>(0)).unwrap_or_default(),
+                row.get::<_, i64>(1) as u64,
+            ),
+            None => (Cart::default(), 0),
+        };
+        let Ok(events) = cart.decide(command) else {
+            return Ok(None);
+        };
+        if events.is_empty() {
+            return Ok(Some((cart, version)));
+        }
+        for event in &events {
+            cart.apply(event);
+        }
+        version += events.len() as u64;
+        let body = serde_json::to_vec(&cart).expect("encode");
+        tx.execute(
+            "INSERT INTO baseline_carts (id, body, version) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET body = excluded.body, version = excluded.version",
+            &[&id, &body, &(version as i64)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some((cart, version)))
+    }
+
+    pub fn runner(pool: Arc<Pool>) -> stateless::Runner {
+        Arc::new(move |id, command| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                mutate(&pool, &id, &command)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
     }
 }
 
@@ -530,110 +666,32 @@ fn main() {
         );
     }
 
-    // 2. HTTP at 64 clients.
+    // 2. HTTP at 64 clients, on the embedded engine.
+    let seconds = if quick { 3 } else { 10 };
     if part("http") {
-        let clients = 64;
-        let seconds = if quick { 3 } else { 10 };
-        let grain_addr = {
-            let store = store.clone();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                actix_rt::System::new().block_on(async move {
-                    let placement = match std::env::var("GRANARY_BENCH_PLACEMENT").as_deref() {
-                        Ok("caller") => Placement::Caller,
-                        Ok(n) => n.parse().map(Placement::Pool).unwrap_or_default(),
-                        Err(_) => Placement::default(),
-                    };
-                    let config = RuntimeConfig {
-                        placement,
-                        ..RuntimeConfig::default()
-                    };
-                    let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, config);
-                    let state = ApiState {
-                        carts,
-                        max_body_bytes: 64 * 1024,
-                        ready: Arc::new(AtomicBool::new(true)),
-                        serving: Arc::new(AtomicBool::new(true)),
-                        router: None,
-                    };
-                    let server =
-                        HttpServer::new(move || App::new().configure(configure(state.clone())))
-                            .workers(2)
-                            .disable_signals()
-                            .bind("127.0.0.1:0")
-                            .expect("bind");
-                    tx.send(server.addrs()[0]).expect("address");
-                    server.run().await.expect("serve");
-                })
-            });
-            rx.recv().expect("address")
-        };
-        let baseline_addr = start_server("baseline", stateless::configure(store_path.clone()));
-        let tokio = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio");
-        let (grain_result, baseline_result) = tokio.block_on(async {
-            let http = support::Http::new();
-            let mut grain_carts = Vec::new();
-            for _ in 0..clients {
-                let answer = http
-                    .send("POST", &format!("http://{grain_addr}/carts"), None, &[])
-                    .await
-                    .expect("create");
-                grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
-            }
-            let mut baseline_carts = Vec::new();
-            for _ in 0..clients {
-                let id = uuid::Uuid::new_v4().to_string();
-                let answer = http
-                    .send(
-                        "POST",
-                        &format!("http://{baseline_addr}/carts/{id}"),
-                        None,
-                        &[],
-                    )
-                    .await
-                    .expect("create");
-                assert_eq!(answer.status, 200, "baseline create");
-                baseline_carts.push(id);
-            }
-            let half = Duration::from_secs(seconds) / 2;
-            // Two alternating halves each, so drift hits both alike.
-            let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
-            let b1 = http_load(
-                format!("http://{baseline_addr}"),
-                baseline_carts.clone(),
-                half,
-            )
-            .await;
-            let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
-            let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
-            (merge(g1, g2), merge(b1, b2))
-        });
-        let store_stats = store.stats();
-        println!(
-            "HTTP add-item, {clients} clients: grains {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); \
-         stateless baseline {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); ratio {:.2}",
-            grain_result.per_sec(),
-            ms(grain_result.quantile(0.50)),
-            ms(grain_result.quantile(0.99)),
-            grain_result.ok(),
-            grain_result.failed,
-            baseline_result.per_sec(),
-            ms(baseline_result.quantile(0.50)),
-            ms(baseline_result.quantile(0.99)),
-            baseline_result.ok(),
-            baseline_result.failed,
-            grain_result.per_sec() / baseline_result.per_sec()
+        http_comparison(
+            "embedded SQLite",
+            store.clone(),
+            stateless::sqlite(store_path.clone()),
+            seconds,
         );
-        println!(
-            "group commit: {} appends in {} commits ({:.1} appends per fsync)",
-            store_stats.appends,
-            store_stats.commits,
-            store_stats.appends as f64 / store_stats.commits.max(1) as f64
-        );
+    }
+
+    // 4. The same on PostgreSQL.
+    if part("postgres") {
+        match granary_testpg::shared() {
+            Some(server) => {
+                let url = server.fresh_database();
+                let pg: Arc<dyn EventStore> =
+                    Arc::new(granary_store::PostgresStore::open(&url).expect("PostgreSQL store"));
+                let pool = stateless_pg::connect(&url, 16);
+                http_comparison("PostgreSQL", pg, stateless_pg::runner(pool), seconds);
+            }
+            None => println!(
+                "PostgreSQL part skipped: no server ({})",
+                granary_testpg::HOW_TO_RUN
+            ),
+        }
     }
 
     // 3. Memory.
@@ -647,6 +705,118 @@ fn main() {
     println!(
         "memory: {per_cart:.0} bytes of heap per live idle cart over {carts} activations \
          (the cart state alone: {state_only:.0} bytes)"
+    );
+}
+
+/// Part 2 on one engine: the grain service on `store` vs the stateless
+/// `baseline` on the same database, 64 clients, `seconds` in all.
+fn http_comparison(
+    engine: &str,
+    store: Arc<dyn EventStore>,
+    baseline: stateless::Runner,
+    seconds: u64,
+) {
+    let clients = 64;
+
+    let grain_addr = {
+        let store = store.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let placement = match std::env::var("GRANARY_BENCH_PLACEMENT").as_deref() {
+                    Ok("caller") => Placement::Caller,
+                    Ok(n) => n.parse().map(Placement::Pool).unwrap_or_default(),
+                    Err(_) => Placement::default(),
+                };
+                let config = RuntimeConfig {
+                    placement,
+                    ..RuntimeConfig::default()
+                };
+                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, config);
+                let state = ApiState {
+                    carts,
+                    max_body_bytes: 64 * 1024,
+                    ready: Arc::new(AtomicBool::new(true)),
+                    serving: Arc::new(AtomicBool::new(true)),
+                    router: None,
+                };
+                let server =
+                    HttpServer::new(move || App::new().configure(configure(state.clone())))
+                        .workers(2)
+                        .disable_signals()
+                        .bind("127.0.0.1:0")
+                        .expect("bind");
+                tx.send(server.addrs()[0]).expect("address");
+                server.run().await.expect("serve");
+            })
+        });
+        rx.recv().expect("address")
+    };
+    let baseline_addr = start_server("baseline", stateless::configure(baseline));
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (grain_result, baseline_result) = tokio.block_on(async {
+        let http = support::Http::new();
+        let mut grain_carts = Vec::new();
+        for _ in 0..clients {
+            let answer = http
+                .send("POST", &format!("http://{grain_addr}/carts"), None, &[])
+                .await
+                .expect("create");
+            grain_carts.push(answer.json["id"].as_str().expect("id").to_owned());
+        }
+        let mut baseline_carts = Vec::new();
+        for _ in 0..clients {
+            let id = uuid::Uuid::new_v4().to_string();
+            let answer = http
+                .send(
+                    "POST",
+                    &format!("http://{baseline_addr}/carts/{id}"),
+                    None,
+                    &[],
+                )
+                .await
+                .expect("create");
+            assert_eq!(answer.status, 200, "baseline create");
+            baseline_carts.push(id);
+        }
+        let half = Duration::from_secs(seconds) / 2;
+        // Two alternating halves each, so drift hits both alike.
+        let g1 = http_load(format!("http://{grain_addr}"), grain_carts.clone(), half).await;
+        let b1 = http_load(
+            format!("http://{baseline_addr}"),
+            baseline_carts.clone(),
+            half,
+        )
+        .await;
+        let g2 = http_load(format!("http://{grain_addr}"), grain_carts, half).await;
+        let b2 = http_load(format!("http://{baseline_addr}"), baseline_carts, half).await;
+        (merge(g1, g2), merge(b1, b2))
+    });
+    let store_stats = store.stats();
+    println!(
+        "HTTP add-item on {engine}, {clients} clients: grains {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); \
+     stateless baseline {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} ok, {} failed); ratio {:.2}",
+        grain_result.per_sec(),
+        ms(grain_result.quantile(0.50)),
+        ms(grain_result.quantile(0.99)),
+        grain_result.ok(),
+        grain_result.failed,
+        baseline_result.per_sec(),
+        ms(baseline_result.quantile(0.50)),
+        ms(baseline_result.quantile(0.99)),
+        baseline_result.ok(),
+        baseline_result.failed,
+        grain_result.per_sec() / baseline_result.per_sec()
+    );
+    println!(
+        "group commit on {engine}: {} appends in {} commits ({:.1} appends per commit, each one database round trip)",
+        store_stats.appends,
+        store_stats.commits,
+        store_stats.appends as f64 / store_stats.commits.max(1) as f64
     );
 }
 

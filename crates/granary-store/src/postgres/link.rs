@@ -15,8 +15,47 @@ use crate::error::StoreError;
 /// How long a link waits before trying an unreachable server again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 
+/// A batch of appends to distinct streams as one set-based statement: the
+/// versions and idempotency keys of all appends are checked against one
+/// snapshot, the events of the accepted ones inserted by one `INSERT`, and
+/// one row per append answered (as `granary_append` does). It costs the
+/// server a fraction of the per-append loop. Two appends to one stream in
+/// a batch would both be checked against the same version, so such a batch
+/// goes through `granary_append`; and a writer of the same stream racing
+/// the batch makes the statement fail on the primary key (nothing written),
+/// after which the batch goes through `granary_append` too.
+const APPEND_SET: &str = "
+WITH req AS (
+    SELECT r.kind, r.grain, r.expected, r.cnt, r.ikey, r.ihash, r.ireply, r.i::int AS i,
+           (sum(r.cnt) OVER (ORDER BY r.i) - r.cnt)::int AS used
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $6::text[], $7::bigint[], $8::bytea[])
+           WITH ORDINALITY AS r(kind, grain, expected, cnt, ikey, ihash, ireply, i)
+), checked AS (
+    SELECT req.*,
+           (SELECT coalesce(max(e.version), 0) FROM granary_events e
+             WHERE e.kind = req.kind AND e.grain = req.grain) AS actual,
+           (req.ikey IS NOT NULL AND EXISTS (
+               SELECT 1 FROM granary_idempotency d
+                WHERE d.kind = req.kind AND d.grain = req.grain AND d.key = req.ikey)) AS dup
+      FROM req
+), accepted AS (
+    SELECT * FROM checked WHERE actual = expected AND NOT dup
+), events AS (
+    INSERT INTO granary_events (kind, grain, version, payload)
+    SELECT a.kind, a.grain, a.expected + n, ($5::bytea[])[a.used + n]
+      FROM accepted a, generate_series(1, a.cnt) AS n
+), records AS (
+    INSERT INTO granary_idempotency (kind, grain, key, request_hash, reply)
+    SELECT a.kind, a.grain, a.ikey, a.ihash, a.ireply FROM accepted a WHERE a.ikey IS NOT NULL
+)
+SELECT c.i AS out_index,
+       CASE WHEN c.actual <> c.expected THEN 'conflict' WHEN c.dup THEN 'duplicate' ELSE 'ok' END AS out_outcome,
+       CASE WHEN c.actual <> c.expected THEN c.actual WHEN c.dup THEN 0 ELSE c.expected + c.cnt END AS out_version
+  FROM checked c ORDER BY c.i";
+
 /// The statements a link prepares once per connection.
 pub(crate) struct Statements {
+    pub append_fast: Statement,
     pub append: Statement,
     pub snapshot: Statement,
     pub load: Statement,
@@ -110,6 +149,7 @@ impl Link {
             }
         });
         let statements = Statements {
+            append_fast: client.prepare(APPEND_SET).await?,
             append: client
                 .prepare(
                     "SELECT out_index, out_outcome, out_version

@@ -2,10 +2,15 @@
 //!
 //! Writers: a few connections take appends from one bounded queue. A
 //! writer takes every append that queued while it was busy (up to
-//! `max_batch`) and sends them as one call of `granary_append`: one
-//! statement, so one transaction, one commit and one round trip for the
-//! whole batch (group commit). Each append runs in its own subtransaction
-//! there, so a conflict refuses that append only.
+//! `max_batch`) and sends them as one set-based statement
+//! (`link::APPEND_SET`): one statement, so one transaction, one commit and
+//! one round trip for the whole batch (group commit). Versions and
+//! idempotency keys are checked per append inside it; only a writer of the
+//! same stream racing the batch makes the whole statement fail (nothing
+//! written), and then the batch goes again through `granary_append`, where
+//! each append runs in its own subtransaction, so that race refuses that
+//! append only. A batch with two appends to one stream goes through
+//! `granary_append` from the start.
 //!
 //! Readers: a few more connections serve `load`, `find_idempotent`,
 //! snapshots and the cluster id from a second queue.
@@ -28,6 +33,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Config;
+use tokio_postgres::error::SqlState;
 
 use crate::error::StoreError;
 use crate::store::{EventStore, StoreFuture, StoreStats};
@@ -385,7 +391,25 @@ async fn write_batch(
                 &idem_hashes,
                 &idem_replies,
             ];
-            let call = client.query(&statements.append, &params);
+            // Two appends to one stream must see each other: the loop.
+            let mut streams = std::collections::HashSet::with_capacity(n);
+            let distinct = kinds
+                .iter()
+                .zip(&grains)
+                .all(|stream| streams.insert(stream));
+            let call = async {
+                if !distinct {
+                    return client.query(&statements.append, &params).await;
+                }
+                match client.query(&statements.append_fast, &params).await {
+                    // A writer of the same stream raced the batch: nothing
+                    // was written; again, refusing only that append.
+                    Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        client.query(&statements.append, &params).await
+                    }
+                    other => other,
+                }
+            };
             match tokio::time::timeout(options.round_trip_timeout, call).await {
                 Ok(Ok(rows)) => Ok(rows),
                 Ok(Err(err)) => Err(classify(&err, true)),
