@@ -11,7 +11,7 @@ pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Key of the advisory lock that serializes migrations of nodes starting
 /// at once ("granary" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6772_616e_6172_79;
+const MIGRATION_LOCK: i64 = 0x0067_7261_6e61_7279;
 
 const MIGRATIONS: &[&str] = &[
     // 1: events, snapshots, idempotency records, and the batch functions.
