@@ -140,20 +140,29 @@ enum Fate {
     Indeterminate,
 }
 
-/// A client behind a load balancer: one cart, uniquely tagged items, each
-/// sent with its own Idempotency-Key to the next node, and on a 503 or a
-/// connection failure sent again (same key) to another node, for at most
-/// 15 s.
+/// Items per cart before a client starts a new one (a cart holds at most
+/// 200 lines).
+const ITEMS_PER_CART: usize = 150;
+
+/// A client behind a load balancer: uniquely tagged items, each sent with
+/// its own Idempotency-Key to the next node, and on a 503 or a connection
+/// failure sent again (same key) to another node, for at most 15 s. It
+/// starts a new cart every `ITEMS_PER_CART` items; what it learned, per
+/// cart.
 async fn client(
     http: Http,
     urls: Arc<Vec<String>>,
     client: usize,
-    cart: String,
     stop: Arc<AtomicBool>,
-) -> BTreeMap<String, Fate> {
-    let mut fates = BTreeMap::new();
+) -> Vec<(String, BTreeMap<String, Fate>)> {
+    let mut carts: Vec<(String, BTreeMap<String, Fate>)> = Vec::new();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
+        if n % ITEMS_PER_CART == 0 {
+            let cart = create_cart_anywhere(&http, &urls, client + n).await;
+            carts.push((cart, BTreeMap::new()));
+        }
+        let (cart, fates) = carts.last_mut().expect("a cart");
         let sku = format!("c{client}-{n}");
         let key = format!("lost-write-{sku}");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -182,7 +191,27 @@ async fn client(
         fates.insert(sku, fate);
         n += 1;
     }
-    fates
+    carts
+}
+
+/// `POST /carts` through any node, retried on 503 or a refused connection
+/// for at most 30 s.
+async fn create_cart_anywhere(http: &Http, urls: &[String], start: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut target = start;
+    loop {
+        let url = format!("{}/carts", urls[target % urls.len()]);
+        match http.send("POST", &url, None, &[]).await {
+            Ok(answer) if answer.status == 201 => {
+                return answer.json["id"].as_str().expect("id").to_owned();
+            }
+            Ok(answer) if answer.status != 503 => panic!("{answer:?}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no cart could be created");
+        target += 1;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// Waits until all three nodes are live members of one committed view.
@@ -249,11 +278,12 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..6 {
-        let cart = create_cart(&http, &nodes[c % 3]).await;
-        clients.push((
-            cart.clone(),
-            tokio::spawn(client(http.clone(), urls.clone(), c, cart, stop.clone())),
-        ));
+        clients.push(tokio::spawn(client(
+            http.clone(),
+            urls.clone(),
+            c,
+            stop.clone(),
+        )));
     }
     let pause = || tokio::time::sleep(Duration::from_millis(700));
 
@@ -286,45 +316,46 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
     stop.store(true, Ordering::Relaxed);
 
     let (mut acknowledged, mut indeterminate, mut indeterminate_stored) = (0, 0, 0);
-    for (cart, task) in clients {
-        let fates = task.await.expect("client");
-        let answer = loop {
-            let answer = http
-                .get(&format!("{}/carts/{cart}", urls[0]))
-                .await
-                .unwrap();
-            if answer.status != 503 {
-                break answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(answer.status, 200, "{answer:?}");
-        let stored = support::skus(&answer.json);
-        let distinct: BTreeSet<&String> = stored.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            stored.len(),
-            "an item is stored twice: {stored:?}"
-        );
-        for sku in &stored {
-            assert!(
-                fates.contains_key(sku),
-                "{sku} is stored but was never sent"
-            );
-        }
-        for (sku, fate) in &fates {
-            match fate {
-                Fate::Acknowledged => {
-                    acknowledged += 1;
-                    assert!(
-                        distinct.contains(sku),
-                        "acknowledged {sku} was lost from {cart}"
-                    );
+    for task in clients {
+        for (cart, fates) in task.await.expect("client") {
+            let answer = loop {
+                let answer = http
+                    .get(&format!("{}/carts/{cart}", urls[0]))
+                    .await
+                    .unwrap();
+                if answer.status != 503 {
+                    break answer;
                 }
-                Fate::Indeterminate => {
-                    indeterminate += 1;
-                    if distinct.contains(sku) {
-                        indeterminate_stored += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(answer.status, 200, "{answer:?}");
+            let stored = support::skus(&answer.json);
+            let distinct: BTreeSet<&String> = stored.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                stored.len(),
+                "an item is stored twice: {stored:?}"
+            );
+            for sku in &stored {
+                assert!(
+                    fates.contains_key(sku),
+                    "{sku} is stored but was never sent"
+                );
+            }
+            for (sku, fate) in &fates {
+                match fate {
+                    Fate::Acknowledged => {
+                        acknowledged += 1;
+                        assert!(
+                            distinct.contains(sku),
+                            "acknowledged {sku} was lost from {cart}"
+                        );
+                    }
+                    Fate::Indeterminate => {
+                        indeterminate += 1;
+                        if distinct.contains(sku) {
+                            indeterminate_stored += 1;
+                        }
                     }
                 }
             }
