@@ -252,6 +252,21 @@ mod stateless {
         })
     }
 
+    /// The cart rules the grain runs, on a whole cart read from a row: the
+    /// cart and version after `command`, and whether it changed; `None` if
+    /// the rules refused.
+    pub fn decide_whole(
+        mut cart: Cart,
+        version: u64,
+        command: &CartCommand,
+    ) -> Option<(Cart, u64, bool)> {
+        let events = cart.decide(command).ok()?;
+        for event in &events {
+            cart.apply(event);
+        }
+        Some((cart, version + events.len() as u64, !events.is_empty()))
+    }
+
     /// One transaction: read the whole cart, decide with the same domain
     /// rules, write the whole cart back if it changed, commit (fsync).
     /// Returns the cart and its version, or `None` if the rules refused.
@@ -269,23 +284,20 @@ mod stateless {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            let (mut cart, mut version) = match row {
+            let (cart, version) = match row {
                 Some((body, version)) => (
                     serde_json::from_slice::<Cart>(&body).unwrap_or_default(),
                     version as u64,
                 ),
                 None => (Cart::default(), 0),
             };
-            let Ok(events) = cart.decide(command) else {
-                return Ok(None);
+            let (cart, version, changed) = match decide_whole(cart, version, command) {
+                Some(decided) => decided,
+                None => return Ok(None),
             };
-            if events.is_empty() {
+            if !changed {
                 return Ok(Some((cart, version)));
             }
-            for event in &events {
-                cart.apply(event);
-            }
-            version += events.len() as u64;
             let body = serde_json::to_vec(&cart).expect("encode");
             tx.execute(
                 "INSERT INTO baseline_carts (id, body, version) VALUES (?1, ?2, ?3)
@@ -441,23 +453,20 @@ mod stateless_pg {
                 &[&id],
             )
             .await?;
-        let (mut cart, mut version) = match row {
+        let (cart, version) = match row {
             Some(row) => (
                 serde_json::from_slice::<Cart>(row.get::<_, &[u8]>(0)).unwrap_or_default(),
                 row.get::<_, i64>(1) as u64,
             ),
             None => (Cart::default(), 0),
         };
-        let Ok(events) = cart.decide(command) else {
-            return Ok(None);
+        let (cart, version, changed) = match stateless::decide_whole(cart, version, command) {
+            Some(decided) => decided,
+            None => return Ok(None),
         };
-        if events.is_empty() {
+        if !changed {
             return Ok(Some((cart, version)));
         }
-        for event in &events {
-            cart.apply(event);
-        }
-        version += events.len() as u64;
         let body = serde_json::to_vec(&cart).expect("encode");
         tx.execute(
             "INSERT INTO baseline_carts (id, body, version) VALUES ($1, $2, $3)

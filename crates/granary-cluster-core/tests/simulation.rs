@@ -778,6 +778,23 @@ impl Sim {
             .join("\n")
     }
 
+    /// Once faults stopped: steps (admitting removed members again, as the
+    /// runtime does) until the cluster converges, or panics after
+    /// `CONVERGE_WITHIN`, naming `what`.
+    fn converge(&mut self, what: &str) {
+        let deadline = self.now + CONVERGE_WITHIN;
+        while !self.converged() {
+            self.rejoin_removed();
+            assert!(
+                self.now < deadline,
+                "{what}: no convergence within {CONVERGE_WITHIN} ms after faults stopped\nnodes:\n{}\nlast events:\n{}",
+                self.dump(),
+                self.recent_log()
+            );
+            self.step();
+        }
+    }
+
     /// Whether the members of the newest committed config agree.
     fn converged(&self) -> bool {
         let nodes: Vec<&ClusterNode> = self
@@ -854,17 +871,7 @@ fn run_seed(seed: u64) {
     );
     sim.chaos(20_000);
     sim.heal();
-    let deadline = sim.now + CONVERGE_WITHIN;
-    while !sim.converged() {
-        sim.rejoin_removed();
-        assert!(
-            sim.now < deadline,
-            "seed {seed}: no convergence within {CONVERGE_WITHIN} ms after faults stopped\nnodes:\n{}\nlast events:\n{}",
-            sim.dump(),
-            sim.recent_log()
-        );
-        sim.step();
-    }
+    sim.converge(&format!("seed {seed}"));
 }
 
 /// Seeds that found bugs become permanent cases here.
@@ -1051,12 +1058,7 @@ fn run_grant_across_fence(seed: u64, discard_grants_across_fences: bool) {
     assert!(taken > 0, "the majority could not claim the grains");
     // The old leader comes back and is admitted again.
     sim.heal();
-    let deadline = sim.now + CONVERGE_WITHIN;
-    while !sim.converged() {
-        sim.rejoin_removed();
-        assert!(sim.now < deadline, "no convergence\n{}", sim.dump());
-        sim.step();
-    }
+    sim.converge("grant across a fence");
     sim.run(1_000);
     if discard_grants_across_fences {
         assert!(
@@ -1105,16 +1107,7 @@ fn a_bridge_partition_keeps_grains_single_and_heals() {
             );
         }
         sim.heal();
-        let deadline = sim.now + CONVERGE_WITHIN;
-        while !sim.converged() {
-            sim.rejoin_removed();
-            assert!(
-                sim.now < deadline,
-                "seed {seed}: no convergence\n{}",
-                sim.dump()
-            );
-            sim.step();
-        }
+        sim.converge(&format!("seed {seed}"));
     }
 }
 
@@ -1161,15 +1154,6 @@ fn restarts_in_the_middle_of_a_handoff_keep_the_invariants() {
         }
         assert!(crashes > 0, "seed {seed}: no handoff was interrupted");
         sim.heal();
-        let deadline = sim.now + CONVERGE_WITHIN;
-        while !sim.converged() {
-            sim.rejoin_removed();
-            assert!(
-                sim.now < deadline,
-                "seed {seed}: no convergence\n{}",
-                sim.dump()
-            );
-            sim.step();
-        }
+        sim.converge(&format!("seed {seed}"));
     }
 }

@@ -60,3 +60,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// The engine's counters.
     fn stats(&self) -> StoreStats;
 }
+
+/// The future of a request handed to an engine's queue: `Unavailable` if
+/// the queue refused it (`refused` says why) or the engine dropped it
+/// unanswered, else the engine's answer.
+pub(crate) fn queued<T: Send + 'static>(
+    refused: Option<&'static str>,
+    answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+) -> StoreFuture<T> {
+    Box::pin(async move {
+        if let Some(why) = refused {
+            return Err(StoreError::Unavailable(why.into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store engine stopped".into())))
+    })
+}

@@ -2,6 +2,7 @@
 //! properties only a file-backed engine has: several processes sharing one
 //! file, reopening, schema versioning and surviving `kill -9`.
 
+#[macro_use]
 mod suite;
 
 use std::sync::Arc;
@@ -33,22 +34,7 @@ macro_rules! sqlite_suite {
     };
 }
 
-sqlite_suite!(
-    unknown_grain_loads_empty,
-    append_to_new_stream_returns_new_version_and_loads_in_order,
-    stale_expected_version_conflicts_and_writes_nothing,
-    empty_append_is_refused_as_invalid,
-    load_returns_newest_snapshot_and_only_later_events,
-    older_snapshot_never_replaces_newer,
-    idempotency_record_stored_with_append_is_found,
-    idempotency_keys_are_scoped_to_their_grain,
-    reused_idempotency_key_fails_and_writes_nothing,
-    concurrent_appends_to_different_grains_all_succeed_and_share_commits,
-    concurrent_appends_to_one_grain_at_same_version_exactly_one_wins,
-    refused_appends_do_not_disturb_concurrent_appends,
-    streams_are_isolated_by_kind_and_id,
-    cluster_id_is_recorded_once,
-);
+every_suite_test!(sqlite_suite);
 
 /// Two stores opened on one file (as two node processes would) see each
 /// other's appends, and the expected-version fence holds between them.

@@ -4,6 +4,7 @@
 //! stores on one database, schema versioning, group commit in one round
 //! trip, and an outage of the server.
 
+#[macro_use]
 mod suite;
 
 use std::sync::Arc;
@@ -35,22 +36,7 @@ macro_rules! postgres_suite {
     };
 }
 
-postgres_suite!(
-    unknown_grain_loads_empty,
-    append_to_new_stream_returns_new_version_and_loads_in_order,
-    stale_expected_version_conflicts_and_writes_nothing,
-    empty_append_is_refused_as_invalid,
-    load_returns_newest_snapshot_and_only_later_events,
-    older_snapshot_never_replaces_newer,
-    idempotency_record_stored_with_append_is_found,
-    idempotency_keys_are_scoped_to_their_grain,
-    reused_idempotency_key_fails_and_writes_nothing,
-    concurrent_appends_to_different_grains_all_succeed_and_share_commits,
-    concurrent_appends_to_one_grain_at_same_version_exactly_one_wins,
-    refused_appends_do_not_disturb_concurrent_appends,
-    streams_are_isolated_by_kind_and_id,
-    cluster_id_is_recorded_once,
-);
+every_suite_test!(postgres_suite);
 
 /// A process killed with SIGKILL while appending loses no append it had
 /// acknowledged (the suite's crash test, on a database).
@@ -152,11 +138,16 @@ async fn newer_schema_is_refused_at_open() {
     }
 }
 
-/// A URL that is not one is refused before anything is tried.
+/// A URL that is not one, or one asking for TLS this build does not
+/// speak, is refused before anything is tried.
 #[test]
 fn a_bad_url_is_refused() {
     match PostgresStore::open("postgres://host:notaport/db") {
         Err(StoreError::Invalid(message)) => assert!(message.contains("URL"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    match PostgresStore::open("postgres://host/db?sslmode=require") {
+        Err(StoreError::Invalid(message)) => assert!(message.contains("sslmode"), "{message}"),
         other => panic!("expected Invalid, got {other:?}"),
     }
 }

@@ -36,7 +36,7 @@ use tokio_postgres::Config;
 use tokio_postgres::error::SqlState;
 
 use crate::error::StoreError;
-use crate::store::{EventStore, StoreFuture, StoreStats};
+use crate::store::{EventStore, StoreFuture, StoreStats, queued};
 use crate::types::{
     AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
 };
@@ -145,6 +145,7 @@ impl PostgresStore {
     /// the engine's connections. Fails if the database cannot be reached
     /// now: a node should not start on a store it cannot use.
     pub fn open_with(url: &str, options: PostgresStoreOptions) -> Result<Self, StoreError> {
+        Self::check_url(url).map_err(StoreError::Invalid)?;
         let mut config = Config::from_str(url)
             .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL URL: {e}")))?;
         config
@@ -240,9 +241,14 @@ impl PostgresStore {
 
     /// Whether `url` is a PostgreSQL URL this engine can use; why not.
     pub fn check_url(url: &str) -> Result<(), String> {
-        Config::from_str(url)
-            .map(|_| ())
-            .map_err(|e| format!("not a PostgreSQL URL: {e}"))
+        let config = Config::from_str(url).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(
+                "sslmode=require: this build speaks to PostgreSQL without TLS; keep the database on a private network and use sslmode=disable or prefer"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// A store URL for logs and errors: `postgres://host:port/db` without
@@ -265,13 +271,7 @@ impl PostgresStore {
     fn read<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> ReadOp) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.reads.try_send(make(tx));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StoreError::Unavailable("read queue is full".into()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("the engine stopped".into())))
-        })
+        queued(sent.err().map(|_| "read queue is full"), rx)
     }
 }
 
@@ -282,13 +282,7 @@ impl EventStore for PostgresStore {
         }
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.writes.try_send(Append { request, reply: tx });
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StoreError::Unavailable("write queue is full".into()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("the engine stopped".into())))
-        })
+        queued(sent.err().map(|_| "write queue is full"), rx)
     }
 
     fn load(&self, key: &GrainKey) -> StoreFuture<LoadedGrain> {
@@ -358,6 +352,12 @@ async fn write_batch(
     options: &PostgresStoreOptions,
     counters: &Counters,
 ) {
+    // Every batch writes its streams in one order (kind, grain; appends to
+    // one stream keep their order), so two batches that share streams
+    // wait for each other instead of deadlocking.
+    batch.sort_by(|a, b| {
+        (&a.request.key.kind, &a.request.key.id).cmp(&(&b.request.key.kind, &b.request.key.id))
+    });
     let n = batch.len();
     let mut kinds = Vec::with_capacity(n);
     let mut grains = Vec::with_capacity(n);
@@ -398,16 +398,33 @@ async fn write_batch(
                 .zip(&grains)
                 .all(|stream| streams.insert(stream));
             let call = async {
-                if !distinct {
-                    return client.query(&statements.append, &params).await;
-                }
-                match client.query(&statements.append_fast, &params).await {
-                    // A writer of the same stream raced the batch: nothing
-                    // was written; again, refusing only that append.
-                    Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let sent = if distinct {
+                        match client.query(&statements.append_fast, &params).await {
+                            // A writer of the same stream raced the batch:
+                            // nothing was written; again, refusing only
+                            // that append.
+                            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                                client.query(&statements.append, &params).await
+                            }
+                            other => other,
+                        }
+                    } else {
                         client.query(&statements.append, &params).await
+                    };
+                    match sent {
+                        // The server rolled the batch back to break a lock
+                        // cycle with a writer that does not order its
+                        // streams: nothing was written, so send it again.
+                        Err(err)
+                            if attempt < 3
+                                && (err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                                    || err.code()
+                                        == Some(&SqlState::T_R_SERIALIZATION_FAILURE)) => {}
+                        other => break other,
                     }
-                    other => other,
                 }
             };
             match tokio::time::timeout(options.round_trip_timeout, call).await {

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
-use crate::store::{EventStore, StoreFuture, StoreStats};
+use crate::store::{EventStore, StoreFuture, StoreStats, queued};
 use crate::types::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
 
 use reader::ReadOp;
@@ -147,20 +147,12 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
     ) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.shared.writes.try_send(make(tx));
-        Box::pin(async move {
-            match sent {
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(_)) => {
-                    return Err(StoreError::Unavailable("write queue is full".into()));
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => {
-                    return Err(StoreError::Unavailable("store writer has stopped".into()));
-                }
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("store writer has stopped".into())))
-        })
+        let refused = match self.shared.writes.try_send(make(tx)) {
+            Ok(()) => None,
+            Err(mpsc::TrySendError::Full(_)) => Some("write queue is full"),
+            Err(mpsc::TrySendError::Disconnected(_)) => Some("store writer has stopped"),
+        };
+        queued(refused, rx)
     }
 
     fn submit_read<T: Send + 'static>(
@@ -169,13 +161,7 @@ impl SqliteStore {
     ) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.reads.try_send(make(tx));
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(StoreError::Unavailable("read queue is full".into()));
-            }
-            rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("store reader has stopped".into())))
-        })
+        queued(sent.err().map(|_| "read queue is full"), rx)
     }
 }
 
