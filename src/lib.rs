@@ -23,4 +23,5 @@ pub mod http;
 pub mod identity;
 pub mod node;
 mod proto;
+pub mod security;
 pub mod status;

@@ -1,0 +1,447 @@
+//! Mutual TLS between members, with identities pinned by fingerprint: no
+//! certificate authority. A server admits a client whose certificate's key
+//! is one [`Trust`] holds now; a client accepts a server only if its key
+//! is the one it expects at that address. Both prove possession of their
+//! key in the TLS 1.3 handshake.
+//!
+//! Before a peer is authenticated it gets little: a handshake deadline, a
+//! cap on connections (beyond it a connection is closed at once), and
+//! rustls's own bounds on handshake messages. After, a peer whose identity
+//! is dropped from [`Trust`] has its live connections cut.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig,
+    SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+
+use super::keys::{Fingerprint, NodeKeys};
+
+/// The name every node's certificate carries; never checked (pins are).
+const SERVER_NAME: &str = "granary-node";
+
+/// The identities trusted now (the members' fingerprints). Changing it cuts
+/// the live connections of identities no longer in it.
+pub struct Trust {
+    trusted: RwLock<BTreeSet<Fingerprint>>,
+    generation: watch::Sender<u64>,
+}
+
+impl Trust {
+    pub fn new(trusted: impl IntoIterator<Item = Fingerprint>) -> Arc<Trust> {
+        Arc::new(Trust {
+            trusted: RwLock::new(trusted.into_iter().collect()),
+            generation: watch::channel(0).0,
+        })
+    }
+
+    pub fn admits(&self, fingerprint: &Fingerprint) -> bool {
+        self.trusted
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(fingerprint)
+    }
+
+    /// Replaces the trusted set.
+    pub fn set(&self, trusted: impl IntoIterator<Item = Fingerprint>) {
+        *self.trusted.write().unwrap_or_else(|p| p.into_inner()) = trusted.into_iter().collect();
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn not_admitted() -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+}
+
+/// Admits a client whose key `Trust` holds.
+#[derive(Debug)]
+struct PinnedClients {
+    trust: Arc<Trust>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trust").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for PinnedClients {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let fingerprint = Fingerprint::of_certificate(end_entity).ok_or(
+            rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+        )?;
+        if self.trust.admits(&fingerprint) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(not_admitted())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Accepts a server only if its key is one of `expected`.
+#[derive(Debug)]
+struct PinnedServer {
+    expected: BTreeSet<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match Fingerprint::of_certificate(end_entity) {
+            Some(fingerprint) if self.expected.contains(&fingerprint) => {
+                Ok(ServerCertVerified::assertion())
+            }
+            Some(_) => Err(not_admitted()),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn own_certificate(keys: &NodeKeys) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![CertificateDer::from(keys.certificate_der.clone())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(keys.key_der.clone())),
+    )
+}
+
+/// The server side: TLS 1.3, HTTP/2, clients pinned by `trust`.
+pub fn server_config(keys: &NodeKeys, trust: Arc<Trust>) -> anyhow::Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let (chain, key) = own_certificate(keys);
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(PinnedClients { trust, provider }))
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side, for servers whose key is one of `expected`.
+pub fn client_config(
+    keys: &NodeKeys,
+    expected: impl IntoIterator<Item = Fingerprint>,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let (chain, key) = own_certificate(keys);
+    let verifier = PinnedServer {
+        expected: expected.into_iter().collect(),
+        provider: provider.clone(),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A connector for `tonic::transport::Endpoint::connect_with_connector`:
+/// TCP to the URI's host and port, then TLS with `config`.
+pub fn connector(
+    config: Arc<ClientConfig>,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = io::Error,
+    Future = impl Future<
+        Output = io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
+    > + Send,
+> + Clone
++ Send {
+    tower::service_fn(move |uri: http::Uri| {
+        let config = config.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(7070);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        }
+    })
+}
+
+/// Who is on the other end of an accepted connection: handlers find it in
+/// the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub fingerprint: Fingerprint,
+    pub address: SocketAddr,
+}
+
+/// Bounds on what a peer gets before it is authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Most connections open at once (authenticated or not); beyond it a
+    /// new connection is closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Accepts TLS connections on `listener` for `tonic`'s
+/// `serve_with_incoming`: only authenticated ones come out.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    trust: Arc<Trust>,
+    limits: Limits,
+) -> impl Stream<Item = io::Result<PeerConnection>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        loop {
+            let (tcp, address) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::debug!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%address, "too many connections; closing a new one");
+                continue;
+            };
+            let (acceptor, tx, trust) = (acceptor.clone(), tx.clone(), trust.clone());
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                let tls = match handshake.await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%address, error = %err, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%address, "TLS handshake too slow; closed");
+                        return;
+                    }
+                };
+                let Some(fingerprint) = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|cert| Fingerprint::of_certificate(cert))
+                else {
+                    return;
+                };
+                let connection = PeerConnection {
+                    changes: WatchStream::from_changes(trust.generation.subscribe()),
+                    stream: tls,
+                    peer: PeerIdentity {
+                        fingerprint,
+                        address,
+                    },
+                    trust,
+                    revoked: false,
+                    _permit: permit,
+                };
+                let _ = tx.send(Ok(connection)).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// An authenticated connection from a peer. Cut (its reads and writes
+/// fail) as soon as the peer's identity is no longer trusted.
+pub struct PeerConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerIdentity,
+    trust: Arc<Trust>,
+    changes: WatchStream<u64>,
+    revoked: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PeerConnection {
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        while let Poll::Ready(change) = Pin::new(&mut self.changes).poll_next(cx) {
+            if change.is_none() || !self.trust.admits(&self.peer.fingerprint) {
+                self.revoked = true;
+                break;
+            }
+        }
+        if self.revoked {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer's identity is no longer trusted",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for PeerConnection {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(err) = self.check(cx) {
+            return Poll::Ready(Err(err));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Err(err) = self.check(cx) {
+            return Poll::Ready(Err(err));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
