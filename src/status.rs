@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::Endpoint;
 
+use crate::cluster::dial;
 use crate::proto::cluster::StatusRequest;
 use crate::proto::cluster::cluster_client::ClusterClient;
 
@@ -14,13 +14,9 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let reply = runtime.block_on(async {
-        let channel = Endpoint::from_shared(format!("http://{node}"))
-            .with_context(|| format!("{node:?} is not HOST:PORT"))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(3))
-            .connect()
+        let channel = dial::connect(node, Duration::from_secs(3), Duration::from_secs(3))
             .await
-            .with_context(|| format!("cannot reach a node at {node}"))?;
+            .map_err(anyhow::Error::msg)?;
         let reply = ClusterClient::new(channel)
             .status(StatusRequest {})
             .await
@@ -114,11 +110,7 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
 /// A peer's own count of live grains, or `None` if it does not answer
 /// within a second.
 async fn peer_grains(address: &str) -> Option<u64> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(1))
-        .connect()
+    let channel = dial::connect(address, Duration::from_secs(1), Duration::from_secs(1))
         .await
         .ok()?;
     let reply = ClusterClient::new(channel)

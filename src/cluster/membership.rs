@@ -12,8 +12,9 @@ use granary_cluster_core::{
     RejectReason, Role, Timing,
 };
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use super::dial;
 use super::persist;
 use super::wire;
 use crate::proto::cluster as pb;
@@ -400,15 +401,13 @@ impl Membership {
         let client = match self.clients.get(&address) {
             Some(client) => client.clone(),
             None => {
-                let Ok(endpoint) = Endpoint::from_shared(format!("http://{address}")) else {
-                    tracing::warn!(%address, "member address is not a valid endpoint");
-                    return;
+                let channel = match dial::connect_lazy(&address, SEND_DEADLINE, SEND_DEADLINE) {
+                    Ok(channel) => channel,
+                    Err(err) => {
+                        tracing::warn!(%address, error = %err, "cannot address a member");
+                        return;
+                    }
                 };
-                let channel = endpoint
-                    .connect_timeout(SEND_DEADLINE)
-                    .timeout(SEND_DEADLINE)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
                 let client = ClusterClient::new(channel);
                 self.clients.insert(address.clone(), client.clone());
                 client
@@ -533,13 +532,7 @@ where
     F: FnOnce(ClusterClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let endpoint = Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = dial::connect(address, Duration::from_secs(1), Duration::from_secs(2)).await?;
     call(ClusterClient::new(channel))
         .await
         .map(tonic::Response::into_inner)
@@ -555,13 +548,7 @@ async fn remote_status(address: &str) -> Result<Option<pb::StatusReply>, String>
 }
 
 async fn ask_to_join(target: &str, me: &Member, cluster_id: &str) -> Result<pb::JoinReply, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{target}")).map_err(|e| e.to_string())?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let channel = dial::connect(target, Duration::from_secs(2), Duration::from_secs(2)).await?;
     let mut client = ClusterClient::new(channel);
     let reply = client
         .join(pb::JoinRequest {

@@ -15,6 +15,7 @@
 //! calls, `Closing` handling, mutual TLS (issue 5). Until then the sender of
 //! a message is taken from the envelope and is not authenticated.
 
+pub mod dial;
 mod grains_service;
 mod membership;
 mod persist;

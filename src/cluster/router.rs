@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use granary_cluster_core::{
     CLAIM_DEADLINE_MS, ClaimOutcome, ClusterConfig, NodeId, OwnershipDirectory, partition_holder,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use super::dial;
 use super::membership::ClusterHandle;
 use crate::proto::grains::grains_client::GrainsClient;
 use crate::proto::messages::control_plane_client::ControlPlaneClient;
@@ -302,14 +303,9 @@ impl CartRouter {
         if let Some(channel) = lock(&self.channels).get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|_| Unroutable(format!("{address:?} is not a member address")))?;
         let _io = self.io.enter();
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(RPC_DEADLINE)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = dial::connect_lazy(address, Duration::from_secs(1), RPC_DEADLINE)
+            .map_err(Unroutable)?;
         lock(&self.channels).insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
