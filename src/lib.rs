@@ -20,7 +20,6 @@ pub mod cluster;
 pub mod config;
 pub mod control_plane;
 pub mod http;
-pub mod identity;
 pub mod node;
 mod proto;
 pub mod security;

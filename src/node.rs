@@ -23,10 +23,10 @@ use crate::cluster::{self, CartRouter, ClusterService, GrainsService};
 use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
 use crate::http::{self, ApiState};
-use crate::identity;
 use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
+use crate::security::NodeKeys;
 use granary_cluster_core::{Member, NodeId};
 
 /// Largest gRPC message a node decodes.
@@ -36,11 +36,14 @@ const GRPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a node until SIGTERM or ctrl-c. Blocks the calling thread.
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let node_id = identity::load_or_create(&config.data_dir)?;
+    // A node is its key: its id is the fingerprint of its public key.
+    let node_id = NodeKeys::load_or_create(&config.data_dir)?
+        .fingerprint
+        .to_string();
     actix_rt::System::new().block_on(serve(config, node_id))
 }
 
-async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, node_id: String) -> anyhow::Result<()> {
     let store_name = config.store_description();
     let store =
         open_store(&config).with_context(|| format!("cannot open the event store {store_name}"))?;
@@ -66,7 +69,7 @@ async fn serve(config: NodeConfig, node_id: uuid::Uuid) -> anyhow::Result<()> {
         config.advertise.clone()
     };
     let me = Member {
-        id: NodeId(node_id.to_string()),
+        id: NodeId(node_id.clone()),
         address: advertise.clone(),
     };
     let (cluster, membership) = cluster::start(

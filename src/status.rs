@@ -87,7 +87,7 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
     println!("live grains {}", reply.live_grains);
     println!();
     println!(
-        "{:<38} {:<22} {:<5} {:>12} {:>11}",
+        "{:<64} {:<22} {:<5} {:>12} {:>11}",
         "PEER", "ADDRESS", "LIVE", "LAST SEEN", "LIVE GRAINS"
     );
     for peer in &reply.peers {
@@ -96,7 +96,7 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
             .map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
         let live_grains = grains.get(&peer.id).map_or("?".to_owned(), u64::to_string);
         println!(
-            "{:<38} {:<22} {:<5} {:>12} {:>11}",
+            "{:<64} {:<22} {:<5} {:>12} {:>11}",
             peer.id,
             peer.address,
             if peer.live { "yes" } else { "no" },

@@ -23,8 +23,10 @@ async fn serve_starts_with_defaults_and_reports_its_addresses() {
         dir.path().join("data/events.db").exists(),
         "the embedded store lives in the data dir"
     );
-    assert!(dir.path().join("data/node-id").exists());
-    // The node keeps its identity across restarts.
+    // The node is its key: its id is the key's fingerprint, and it keeps
+    // both across restarts.
+    let keys = granary::security::NodeKeys::load_or_create(&dir.path().join("data")).unwrap();
+    assert_eq!(node.node_id, keys.fingerprint.to_string());
     let first_id = node.node_id.clone();
     drop(node);
     let again = NodeProcess::start(&dir.path().join("data"), &[]);
