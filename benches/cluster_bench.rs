@@ -28,14 +28,10 @@ pub mod cluster {
     tonic::include_proto!("granary.cluster.v1");
 }
 
+/// A channel as a member opens it (mutual TLS with the node's own key):
+/// the remote call and its echo baseline both pay TLS.
 async fn channel(node: &NodeProcess) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
-        .expect("endpoint")
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("connect")
+    support::cluster::channel(node).await.expect("connect")
 }
 
 /// Runs `call` with `in_flight` concurrent loops for `duration`; calls/s.

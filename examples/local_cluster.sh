@@ -44,7 +44,7 @@ start b 8082 7072 --join 127.0.0.1:7071
 start c 8083 7073 --join 127.0.0.1:7071
 
 echo
-"$bin" status --node 127.0.0.1:7071
+"$bin" status --node 127.0.0.1:7071 --data-dir "$dir/a"
 echo
 echo "HTTP on 127.0.0.1:8081, :8082, :8083; logs in $dir. ctrl-c stops the cluster."
 wait

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub join: Vec<String>,
     /// How often members heartbeat each other.
     pub heartbeat_every: Duration,
+    /// Plaintext between members instead of mutual TLS (development only;
+    /// logged as a warning at start).
+    pub insecure_cluster: bool,
     /// A member that cannot see a majority for this long stops serving.
     pub fence_after: Duration,
     /// A member silent this long (to a majority) is removed and its grains
@@ -96,6 +99,7 @@ impl Default for NodeConfig {
             heartbeat_every: Duration::from_millis(100),
             fence_after: Duration::from_millis(600),
             dead_after: Duration::from_millis(1_000),
+            insecure_cluster: false,
         }
     }
 }
@@ -158,6 +162,7 @@ pub struct ConfigLayer {
     pub heartbeat_every: Option<String>,
     pub fence_after: Option<String>,
     pub dead_after: Option<String>,
+    pub insecure_cluster: Option<bool>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -177,6 +182,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat_every",
     "fence_after",
     "dead_after",
+    "insecure_cluster",
 ];
 
 impl ConfigLayer {
@@ -239,6 +245,16 @@ impl ConfigLayer {
             heartbeat_every: get("heartbeat_every"),
             fence_after: get("fence_after"),
             dead_after: get("dead_after"),
+            insecure_cluster: get("insecure_cluster")
+                .map(|v| match v.trim() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" => Ok(false),
+                    other => Err(ConfigError::invalid(
+                        &env_name("insecure_cluster"),
+                        format!("{other:?} is not true or false"),
+                    )),
+                })
+                .transpose()?,
         })
     }
 
@@ -258,6 +274,7 @@ impl ConfigLayer {
             join: other.join.or(self.join),
             heartbeat_every: other.heartbeat_every.or(self.heartbeat_every),
             fence_after: other.fence_after.or(self.fence_after),
+            insecure_cluster: other.insecure_cluster.or(self.insecure_cluster),
             dead_after: other.dead_after.or(self.dead_after),
         }
     }
@@ -396,6 +413,7 @@ impl ConfigLayer {
             heartbeat_every,
             fence_after,
             dead_after,
+            insecure_cluster: self.insecure_cluster.unwrap_or(false),
         })
     }
 }
@@ -448,6 +466,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "heartbeat_every" => layer.heartbeat_every.is_some(),
         "fence_after" => layer.fence_after.is_some(),
         "dead_after" => layer.dead_after.is_some(),
+        "insecure_cluster" => layer.insecure_cluster.is_some(),
         _ => false,
     }
 }

@@ -33,6 +33,13 @@ struct StatusArgs {
     /// The node's gRPC address.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7070")]
     node: String,
+    /// A member's data directory: its key authenticates the request (the
+    /// cluster port answers members only).
+    #[arg(long, value_name = "DIR", default_value = "granary-data")]
+    data_dir: PathBuf,
+    /// The cluster speaks plaintext (`serve --insecure-cluster`).
+    #[arg(long)]
+    insecure_cluster: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -87,6 +94,10 @@ struct ServeArgs {
     /// Remove a member silent this long to a majority [default: 1s].
     #[arg(long, value_name = "DURATION")]
     dead_after: Option<String>,
+    /// Speak plaintext to other members instead of mutual TLS
+    /// (development only; logged as a warning).
+    #[arg(long)]
+    insecure_cluster: bool,
 }
 
 fn main() -> ExitCode {
@@ -97,13 +108,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve(*args),
-        Command::Status(args) => match granary::status::run(&args.node, args.json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("granary: {err:#}");
-                ExitCode::FAILURE
+        Command::Status(args) => {
+            match granary::status::run(&args.node, &args.data_dir, args.insecure_cluster, args.json)
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("granary: {err:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
@@ -136,6 +150,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         heartbeat_every: args.heartbeat_every,
         fence_after: args.fence_after,
         dead_after: args.dead_after,
+        insecure_cluster: args.insecure_cluster.then_some(true),
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

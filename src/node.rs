@@ -19,6 +19,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::cart_grain::CartGrain;
+use crate::cluster::ClusterHandle;
+use crate::cluster::dial::Dialer;
 use crate::cluster::{self, CartRouter, ClusterService, GrainsService};
 use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
@@ -26,8 +28,10 @@ use crate::http::{self, ApiState};
 use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
-use crate::security::NodeKeys;
+use crate::security::tls::{Admission, Limits};
+use crate::security::{Fingerprint, NodeKeys, PeerIdentity, Trust};
 use granary_cluster_core::{Member, NodeId};
+use tonic::service::interceptor::InterceptedService;
 
 /// Largest gRPC message a node decodes.
 const GRPC_MAX_MESSAGE: usize = 1024 * 1024;
@@ -37,13 +41,21 @@ const GRPC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs a node until SIGTERM or ctrl-c. Blocks the calling thread.
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
     // A node is its key: its id is the fingerprint of its public key.
-    let node_id = NodeKeys::load_or_create(&config.data_dir)?
-        .fingerprint
-        .to_string();
-    actix_rt::System::new().block_on(serve(config, node_id))
+    let keys = Arc::new(NodeKeys::load_or_create(&config.data_dir)?);
+    actix_rt::System::new().block_on(serve(config, keys))
 }
 
-async fn serve(config: NodeConfig, node_id: String) -> anyhow::Result<()> {
+async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
+    let node_id = keys.fingerprint.to_string();
+    // Members speak mutual TLS with pinned keys, unless told otherwise.
+    let (dialer, trust) = if config.insecure_cluster {
+        tracing::warn!(
+            "--insecure-cluster: members speak plaintext and trust whoever reaches the gRPC port; use it on a trusted network only"
+        );
+        (Dialer::plaintext(), None)
+    } else {
+        (Dialer::tls(keys.clone()), Some(Trust::new([])))
+    };
     let store_name = config.store_description();
     let store =
         open_store(&config).with_context(|| format!("cannot open the event store {store_name}"))?;
@@ -78,6 +90,7 @@ async fn serve(config: NodeConfig, node_id: String) -> anyhow::Result<()> {
         config.join.clone(),
         config.timing(),
         cluster_id.clone(),
+        dialer,
     )?;
     let live_grains = {
         let carts = carts.clone();
@@ -96,6 +109,13 @@ async fn serve(config: NodeConfig, node_id: String) -> anyhow::Result<()> {
         let _cluster = cluster_runtime.enter();
         CartRouter::start(cluster.clone(), grpc_runtime.handle().clone())
     };
+    if let Some(trust) = &trust {
+        cluster_runtime.spawn(trust_the_members(
+            cluster.clone(),
+            trust.clone(),
+            keys.fingerprint,
+        ));
+    }
     cluster_runtime.spawn(release_claims_when_fenced(
         cluster.serving_flag(),
         router.clone(),
@@ -116,9 +136,10 @@ async fn serve(config: NodeConfig, node_id: String) -> anyhow::Result<()> {
                 Some(cluster.clone()),
                 Some(router.clone()),
             ),
-            cluster: ClusterService::new(cluster.clone(), live_grains),
+            cluster: ClusterService::new(cluster.clone(), live_grains, trust.clone()),
             grains: GrainsService::new(router.clone(), carts.clone()),
         },
+        trust.map(|trust| (keys.clone(), trust)),
     )?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -261,37 +282,61 @@ fn start_grpc(
     runtime: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
     services: GrpcServices,
+    tls: Option<(Arc<NodeKeys>, Arc<Trust>)>,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ended, thread) = std::sync::mpsc::sync_channel(1);
+    let members_only = members_only(tls.as_ref().map(|(_, trust)| trust.clone()));
     let serve = move || -> anyhow::Result<()> {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            Server::builder()
+            let router = Server::builder()
                 .timeout(GRPC_TIMEOUT)
                 .concurrency_limit_per_connection(256)
                 .max_concurrent_streams(256)
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
-                .add_service(
+                .add_service(InterceptedService::new(
                     ControlPlaneServer::new(services.control_plane)
                         .max_decoding_message_size(GRPC_MAX_MESSAGE)
                         .max_encoding_message_size(4 * GRPC_MAX_MESSAGE),
-                )
+                    members_only.clone(),
+                ))
                 .add_service(
                     ClusterServer::new(services.cluster)
                         .max_decoding_message_size(GRPC_MAX_MESSAGE)
                         .max_encoding_message_size(GRPC_MAX_MESSAGE),
                 )
-                .add_service(
+                .add_service(InterceptedService::new(
                     GrainsServer::new(services.grains)
                         .max_decoding_message_size(GRPC_MAX_MESSAGE)
                         .max_encoding_message_size(GRPC_MAX_MESSAGE),
-                )
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await?;
+                    members_only,
+                ));
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            match tls {
+                Some((keys, trust)) => {
+                    // Any key may connect (a joining node has no trusted key
+                    // yet); the services answer members only, but `Join`.
+                    let config = crate::security::tls::server_config(
+                        &keys,
+                        trust.clone(),
+                        Admission::AnyKey,
+                    )?;
+                    let incoming =
+                        crate::security::tls::incoming(listener, config, trust, Limits::default());
+                    router
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await?;
+                }
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    router
+                        .serve_with_incoming_shutdown(incoming, stopped)
+                        .await?;
+                }
+            }
             Ok(())
         })
     };
@@ -301,6 +346,55 @@ fn start_grpc(
             let _ = ended.send(serve());
         })?;
     Ok((stop, thread))
+}
+
+/// The interceptor of services only members may call: with mutual TLS, the
+/// authenticated peer must hold a member's key (plaintext has no identities
+/// to check).
+fn members_only(
+    trust: Option<Arc<Trust>>,
+) -> impl Fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request: tonic::Request<()>| {
+        let Some(trust) = &trust else {
+            return Ok(request);
+        };
+        match request.extensions().get::<PeerIdentity>() {
+            Some(peer) if trust.admits(&peer.fingerprint) => Ok(request),
+            _ => Err(tonic::Status::permission_denied(
+                "this node answers members of its cluster only",
+            )),
+        }
+    }
+}
+
+/// Keeps `trust` at the keys of the members (their ids are their
+/// fingerprints): of the newest config this node knows, committed or not,
+/// so a member being admitted can acknowledge the config that admits it.
+/// Until this node is a member of a view it has no one to trust but
+/// whoever admits it: it accepts any key then (the join tokens of issue 5
+/// will pin the cluster's keys from the start).
+async fn trust_the_members(cluster: ClusterHandle, trust: Arc<Trust>, me: Fingerprint) {
+    let mut views = cluster.watch_committed();
+    loop {
+        let committed = views.borrow_and_update().clone();
+        let Some(status) = cluster.status().await else {
+            return;
+        };
+        let members: std::collections::BTreeSet<Fingerprint> = committed
+            .members
+            .keys()
+            .map(|id| id.0.as_str())
+            .chain(status.peers.iter().map(|p| p.id.as_str()))
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        if members.contains(&me) {
+            trust.set(members);
+        } else {
+            trust.open();
+        }
+        // Configs change on commit, or when the leader proposes one.
+        let _ = tokio::time::timeout(Duration::from_millis(50), views.changed()).await;
+    }
 }
 
 /// When this node loses its majority it gives up every claim and drops its

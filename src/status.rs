@@ -4,17 +4,31 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cluster::dial;
+use crate::cluster::dial::{self, Dialer};
 use crate::proto::cluster::StatusRequest;
 use crate::proto::cluster::cluster_client::ClusterClient;
+use crate::security::NodeKeys;
 
 /// Asks the node at `node` (gRPC `HOST:PORT`) for its status and prints it.
-pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
+/// The request is authenticated with the key in `data_dir` (a member's),
+/// unless the cluster is `insecure` (plaintext).
+pub fn run(
+    node: &str,
+    data_dir: &std::path::Path,
+    insecure: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let dialer = if insecure {
+        Dialer::plaintext()
+    } else {
+        Dialer::tls(std::sync::Arc::new(NodeKeys::load(data_dir)?))
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let reply = runtime.block_on(async {
-        let channel = dial::connect(node, Duration::from_secs(3), Duration::from_secs(3))
+        let channel = dialer
+            .connect(node, None, Duration::from_secs(3), Duration::from_secs(3))
             .await
             .map_err(anyhow::Error::msg)?;
         let reply = ClusterClient::new(channel)
@@ -29,7 +43,7 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
                 grains.insert(peer.id.clone(), reply.live_grains);
                 continue;
             }
-            if let Some(count) = peer_grains(&peer.address).await {
+            if let Some(count) = peer_grains(&dialer, &peer.address, &peer.id).await {
                 grains.insert(peer.id.clone(), count);
             }
         }
@@ -109,8 +123,14 @@ pub fn run(node: &str, json: bool) -> anyhow::Result<()> {
 
 /// A peer's own count of live grains, or `None` if it does not answer
 /// within a second.
-async fn peer_grains(address: &str) -> Option<u64> {
-    let channel = dial::connect(address, Duration::from_secs(1), Duration::from_secs(1))
+async fn peer_grains(dialer: &Dialer, address: &str, id: &str) -> Option<u64> {
+    let channel = dialer
+        .connect(
+            address,
+            dial::pin(id),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
         .await
         .ok()?;
     let reply = ClusterClient::new(channel)

@@ -156,17 +156,29 @@ async fn three_nodes_join_and_agree_on_one_leader_and_one_view() {
         assert_eq!(reply.quorum_size, 2);
     }
 
-    // The CLI shows the same view.
+    // The CLI shows the same view; it authenticates with a member's key.
     let output = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .args(["status", "--node", &a.grpc.to_string()])
+        .args(["status", "--node", &a.grpc.to_string(), "--data-dir"])
+        .arg(&a.data_dir)
         .output()
         .expect("granary status");
-    assert!(output.status.success());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("quorum      yes (needs 2 of 3)"), "{text}");
     assert!(text.contains(&replies[0].leader), "{text}");
     let json = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .args(["status", "--json", "--node", &b.grpc.to_string()])
+        .args([
+            "status",
+            "--json",
+            "--node",
+            &b.grpc.to_string(),
+            "--data-dir",
+        ])
+        .arg(&b.data_dir)
         .output()
         .expect("granary status --json");
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON status");
@@ -296,14 +308,9 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProcess::start(&dir.path().join("a"), &[]);
     let before = status(&a).await.expect("status");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ClusterClient::new(channel);
-    // No message at all, and a sender name with spaces: InvalidArgument.
+    // A member's own channel (the node's key): malformed envelopes are
+    // InvalidArgument.
+    let mut client = ClusterClient::new(support::cluster::channel(&a).await.expect("channel"));
     let err = client
         .deliver(cluster::Envelope {
             from: "x".into(),
@@ -322,23 +329,53 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    // A vote request from a non-member is ignored: no term change.
-    client
-        .deliver(cluster::Envelope {
-            from: "intruder".into(),
-            message: Some(cluster::envelope::Message::RequestVote(
-                cluster::RequestVote {
-                    term: 1_000,
-                    config_term: 1_000,
-                    config_version: 1_000,
-                },
-            )),
-        })
+    let vote = || cluster::Envelope {
+        from: "intruder".into(),
+        message: Some(cluster::envelope::Message::RequestVote(
+            cluster::RequestVote {
+                term: 1_000,
+                config_term: 1_000,
+                config_version: 1_000,
+            },
+        )),
+    };
+    // A member naming another node as the sender: refused.
+    let err = client.deliver(vote()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // A key that is not a member's: refused, whatever it claims to be.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
+    let config =
+        granary::security::tls::client_config(&stranger, [a.node_id.parse().unwrap()]).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect_with_connector(granary::security::tls::connector(config))
         .await
-        .expect("delivered (and ignored)");
+        .unwrap();
+    let mut stranger_client = ClusterClient::new(channel);
+    let mut as_member = vote();
+    as_member.from = stranger.fingerprint.to_string();
+    let err = stranger_client.deliver(as_member).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = stranger_client
+        .status(cluster::StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // Plaintext: no TLS, no answer.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        assert!(ClusterClient::new(channel).deliver(vote()).await.is_err());
+    }
     let after = status(&a).await.expect("status");
     assert_eq!(after.term, before.term);
     assert_eq!(after.config_version, before.config_version);
+    assert_eq!(after.members, 1);
     assert!(after.quorum);
 }
 
@@ -353,12 +390,7 @@ async fn negotiate_answers_the_live_members() {
         r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
     })
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", b.grpc))
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .unwrap();
+    let channel = support::cluster::channel(&b).await.expect("channel");
     let reply = messages::control_plane_client::ControlPlaneClient::new(channel)
         .negotiate(messages::NegotiateRequest {
             known_hosts: vec!["elsewhere:1".into()],

@@ -36,12 +36,10 @@ fn start_node(extra: &[&str]) -> (TempDir, NodeProcess) {
     (dir, node)
 }
 
+/// A channel as a member opens it: mutual TLS with the node's own key (the
+/// seed's client runs over it unchanged).
 async fn channel(node: &NodeProcess) -> Channel {
-    Endpoint::from_shared(format!("http://{}", node.grpc))
-        .expect("endpoint")
-        .connect_timeout(CALL_DEADLINE)
-        .timeout(CALL_DEADLINE)
-        .connect()
+    support::cluster::channel(node)
         .await
         .expect("connect to the gRPC port")
 }
@@ -430,4 +428,31 @@ async fn a_truncated_grpc_message_is_refused_and_the_node_stays_healthy() {
     assert_ne!(code, Code::Ok, "{code:?} {message:?}");
     assert!(data.is_empty(), "no reply message for a truncated request");
     assert_healthy(&node).await;
+}
+
+/// The cluster port speaks mutual TLS by default: the seed's client over
+/// plaintext gets no answer. With `--insecure-cluster` the same client is
+/// served in plaintext.
+#[tokio::test]
+async fn plaintext_is_refused_unless_the_node_runs_insecure() {
+    let plain = |node: &NodeProcess| {
+        let address = format!("http://{}", node.grpc);
+        async move {
+            let channel = Endpoint::from_shared(address)
+                .expect("endpoint")
+                .timeout(CALL_DEADLINE)
+                .connect()
+                .await?;
+            let reply = ControlPlaneClient::new(channel).ping(req(Empty {})).await?;
+            Ok::<_, Box<dyn std::error::Error>>(reply.into_inner())
+        }
+    };
+    let (_dir, secure) = start_node(&[]);
+    assert!(plain(&secure).await.is_err(), "plaintext was served");
+    assert!(client(&secure).await.ping(req(Empty {})).await.is_ok());
+    let (_dir, insecure) = start_node(&["--insecure-cluster"]);
+    let reply = plain(&insecure)
+        .await
+        .expect("plaintext under --insecure-cluster");
+    assert_eq!(reply.host, insecure.grpc.to_string());
 }

@@ -66,7 +66,7 @@ fn keys() -> (tempfile::TempDir, NodeKeys) {
 async fn serve(server: &NodeKeys, trust: Arc<Trust>, limits: Limits) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let config = tls::server_config(server, trust.clone()).unwrap();
+    let config = tls::server_config(server, trust.clone(), tls::Admission::Trusted).unwrap();
     let incoming = tls::incoming(listener, config, trust, limits);
     tokio::spawn(
         Server::builder()

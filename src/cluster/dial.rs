@@ -1,36 +1,102 @@
 //! How this node opens gRPC channels to other nodes. Every outgoing
 //! channel (heartbeats, claims, forwarded calls, joins, `granary status`)
-//! is made here, so the transport is decided in one place: plaintext
-//! HTTP/2 today; pinned mutual TLS (`crate::security::tls`) once issue 5
-//! wires it in.
+//! is made here: pinned mutual TLS with this node's key (the default), or
+//! plaintext HTTP/2 under `--insecure-cluster`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
-/// An endpoint for `address` (`HOST:PORT`): `connect` is the deadline for
-/// the connection, `call` for each call made on it.
-pub fn endpoint(address: &str, connect: Duration, call: Duration) -> Result<Endpoint, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map(|endpoint| {
-            endpoint
-                .connect_timeout(connect)
-                .timeout(call)
-                .tcp_nodelay(true)
+use crate::security::{Fingerprint, NodeKeys, tls};
+
+/// Makes channels to other nodes. Cheap to clone.
+#[derive(Clone)]
+pub struct Dialer {
+    keys: Option<Arc<NodeKeys>>,
+}
+
+impl Dialer {
+    /// Mutual TLS with this node's key.
+    pub fn tls(keys: Arc<NodeKeys>) -> Dialer {
+        Dialer { keys: Some(keys) }
+    }
+
+    /// Plaintext (`--insecure-cluster`).
+    pub fn plaintext() -> Dialer {
+        Dialer { keys: None }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    fn endpoint(address: &str, connect: Duration, call: Duration) -> Result<Endpoint, String> {
+        Endpoint::from_shared(format!("http://{address}"))
+            .map(|endpoint| {
+                endpoint
+                    .connect_timeout(connect)
+                    .timeout(call)
+                    .tcp_nodelay(true)
+            })
+            .map_err(|_| format!("{address:?} is not HOST:PORT"))
+    }
+
+    fn tls_config(
+        &self,
+        expected: Option<Fingerprint>,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let config = match expected {
+            Some(fingerprint) => tls::client_config(keys, [fingerprint]),
+            None => tls::client_config_any_server(keys),
+        };
+        config
+            .map(Some)
+            .map_err(|e| format!("cannot set up TLS: {e}"))
+    }
+
+    /// A channel to `address`, connected now. `expected`: the key the node
+    /// there must hold (`None` only for a first contact).
+    pub async fn connect(
+        &self,
+        address: &str,
+        expected: Option<Fingerprint>,
+        connect: Duration,
+        call: Duration,
+    ) -> Result<Channel, String> {
+        let endpoint = Self::endpoint(address, connect, call)?;
+        let connected = match self.tls_config(expected)? {
+            Some(config) => {
+                endpoint
+                    .connect_with_connector(tls::connector(config))
+                    .await
+            }
+            None => endpoint.connect().await,
+        };
+        connected.map_err(|e| format!("cannot reach {address}: {e}"))
+    }
+
+    /// A channel to `address` that connects on first use (and again after
+    /// a failure). Call from within a tokio runtime: the channel lives there.
+    pub fn connect_lazy(
+        &self,
+        address: &str,
+        expected: Option<Fingerprint>,
+        connect: Duration,
+        call: Duration,
+    ) -> Result<Channel, String> {
+        let endpoint = Self::endpoint(address, connect, call)?;
+        Ok(match self.tls_config(expected)? {
+            Some(config) => endpoint.connect_with_connector_lazy(tls::connector(config)),
+            None => endpoint.connect_lazy(),
         })
-        .map_err(|_| format!("{address:?} is not HOST:PORT"))
+    }
 }
 
-/// A channel to `address`, connected now.
-pub async fn connect(address: &str, connect: Duration, call: Duration) -> Result<Channel, String> {
-    endpoint(address, connect, call)?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {address}: {e}"))
-}
-
-/// A channel to `address` that connects on first use (and again after a
-/// failure). Call from within a tokio runtime: the channel lives there.
-pub fn connect_lazy(address: &str, connect: Duration, call: Duration) -> Result<Channel, String> {
-    Ok(endpoint(address, connect, call)?.connect_lazy())
+/// The key a member id pins (ids are key fingerprints).
+pub fn pin(id: &str) -> Option<Fingerprint> {
+    id.parse().ok()
 }

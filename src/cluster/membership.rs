@@ -14,11 +14,12 @@ use granary_cluster_core::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
-use super::dial;
+use super::dial::{self, Dialer};
 use super::persist;
 use super::wire;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
+use crate::security::Fingerprint;
 
 /// Messages waiting for the task before deliveries are refused.
 const QUEUE: usize = 4_096;
@@ -76,12 +77,19 @@ pub struct ClusterHandle {
     timing: Timing,
     /// The cluster id recorded in this node's event store.
     cluster_id: Arc<str>,
+    /// How channels to other nodes are made.
+    dialer: Dialer,
     /// Set when this node can never be admitted (its store is not the
     /// cluster's): the node stops with this reason.
     fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl ClusterHandle {
+    /// How channels to other nodes are made.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
     /// The cluster id recorded in this node's event store.
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id
@@ -186,13 +194,18 @@ impl ClusterHandle {
                 }
                 (false, Some(address)) => {
                     let id = self.me.id.0.clone();
-                    let asked = ask(&address, |mut client| async move {
+                    let pin = status.leader.as_deref().and_then(dial::pin);
+                    let asked = ask(&self.dialer, &address, pin, |mut client| async move {
                         client.leave(pb::LeaveRequest { id }).await
                     })
                     .await;
-                    if asked.is_ok()
-                        && let Ok(Some(view)) = remote_status(&address).await
-                        && !view.peers.iter().any(|p| p.id == self.me.id.0)
+                    // Removed: the leader's view no longer lists this node,
+                    // or (with mutual TLS) it no longer answers it at all.
+                    if let Err(err) = &asked {
+                        tracing::debug!(%address, error = %err, "leave request not taken");
+                    }
+                    if let Ok(view) = remote_status(&self.dialer, &address, pin).await
+                        && view.is_none_or(|view| !view.peers.iter().any(|p| p.id == self.me.id.0))
                     {
                         return true;
                     }
@@ -221,6 +234,7 @@ pub fn start(
     join: Vec<String>,
     timing: Timing,
     cluster_id: String,
+    dialer: Dialer,
 ) -> anyhow::Result<(
     ClusterHandle,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -268,6 +282,7 @@ pub fn start(
         me: me.clone(),
         timing,
         cluster_id: cluster_id.into(),
+        dialer: dialer.clone(),
         fatal: tokio::sync::watch::channel(None).0,
     };
     let task = Membership {
@@ -278,6 +293,7 @@ pub fn start(
         committed,
         started,
         clients: HashMap::new(),
+        dialer: dialer.clone(),
         timing,
     };
     let joiner = handle.clone();
@@ -296,6 +312,7 @@ struct Membership {
     committed: tokio::sync::watch::Sender<ClusterConfig>,
     started: Instant,
     clients: HashMap<String, ClusterClient<Channel>>,
+    dialer: Dialer,
     timing: Timing,
 }
 
@@ -398,10 +415,17 @@ impl Membership {
             },
             (None, _) => return,
         };
-        let client = match self.clients.get(&address) {
+        // Channels are per member: the key pinned is the member's id.
+        let key = format!("{address}#{to}");
+        let client = match self.clients.get(&key) {
             Some(client) => client.clone(),
             None => {
-                let channel = match dial::connect_lazy(&address, SEND_DEADLINE, SEND_DEADLINE) {
+                let channel = match self.dialer.connect_lazy(
+                    &address,
+                    dial::pin(&to.0),
+                    SEND_DEADLINE,
+                    SEND_DEADLINE,
+                ) {
                     Ok(channel) => channel,
                     Err(err) => {
                         tracing::warn!(%address, error = %err, "cannot address a member");
@@ -409,7 +433,7 @@ impl Membership {
                     }
                 };
                 let client = ClusterClient::new(channel);
-                self.clients.insert(address.clone(), client.clone());
+                self.clients.insert(key, client.clone());
                 client
             }
         };
@@ -506,7 +530,13 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
             turn += 1;
             targets[turn % targets.len()].clone()
         });
-        match ask_to_join(&target, &handle.me, &handle.cluster_id).await {
+        // A known member's key is pinned; a seed is a first contact.
+        let pin = status
+            .peers
+            .iter()
+            .find(|p| p.address == target)
+            .and_then(|p| dial::pin(&p.id));
+        match ask_to_join(&handle.dialer, &target, pin, &handle.me, &handle.cluster_id).await {
             Ok(reply) if reply.refused => {
                 tracing::error!(%target, message = %reply.message, "admission refused");
                 handle.fatal.send_replace(Some(reply.message));
@@ -526,29 +556,56 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
     }
 }
 
-/// Calls `call` on a fresh client to `address`, with short deadlines.
-async fn ask<T, F, Fut>(address: &str, call: F) -> Result<T, String>
+/// Calls `call` on a fresh client to `address` (whose key must be `pin`),
+/// with short deadlines.
+async fn ask<T, F, Fut>(
+    dialer: &Dialer,
+    address: &str,
+    pin: Option<Fingerprint>,
+    call: F,
+) -> Result<T, String>
 where
     F: FnOnce(ClusterClient<Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let channel = dial::connect(address, Duration::from_secs(1), Duration::from_secs(2)).await?;
+    let channel = dialer
+        .connect(address, pin, Duration::from_secs(1), Duration::from_secs(2))
+        .await?;
     call(ClusterClient::new(channel))
         .await
         .map(tonic::Response::into_inner)
         .map_err(|e| e.to_string())
 }
 
-async fn remote_status(address: &str) -> Result<Option<pb::StatusReply>, String> {
-    ask(address, |mut client| async move {
-        client.status(pb::StatusRequest {}).await
-    })
-    .await
-    .map(Some)
+async fn remote_status(
+    dialer: &Dialer,
+    address: &str,
+    pin: Option<Fingerprint>,
+) -> Result<Option<pb::StatusReply>, String> {
+    let channel = dialer
+        .connect(address, pin, Duration::from_secs(1), Duration::from_secs(2))
+        .await?;
+    match ClusterClient::new(channel)
+        .status(pb::StatusRequest {})
+        .await
+    {
+        Ok(reply) => Ok(Some(reply.into_inner())),
+        // It answers members only, and does not count this node as one.
+        Err(status) if status.code() == tonic::Code::PermissionDenied => Ok(None),
+        Err(status) => Err(status.to_string()),
+    }
 }
 
-async fn ask_to_join(target: &str, me: &Member, cluster_id: &str) -> Result<pb::JoinReply, String> {
-    let channel = dial::connect(target, Duration::from_secs(2), Duration::from_secs(2)).await?;
+async fn ask_to_join(
+    dialer: &Dialer,
+    target: &str,
+    pin: Option<Fingerprint>,
+    me: &Member,
+    cluster_id: &str,
+) -> Result<pb::JoinReply, String> {
+    let channel = dialer
+        .connect(target, pin, Duration::from_secs(2), Duration::from_secs(2))
+        .await?;
     let mut client = ClusterClient::new(channel);
     let reply = client
         .join(pb::JoinRequest {

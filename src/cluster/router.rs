@@ -299,14 +299,31 @@ impl CartRouter {
         lock(&self.routes).clear();
     }
 
+    /// A channel to the member at `address`, pinned to its key.
     pub fn channel(&self, address: &str) -> Result<Channel, Unroutable> {
-        if let Some(channel) = lock(&self.channels).get(address) {
+        let pin = self
+            .cluster
+            .committed()
+            .members
+            .values()
+            .find(|m| m.address == address)
+            .and_then(|m| dial::pin(&m.id.0));
+        let dialer = self.cluster.dialer();
+        if dialer.is_tls() && pin.is_none() {
+            return Err(Unroutable(format!("{address} is not a member's address")));
+        }
+        let key = format!(
+            "{address}#{}",
+            pin.map(|p| p.to_string()).unwrap_or_default()
+        );
+        if let Some(channel) = lock(&self.channels).get(&key) {
             return Ok(channel.clone());
         }
         let _io = self.io.enter();
-        let channel = dial::connect_lazy(address, Duration::from_secs(1), RPC_DEADLINE)
+        let channel = dialer
+            .connect_lazy(address, pin, Duration::from_secs(1), RPC_DEADLINE)
             .map_err(Unroutable)?;
-        lock(&self.channels).insert(address.to_owned(), channel.clone());
+        lock(&self.channels).insert(key, channel.clone());
         Ok(channel)
     }
 

@@ -3,24 +3,45 @@
 use granary_cluster_core::{Change, NodeId, RejectReason};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use super::membership::ClusterHandle;
 use super::wire;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_server::Cluster;
+use crate::security::{PeerIdentity, Trust};
 
 pub struct ClusterService {
     handle: ClusterHandle,
     live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// With mutual TLS: the members' keys. `None` under `--insecure-cluster`.
+    trust: Option<Arc<Trust>>,
 }
 
 impl ClusterService {
     pub fn new(
         handle: ClusterHandle,
         live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+        trust: Option<Arc<Trust>>,
     ) -> Self {
         ClusterService {
             handle,
             live_grains,
+            trust,
+        }
+    }
+
+    /// With mutual TLS, the caller's key, which must be a member's; `None`
+    /// in plaintext (no identities to check).
+    fn member<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+        let Some(trust) = &self.trust else {
+            return Ok(None);
+        };
+        match request.extensions().get::<PeerIdentity>() {
+            Some(peer) if trust.admits(&peer.fingerprint) => Ok(Some(peer.fingerprint.to_string())),
+            _ => Err(Status::permission_denied(
+                "this node answers members of its cluster only",
+            )),
         }
     }
 
@@ -63,8 +84,17 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::Envelope>,
     ) -> Result<Response<pb::Delivered>, Status> {
+        let peer = self.member(&request)?;
         let (from, message) =
             wire::from_envelope(request.into_inner()).map_err(Status::invalid_argument)?;
+        // The sender is the authenticated peer, never a payload field.
+        if let Some(peer) = peer
+            && from.0 != peer
+        {
+            return Err(Status::permission_denied(
+                "from: a member speaks only for itself",
+            ));
+        }
         if !self.handle.deliver(from, message) {
             return Err(Status::resource_exhausted(
                 "the cluster task is behind; message dropped",
@@ -107,7 +137,15 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
+        let peer = self.member(&request)?;
         let id = request.into_inner().id;
+        if let Some(peer) = peer
+            && id != peer
+        {
+            return Err(Status::permission_denied(
+                "id: a member may only leave itself",
+            ));
+        }
         if id.is_empty()
             || id.len() > 261
             || id.chars().any(|c| c.is_control() || c.is_whitespace())
@@ -121,8 +159,9 @@ impl Cluster for ClusterService {
 
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        self.member(&request)?;
         let status = self
             .handle
             .status()

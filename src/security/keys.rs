@@ -75,6 +75,18 @@ pub struct NodeKeys {
 }
 
 impl NodeKeys {
+    /// Reads an existing key (and certificate) from `data_dir`; an error
+    /// if there is none (for tools that act as an existing node).
+    pub fn load(data_dir: &Path) -> anyhow::Result<NodeKeys> {
+        if !data_dir.join(KEY_FILE).exists() {
+            anyhow::bail!(
+                "no node key in {}: give the data directory of a member (--data-dir)",
+                data_dir.display()
+            );
+        }
+        Self::load_or_create(data_dir)
+    }
+
     /// Reads the key (and certificate) from `data_dir`, making them on
     /// first start. A missing certificate is made again from the key: the
     /// identity is the key.

@@ -16,4 +16,4 @@ pub mod keys;
 pub mod tls;
 
 pub use keys::{Fingerprint, NodeKeys};
-pub use tls::{Limits, PeerConnection, PeerIdentity, Trust};
+pub use tls::{Admission, Limits, PeerConnection, PeerIdentity, Trust};

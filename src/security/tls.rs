@@ -40,6 +40,8 @@ const SERVER_NAME: &str = "granary-node";
 /// the live connections of identities no longer in it.
 pub struct Trust {
     trusted: RwLock<BTreeSet<Fingerprint>>,
+    /// Admits every key (a node that has no members to trust yet).
+    open: std::sync::atomic::AtomicBool,
     generation: watch::Sender<u64>,
 }
 
@@ -47,21 +49,38 @@ impl Trust {
     pub fn new(trusted: impl IntoIterator<Item = Fingerprint>) -> Arc<Trust> {
         Arc::new(Trust {
             trusted: RwLock::new(trusted.into_iter().collect()),
+            open: std::sync::atomic::AtomicBool::new(false),
             generation: watch::channel(0).0,
         })
     }
 
     pub fn admits(&self, fingerprint: &Fingerprint) -> bool {
-        self.trusted
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(fingerprint)
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+            || self
+                .trusted
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(fingerprint)
     }
 
-    /// Replaces the trusted set.
+    /// Replaces the trusted set (and ends an open trust).
     pub fn set(&self, trusted: impl IntoIterator<Item = Fingerprint>) {
-        *self.trusted.write().unwrap_or_else(|p| p.into_inner()) = trusted.into_iter().collect();
+        let trusted: BTreeSet<Fingerprint> = trusted.into_iter().collect();
+        let mut current = self.trusted.write().unwrap_or_else(|p| p.into_inner());
+        let was_open = self.open.swap(false, std::sync::atomic::Ordering::AcqRel);
+        if *current == trusted && !was_open {
+            return;
+        }
+        *current = trusted;
+        drop(current);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Admits every key until the next `set`.
+    pub fn open(&self) {
+        if !self.open.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.generation.send_modify(|g| *g += 1);
+        }
     }
 }
 
@@ -73,10 +92,21 @@ fn not_admitted() -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
 }
 
-/// Admits a client whose key `Trust` holds.
+/// Which clients the TLS handshake admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Only keys `Trust` holds.
+    Trusted,
+    /// Any client that proves possession of its key; the services decide
+    /// what it may do (a node asking to join has no trusted key yet).
+    AnyKey,
+}
+
+/// Admits a client whose key `Trust` holds (or any key, see [`Admission`]).
 #[derive(Debug)]
 struct PinnedClients {
     trust: Arc<Trust>,
+    admission: Admission,
     provider: Arc<CryptoProvider>,
 }
 
@@ -100,7 +130,7 @@ impl ClientCertVerifier for PinnedClients {
         let fingerprint = Fingerprint::of_certificate(end_entity).ok_or(
             rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
         )?;
-        if self.trust.admits(&fingerprint) {
+        if self.admission == Admission::AnyKey || self.trust.admits(&fingerprint) {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(not_admitted())
@@ -142,10 +172,11 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
-/// Accepts a server only if its key is one of `expected`.
+/// Accepts a server only if its key is one of `expected` (any key when
+/// `None`: a first contact that will authenticate otherwise).
 #[derive(Debug)]
 struct PinnedServer {
-    expected: BTreeSet<Fingerprint>,
+    expected: Option<BTreeSet<Fingerprint>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -159,7 +190,12 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match Fingerprint::of_certificate(end_entity) {
-            Some(fingerprint) if self.expected.contains(&fingerprint) => {
+            Some(fingerprint)
+                if self
+                    .expected
+                    .as_ref()
+                    .is_none_or(|expected| expected.contains(&fingerprint)) =>
+            {
                 Ok(ServerCertVerified::assertion())
             }
             Some(_) => Err(not_admitted()),
@@ -211,13 +247,22 @@ fn own_certificate(keys: &NodeKeys) -> (Vec<CertificateDer<'static>>, PrivateKey
     )
 }
 
-/// The server side: TLS 1.3, HTTP/2, clients pinned by `trust`.
-pub fn server_config(keys: &NodeKeys, trust: Arc<Trust>) -> anyhow::Result<Arc<ServerConfig>> {
+/// The server side: TLS 1.3, HTTP/2, clients admitted by `admission`.
+pub fn server_config(
+    keys: &NodeKeys,
+    trust: Arc<Trust>,
+    admission: Admission,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = provider();
     let (chain, key) = own_certificate(keys);
+    let verifier = PinnedClients {
+        trust,
+        admission,
+        provider: provider.clone(),
+    };
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(PinnedClients { trust, provider }))
+        .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
@@ -228,10 +273,23 @@ pub fn client_config(
     keys: &NodeKeys,
     expected: impl IntoIterator<Item = Fingerprint>,
 ) -> anyhow::Result<Arc<ClientConfig>> {
+    client_config_for(keys, Some(expected.into_iter().collect()))
+}
+
+/// The client side for a first contact: any server key (the exchange must
+/// authenticate otherwise; only for asking to be admitted, or a status).
+pub fn client_config_any_server(keys: &NodeKeys) -> anyhow::Result<Arc<ClientConfig>> {
+    client_config_for(keys, None)
+}
+
+fn client_config_for(
+    keys: &NodeKeys,
+    expected: Option<BTreeSet<Fingerprint>>,
+) -> anyhow::Result<Arc<ClientConfig>> {
     let provider = provider();
     let (chain, key) = own_certificate(keys);
     let verifier = PinnedServer {
-        expected: expected.into_iter().collect(),
+        expected,
         provider: provider.clone(),
     };
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -358,6 +416,7 @@ pub fn incoming(
                 };
                 let connection = PeerConnection {
                     changes: WatchStream::from_changes(trust.generation.subscribe()),
+                    trusted: trust.admits(&fingerprint),
                     stream: tls,
                     peer: PeerIdentity {
                         fingerprint,
@@ -381,6 +440,10 @@ pub struct PeerConnection {
     peer: PeerIdentity,
     trust: Arc<Trust>,
     changes: WatchStream<u64>,
+    /// Whether the peer was trusted when it connected: only such a
+    /// connection is cut when trust is withdrawn (one that never was may
+    /// only ask to be admitted).
+    trusted: bool,
     revoked: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -388,10 +451,12 @@ pub struct PeerConnection {
 impl PeerConnection {
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while let Poll::Ready(change) = Pin::new(&mut self.changes).poll_next(cx) {
-            if change.is_none() || !self.trust.admits(&self.peer.fingerprint) {
+            let trusted_now = self.trust.admits(&self.peer.fingerprint);
+            if change.is_none() || (self.trusted && !trusted_now) {
                 self.revoked = true;
                 break;
             }
+            self.trusted = trusted_now;
         }
         if self.revoked {
             Err(io::Error::new(

@@ -11,16 +11,30 @@ pub mod pb {
 
 pub use pb::StatusReply;
 
+/// A gRPC channel to `node` as a member would open it: mutual TLS with the
+/// node's own key (it trusts itself), pinned to its key; plaintext if it
+/// runs with `--insecure-cluster`.
+pub async fn channel(node: &NodeProcess) -> Option<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2));
+    if node.insecure {
+        return endpoint.connect().await.ok();
+    }
+    let keys = granary::security::NodeKeys::load(&node.data_dir).ok()?;
+    let expected: granary::security::Fingerprint = node.node_id.parse().ok()?;
+    let config = granary::security::tls::client_config(&keys, [expected]).ok()?;
+    endpoint
+        .connect_with_connector(granary::security::tls::connector(config))
+        .await
+        .ok()
+}
+
 /// A node's `granary.cluster.v1.Cluster/Status`, or `None` if it does not
 /// answer within 2 s.
 pub async fn status(node: &NodeProcess) -> Option<StatusReply> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc)).ok()?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
+    let channel = channel(node).await?;
     let reply = pb::cluster_client::ClusterClient::new(channel)
         .status(pb::StatusRequest {})
         .await

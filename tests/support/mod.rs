@@ -22,6 +22,8 @@ pub struct NodeProcess {
     pub grpc: SocketAddr,
     pub node_id: String,
     pub data_dir: PathBuf,
+    /// Started with `--insecure-cluster` (plaintext between members).
+    pub insecure: bool,
 }
 
 impl NodeProcess {
@@ -71,6 +73,7 @@ impl NodeProcess {
             grpc: field("grpc").parse().expect("grpc addr"),
             node_id: field("node"),
             data_dir: data_dir.to_path_buf(),
+            insecure: extra.contains(&"--insecure-cluster"),
             child,
         }
     }
