@@ -11,9 +11,12 @@
 //! - `service.rs`: the `granary.cluster.v1.Cluster` gRPC service.
 //! - `persist.rs`: the durable state in `<data_dir>/cluster.json`.
 //!
-//! Not built yet (issue 3): the ownership directory actor, remote grain
-//! calls, `Closing` handling, mutual TLS (issue 5). Until then the sender of
-//! a message is taken from the envelope and is not authenticated.
+//! - `router.rs`: the ownership directory and the way to a cart's owner.
+//! - `grains_service.rs`: calls forwarded by other members.
+//! - `dial.rs`: every outgoing channel, pinned mutual TLS by default.
+//!
+//! With mutual TLS the sender of a message is the authenticated peer
+//! (`crate::security`); an envelope naming anyone else is refused.
 
 pub mod dial;
 mod grains_service;
