@@ -19,6 +19,7 @@ use crate::proto::messages::{
     CartIdsReply, ClosingNotice, Empty, NegotiateReply, NegotiateRequest, OwnerChangeAck,
     OwnerChangeRequest, PingReply,
 };
+use crate::security::PeerIdentity;
 
 /// Most hosts a `Negotiate` request may name.
 const MAX_HOSTS: usize = 1_024;
@@ -36,6 +37,29 @@ pub struct ControlPlaneService {
 }
 
 impl ControlPlaneService {
+    /// With mutual TLS, a request that names a member's address (a claim
+    /// for it, its closing) must come from that member: a member speaks
+    /// only for itself.
+    fn speaks_for<T>(
+        &self,
+        request: &Request<T>,
+        field: &str,
+        address: &str,
+    ) -> Result<(), Status> {
+        let (Some(cluster), Some(peer)) =
+            (&self.cluster, request.extensions().get::<PeerIdentity>())
+        else {
+            return Ok(());
+        };
+        let view = cluster.committed();
+        match view.members.values().find(|m| m.address == address) {
+            Some(member) if member.id.0 != peer.fingerprint.to_string() => Err(
+                Status::permission_denied(format!("{field}: a member speaks only for itself")),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     pub fn new(
         advertise: String,
         carts: GrainRuntime<CartGrain>,
@@ -128,11 +152,13 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<OwnerChangeRequest>,
     ) -> Result<Response<OwnerChangeAck>, Status> {
+        let peer_check = self.speaks_for(&request, "new_host", &request.get_ref().new_host);
         let request = request.into_inner();
         if uuid::Uuid::parse_str(&request.cart_id).is_err() {
             return Err(Status::invalid_argument("cart_id: not a UUID"));
         }
         check_host("new_host", &request.new_host)?;
+        peer_check?;
         if let Some(router) = &self.router {
             let (accepted, message) = router.claim_here(&request.cart_id, &request.new_host);
             return Ok(Response::new(OwnerChangeAck { accepted, message }));
@@ -157,8 +183,10 @@ impl ControlPlane for ControlPlaneService {
         &self,
         request: Request<ClosingNotice>,
     ) -> Result<Response<OwnerChangeAck>, Status> {
+        let peer_check = self.speaks_for(&request, "host", &request.get_ref().host);
         let notice = request.into_inner();
         check_host("host", &notice.host)?;
+        peer_check?;
         tracing::info!(host = %notice.host, "peer announced it is closing");
         if let Some(router) = &self.router {
             router.member_closed(&notice.host);

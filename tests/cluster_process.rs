@@ -380,7 +380,7 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn negotiate_answers_the_live_members() {
+async fn negotiate_answers_the_live_members_and_a_member_speaks_only_for_itself() {
     pub mod messages {
         tonic::include_proto!("messages");
     }
@@ -406,6 +406,27 @@ async fn negotiate_answers_the_live_members() {
         hosts, expected,
         "the caller's hosts are not adopted; the members are listed"
     );
+    // A member speaks only for itself: B cannot claim a cart for A, nor
+    // announce that A is closing.
+    let channel = support::cluster::channel(&b).await.expect("channel");
+    let mut as_b = messages::control_plane_client::ControlPlaneClient::new(channel);
+    let err = as_b
+        .confirm_owner(messages::OwnerChangeRequest {
+            cart_id: uuid::Uuid::new_v4().to_string(),
+            new_host: a.grpc.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = as_b
+        .closing(messages::ClosingNotice {
+            host: a.grpc.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let view = status(&c).await.expect("status");
+    assert_eq!(view.members, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
