@@ -91,8 +91,10 @@ fn main() {
         let store = store.to_str().expect("path").to_owned();
         let a = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
         let seed = a.grpc.to_string();
-        let b = NodeProcess::start(&dir.path().join("b"), &["--store", &store, "--join", &seed]);
-        let mut c = NodeProcess::start(&dir.path().join("c"), &["--store", &store, "--join", &seed]);
+        let token = support::token(&a);
+        let join = ["--store", store.as_str(), "--join", &seed, "--token", &token];
+        let b = NodeProcess::start(&dir.path().join("b"), &join);
+        let mut c = NodeProcess::start(&dir.path().join("c"), &join);
         until_members(&a, 3).await;
         println!("# Granary cluster benchmark\n");
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts a 3-node Granary cluster on this machine: one embedded store shared
 # by all three (--store), one data directory each, node A founding the
-# cluster and B and C joining it. Prints `granary status`, then waits;
-# ctrl-c stops all three gracefully.
+# cluster and B and C joining it with a token A makes. Prints `granary
+# status`, then waits; ctrl-c stops all three gracefully.
 #
 #   examples/local_cluster.sh            # data under ./local-cluster
 #   GRANARY_CLUSTER_DIR=/tmp/c examples/local_cluster.sh
@@ -40,8 +40,10 @@ start() {
 }
 
 start a 8081 7071
-start b 8082 7072 --join 127.0.0.1:7071
-start c 8083 7073 --join 127.0.0.1:7071
+# Members speak mutual TLS; a new node shows a join token made on a member.
+token=$("$bin" token create --node 127.0.0.1:7071 --data-dir "$dir/a" --ttl 10m)
+start b 8082 7072 --join 127.0.0.1:7071 --token "$token"
+start c 8083 7073 --join 127.0.0.1:7071 --token "$token"
 
 echo
 "$bin" status --node 127.0.0.1:7071 --data-dir "$dir/a"

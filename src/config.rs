@@ -59,6 +59,8 @@ pub struct NodeConfig {
     /// Plaintext between members instead of mutual TLS (development only;
     /// logged as a warning at start).
     pub insecure_cluster: bool,
+    /// A join token a member made, for `join` (`granary token create`).
+    pub token: Option<crate::security::tokens::JoinToken>,
     /// A member that cannot see a majority for this long stops serving.
     pub fence_after: Duration,
     /// A member silent this long (to a majority) is removed and its grains
@@ -100,6 +102,7 @@ impl Default for NodeConfig {
             fence_after: Duration::from_millis(600),
             dead_after: Duration::from_millis(1_000),
             insecure_cluster: false,
+            token: None,
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct ConfigLayer {
     pub fence_after: Option<String>,
     pub dead_after: Option<String>,
     pub insecure_cluster: Option<bool>,
+    pub token: Option<String>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -183,6 +187,7 @@ pub const KEYS: &[&str] = &[
     "fence_after",
     "dead_after",
     "insecure_cluster",
+    "token",
 ];
 
 impl ConfigLayer {
@@ -255,6 +260,7 @@ impl ConfigLayer {
                     )),
                 })
                 .transpose()?,
+            token: get("token"),
         })
     }
 
@@ -275,6 +281,7 @@ impl ConfigLayer {
             heartbeat_every: other.heartbeat_every.or(self.heartbeat_every),
             fence_after: other.fence_after.or(self.fence_after),
             insecure_cluster: other.insecure_cluster.or(self.insecure_cluster),
+            token: other.token.or(self.token),
             dead_after: other.dead_after.or(self.dead_after),
         }
     }
@@ -414,6 +421,10 @@ impl ConfigLayer {
             fence_after,
             dead_after,
             insecure_cluster: self.insecure_cluster.unwrap_or(false),
+            token: match self.token.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(text) => Some(text.parse().map_err(|e: String| invalid("token", e))?),
+            },
         })
     }
 }
@@ -467,6 +478,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "fence_after" => layer.fence_after.is_some(),
         "dead_after" => layer.dead_after.is_some(),
         "insecure_cluster" => layer.insecure_cluster.is_some(),
+        "token" => layer.token.is_some(),
         _ => false,
     }
 }

@@ -26,6 +26,9 @@ enum Command {
     Openapi,
     /// Show a node's view of the cluster (talks to its gRPC port).
     Status(StatusArgs),
+    /// Join tokens: what a new node shows a member to be admitted.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +101,28 @@ struct ServeArgs {
     /// (development only; logged as a warning).
     #[arg(long)]
     insecure_cluster: bool,
+    /// A join token from a member (`granary token create`), for --join.
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a join token on a member and print it.
+    Create(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The member's gRPC address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7070")]
+    node: String,
+    /// The member's data directory: the request is made with its key.
+    #[arg(long, value_name = "DIR", default_value = "granary-data")]
+    data_dir: PathBuf,
+    /// How long the token is valid, e.g. 1h [default: 1h].
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    ttl: String,
 }
 
 fn main() -> ExitCode {
@@ -108,6 +133,18 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve(args) => serve(*args),
+        Command::Token(TokenCommand::Create(args)) => {
+            match granary::status::create_token(&args.node, &args.data_dir, &args.ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("granary: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status(args) => {
             match granary::status::run(&args.node, &args.data_dir, args.insecure_cluster, args.json)
             {
@@ -151,6 +188,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         fence_after: args.fence_after,
         dead_after: args.dead_after,
         insecure_cluster: args.insecure_cluster.then_some(true),
+        token: args.token,
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

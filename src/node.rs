@@ -29,6 +29,7 @@ use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
 use crate::security::tls::{Admission, Limits};
+use crate::security::tokens::Tokens;
 use crate::security::{Fingerprint, NodeKeys, PeerIdentity, Trust};
 use granary_cluster_core::{Member, NodeId};
 use tonic::service::interceptor::InterceptedService;
@@ -91,6 +92,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         config.timing(),
         cluster_id.clone(),
         dialer,
+        config.token.clone(),
     )?;
     let live_grains = {
         let carts = carts.clone();
@@ -136,7 +138,12 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                 Some(cluster.clone()),
                 Some(router.clone()),
             ),
-            cluster: ClusterService::new(cluster.clone(), live_grains, trust.clone()),
+            cluster: ClusterService::new(
+                cluster.clone(),
+                live_grains,
+                trust.clone(),
+                Arc::new(Tokens::open(&config.data_dir)?),
+            ),
             grains: GrainsService::new(router.clone(), carts.clone()),
         },
         trust.map(|trust| (keys.clone(), trust)),

@@ -139,3 +139,38 @@ async fn peer_grains(dialer: &Dialer, address: &str, id: &str) -> Option<u64> {
         .ok()?;
     Some(reply.into_inner().live_grains)
 }
+
+/// Asks the member at `node` for a join token valid for `ttl` (e.g. `1h`),
+/// authenticating with the key in its `data_dir`.
+pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow::Result<String> {
+    let ttl = crate::config::parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let keys = NodeKeys::load(data_dir)?;
+    let own: crate::security::Fingerprint = keys.fingerprint;
+    let dialer = Dialer::tls(std::sync::Arc::new(keys));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = dialer
+            .connect(
+                node,
+                Some(own),
+                Duration::from_secs(3),
+                Duration::from_secs(3),
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (is {} the data directory of the node at {node}?)",
+                    data_dir.display()
+                )
+            })?;
+        let reply = ClusterClient::new(channel)
+            .create_token(crate::proto::cluster::CreateTokenRequest {
+                ttl_seconds: ttl.as_secs(),
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!("{node}: {}", status.message()))?;
+        Ok(reply.into_inner().token)
+    })
+}

@@ -17,8 +17,10 @@ fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess)
     let store = dir.join("shared.db").to_str().expect("path").to_owned();
     let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
     let seed = a.grpc.to_string();
-    let b = NodeProcess::start(&dir.join("b"), &["--store", &store, "--join", &seed]);
-    let c = NodeProcess::start(&dir.join("c"), &["--store", &store, "--join", &seed]);
+    let token = support::token(&a);
+    let join = ["--store", &store, "--join", &seed, "--token", &token];
+    let b = NodeProcess::start(&dir.join("b"), &join);
+    let c = NodeProcess::start(&dir.join("c"), &join);
     (a, b, c)
 }
 
@@ -115,8 +117,10 @@ async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]
     let store = dir.join("shared.db").to_str().expect("path").to_owned();
     let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
     let seed = a.grpc.to_string();
-    let b = NodeProcess::start(&dir.join("b"), &["--store", &store, "--join", &seed]);
-    let c = NodeProcess::start(&dir.join("c"), &["--store", &store, "--join", &seed]);
+    let token = support::token(&a);
+    let join = ["--store", &store, "--join", &seed, "--token", &token];
+    let b = NodeProcess::start(&dir.join("b"), &join);
+    let c = NodeProcess::start(&dir.join("c"), &join);
     until_all(&[&a, &b, &c], "three live members", |r| {
         r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
     })
@@ -639,11 +643,12 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
     let names = ["a", "b", "c"];
     let first = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
     let seed = first.grpc.to_string();
+    let token = support::token(&first);
     let mut nodes = vec![first];
     for name in &names[1..] {
         nodes.push(NodeProcess::start(
             &dir.path().join(name),
-            &["--store", &store, "--join", &seed],
+            &["--store", &store, "--join", &seed, "--token", &token],
         ));
     }
     until_all(
@@ -738,4 +743,122 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
         total_retries.total()
     );
     assert_eq!(total_failed, 0);
+}
+
+/// Joining takes a token a member made. A node with no token, a wrong one,
+/// an expired one, or one asking for another node's id is not admitted,
+/// and the membership is unchanged; tokens are made by the node itself
+/// only. (Every other cluster test joins with a valid token.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_takes_a_valid_token_made_by_a_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store.to_str().unwrap()]);
+    let cluster_id = {
+        // The cluster id is in the store; a joiner on the same store sends it.
+        granary_store::EventStore::cluster_id(
+            &granary_store::SqliteStore::open(&store).unwrap(),
+            None,
+        )
+        .await
+        .unwrap()
+        .expect("a cluster id")
+    };
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
+    let config =
+        granary::security::tls::client_config(&stranger, [a.node_id.parse().unwrap()]).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+        .connect_with_connector(granary::security::tls::connector(config))
+        .await
+        .unwrap();
+    let mut client = ClusterClient::new(channel);
+    let join = |id: String, token: String| cluster::JoinRequest {
+        member: Some(cluster::Member {
+            id,
+            address: "127.0.0.1:1".into(),
+        }),
+        cluster_id: cluster_id.clone(),
+        token,
+    };
+    let me = stranger.fingerprint.to_string();
+    // No token.
+    let reply = client
+        .join(join(me.clone(), String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !reply.accepted && reply.message.contains("token"),
+        "{reply:?}"
+    );
+    // A wrong token: refused for good.
+    let reply = client
+        .join(join(me.clone(), "0".repeat(64)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.accepted && reply.refused, "{reply:?}");
+    // A token made by A, but for somebody else's id.
+    let token: granary::security::tokens::JoinToken = support::token(&a).parse().unwrap();
+    let reply = client
+        .join(join(a.node_id.clone(), token.secret.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.accepted && reply.refused, "{reply:?}");
+    // Tokens are made by the node itself, not by whoever asks.
+    let err = client
+        .create_token(cluster::CreateTokenRequest { ttl_seconds: 60 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // An expired token: made with a one-second life, used after it.
+    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args([
+            "token",
+            "create",
+            "--ttl",
+            "1s",
+            "--node",
+            &a.grpc.to_string(),
+            "--data-dir",
+        ])
+        .arg(&a.data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let short: granary::security::tokens::JoinToken = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let reply = client
+        .join(join(me.clone(), short.secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.accepted && reply.refused, "{reply:?}");
+    let after = status(&a).await.expect("status");
+    assert_eq!(after.members, 1, "{after:?}");
+    assert!(after.peers.iter().all(|p| p.id == a.node_id), "{after:?}");
+    // The token pins A's key, and a valid one admits a real node.
+    assert!(token.members.contains(&a.node_id.parse().unwrap()));
+    let b = NodeProcess::start(
+        &dir.path().join("b"),
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "--join",
+            &a.grpc.to_string(),
+            "--token",
+            &token.to_string(),
+        ],
+    );
+    until_all(&[&a, &b], "B admitted with the token", |r| {
+        r.members == 2 && r.committed_version == r.config_version
+    })
+    .await;
 }

@@ -45,14 +45,10 @@ async fn a_node_cut_off_fences_before_the_majority_serves_its_carts_and_rejoins_
         &grpc_a,
         &["--store", &store, "--advertise", &behind],
     );
-    let b = NodeProcess::start(
-        &dir.path().join("b"),
-        &["--store", &store, "--join", &grpc_a],
-    );
-    let c = NodeProcess::start(
-        &dir.path().join("c"),
-        &["--store", &store, "--join", &grpc_a],
-    );
+    let token = support::token(&a);
+    let join = ["--store", &store, "--join", &grpc_a, "--token", &token];
+    let b = NodeProcess::start(&dir.path().join("b"), &join);
+    let c = NodeProcess::start(&dir.path().join("c"), &join);
     for node in [&a, &b, &c] {
         until(node, "three live members", |r| {
             r.members == 3

@@ -250,12 +250,19 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
         (0..3).map(|_| (free_addr(), free_addr())).unzip();
     let proxy = proxy::Proxy::start(grpc_addrs[0].parse().unwrap()).await;
     let behind = proxy.addr.to_string();
+    let token = std::cell::OnceCell::new();
     let args = |i: usize| -> Vec<String> {
         let mut args = vec!["--store".to_owned(), url.clone()];
         if i == 0 {
             args.extend(["--advertise".to_owned(), behind.clone()]);
         } else {
-            args.extend(["--join".to_owned(), grpc_addrs[0].clone()]);
+            let token: &String = token.get().expect("a token from the founder");
+            args.extend([
+                "--join".to_owned(),
+                grpc_addrs[0].clone(),
+                "--token".to_owned(),
+                token.clone(),
+            ]);
         }
         args
     };
@@ -269,7 +276,9 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
             &args,
         )
     };
-    let mut nodes = vec![start(0), start(1), start(2)];
+    let founder = start(0);
+    let _ = token.set(support::token(&founder));
+    let mut nodes = vec![founder, start(1), start(2)];
     all_back(&nodes, "three live members").await;
 
     let http = Http::new();

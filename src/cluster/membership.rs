@@ -20,6 +20,7 @@ use super::wire;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::security::Fingerprint;
+use crate::security::tokens::JoinToken;
 
 /// Messages waiting for the task before deliveries are refused.
 const QUEUE: usize = 4_096;
@@ -56,6 +57,10 @@ pub struct ClusterStatus {
     /// The address of each member, by id.
     #[serde(skip)]
     pub addresses: HashMap<String, String>,
+    /// Former members (removed by a committed config, not admitted since):
+    /// they may ask to come back with their key alone.
+    #[serde(skip)]
+    pub departed: Vec<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -235,6 +240,7 @@ pub fn start(
     timing: Timing,
     cluster_id: String,
     dialer: Dialer,
+    token: Option<JoinToken>,
 ) -> anyhow::Result<(
     ClusterHandle,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -298,7 +304,7 @@ pub fn start(
     };
     let joiner = handle.clone();
     let run = async move {
-        tokio::spawn(join_until_member(joiner, join));
+        tokio::spawn(join_until_member(joiner, join, token));
         task.run(rx).await;
     };
     Ok((handle, run))
@@ -452,6 +458,13 @@ impl Membership {
         let live = self.node.live_members(now);
         let config = self.node.config();
         ClusterStatus {
+            departed: self
+                .node
+                .durable()
+                .departed
+                .iter()
+                .map(|id| id.0.clone())
+                .collect(),
             node_id: self.node.id().0.clone(),
             role: match self.node.role() {
                 Role::Leader => "leader",
@@ -494,7 +507,7 @@ impl Membership {
 /// asks the seeds and the members it knows (then whichever leader they
 /// name) to admit it. Asking a leader that already lists it changes
 /// nothing.
-async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
+async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Option<JoinToken>) {
     let patience = Duration::from_millis(handle.timing.dead_after * 2);
     let mut unserved_since: Option<tokio::time::Instant> = None;
     let mut leader_hint: Option<String> = None;
@@ -530,13 +543,39 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>) {
             turn += 1;
             targets[turn % targets.len()].clone()
         });
-        // A known member's key is pinned; a seed is a first contact.
-        let pin = status
+        // A known member's key is pinned; a seed is pinned to the members
+        // the join token names (without a token, a first contact).
+        let known = status
             .peers
             .iter()
             .find(|p| p.address == target)
             .and_then(|p| dial::pin(&p.id));
-        match ask_to_join(&handle.dialer, &target, pin, &handle.me, &handle.cluster_id).await {
+        let outcome = match (known, &token) {
+            (Some(pin), _) => {
+                ask_to_join(
+                    &handle.dialer,
+                    &target,
+                    Some(pin),
+                    &handle.me,
+                    &handle.cluster_id,
+                    None,
+                )
+                .await
+            }
+            (None, Some(token)) => ask_seed(&handle, &target, token).await,
+            (None, None) => {
+                ask_to_join(
+                    &handle.dialer,
+                    &target,
+                    None,
+                    &handle.me,
+                    &handle.cluster_id,
+                    None,
+                )
+                .await
+            }
+        };
+        match outcome {
             Ok(reply) if reply.refused => {
                 tracing::error!(%target, message = %reply.message, "admission refused");
                 handle.fatal.send_replace(Some(reply.message));
@@ -596,12 +635,39 @@ async fn remote_status(
     }
 }
 
+/// Asks a seed to admit this node with `token`: the seed must hold one of
+/// the keys the token names (tried in turn), and gets the token's secret.
+async fn ask_seed(
+    handle: &ClusterHandle,
+    target: &str,
+    token: &JoinToken,
+) -> Result<pb::JoinReply, String> {
+    let mut last = String::from("the token names no member");
+    for pin in &token.members {
+        match ask_to_join(
+            &handle.dialer,
+            target,
+            Some(*pin),
+            &handle.me,
+            &handle.cluster_id,
+            Some(token),
+        )
+        .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
+}
+
 async fn ask_to_join(
     dialer: &Dialer,
     target: &str,
     pin: Option<Fingerprint>,
     me: &Member,
     cluster_id: &str,
+    token: Option<&JoinToken>,
 ) -> Result<pb::JoinReply, String> {
     let channel = dialer
         .connect(target, pin, Duration::from_secs(2), Duration::from_secs(2))
@@ -609,11 +675,9 @@ async fn ask_to_join(
     let mut client = ClusterClient::new(channel);
     let reply = client
         .join(pb::JoinRequest {
-            member: Some(pb::Member {
-                id: me.id.0.clone(),
-                address: me.address.clone(),
-            }),
+            member: Some(wire::member_to_wire(me)),
             cluster_id: cluster_id.to_owned(),
+            token: token.map(|t| t.secret.clone()).unwrap_or_default(),
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
 //! The `granary.cluster.v1.Cluster` gRPC service.
 
-use granary_cluster_core::{Change, NodeId, RejectReason};
+use granary_cluster_core::{Change, Member, NodeId, RejectReason};
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::membership::ClusterHandle;
 use super::wire;
 use crate::proto::cluster as pb;
+use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::cluster::cluster_server::Cluster;
+use crate::security::tokens::Tokens;
 use crate::security::{PeerIdentity, Trust};
 
 pub struct ClusterService {
@@ -16,6 +18,8 @@ pub struct ClusterService {
     live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
     /// With mutual TLS: the members' keys. `None` under `--insecure-cluster`.
     trust: Option<Arc<Trust>>,
+    /// The join tokens this node made.
+    tokens: Arc<Tokens>,
 }
 
 impl ClusterService {
@@ -23,11 +27,60 @@ impl ClusterService {
         handle: ClusterHandle,
         live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
         trust: Option<Arc<Trust>>,
+        tokens: Arc<Tokens>,
     ) -> Self {
         ClusterService {
             handle,
             live_grains,
             trust,
+            tokens,
+        }
+    }
+
+    /// Whether a mutual-TLS caller may ask to admit `member`: a member may
+    /// (it vouches, e.g. forwarding a join to the leader); a node asking
+    /// for itself may with a valid token, or with its key alone if it is a
+    /// former member coming back. `Err`: refused, and whether for good.
+    async fn may_join(
+        &self,
+        peer: &PeerIdentity,
+        member: &Member,
+        token: &str,
+    ) -> Result<(), (bool, &'static str)> {
+        let Some(trust) = &self.trust else {
+            return Ok(());
+        };
+        let is_member = self
+            .handle
+            .committed()
+            .members
+            .contains_key(&NodeId(peer.fingerprint.to_string()))
+            && trust.admits(&peer.fingerprint);
+        if is_member {
+            return Ok(());
+        }
+        if member.id.0 != peer.fingerprint.to_string() {
+            return Err((true, "a node may ask to be admitted only for itself"));
+        }
+        if !token.is_empty() {
+            return if self.tokens.verify(token) {
+                Ok(())
+            } else {
+                Err((true, "the join token is not valid here"))
+            };
+        }
+        let former = self
+            .handle
+            .status()
+            .await
+            .is_some_and(|status| status.departed.contains(&member.id.0));
+        if former {
+            Ok(())
+        } else {
+            Err((
+                false,
+                "a join token is needed (granary token create, on a member)",
+            ))
         }
     }
 
@@ -107,6 +160,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
+        let peer = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let member = request
             .member
@@ -130,7 +184,91 @@ impl Cluster for ClusterService {
                 leader_address: String::new(),
             }));
         }
-        Ok(Response::new(self.propose(Change::Join(member)).await))
+        if let Some(peer) = &peer
+            && let Err((for_good, why)) = self.may_join(peer, &member, &request.token).await
+        {
+            return Ok(Response::new(pb::JoinReply {
+                accepted: false,
+                refused: for_good,
+                message: format!("join refused: {why}"),
+                leader_address: String::new(),
+            }));
+        }
+        let reply = self.propose(Change::Join(member.clone())).await;
+        // Not the leader: vouch for the node to the leader, which admits
+        // what a member asks (the token stays with the member that made it).
+        if self.trust.is_some() && !reply.accepted && !reply.leader_address.is_empty() {
+            let leader = self
+                .handle
+                .committed()
+                .members
+                .values()
+                .find(|m| m.address == reply.leader_address)
+                .cloned();
+            if let Some(leader) = leader
+                && let Ok(channel) = self
+                    .handle
+                    .dialer()
+                    .connect(
+                        &leader.address,
+                        super::dial::pin(&leader.id.0),
+                        std::time::Duration::from_secs(1),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .await
+            {
+                let forwarded = ClusterClient::new(channel)
+                    .join(pb::JoinRequest {
+                        member: Some(wire::member_to_wire(&member)),
+                        cluster_id: request.cluster_id,
+                        token: String::new(),
+                    })
+                    .await;
+                if let Ok(answer) = forwarded {
+                    return Ok(Response::new(answer.into_inner()));
+                }
+            }
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
+        // Only the node itself: whoever holds its key (its operator).
+        let me = &self.handle.me().id.0;
+        match request.extensions().get::<PeerIdentity>() {
+            Some(peer) if &peer.fingerprint.to_string() == me => {}
+            Some(_) => {
+                return Err(Status::permission_denied(
+                    "tokens are made by the node itself: run granary token create with its --data-dir",
+                ));
+            }
+            None => {
+                return Err(Status::failed_precondition(
+                    "this cluster runs --insecure-cluster: joining needs no token",
+                ));
+            }
+        }
+        let ttl = request.into_inner().ttl_seconds;
+        if ttl == 0 || ttl > 30 * 24 * 3600 {
+            return Err(Status::invalid_argument("ttl_seconds: 1 s to 30 days"));
+        }
+        let members = self
+            .handle
+            .committed()
+            .members
+            .keys()
+            .filter_map(|id| id.0.parse().ok())
+            .collect();
+        let token = self
+            .tokens
+            .create(ttl, members)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::CreateTokenReply {
+            token: token.to_string(),
+        }))
     }
 
     async fn leave(

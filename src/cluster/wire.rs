@@ -73,14 +73,14 @@ pub(crate) fn config_to_wire(config: &ClusterConfig) -> pb::Config {
     pb::Config {
         version: config.version,
         term: config.term,
-        members: config
-            .members
-            .values()
-            .map(|m| pb::Member {
-                id: m.id.0.clone(),
-                address: m.address.clone(),
-            })
-            .collect(),
+        members: config.members.values().map(member_to_wire).collect(),
+    }
+}
+
+pub(crate) fn member_to_wire(member: &Member) -> pb::Member {
+    pb::Member {
+        id: member.id.0.clone(),
+        address: member.address.clone(),
     }
 }
 

@@ -14,6 +14,7 @@
 mod der;
 pub mod keys;
 pub mod tls;
+pub mod tokens;
 
 pub use keys::{Fingerprint, NodeKeys};
 pub use tls::{Admission, Limits, PeerConnection, PeerIdentity, Trust};

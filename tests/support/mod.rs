@@ -253,3 +253,28 @@ pub fn skus(cart: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A join token made on `node` with `granary token create` (its own key).
+pub fn token(node: &NodeProcess) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args([
+            "token",
+            "create",
+            "--node",
+            &node.grpc.to_string(),
+            "--data-dir",
+        ])
+        .arg(&node.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run granary token create");
+    assert!(
+        output.status.success(),
+        "granary token create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}

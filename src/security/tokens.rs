@@ -1,0 +1,238 @@
+//! Join tokens. A member makes one (`granary token create`): a random
+//! secret, an expiry, and the fingerprints of the members to pin. The
+//! member keeps only the SHA-256 of the secret and the expiry, in
+//! `<data_dir>/tokens.json`; a joining node pins the member's key from the
+//! token before it sends anything, then presents the secret, which the
+//! member compares in constant time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::keys::Fingerprint;
+
+const FILE: &str = "tokens.json";
+/// The token's text starts with this (and a version).
+const PREFIX: &str = "granary1";
+/// Most tokens a member keeps (expired ones are dropped first).
+const MAX_TOKENS: usize = 1_000;
+
+/// A token as a joining node holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub secret: String,
+    pub expires_unix: u64,
+    pub members: Vec<Fingerprint>,
+}
+
+impl std::fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<String> = self.members.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "{PREFIX}:{}:{}:{}",
+            self.secret,
+            self.expires_unix,
+            members.join(",")
+        )
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || "not a join token (granary1:SECRET:EXPIRY:FINGERPRINTS)".to_owned();
+        let mut parts = text.trim().split(':');
+        if parts.next() != Some(PREFIX) {
+            return Err(bad());
+        }
+        let secret = parts.next().ok_or_else(bad)?;
+        if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let expires_unix = parts.next().and_then(|e| e.parse().ok()).ok_or_else(bad)?;
+        let members = parts
+            .next()
+            .ok_or_else(bad)?
+            .split(',')
+            .map(|f| f.parse::<Fingerprint>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| bad())?;
+        if members.is_empty() || parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(JoinToken {
+            secret: secret.to_owned(),
+            expires_unix,
+            members,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    /// SHA-256 of the secret, hex.
+    hash: String,
+    expires_unix: u64,
+}
+
+/// The tokens a member made: only hashes and expiries.
+pub struct Tokens {
+    path: PathBuf,
+    entries: Mutex<Vec<Entry>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares without an early exit, so the time taken says nothing about
+/// how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Tokens {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Tokens> {
+        let path = data_dir.join(FILE);
+        let entries = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is damaged", path.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Tokens {
+            path,
+            entries: Mutex::new(entries),
+        })
+    }
+
+    /// Makes a token valid for `ttl_seconds`, pinning `members`.
+    pub fn create(&self, ttl_seconds: u64, members: Vec<Fingerprint>) -> anyhow::Result<JoinToken> {
+        // 32 random bytes from the operating system's generator (two v4
+        // UUIDs: 244 random bits).
+        let secret: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+            .iter()
+            .flat_map(|u| *u.as_bytes())
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let expires_unix = now_unix().saturating_add(ttl_seconds);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix();
+        entries.retain(|e| e.expires_unix > now);
+        if entries.len() >= MAX_TOKENS {
+            anyhow::bail!("{MAX_TOKENS} tokens are still valid; let some expire first");
+        }
+        entries.push(Entry {
+            hash: hash(&secret),
+            expires_unix,
+        });
+        self.save(&entries)?;
+        Ok(JoinToken {
+            secret,
+            expires_unix,
+            members,
+        })
+    }
+
+    /// Whether `secret` belongs to a token this member made that has not
+    /// expired. Every stored hash is compared, in constant time.
+    pub fn verify(&self, secret: &str) -> bool {
+        let presented = hash(secret);
+        let now = now_unix();
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.iter().fold(false, |found, entry| {
+            let matches = constant_time_eq(entry.hash.as_bytes(), presented.as_bytes());
+            found | (matches & (entry.expires_unix > now))
+        })
+    }
+
+    fn save(&self, entries: &[Entry]) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(entries)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint(byte: u8) -> Fingerprint {
+        Fingerprint([byte; 32])
+    }
+
+    #[test]
+    fn a_token_reads_back_from_its_text_and_verifies_where_it_was_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::open(dir.path()).unwrap();
+        let token = tokens
+            .create(3600, vec![fingerprint(1), fingerprint(2)])
+            .unwrap();
+        let parsed: JoinToken = token.to_string().parse().unwrap();
+        assert_eq!(parsed, token);
+        assert!(tokens.verify(&token.secret));
+        // Kept across a restart, as a hash only.
+        let again = Tokens::open(dir.path()).unwrap();
+        assert!(again.verify(&token.secret));
+        let stored = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(
+            !stored.contains(&token.secret),
+            "the secret itself is stored"
+        );
+    }
+
+    #[test]
+    fn wrong_and_expired_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::open(dir.path()).unwrap();
+        let token = tokens.create(3600, vec![fingerprint(1)]).unwrap();
+        let mut wrong = token.secret.clone();
+        wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
+        assert!(!tokens.verify(&wrong));
+        assert!(!tokens.verify(""));
+        let expired = tokens.create(0, vec![fingerprint(1)]).unwrap();
+        assert!(!tokens.verify(&expired.secret));
+    }
+
+    #[test]
+    fn malformed_token_text_is_refused() {
+        for text in [
+            "",
+            "granary1",
+            "granary1:abc:1:00",
+            "other:..",
+            &format!("granary1:{}:x:{}", "a".repeat(64), "b".repeat(64)),
+        ] {
+            assert!(text.parse::<JoinToken>().is_err(), "{text:?}");
+        }
+    }
+}
