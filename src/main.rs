@@ -29,6 +29,9 @@ enum Command {
     /// Join tokens: what a new node shows a member to be admitted.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Cluster members.
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
 
 #[derive(clap::Args)]
@@ -112,6 +115,25 @@ enum TokenCommand {
     Create(TokenArgs),
 }
 
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Remove a member for good: its key is revoked cluster-wide, its live
+    /// connections are cut, and it can never join again.
+    Remove(RemoveArgs),
+}
+
+#[derive(clap::Args)]
+struct RemoveArgs {
+    /// The id of the member to remove (`granary status` lists them).
+    id: String,
+    /// A member's gRPC address (not the one removed).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7070")]
+    node: String,
+    /// That member's data directory: the request is made with its key.
+    #[arg(long, value_name = "DIR", default_value = "granary-data")]
+    data_dir: PathBuf,
+}
+
 #[derive(clap::Args)]
 struct TokenArgs {
     /// The member's gRPC address.
@@ -137,6 +159,18 @@ fn main() -> ExitCode {
             match granary::status::create_token(&args.node, &args.data_dir, &args.ttl) {
                 Ok(token) => {
                     println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("granary: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Node(NodeCommand::Remove(args)) => {
+            match granary::status::remove_node(&args.node, &args.data_dir, &args.id) {
+                Ok(message) => {
+                    println!("{message}");
                     ExitCode::SUCCESS
                 }
                 Err(err) => {

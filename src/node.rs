@@ -143,6 +143,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                 live_grains,
                 trust.clone(),
                 Arc::new(Tokens::open(&config.data_dir)?),
+                store.clone(),
             ),
             grains: GrainsService::new(router.clone(), carts.clone()),
         },

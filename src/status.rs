@@ -140,12 +140,15 @@ async fn peer_grains(dialer: &Dialer, address: &str, id: &str) -> Option<u64> {
     Some(reply.into_inner().live_grains)
 }
 
-/// Asks the member at `node` for a join token valid for `ttl` (e.g. `1h`),
-/// authenticating with the key in its `data_dir`.
-pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow::Result<String> {
-    let ttl = crate::config::parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+/// Runs `call` against the node at `node` as that node itself: with the
+/// key in its `data_dir`, pinned to that key (an operator's request).
+fn as_the_node<T, F, Fut>(node: &str, data_dir: &std::path::Path, call: F) -> anyhow::Result<T>
+where
+    F: FnOnce(ClusterClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
     let keys = NodeKeys::load(data_dir)?;
-    let own: crate::security::Fingerprint = keys.fingerprint;
+    let own = keys.fingerprint;
     let dialer = Dialer::tls(std::sync::Arc::new(keys));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -156,7 +159,7 @@ pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow
                 node,
                 Some(own),
                 Duration::from_secs(3),
-                Duration::from_secs(3),
+                Duration::from_secs(5),
             )
             .await
             .map_err(|e| {
@@ -165,12 +168,38 @@ pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow
                     data_dir.display()
                 )
             })?;
-        let reply = ClusterClient::new(channel)
+        call(ClusterClient::new(channel))
+            .await
+            .map_err(|status| anyhow::anyhow!("{node}: {}", status.message()))
+    })
+}
+
+/// Asks the member at `node` for a join token valid for `ttl` (e.g. `1h`),
+/// authenticating with the key in its `data_dir`.
+pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow::Result<String> {
+    let ttl = crate::config::parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    as_the_node(node, data_dir, |mut client| async move {
+        client
             .create_token(crate::proto::cluster::CreateTokenRequest {
                 ttl_seconds: ttl.as_secs(),
             })
             .await
-            .map_err(|status| anyhow::anyhow!("{node}: {}", status.message()))?;
-        Ok(reply.into_inner().token)
+            .map(|reply| reply.into_inner().token)
     })
+}
+
+/// Asks the member at `node` to remove member `id` for good.
+pub fn remove_node(node: &str, data_dir: &std::path::Path, id: &str) -> anyhow::Result<String> {
+    let id = id.trim().to_owned();
+    let reply = as_the_node(node, data_dir, |mut client| async move {
+        client
+            .remove_node(crate::proto::cluster::RemoveNodeRequest { id })
+            .await
+            .map(tonic::Response::into_inner)
+    })?;
+    if reply.accepted {
+        Ok("removal taken: the member's key is revoked; the new membership follows".into())
+    } else {
+        anyhow::bail!("the removal was not taken: {}", reply.message)
+    }
 }

@@ -862,3 +862,87 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
     })
     .await;
 }
+
+/// `granary node remove`: the removal commits cluster-wide, the removed
+/// member's live connections are cut and new ones refused, it stops by
+/// itself when asking to come back is refused for good, and even a fresh
+/// token does not admit its key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_is_cut_off_and_cannot_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, [a, b, mut c]) = formed_on_one_store(dir.path()).await;
+    // C's own key, talking to A: served while C is a member.
+    let c_keys = granary::security::NodeKeys::load(&c.data_dir).unwrap();
+    let connect_as_c = || {
+        let config =
+            granary::security::tls::client_config(&c_keys, [a.node_id.parse().unwrap()]).unwrap();
+        let address = format!("http://{}", a.grpc);
+        async move {
+            tonic::transport::Endpoint::from_shared(address)
+                .unwrap()
+                .timeout(Duration::from_secs(2))
+                .connect_with_connector(granary::security::tls::connector(config))
+                .await
+                .map(ClusterClient::new)
+        }
+    };
+    let mut live = connect_as_c().await.expect("C connects to A");
+    assert!(live.status(cluster::StatusRequest {}).await.is_ok());
+
+    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args([
+            "node",
+            "remove",
+            &c.node_id,
+            "--node",
+            &a.grpc.to_string(),
+            "--data-dir",
+        ])
+        .arg(&a.data_dir)
+        .output()
+        .expect("granary node remove");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    until_all(&[&a, &b], "C removed", |r| {
+        r.members == 2
+            && r.committed_version == r.config_version
+            && r.peers.iter().all(|p| p.id != c.node_id)
+    })
+    .await;
+    // The live connection is cut; a new one is refused.
+    assert!(live.status(cluster::StatusRequest {}).await.is_err());
+    if let Ok(mut again) = connect_as_c().await {
+        assert!(again.status(cluster::StatusRequest {}).await.is_err());
+    }
+    // C asks to come back, is refused for good, and stops by itself.
+    let exit = tokio::task::block_in_place(|| c.wait_exit(Duration::from_secs(30)));
+    assert!(!exit.success(), "{exit}");
+    // A fresh token does not admit its key either.
+    let token: granary::security::tokens::JoinToken = support::token(&a).parse().unwrap();
+    if let Ok(mut client) = connect_as_c().await {
+        let reply = client
+            .join(cluster::JoinRequest {
+                member: Some(cluster::Member {
+                    id: c.node_id.clone(),
+                    address: c.grpc.to_string(),
+                }),
+                cluster_id: granary_store::EventStore::cluster_id(
+                    &granary_store::SqliteStore::open(&store).unwrap(),
+                    None,
+                )
+                .await
+                .unwrap()
+                .unwrap_or_default(),
+                token: token.secret.clone(),
+            })
+            .await
+            .expect("an answer")
+            .into_inner();
+        assert!(!reply.accepted && reply.refused, "{reply:?}");
+    }
+    let view = status(&a).await.expect("status");
+    assert_eq!(view.members, 2);
+}

@@ -12,6 +12,7 @@ use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::cluster::cluster_server::Cluster;
 use crate::security::tokens::Tokens;
 use crate::security::{PeerIdentity, Trust};
+use granary_store::{AppendRequest, EventStore, GrainKey, StoreError};
 
 pub struct ClusterService {
     handle: ClusterHandle,
@@ -20,6 +21,14 @@ pub struct ClusterService {
     trust: Option<Arc<Trust>>,
     /// The join tokens this node made.
     tokens: Arc<Tokens>,
+    /// The cluster's store: revoked keys are recorded there, for every
+    /// member to see.
+    store: Arc<dyn EventStore>,
+}
+
+/// The stream (in the cluster's store) that records a revoked key.
+fn revocation(id: &str) -> GrainKey {
+    GrainKey::new("granary-revoked-node", id)
 }
 
 impl ClusterService {
@@ -28,13 +37,52 @@ impl ClusterService {
         live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
         trust: Option<Arc<Trust>>,
         tokens: Arc<Tokens>,
+        store: Arc<dyn EventStore>,
     ) -> Self {
         ClusterService {
             handle,
             live_grains,
             trust,
             tokens,
+            store,
         }
+    }
+
+    /// Whether `id`'s key was removed for good (`granary node remove`).
+    async fn revoked(&self, id: &str) -> Result<bool, Status> {
+        self.store
+            .load(&revocation(id))
+            .await
+            .map(|loaded| loaded.version > 0)
+            .map_err(|e| Status::unavailable(format!("cannot read the store: {e}")))
+    }
+
+    /// The leader of this node's view, if it is another member.
+    fn other_leader(&self, leader_address: &str) -> Option<Member> {
+        self.handle
+            .committed()
+            .members
+            .values()
+            .find(|m| m.address == leader_address && m.id != self.handle.me().id)
+            .cloned()
+    }
+
+    /// A client to `leader`, with this node's key, pinned to the leader's.
+    async fn leader_client(
+        &self,
+        leader: &Member,
+    ) -> Option<ClusterClient<tonic::transport::Channel>> {
+        self.handle
+            .dialer()
+            .connect(
+                &leader.address,
+                super::dial::pin(&leader.id.0),
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(2),
+            )
+            .await
+            .ok()
+            .map(ClusterClient::new)
     }
 
     /// Whether a mutual-TLS caller may ask to admit `member`: a member may
@@ -58,6 +106,16 @@ impl ClusterService {
             && trust.admits(&peer.fingerprint);
         if is_member {
             return Ok(());
+        }
+        match self.revoked(&member.id.0).await {
+            Ok(true) => return Err((true, "this node's key was removed from the cluster")),
+            Ok(false) => {}
+            Err(_) => {
+                return Err((
+                    false,
+                    "the cluster's store is unavailable; asking again later",
+                ));
+            }
         }
         if member.id.0 != peer.fingerprint.to_string() {
             return Err((true, "a node may ask to be admitted only for itself"));
@@ -197,37 +255,72 @@ impl Cluster for ClusterService {
         let reply = self.propose(Change::Join(member.clone())).await;
         // Not the leader: vouch for the node to the leader, which admits
         // what a member asks (the token stays with the member that made it).
-        if self.trust.is_some() && !reply.accepted && !reply.leader_address.is_empty() {
-            let leader = self
-                .handle
-                .committed()
-                .members
-                .values()
-                .find(|m| m.address == reply.leader_address)
-                .cloned();
-            if let Some(leader) = leader
-                && let Ok(channel) = self
-                    .handle
-                    .dialer()
-                    .connect(
-                        &leader.address,
-                        super::dial::pin(&leader.id.0),
-                        std::time::Duration::from_secs(1),
-                        std::time::Duration::from_secs(2),
-                    )
-                    .await
-            {
-                let forwarded = ClusterClient::new(channel)
-                    .join(pb::JoinRequest {
-                        member: Some(wire::member_to_wire(&member)),
-                        cluster_id: request.cluster_id,
-                        token: String::new(),
-                    })
-                    .await;
-                if let Ok(answer) = forwarded {
-                    return Ok(Response::new(answer.into_inner()));
+        if self.trust.is_some()
+            && !reply.accepted
+            && let Some(leader) = self.other_leader(&reply.leader_address)
+            && let Some(mut client) = self.leader_client(&leader).await
+            && let Ok(answer) = client
+                .join(pb::JoinRequest {
+                    member: Some(wire::member_to_wire(&member)),
+                    cluster_id: request.cluster_id,
+                    token: String::new(),
+                })
+                .await
+        {
+            return Ok(Response::new(answer.into_inner()));
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        // The node itself (its operator, with its key) or another member
+        // forwarding to the leader.
+        let peer = self.member(&request)?;
+        if peer.is_none() {
+            return Err(Status::failed_precondition(
+                "this cluster runs --insecure-cluster: there are no keys to revoke",
+            ));
+        }
+        let id = request.into_inner().id;
+        if id.parse::<crate::security::Fingerprint>().is_err() {
+            return Err(Status::invalid_argument("id: a node id (64 hex digits)"));
+        }
+        if id == self.handle.me().id.0 {
+            return Err(Status::invalid_argument(
+                "id: a node cannot remove itself this way; stop it (SIGTERM) to leave",
+            ));
+        }
+        // Revoke first, in the cluster's store: from now on no member
+        // admits the key again, whatever it presents.
+        if !self.revoked(&id).await? {
+            let written = self
+                .store
+                .append(AppendRequest {
+                    key: revocation(&id),
+                    expected_version: 0,
+                    events: vec![b"revoked".to_vec()],
+                    idempotency: None,
+                })
+                .await;
+            match written {
+                Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                Err(err) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot record the removal: {err}"
+                    )));
                 }
             }
+        }
+        let reply = self.propose(Change::Leave(NodeId(id.clone()))).await;
+        if !reply.accepted
+            && let Some(leader) = self.other_leader(&reply.leader_address)
+            && let Some(mut client) = self.leader_client(&leader).await
+            && let Ok(answer) = client.remove_node(pb::RemoveNodeRequest { id }).await
+        {
+            return Ok(Response::new(answer.into_inner()));
         }
         Ok(Response::new(reply))
     }
