@@ -946,3 +946,48 @@ async fn a_removed_member_is_cut_off_and_cannot_come_back() {
     let view = status(&a).await.expect("status");
     assert_eq!(view.members, 2);
 }
+
+/// A man in the middle: the address a joining node was given answers with
+/// another key than the token pins (here another cluster's node). The
+/// joining node refuses it before sending anything: it never presents its
+/// token there (had it, that node would have refused the token for good
+/// and the joiner would have stopped), and nobody admits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_refuses_an_address_answering_with_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let token = support::token(&a);
+    // The impostor: a node of another cluster, with its own key.
+    let impostor = NodeProcess::start(
+        &dir.path().join("impostor"),
+        &["--store", dir.path().join("other.db").to_str().unwrap()],
+    );
+    let mut c = NodeProcess::start(
+        &dir.path().join("c"),
+        &[
+            "--store",
+            store,
+            "--join",
+            &impostor.grpc.to_string(),
+            "--token",
+            &token,
+        ],
+    );
+    // C keeps asking (every 300 ms) and keeps refusing the impostor's key.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert!(
+            c.child.try_wait().unwrap().is_none(),
+            "C stopped: it sent its token to the impostor and was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in [&a, &impostor] {
+        let view = status(node).await.expect("status");
+        assert_eq!(view.members, 1, "{view:?}");
+    }
+    c.terminate();
+    tokio::task::block_in_place(|| c.wait_exit(Duration::from_secs(30)));
+}
