@@ -349,14 +349,7 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
     // A key that is not a member's: refused, whatever it claims to be.
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
-    let config =
-        granary::security::tls::client_config(&stranger, [a.node_id.parse().unwrap()]).unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .connect_with_connector(granary::security::tls::connector(config))
-        .await
-        .unwrap();
+    let channel = support::cluster::channel_with(&stranger, &a).await.unwrap();
     let mut stranger_client = ClusterClient::new(channel);
     let mut as_member = vote();
     as_member.from = stranger.fingerprint.to_string();
@@ -766,14 +759,7 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
     };
     let stranger_dir = tempfile::tempdir().unwrap();
     let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
-    let config =
-        granary::security::tls::client_config(&stranger, [a.node_id.parse().unwrap()]).unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .connect_with_connector(granary::security::tls::connector(config))
-        .await
-        .unwrap();
+    let channel = support::cluster::channel_with(&stranger, &a).await.unwrap();
     let mut client = ClusterClient::new(channel);
     let join = |id: String, token: String| cluster::JoinRequest {
         member: Some(cluster::Member {
@@ -873,22 +859,36 @@ async fn a_removed_member_is_cut_off_and_cannot_come_back() {
     let (store, [a, b, mut c]) = formed_on_one_store(dir.path()).await;
     // C's own key, talking to A: served while C is a member.
     let c_keys = granary::security::NodeKeys::load(&c.data_dir).unwrap();
-    let connect_as_c = || {
-        let config =
-            granary::security::tls::client_config(&c_keys, [a.node_id.parse().unwrap()]).unwrap();
-        let address = format!("http://{}", a.grpc);
-        async move {
-            tonic::transport::Endpoint::from_shared(address)
-                .unwrap()
-                .timeout(Duration::from_secs(2))
-                .connect_with_connector(granary::security::tls::connector(config))
-                .await
-                .map(ClusterClient::new)
-        }
+    let connect_as_c = || async {
+        support::cluster::channel_with(&c_keys, &a)
+            .await
+            .map(ClusterClient::new)
     };
     let mut live = connect_as_c().await.expect("C connects to A");
     assert!(live.status(cluster::StatusRequest {}).await.is_ok());
 
+    // Bad requests change nothing: an id that is not one, the node itself,
+    // a token that lives for no time.
+    for (args, says) in [
+        (vec!["node", "remove", "not-an-id"], "id:"),
+        (
+            vec!["node", "remove", a.node_id.as_str()],
+            "cannot remove itself",
+        ),
+        (vec!["token", "create", "--ttl", "0s"], "ttl"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+            .args(&args)
+            .args(["--node", &a.grpc.to_string(), "--data-dir"])
+            .arg(&a.data_dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
     let output = Command::new(env!("CARGO_BIN_EXE_granary"))
         .args([
             "node",

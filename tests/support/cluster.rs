@@ -15,20 +15,31 @@ pub use pb::StatusReply;
 /// node's own key (it trusts itself), pinned to its key; plaintext if it
 /// runs with `--insecure-cluster`.
 pub async fn channel(node: &NodeProcess) -> Option<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2));
     if node.insecure {
-        return endpoint.connect().await.ok();
+        return endpoint(node).connect().await.ok();
     }
     let keys = granary::security::NodeKeys::load(&node.data_dir).ok()?;
-    let expected: granary::security::Fingerprint = node.node_id.parse().ok()?;
-    let config = granary::security::tls::client_config(&keys, [expected]).ok()?;
-    endpoint
+    channel_with(&keys, node).await.ok()
+}
+
+/// A channel to `node` over mutual TLS with `keys` (anyone's: a member's,
+/// a stranger's), pinned to `node`'s key.
+pub async fn channel_with(
+    keys: &granary::security::NodeKeys,
+    node: &NodeProcess,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let expected: granary::security::Fingerprint = node.node_id.parse().expect("a node id");
+    let config = granary::security::tls::client_config(keys, [expected]).expect("TLS config");
+    endpoint(node)
         .connect_with_connector(granary::security::tls::connector(config))
         .await
-        .ok()
+}
+
+fn endpoint(node: &NodeProcess) -> tonic::transport::Endpoint {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", node.grpc))
+        .expect("an endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
 }
 
 /// A node's `granary.cluster.v1.Cluster/Status`, or `None` if it does not
