@@ -8,5 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-postgres.sh
-cargo test --workspace --locked --examples --tests --lib --bins
+# cargo-nextest runs each test in a process of its own, with the time
+# limits of .config/nextest.toml: a test that hangs fails by name instead
+# of stalling the run. Without it, plain cargo test runs the same tests.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --examples --tests --lib --bins
+else
+    echo "cargo-nextest not found; running the tests with cargo test (no per-test time limit)" >&2
+    cargo test --workspace --locked --examples --tests --lib --bins
+fi
 cargo test --workspace --locked --doc

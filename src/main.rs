@@ -198,6 +198,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for a log file or
+        // a process supervisor.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("GRANARY_"))

@@ -111,6 +111,49 @@ async fn a_node_with_another_store_is_refused_at_join() {
     assert_eq!(reply.members, 1, "{reply:?}");
 }
 
+/// A node that cannot be reached at the address it advertises (a wrong
+/// `--advertise`, or a one-way partition: its requests get out, nothing
+/// gets in) is not admitted: it would be found dead again at once, and
+/// every admission holds the directory until the newcomer's grain list is
+/// in. It keeps asking and says why; the membership is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_unreachable_at_its_advertised_address_is_not_admitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("cluster.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let token = support::token(&a);
+    // A loopback port nobody listens on.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let seed = a.grpc.to_string();
+    let b = NodeProcess::start(
+        &dir.path().join("b"),
+        &[
+            "--store",
+            store,
+            "--join",
+            &seed,
+            "--token",
+            &token,
+            "--advertise",
+            &nowhere,
+        ],
+    );
+    let said = tokio::task::block_in_place(|| {
+        b.wait_for_log(
+            &["WARN", "not admitted yet", &nowhere, "does not answer"],
+            Duration::from_secs(30),
+        )
+    });
+    eprintln!("B said: {said}");
+    let reply = status(&a).await.expect("status");
+    assert_eq!(reply.members, 1, "{reply:?}");
+    assert!(reply.peers.iter().all(|p| p.id != b.node_id), "{reply:?}");
+}
+
 /// Three members sharing one store file (`<dir>/shared.db`), A founding,
 /// B and C joining; returned once every member sees every other live.
 async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]) {
@@ -270,18 +313,9 @@ async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
 /// `POST /carts` on `node`, retried on 503 (as a client honouring
 /// Retry-After would) for at most 10 s.
 async fn create_retrying(node: &NodeProcess) -> support::Answer {
-    let http = Http::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = http
-            .send("POST", &node.url("/carts"), None, &[])
-            .await
-            .unwrap();
-        if answer.status != 503 || Instant::now() > deadline {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Http::new()
+        .send_past_503("POST", &node.url("/carts"), None, Duration::from_secs(10))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,14 +581,10 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
     );
     // Every cart is served by the others, with every acknowledged change.
     for cart in &carts {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let answer = loop {
-            let answer = http.get(&a.url(&format!("/carts/{cart}"))).await.unwrap();
-            if answer.status != 503 || Instant::now() > deadline {
-                break answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let url = a.url(&format!("/carts/{cart}"));
+        let answer = http
+            .send_past_503("GET", &url, None, Duration::from_secs(10))
+            .await;
         assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(support::skus(&answer.json).len(), 1);
     }

@@ -451,6 +451,8 @@ async fn plaintext_is_refused_unless_the_node_runs_insecure() {
     assert!(plain(&secure).await.is_err(), "plaintext was served");
     assert!(client(&secure).await.ping(req(Empty {})).await.is_ok());
     let (_dir, insecure) = start_node(&["--insecure-cluster"]);
+    // The operator is told, at start, what the flag gives away.
+    insecure.wait_for_log(&["WARN", "--insecure-cluster", "plaintext"], CALL_DEADLINE);
     let reply = plain(&insecure)
         .await
         .expect("plaintext under --insecure-cluster");

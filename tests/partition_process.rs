@@ -62,16 +62,9 @@ async fn a_node_cut_off_fences_before_the_majority_serves_its_carts_and_rejoins_
     let http = Http::new();
     let mut carts = Vec::new();
     for n in 0..4 {
-        let created = loop {
-            let answer = http
-                .send("POST", &a.url("/carts"), None, &[])
-                .await
-                .unwrap();
-            if answer.status != 503 {
-                break answer;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let created = http
+            .send_past_503("POST", &a.url("/carts"), None, Duration::from_secs(30))
+            .await;
         assert_eq!(created.status, 201, "{created:?}");
         let cart = created.json["id"].as_str().unwrap().to_owned();
         let added = http
@@ -92,12 +85,18 @@ async fn a_node_cut_off_fences_before_the_majority_serves_its_carts_and_rejoins_
     let watcher_url = b.url(&format!("/carts/{first_cart}"));
     let served_elsewhere = tokio::spawn(async move {
         let http = Http::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(answer) = http.get(&watcher_url).await
+            let answer = http.get(&watcher_url).await;
+            if let Ok(answer) = &answer
                 && answer.status == 200
             {
-                return (Instant::now(), answer);
+                return (Instant::now(), answer.clone());
             }
+            assert!(
+                Instant::now() < deadline,
+                "B never served A's cart; last answer {answer:?}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -136,14 +135,11 @@ async fn a_node_cut_off_fences_before_the_majority_serves_its_carts_and_rejoins_
     })
     .await;
     for (n, cart) in carts.iter().enumerate() {
-        let answer = loop {
-            let answer = http.get(&c.url(&format!("/carts/{cart}"))).await.unwrap();
-            if answer.status != 503 {
-                break answer;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(answer.status, 200);
+        let url = c.url(&format!("/carts/{cart}"));
+        let answer = http
+            .send_past_503("GET", &url, None, Duration::from_secs(30))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
         assert_eq!(support::skus(&answer.json), [format!("s{n}")]);
     }
 

@@ -327,16 +327,10 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
     let (mut acknowledged, mut indeterminate, mut indeterminate_stored) = (0, 0, 0);
     for task in clients {
         for (cart, fates) in task.await.expect("client") {
-            let answer = loop {
-                let answer = http
-                    .get(&format!("{}/carts/{cart}", urls[0]))
-                    .await
-                    .unwrap();
-                if answer.status != 503 {
-                    break answer;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
+            let url = format!("{}/carts/{cart}", urls[0]);
+            let answer = http
+                .send_past_503("GET", &url, None, Duration::from_secs(30))
+                .await;
             assert_eq!(answer.status, 200, "{answer:?}");
             let stored = support::skus(&answer.json);
             let distinct: BTreeSet<&String> = stored.iter().collect();

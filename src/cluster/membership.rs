@@ -512,6 +512,10 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
     let mut unserved_since: Option<tokio::time::Instant> = None;
     let mut leader_hint: Option<String> = None;
     let mut turn = 0usize;
+    // Replies that did not take the request, in a row: a node that stays
+    // out (say, its --advertise address does not reach it) says why now
+    // and then, not at every attempt.
+    let mut not_taken = 0u32;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Some(status) = handle.status().await else {
@@ -582,13 +586,19 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
                 return;
             }
             Ok(reply) if reply.accepted => {
+                not_taken = 0;
                 tracing::info!(%target, "asked to be admitted; waiting for the config")
             }
             Ok(reply) if !reply.leader_address.is_empty() => {
                 leader_hint = Some(reply.leader_address)
             }
             Ok(reply) => {
-                tracing::debug!(%target, message = %reply.message, "admission not taken yet")
+                not_taken += 1;
+                if not_taken % 20 == 10 {
+                    tracing::warn!(%target, message = %reply.message, "not admitted yet; asking again")
+                } else {
+                    tracing::debug!(%target, message = %reply.message, "admission not taken yet")
+                }
             }
             Err(err) => tracing::debug!(%target, error = %err, "admission request failed"),
         }

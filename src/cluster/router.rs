@@ -365,6 +365,7 @@ impl CartRouter {
             // rebuilt from the members' lists after that.
             let hold = self.cluster.timing().directory_hold(view.members.len());
             lock(&self.directory).view_changed(&view, self.now(), hold);
+            tracing::debug!(stamp = ?view.stamp(), members = view.members.len(), hold, "directory: new view");
             // Routes to members that left are stale.
             let addresses: HashSet<String> =
                 view.members.values().map(|m| m.address.clone()).collect();
@@ -378,6 +379,8 @@ impl CartRouter {
                     // A newer view may have come meanwhile; it rebuilds itself.
                     if router.cluster.committed().stamp() == stamp {
                         router.rebuild_from(member.id, member.address).await;
+                    } else {
+                        tracing::debug!(?stamp, "directory: view superseded before its rebuild");
                     }
                 });
             }
@@ -393,14 +396,20 @@ impl CartRouter {
 
     async fn rebuild_from(&self, member: NodeId, address: String) {
         for _ in 0..50 {
-            let Ok(channel) = self.channel(&address) else {
-                return;
+            let channel = match self.channel(&address) {
+                Ok(channel) => channel,
+                Err(err) => {
+                    tracing::debug!(%address, error = %err, "directory: no channel for a rebuild");
+                    return;
+                }
             };
             let mut request = tonic::Request::new(Empty {});
             request.set_timeout(RPC_DEADLINE);
             match ControlPlaneClient::new(channel).get_cart_ids(request).await {
                 Ok(reply) => {
-                    lock(&self.directory).rebuild_from(&member, reply.into_inner().cart_ids);
+                    let mut directory = lock(&self.directory);
+                    directory.rebuild_from(&member, reply.into_inner().cart_ids);
+                    tracing::debug!(%address, ready = directory.is_ready(), "directory: grain list in");
                     return;
                 }
                 Err(status) => {

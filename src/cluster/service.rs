@@ -156,6 +156,53 @@ impl ClusterService {
         }
     }
 
+    /// Whether `member` answers at its advertised address: a gRPC answer
+    /// (any, a refusal included) over a connection made to that address
+    /// and, with mutual TLS, authenticated as `member`'s key. Bounded by
+    /// one second.
+    async fn answers_at_its_address(&self, member: &Member) -> Result<(), String> {
+        use crate::proto::messages::control_plane_client::ControlPlaneClient;
+        use std::time::Duration;
+        let address = &member.address;
+        let unreachable = |detail: String| {
+            format!("{address} (the address it advertises) does not answer from here: {detail}")
+        };
+        let pin = super::dial::pin(&member.id.0);
+        if self.handle.dialer().is_tls() && pin.is_none() {
+            return Err(format!("{} is not a node id", member.id.0));
+        }
+        let probe = async {
+            let channel = self
+                .handle
+                .dialer()
+                .connect(address, pin, Duration::from_secs(1), Duration::from_secs(1))
+                .await
+                .map_err(&unreachable)?;
+            let answer = ControlPlaneClient::new(channel)
+                .ping(crate::proto::messages::Empty {})
+                .await;
+            match answer {
+                Ok(_) => Ok(()),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Unknown
+                    ) =>
+                {
+                    Err(unreachable(status.message().to_owned()))
+                }
+                // Refused, but by the node itself: it is there.
+                Err(_) => Ok(()),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .unwrap_or_else(|_| Err(unreachable("no answer within 1 s".into())))
+    }
+
     /// Proposes a membership change here, or names the leader to ask.
     async fn propose(&self, change: Change) -> pb::JoinReply {
         match self.handle.propose(change).await {
@@ -249,6 +296,21 @@ impl Cluster for ClusterService {
                 accepted: false,
                 refused: for_good,
                 message: format!("join refused: {why}"),
+                leader_address: String::new(),
+            }));
+        }
+        // A node this one cannot reach would be admitted only to be found
+        // dead again (a one-way partition: its requests get out, nothing
+        // gets in), and every admission holds the directory until the
+        // newcomer's grain list is in. So it must answer at the address it
+        // advertises, with its key, first.
+        if !self.handle.committed().is_member(&member.id)
+            && let Err(why) = self.answers_at_its_address(&member).await
+        {
+            return Ok(Response::new(pb::JoinReply {
+                accepted: false,
+                refused: false,
+                message: format!("not admitted yet: {why}"),
                 leader_address: String::new(),
             }));
         }

@@ -7,7 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -24,6 +25,15 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     /// Started with `--insecure-cluster` (plaintext between members).
     pub insecure: bool,
+    /// What the node wrote to stderr (its log), also passed on to the
+    /// test's stderr.
+    log: Arc<Log>,
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
 }
 
 impl NodeProcess {
@@ -42,12 +52,30 @@ impl NodeProcess {
             .arg(data_dir)
             .args(["--http", http, "--grpc", grpc])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("GRANARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn granary");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let collected = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("{line}");
+                collected
+                    .lines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line);
+                collected.grew.notify_all();
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let ready = loop {
@@ -75,6 +103,33 @@ impl NodeProcess {
             data_dir: data_dir.to_path_buf(),
             insecure: extra.contains(&"--insecure-cluster"),
             child,
+            log,
+        }
+    }
+
+    /// Waits (at most `limit`, or the test fails) until the node has logged
+    /// a line containing every one of `needles`; that line.
+    pub fn wait_for_log(&self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(line) = lines
+                .iter()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+            {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the node did not log {needles:?} within {limit:?}"
+            );
+            lines = self
+                .log
+                .grew
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -223,6 +278,28 @@ impl Http {
 
     pub async fn post(&self, url: &str, body: serde_json::Value) -> Result<Answer, String> {
         self.send("POST", url, Some(body), &[]).await
+    }
+
+    /// `method url` retried while the node answers 503 (as a client that
+    /// honours Retry-After would), for `limit` at most; the last answer.
+    pub async fn send_past_503(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<serde_json::Value>,
+        limit: Duration,
+    ) -> Answer {
+        let deadline = Instant::now() + limit;
+        loop {
+            let answer = self
+                .send(method, url, body.clone(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            if answer.status != 503 || Instant::now() > deadline {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Creates a cart on `node` and returns its id.

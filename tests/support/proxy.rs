@@ -35,13 +35,17 @@ impl Proxy {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                // Counted and watching for cuts before the flag is read:
+                // a cut that comes after the read sees this connection
+                // open and closes it.
+                open_count.fetch_add(1, Ordering::SeqCst);
+                let mut closing = epochs.subscribe();
                 if cut_flag.load(Ordering::SeqCst) {
                     drop(inbound);
+                    open_count.fetch_sub(1, Ordering::SeqCst);
                     continue;
                 }
-                let mut closing = epochs.subscribe();
                 let open_count = open_count.clone();
-                open_count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = inbound.set_nodelay(true);
@@ -63,12 +67,17 @@ impl Proxy {
         }
     }
 
-    /// Closes every open connection (returns once they are closed) and
-    /// refuses new ones.
+    /// Closes every open connection (returns once they are closed, within
+    /// 10 s or the test fails) and refuses new ones.
     pub async fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         self.epoch.send_modify(|e| *e += 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the proxy's connections did not close"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
