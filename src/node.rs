@@ -119,7 +119,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         ));
     }
     cluster_runtime.spawn(release_claims_when_fenced(
-        cluster.serving_flag(),
+        cluster.watch_fences(),
         router.clone(),
         carts.clone(),
     ));
@@ -376,54 +376,54 @@ fn members_only(
 }
 
 /// Keeps `trust` at the keys of the members (their ids are their
-/// fingerprints): of the newest config this node knows, committed or not,
-/// so a member being admitted can acknowledge the config that admits it.
-/// Until this node is a member of a view it has no one to trust but
-/// whoever admits it: it accepts any key then (the join tokens of issue 5
-/// will pin the cluster's keys from the start).
+/// fingerprints): of the committed config and of the newest one this node
+/// knows, so a member being admitted can acknowledge the config that
+/// admits it. Until this node is a member of a view it has no one to trust
+/// but whoever admits it: it accepts any key then (a joiner with a token
+/// pins the seed it asks to the token's keys).
 async fn trust_the_members(cluster: ClusterHandle, trust: Arc<Trust>, me: Fingerprint) {
-    let mut views = cluster.watch_committed();
+    let mut committed = cluster.watch_committed();
+    let mut newest = cluster.watch_newest();
     loop {
-        let committed = views.borrow_and_update().clone();
-        let Some(status) = cluster.status().await else {
-            return;
+        let members: std::collections::BTreeSet<Fingerprint> = {
+            let (committed, newest) = (committed.borrow_and_update(), newest.borrow_and_update());
+            committed
+                .members
+                .keys()
+                .chain(newest.members.keys())
+                .filter_map(|id| id.0.parse().ok())
+                .collect()
         };
-        let members: std::collections::BTreeSet<Fingerprint> = committed
-            .members
-            .keys()
-            .map(|id| id.0.as_str())
-            .chain(status.peers.iter().map(|p| p.id.as_str()))
-            .filter_map(|id| id.parse().ok())
-            .collect();
         if members.contains(&me) {
             trust.set(members);
         } else {
             trust.open();
         }
-        // Configs change on commit, or when the leader proposes one.
-        let _ = tokio::time::timeout(Duration::from_millis(50), views.changed()).await;
+        let changed = tokio::select! {
+            changed = committed.changed() => changed,
+            changed = newest.changed() => changed,
+        };
+        if changed.is_err() {
+            return;
+        }
     }
 }
 
 /// When this node loses its majority it gives up every claim and drops its
 /// activations: by the time the majority re-homes them it must not be
-/// serving them (docs/cluster-protocol.md, invariant 4).
+/// serving them (docs/cluster-protocol.md, invariant 4). Every fence
+/// counts, however brief.
 async fn release_claims_when_fenced(
-    serving: Arc<AtomicBool>,
+    mut fences: tokio::sync::watch::Receiver<u64>,
     router: Arc<CartRouter>,
     carts: GrainRuntime<CartGrain>,
 ) {
-    let mut was_serving = serving.load(Ordering::Acquire);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    loop {
-        tick.tick().await;
-        let now_serving = serving.load(Ordering::Acquire);
-        if was_serving && !now_serving {
-            router.fenced();
-            carts.passivate_all();
-            tracing::warn!("fenced: released every cart claim and passivated every cart");
-        }
-        was_serving = now_serving;
+    fences.borrow_and_update();
+    while fences.changed().await.is_ok() {
+        fences.borrow_and_update();
+        router.fenced();
+        carts.passivate_all();
+        tracing::warn!("fenced: released every cart claim and passivated every cart");
     }
 }
 

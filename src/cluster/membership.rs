@@ -78,6 +78,10 @@ pub struct ClusterHandle {
     serving: Arc<AtomicBool>,
     view_lease: Arc<AtomicBool>,
     committed: tokio::sync::watch::Receiver<ClusterConfig>,
+    /// The newest config this node knows, committed or not.
+    newest: tokio::sync::watch::Receiver<ClusterConfig>,
+    /// How many times this node has fenced itself.
+    fences: tokio::sync::watch::Receiver<u64>,
     me: Member,
     timing: Timing,
     /// The cluster id recorded in this node's event store.
@@ -142,6 +146,19 @@ impl ClusterHandle {
     /// Changes of the committed config.
     pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<ClusterConfig> {
         self.committed.clone()
+    }
+
+    /// Changes of the newest config this node knows, committed or not (a
+    /// leader's proposal, a config that admits this node).
+    pub fn watch_newest(&self) -> tokio::sync::watch::Receiver<ClusterConfig> {
+        self.newest.clone()
+    }
+
+    /// The number of times this node has fenced itself (lost sight of a
+    /// majority while serving); changes as it happens, so a brief fence is
+    /// never missed.
+    pub fn watch_fences(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fences.clone()
     }
 
     pub fn timing(&self) -> Timing {
@@ -280,11 +297,15 @@ pub fn start(
         ClusterConfig::default()
     };
     let (committed, committed_rx) = tokio::sync::watch::channel(initial);
+    let (newest, newest_rx) = tokio::sync::watch::channel(node.config().clone());
+    let (fences, fences_rx) = tokio::sync::watch::channel(0u64);
     let handle = ClusterHandle {
         commands,
         serving: serving.clone(),
         view_lease: view_lease.clone(),
         committed: committed_rx,
+        newest: newest_rx,
+        fences: fences_rx,
         me: me.clone(),
         timing,
         cluster_id: cluster_id.into(),
@@ -297,6 +318,8 @@ pub fn start(
         serving,
         view_lease,
         committed,
+        newest,
+        fences,
         started,
         clients: HashMap::new(),
         dialer: dialer.clone(),
@@ -316,6 +339,8 @@ struct Membership {
     serving: Arc<AtomicBool>,
     view_lease: Arc<AtomicBool>,
     committed: tokio::sync::watch::Sender<ClusterConfig>,
+    newest: tokio::sync::watch::Sender<ClusterConfig>,
+    fences: tokio::sync::watch::Sender<u64>,
     started: Instant,
     clients: HashMap<String, ClusterClient<Channel>>,
     dialer: Dialer,
@@ -365,6 +390,9 @@ impl Membership {
                 }
             };
             self.execute(outputs);
+            if self.newest.borrow().stamp() != self.node.config().stamp() {
+                self.newest.send_replace(self.node.config().clone());
+            }
             let now = self.now();
             self.view_lease
                 .store(self.node.has_view_lease(now), Ordering::Release);
@@ -384,7 +412,10 @@ impl Membership {
                 }
                 Output::Send { to, message } => self.send(&to, &message),
                 Output::Serving(serving) => {
-                    self.serving.store(serving, Ordering::Release);
+                    let was_serving = self.serving.swap(serving, Ordering::AcqRel);
+                    if was_serving && !serving {
+                        self.fences.send_modify(|fences| *fences += 1);
+                    }
                     if serving {
                         tracing::info!("a majority is in sight: serving grains");
                     } else {
