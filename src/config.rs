@@ -634,6 +634,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("GRANARY_STORE"), "{err}");
+        // TLS settings that cannot work name the store key and the
+        // parameter; the description of a URL with them stays readable.
+        let verified = "postgres://shop:secret@db:5433/granary?sslmode=verify-full";
+        let err = load(
+            None,
+            &env(&[("GRANARY_STORE", verified)]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("GRANARY_STORE") && err.contains("sslrootcert"),
+            "{err}"
+        );
+        assert_eq!(
+            granary_store::PostgresStore::describe(verified),
+            "postgres://db:5433/granary"
+        );
         let err = load(
             None,
             &env(&[("GRANARY_STORE", "mysql://db/granary")]),

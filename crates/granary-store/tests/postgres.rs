@@ -138,18 +138,130 @@ async fn newer_schema_is_refused_at_open() {
     }
 }
 
-/// A URL that is not one, or one asking for TLS this build does not
-/// speak, is refused before anything is tried.
+/// A URL that is not one, or TLS settings that cannot work, are refused
+/// before anything is tried, naming the parameter.
 #[test]
 fn a_bad_url_is_refused() {
-    match PostgresStore::open("postgres://host:notaport/db") {
-        Err(StoreError::Invalid(message)) => assert!(message.contains("URL"), "{message}"),
-        other => panic!("expected Invalid, got {other:?}"),
-    }
-    match PostgresStore::open("postgres://host/db?sslmode=require") {
-        Err(StoreError::Invalid(message)) => assert!(message.contains("sslmode"), "{message}"),
-        other => panic!("expected Invalid, got {other:?}"),
-    }
+    let refused = |url: &str, naming: &str| match PostgresStore::open(url) {
+        Err(StoreError::Invalid(message)) => assert!(message.contains(naming), "{message}"),
+        other => panic!("{url}: expected Invalid, got {other:?}"),
+    };
+    refused("postgres://host:notaport/db", "URL");
+    refused("postgres://host/db?sslmode=sometimes", "sslmode");
+    refused("postgres://host/db?sslmode=verify-full", "sslrootcert");
+    refused(
+        "postgres://host/db?sslmode=verify-ca&sslrootcert=/no/such/ca.pem",
+        "sslrootcert",
+    );
+}
+
+/// A certificate authority and a server certificate it signed for
+/// 127.0.0.1; PEM: (CA certificate, server certificate, server key).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "granary test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let server_pem = server
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate")
+        .pem();
+    (ca_pem, server_pem, server_key.serialize_pem())
+}
+
+/// TLS to the server (which takes TLS only): `verify-full` with the CA
+/// that signed its certificate connects and works; another CA, or a host
+/// name the certificate does not carry, is refused at open; `verify-ca`
+/// checks the chain but not the name; `require` encrypts without
+/// checking; `disable` is refused by a TLS-only server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_server_checks_its_certificate_as_sslmode_says() {
+    let (ca, server_cert, server_key) = certificates();
+    let Some(server) =
+        tokio::task::block_in_place(|| granary_testpg::private_with_tls(&server_cert, &server_key))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let (other_ca, _, _) = certificates();
+    let other_path = dir.path().join("other-ca.pem");
+    std::fs::write(&other_path, &other_ca).unwrap();
+
+    let url = server.fresh_database();
+    let with = |url: &str, query: &str| format!("{url}?{query}");
+    let roots = |path: &std::path::Path| path.display().to_string();
+
+    // Verified: the store works over TLS.
+    let verified = with(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={}", roots(&ca_path)),
+    );
+    let store = tokio::task::block_in_place(|| PostgresStore::open(&verified)).expect("open");
+    let store: Arc<dyn EventStore> = Arc::new(store);
+    let key = cart("tls");
+    assert_eq!(
+        store
+            .append(append_request(&key, 0, payloads("t", 1, 2)))
+            .await,
+        Ok(2)
+    );
+    assert_stream(&store.load(&key).await.expect("load"), &payloads("t", 1, 2));
+    drop(store);
+    // The server saw TLS sessions (from this store's connections).
+    let db = url.rsplit('/').next().expect("a database name").to_owned();
+    let sessions = server.psql_in(
+        &db,
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE s.ssl",
+    );
+    assert!(sessions.parse::<u32>().unwrap() >= 1, "{sessions}");
+
+    let refused =
+        |url: String, why: &str| match tokio::task::block_in_place(|| PostgresStore::open(&url)) {
+            Err(StoreError::Unavailable(message)) => {
+                assert!(message.contains(why), "{url}: {message}")
+            }
+            other => panic!("{url}: must be refused, got {other:?}"),
+        };
+    // Signed by another CA: refused.
+    refused(
+        with(
+            &url,
+            &format!("sslmode=verify-full&sslrootcert={}", roots(&other_path)),
+        ),
+        "certificate",
+    );
+    // The right CA, but a host name the certificate does not name.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    refused(
+        with(
+            &by_name,
+            &format!("sslmode=verify-full&sslrootcert={}", roots(&ca_path)),
+        ),
+        "certificate",
+    );
+    // verify-ca checks the chain only: the same host name is fine.
+    let chain_only = with(
+        &by_name,
+        &format!("sslmode=verify-ca&sslrootcert={}", roots(&ca_path)),
+    );
+    assert!(tokio::task::block_in_place(|| PostgresStore::open(&chain_only)).is_ok());
+    // require: encrypted, not checked (any CA would do).
+    assert!(
+        tokio::task::block_in_place(|| PostgresStore::open(&with(&url, "sslmode=require"))).is_ok()
+    );
+    // The server takes TLS only: plaintext is refused.
+    refused(with(&url, "sslmode=disable"), "pg_hba.conf");
 }
 
 /// The server stops: appends fail fast with `Unavailable` (nothing was

@@ -40,6 +40,8 @@ struct OwnServer {
     /// Keeps the directory (data, socket, log) until the server is dropped.
     _dir: tempfile::TempDir,
     run_as: Option<String>,
+    /// More `-c` settings for the server (TLS).
+    settings: String,
     running: Mutex<bool>,
 }
 
@@ -49,7 +51,7 @@ pub fn shared() -> Option<Arc<Server>> {
     SHARED
         .get_or_init(|| match std::env::var("GRANARY_TEST_PG") {
             Ok(url) if !url.trim().is_empty() => Some(Arc::new(Server::external(&url))),
-            _ => Server::start().map(Arc::new),
+            _ => Server::start(None).map(Arc::new),
         })
         .clone()
         .or_else(skip_or_fail)
@@ -58,7 +60,14 @@ pub fn shared() -> Option<Arc<Server>> {
 /// A server of this test's own, which it may stop and start (outage
 /// tests). Always a throwaway server, whatever `GRANARY_TEST_PG` says.
 pub fn private() -> Option<Server> {
-    Server::start().or_else(skip_or_fail)
+    Server::start(None).or_else(skip_or_fail)
+}
+
+/// A throwaway server that takes TCP connections over TLS only (`hostssl`
+/// in pg_hba.conf: a plaintext client is refused), presenting `cert_pem`
+/// (a chain, PEM) with `key_pem`.
+pub fn private_with_tls(cert_pem: &str, key_pem: &str) -> Option<Server> {
+    Server::start(Some((cert_pem, key_pem))).or_else(skip_or_fail)
 }
 
 fn skip_or_fail<T>() -> Option<T> {
@@ -84,8 +93,9 @@ impl Server {
         }
     }
 
-    /// Starts a throwaway server, or `None` without PostgreSQL binaries.
-    fn start() -> Option<Server> {
+    /// Starts a throwaway server (with TLS: a certificate chain and key,
+    /// PEM), or `None` without PostgreSQL binaries.
+    fn start(tls: Option<(&str, &str)>) -> Option<Server> {
         let bin = find_bin()?;
         let run_as = is_root().then(|| "postgres".to_owned());
         let dir = tempfile::Builder::new()
@@ -117,6 +127,13 @@ impl Server {
             .arg("-D")
             .arg(&data);
         run_quietly(&mut initdb, "initdb");
+        let settings = match tls {
+            Some((cert, key)) => {
+                serve_tls_only(&data, cert, key, &run_as);
+                "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".to_owned()
+            }
+            None => String::new(),
+        };
         let port = free_port();
         let server = OwnServer {
             bin,
@@ -124,6 +141,7 @@ impl Server {
             port,
             _dir: dir,
             run_as,
+            settings,
             running: Mutex::new(false),
         };
         server.start();
@@ -207,9 +225,10 @@ impl OwnServer {
         }
         let socket_dir = self.data.parent().expect("data has a parent");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=on {}",
             self.port,
-            socket_dir.display()
+            socket_dir.display(),
+            self.settings
         );
         let mut start = command(&self.run_as, &self.bin.join("pg_ctl"));
         start
@@ -242,6 +261,36 @@ impl OwnServer {
         run_quietly(&mut stop, "pg_ctl stop");
         *running = false;
     }
+}
+
+/// Puts the server's certificate and key in its data directory (the key
+/// readable by the server's user only, as PostgreSQL demands) and makes
+/// every TCP rule of pg_hba.conf `hostssl`.
+fn serve_tls_only(data: &Path, cert: &str, key: &str, run_as: &Option<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert_path, key_path) = (data.join("server.crt"), data.join("server.key"));
+    std::fs::write(&cert_path, cert).expect("write server.crt");
+    std::fs::write(&key_path, key).expect("write server.key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod server.key");
+    if let Some(user) = run_as {
+        let status = Command::new("chown")
+            .arg(format!("{user}:{user}"))
+            .args([&cert_path, &key_path])
+            .status()
+            .expect("run chown");
+        assert!(status.success(), "cannot hand the TLS files to {user}");
+    }
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    let rules: String = rules
+        .lines()
+        .map(|line| match line.strip_prefix("host ") {
+            Some(rest) => format!("hostssl {rest}\n"),
+            None => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&hba, rules).expect("write pg_hba.conf");
 }
 
 /// A watcher that stops the server and removes its directory once this

@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
 
+use super::tls::MakeRustls;
 use crate::error::StoreError;
 
 /// How long a link waits before trying an unreachable server again.
@@ -64,6 +65,7 @@ pub(crate) struct Statements {
 
 pub(crate) struct Link {
     config: Config,
+    tls: MakeRustls,
     location: String,
     connect_timeout: Duration,
     live: Option<(Client, Statements)>,
@@ -73,9 +75,15 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(config: Config, location: String, connect_timeout: Duration) -> Link {
+    pub(crate) fn new(
+        config: Config,
+        tls: MakeRustls,
+        location: String,
+        connect_timeout: Duration,
+    ) -> Link {
         Link {
             config,
+            tls,
             location,
             connect_timeout,
             live: None,
@@ -107,7 +115,7 @@ impl Link {
                     }
                     self.live = Some(live);
                 }
-                Ok(Err(err)) => return Err(self.failed(err.to_string())),
+                Ok(Err(err)) => return Err(self.failed(explain(&err))),
                 Err(_) => {
                     return Err(
                         self.failed(format!("no connection within {:?}", self.connect_timeout))
@@ -141,7 +149,7 @@ impl Link {
     }
 
     async fn connect(&self) -> Result<(Client, Statements), tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         let location = self.location.clone();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
@@ -206,9 +214,27 @@ pub(crate) fn classify(err: &tokio_postgres::Error, write: bool) -> StoreError {
     }
     if write {
         StoreError::Indeterminate(format!(
-            "the connection to PostgreSQL broke during a write: {err}"
+            "the connection to PostgreSQL broke during a write: {}",
+            explain(err)
         ))
     } else {
-        StoreError::Unavailable(format!("the connection to PostgreSQL broke: {err}"))
+        StoreError::Unavailable(format!(
+            "the connection to PostgreSQL broke: {}",
+            explain(err)
+        ))
     }
+}
+
+/// A driver error with its causes ("error performing TLS handshake:
+/// invalid peer certificate: UnknownIssuer"): the driver's own message
+/// names only the kind of failure.
+pub(crate) fn explain(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }

@@ -25,6 +25,9 @@
 
 mod link;
 mod schema;
+mod tls;
+
+pub use tls::SslMode;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use crate::types::{
     AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
 };
 use link::{Link, classify};
+use tls::MakeRustls;
 
 /// Tuning of the PostgreSQL engine.
 #[derive(Debug, Clone)]
@@ -145,14 +149,17 @@ impl PostgresStore {
     /// the engine's connections. Fails if the database cannot be reached
     /// now: a node should not start on a store it cannot use.
     pub fn open_with(url: &str, options: PostgresStoreOptions) -> Result<Self, StoreError> {
-        Self::check_url(url).map_err(StoreError::Invalid)?;
-        let mut config = Config::from_str(url)
-            .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL URL: {e}")))?;
+        let (mut config, tls, mode) = Self::parse(url).map_err(StoreError::Invalid)?;
         config
             .connect_timeout(options.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
             .application_name("granary");
+        if mode == SslMode::Require {
+            tracing::warn!(
+                "sslmode=require without sslrootcert: the connection to PostgreSQL is encrypted, but the server is not authenticated; use sslmode=verify-full with sslrootcert=PATH"
+            );
+        }
         let location = location_of(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -167,11 +174,12 @@ impl PostgresStore {
         let (reads, read_rx) = mpsc::channel(options.queue.max(1));
         {
             let (config, location, counters) = (config.clone(), location.clone(), counters.clone());
+            let tls = tls.clone();
             std::thread::Builder::new()
                 .name("granary-postgres".into())
                 .spawn(move || {
                     let setup = runtime.block_on(async {
-                        let connect = config.connect(tokio_postgres::NoTls);
+                        let connect = config.connect(tls.clone());
                         let (mut client, connection) =
                             tokio::time::timeout(options.connect_timeout, connect)
                                 .await
@@ -183,7 +191,8 @@ impl PostgresStore {
                                 })?
                                 .map_err(|e| {
                                     StoreError::Unavailable(format!(
-                                        "cannot connect to {location}: {e}"
+                                        "cannot connect to {location}: {}",
+                                        link::explain(&e)
                                     ))
                                 })?;
                         let driver = tokio::spawn(connection);
@@ -199,8 +208,12 @@ impl PostgresStore {
                     }
                     let write_rx = Arc::new(Mutex::new(write_rx));
                     for _ in 0..options.writers.max(1) {
-                        let link =
-                            Link::new(config.clone(), location.clone(), options.connect_timeout);
+                        let link = Link::new(
+                            config.clone(),
+                            tls.clone(),
+                            location.clone(),
+                            options.connect_timeout,
+                        );
                         runtime.spawn(write_loop(
                             link,
                             write_rx.clone(),
@@ -210,8 +223,12 @@ impl PostgresStore {
                     }
                     let read_rx = Arc::new(Mutex::new(read_rx));
                     for _ in 0..options.readers.max(1) {
-                        let link =
-                            Link::new(config.clone(), location.clone(), options.connect_timeout);
+                        let link = Link::new(
+                            config.clone(),
+                            tls.clone(),
+                            location.clone(),
+                            options.connect_timeout,
+                        );
                         runtime.spawn(read_loop(
                             link,
                             read_rx.clone(),
@@ -239,22 +256,27 @@ impl PostgresStore {
         })
     }
 
-    /// Whether `url` is a PostgreSQL URL this engine can use; why not.
+    /// Whether `url` is a PostgreSQL URL this engine can use (its TLS
+    /// settings included: `sslmode`, `sslrootcert`); why not.
     pub fn check_url(url: &str) -> Result<(), String> {
-        let config = Config::from_str(url).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(
-                "sslmode=require: this build speaks to PostgreSQL without TLS; keep the database on a private network and use sslmode=disable or prefer"
-                    .into(),
-            );
-        }
-        Ok(())
+        Self::parse(url).map(|_| ())
+    }
+
+    /// The driver's config of `url`, the TLS connector its settings make,
+    /// and its `sslmode`.
+    fn parse(url: &str) -> Result<(Config, MakeRustls, SslMode), String> {
+        let settings = tls::settings(url)?;
+        let config =
+            Config::from_str(&settings.url).map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        Ok((config, settings.connector, settings.mode))
     }
 
     /// A store URL for logs and errors: `postgres://host:port/db` without
     /// credentials, or the scheme alone if it is not a PostgreSQL URL.
     pub fn describe(url: &str) -> String {
-        match Config::from_str(url) {
+        // The query (sslmode and the like) says nothing about where.
+        let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+        match Config::from_str(without_query) {
             Ok(config) => location_of(&config),
             Err(_) => url.split_once("://").map_or_else(
                 || "a URL".to_owned(),

@@ -131,7 +131,9 @@ const MIGRATIONS: &[&str] = &[
 /// transaction, under an advisory lock so nodes starting at once migrate
 /// one after the other. Refuses a schema newer than this build.
 pub(crate) async fn migrate(client: &mut Client, location: &str) -> Result<(), StoreError> {
-    let engine = |e: tokio_postgres::Error| StoreError::Engine(format!("{location}: {e}"));
+    let engine = |e: tokio_postgres::Error| {
+        StoreError::Engine(format!("{location}: {}", super::link::explain(&e)))
+    };
     let tx = client.transaction().await.map_err(engine)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
