@@ -145,6 +145,9 @@ struct TokenArgs {
     /// How long the token is valid, e.g. 1h [default: 1h].
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     ttl: String,
+    /// The token admits one node only: the first that presents it.
+    #[arg(long)]
+    single_use: bool,
 }
 
 fn main() -> ExitCode {
@@ -156,7 +159,12 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => serve(*args),
         Command::Token(TokenCommand::Create(args)) => {
-            match granary::status::create_token(&args.node, &args.data_dir, &args.ttl) {
+            match granary::status::create_token(
+                &args.node,
+                &args.data_dir,
+                &args.ttl,
+                args.single_use,
+            ) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

@@ -176,12 +176,18 @@ where
 
 /// Asks the member at `node` for a join token valid for `ttl` (e.g. `1h`),
 /// authenticating with the key in its `data_dir`.
-pub fn create_token(node: &str, data_dir: &std::path::Path, ttl: &str) -> anyhow::Result<String> {
+pub fn create_token(
+    node: &str,
+    data_dir: &std::path::Path,
+    ttl: &str,
+    single_use: bool,
+) -> anyhow::Result<String> {
     let ttl = crate::config::parse_duration(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
     as_the_node(node, data_dir, |mut client| async move {
         client
             .create_token(crate::proto::cluster::CreateTokenRequest {
                 ttl_seconds: ttl.as_secs(),
+                single_use,
             })
             .await
             .map(|reply| reply.into_inner().token)

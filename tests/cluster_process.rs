@@ -827,7 +827,10 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
     assert!(!reply.accepted && reply.refused, "{reply:?}");
     // Tokens are made by the node itself, not by whoever asks.
     let err = client
-        .create_token(cluster::CreateTokenRequest { ttl_seconds: 60 })
+        .create_token(cluster::CreateTokenRequest {
+            ttl_seconds: 60,
+            single_use: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
@@ -877,6 +880,49 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
         r.members == 2 && r.committed_version == r.config_version
     })
     .await;
+}
+
+/// `granary token create --single-use`: the token admits the first node
+/// that presents it; a second node with the same token is refused with
+/// the same message as a wrong token, stops, and is not admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_use_token_admits_one_node_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db");
+    let store = store.to_str().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
+    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args([
+            "token",
+            "create",
+            "--single-use",
+            "--node",
+            &a.grpc.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(&a.data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let seed = a.grpc.to_string();
+    let join = ["--store", store, "--join", &seed, "--token", &token];
+    let b = NodeProcess::start(&dir.path().join("b"), &join);
+    until_all(&[&a, &b], "B admitted with the single-use token", |r| {
+        r.members == 2 && r.committed_version == r.config_version
+    })
+    .await;
+    let c_dir = dir.path().join("c");
+    let mut args = vec!["--data-dir", c_dir.to_str().unwrap()];
+    args.extend(join);
+    let (exit, stderr) = tokio::task::block_in_place(|| serve_expecting_failure(&args));
+    assert!(!exit.success());
+    assert!(
+        stderr.contains("the join token is not valid here"),
+        "{stderr}"
+    );
+    let after = status(&a).await.expect("status");
+    assert_eq!(after.members, 2, "{after:?}");
 }
 
 /// `granary node remove`: the removal commits cluster-wide, the removed

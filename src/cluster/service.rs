@@ -121,7 +121,7 @@ impl ClusterService {
             return Err((true, "a node may ask to be admitted only for itself"));
         }
         if !token.is_empty() {
-            return if self.tokens.verify(token) {
+            return if self.tokens.verify(token, &peer.fingerprint) {
                 Ok(())
             } else {
                 Err((true, "the join token is not valid here"))
@@ -406,7 +406,8 @@ impl Cluster for ClusterService {
                 ));
             }
         }
-        let ttl = request.into_inner().ttl_seconds;
+        let request = request.into_inner();
+        let ttl = request.ttl_seconds;
         if ttl == 0 || ttl > 30 * 24 * 3600 {
             return Err(Status::invalid_argument("ttl_seconds: 1 s to 30 days"));
         }
@@ -419,7 +420,7 @@ impl Cluster for ClusterService {
             .collect();
         let token = self
             .tokens
-            .create(ttl, members)
+            .create(ttl, members, request.single_use)
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::CreateTokenReply {
             token: token.to_string(),

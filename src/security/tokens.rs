@@ -79,6 +79,13 @@ struct Entry {
     /// SHA-256 of the secret, hex.
     hash: String,
     expires_unix: u64,
+    /// Admits one node only: the first whose key presents it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    single_use: bool,
+    /// The key a single-use token was first presented by (it may present
+    /// it again: a joiner asks until the config admitting it arrives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    used_by: Option<String>,
 }
 
 /// The tokens a member made: only hashes and expiries.
@@ -121,8 +128,14 @@ impl Tokens {
         })
     }
 
-    /// Makes a token valid for `ttl_seconds`, pinning `members`.
-    pub fn create(&self, ttl_seconds: u64, members: Vec<Fingerprint>) -> anyhow::Result<JoinToken> {
+    /// Makes a token valid for `ttl_seconds`, pinning `members`; with
+    /// `single_use`, it admits the first node that presents it only.
+    pub fn create(
+        &self,
+        ttl_seconds: u64,
+        members: Vec<Fingerprint>,
+        single_use: bool,
+    ) -> anyhow::Result<JoinToken> {
         // 32 random bytes from the operating system's generator (two v4
         // UUIDs: 244 random bits).
         let secret: String = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
@@ -140,6 +153,8 @@ impl Tokens {
         entries.push(Entry {
             hash: hash(&secret),
             expires_unix,
+            single_use,
+            used_by: None,
         });
         self.save(&entries)?;
         Ok(JoinToken {
@@ -150,15 +165,46 @@ impl Tokens {
     }
 
     /// Whether `secret` belongs to a token this member made that has not
-    /// expired. Every stored hash is compared, in constant time.
-    pub fn verify(&self, secret: &str) -> bool {
+    /// expired and, if it is single-use, was not presented by another key
+    /// than `presenter`'s (the first presenter is recorded on disk before
+    /// the answer). Every stored hash is compared, in constant time.
+    pub fn verify(&self, secret: &str, presenter: &Fingerprint) -> bool {
         let presented = hash(secret);
         let now = now_unix();
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.iter().fold(false, |found, entry| {
-            let matches = constant_time_eq(entry.hash.as_bytes(), presented.as_bytes());
-            found | (matches & (entry.expires_unix > now))
-        })
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let found = entries
+            .iter()
+            .enumerate()
+            .fold(None, |found, (index, entry)| {
+                let matches = constant_time_eq(entry.hash.as_bytes(), presented.as_bytes());
+                if matches & (entry.expires_unix > now) {
+                    Some(index)
+                } else {
+                    found
+                }
+            });
+        let Some(index) = found else {
+            return false;
+        };
+        let presenter = presenter.to_string();
+        let entry = &mut entries[index];
+        if !entry.single_use {
+            return true;
+        }
+        match &entry.used_by {
+            Some(first) => *first == presenter,
+            None => {
+                entry.used_by = Some(presenter);
+                // Not recorded, not admitted: a restart must not let a
+                // second key use the token.
+                let recorded = self.save(&entries);
+                if let Err(err) = &recorded {
+                    tracing::error!(error = %format!("{err:#}"), "cannot record a single-use token's use");
+                    entries[index].used_by = None;
+                }
+                recorded.is_ok()
+            }
+        }
     }
 
     fn save(&self, entries: &[Entry]) -> anyhow::Result<()> {
@@ -195,14 +241,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tokens = Tokens::open(dir.path()).unwrap();
         let token = tokens
-            .create(3600, vec![fingerprint(1), fingerprint(2)])
+            .create(3600, vec![fingerprint(1), fingerprint(2)], false)
             .unwrap();
         let parsed: JoinToken = token.to_string().parse().unwrap();
         assert_eq!(parsed, token);
-        assert!(tokens.verify(&token.secret));
-        // Kept across a restart, as a hash only.
+        assert!(tokens.verify(&token.secret, &fingerprint(7)));
+        // Kept across a restart, as a hash only; any number of nodes.
         let again = Tokens::open(dir.path()).unwrap();
-        assert!(again.verify(&token.secret));
+        assert!(again.verify(&token.secret, &fingerprint(8)));
         let stored = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert!(
             !stored.contains(&token.secret),
@@ -214,13 +260,33 @@ mod tests {
     fn wrong_and_expired_secrets_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = Tokens::open(dir.path()).unwrap();
-        let token = tokens.create(3600, vec![fingerprint(1)]).unwrap();
+        let token = tokens.create(3600, vec![fingerprint(1)], false).unwrap();
         let mut wrong = token.secret.clone();
         wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
-        assert!(!tokens.verify(&wrong));
-        assert!(!tokens.verify(""));
-        let expired = tokens.create(0, vec![fingerprint(1)]).unwrap();
-        assert!(!tokens.verify(&expired.secret));
+        let joiner = fingerprint(7);
+        assert!(!tokens.verify(&wrong, &joiner));
+        assert!(!tokens.verify("", &joiner));
+        let expired = tokens.create(0, vec![fingerprint(1)], true).unwrap();
+        assert!(!tokens.verify(&expired.secret, &joiner));
+    }
+
+    #[test]
+    fn a_single_use_token_admits_the_first_key_only_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Tokens::open(dir.path()).unwrap();
+        let token = tokens.create(3600, vec![fingerprint(1)], true).unwrap();
+        let (first, second) = (fingerprint(7), fingerprint(8));
+        assert!(tokens.verify(&token.secret, &first));
+        // The first node asks again until it is admitted: still good.
+        assert!(tokens.verify(&token.secret, &first));
+        assert!(!tokens.verify(&token.secret, &second));
+        // The use is on disk.
+        let again = Tokens::open(dir.path()).unwrap();
+        assert!(!again.verify(&token.secret, &second));
+        assert!(again.verify(&token.secret, &first));
+        // Other tokens are untouched.
+        let other = again.create(3600, vec![fingerprint(1)], true).unwrap();
+        assert!(again.verify(&other.secret, &second));
     }
 
     #[test]
