@@ -11,26 +11,45 @@ use crate::security::NodeKeys;
 
 /// Asks the node at `node` (gRPC `HOST:PORT`) for its status and prints it.
 /// The request is authenticated with the key in `data_dir` (a member's),
-/// unless the cluster is `insecure` (plaintext).
+/// and the node must hold a key that member knows (its own, or one of the
+/// members in its last saved config), unless the cluster is `insecure`
+/// (plaintext).
 pub fn run(
     node: &str,
     data_dir: &std::path::Path,
     insecure: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let dialer = if insecure {
-        Dialer::plaintext()
+    let (dialer, expected) = if insecure {
+        (Dialer::plaintext(), None)
     } else {
-        Dialer::tls(std::sync::Arc::new(NodeKeys::load(data_dir)?))
+        let keys = NodeKeys::load(data_dir)?;
+        let mut known = vec![keys.fingerprint];
+        if let Some(saved) = crate::cluster::persist::load(data_dir)? {
+            known.extend(
+                saved
+                    .config
+                    .members
+                    .keys()
+                    .chain(&saved.committed_members)
+                    .filter_map(|id| dial::pin(&id.0)),
+            );
+        }
+        (Dialer::tls(std::sync::Arc::new(keys)), Some(known))
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let reply = runtime.block_on(async {
         let channel = dialer
-            .connect(node, None, Duration::from_secs(3), Duration::from_secs(3))
+            .connect_to_one_of(node, expected, Duration::from_secs(3), Duration::from_secs(3))
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (the node there must be the one whose data directory is {}, or a member it knows)",
+                    data_dir.display()
+                )
+            })?;
         let reply = ClusterClient::new(channel)
             .status(StatusRequest {})
             .await

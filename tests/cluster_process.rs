@@ -237,6 +237,22 @@ async fn three_nodes_join_and_agree_on_one_leader_and_one_view() {
         "each peer reports its live grains: {value}"
     );
     assert!(text.contains("LIVE GRAINS"), "{text}");
+
+    // The CLI checks whom it talks to: another member A knows is fine, a
+    // node of another cluster (a key A does not know) is refused.
+    let status_as_a = |node: &NodeProcess| {
+        Command::new(env!("CARGO_BIN_EXE_granary"))
+            .args(["status", "--node", &node.grpc.to_string(), "--data-dir"])
+            .arg(&a.data_dir)
+            .output()
+            .expect("granary status")
+    };
+    assert!(status_as_a(&c).status.success());
+    let stranger = NodeProcess::start(&dir.path().join("stranger"), &[]);
+    let refused = status_as_a(&stranger);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("a member it knows"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

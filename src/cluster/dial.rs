@@ -44,13 +44,13 @@ impl Dialer {
 
     fn tls_config(
         &self,
-        expected: Option<Fingerprint>,
+        expected: Option<Vec<Fingerprint>>,
     ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
         let Some(keys) = &self.keys else {
             return Ok(None);
         };
         let config = match expected {
-            Some(fingerprint) => tls::client_config(keys, [fingerprint]),
+            Some(fingerprints) => tls::client_config(keys, fingerprints),
             None => tls::client_config_any_server(keys),
         };
         config
@@ -64,6 +64,19 @@ impl Dialer {
         &self,
         address: &str,
         expected: Option<Fingerprint>,
+        connect: Duration,
+        call: Duration,
+    ) -> Result<Channel, String> {
+        self.connect_to_one_of(address, expected.map(|f| vec![f]), connect, call)
+            .await
+    }
+
+    /// A channel to `address`, connected now, whose node must hold one of
+    /// the `expected` keys (any key when `None`).
+    pub async fn connect_to_one_of(
+        &self,
+        address: &str,
+        expected: Option<Vec<Fingerprint>>,
         connect: Duration,
         call: Duration,
     ) -> Result<Channel, String> {
@@ -89,7 +102,7 @@ impl Dialer {
         call: Duration,
     ) -> Result<Channel, String> {
         let endpoint = Self::endpoint(address, connect, call)?;
-        Ok(match self.tls_config(expected)? {
+        Ok(match self.tls_config(expected.map(|f| vec![f]))? {
             Some(config) => endpoint.connect_with_connector_lazy(tls::connector(config)),
             None => endpoint.connect_lazy(),
         })

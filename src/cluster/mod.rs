@@ -21,7 +21,7 @@
 pub mod dial;
 mod grains_service;
 mod membership;
-mod persist;
+pub(crate) mod persist;
 mod router;
 mod service;
 mod wire;
