@@ -160,7 +160,7 @@ impl ControlPlane for ControlPlaneService {
         check_host("new_host", &request.new_host)?;
         peer_check?;
         if let Some(router) = &self.router {
-            let (accepted, message) = router.claim_here(&request.cart_id, &request.new_host);
+            let (accepted, message) = router.claim_here(&request.cart_id, &request.new_host).await;
             return Ok(Response::new(OwnerChangeAck { accepted, message }));
         }
         if request.new_host == self.advertise {

@@ -31,6 +31,9 @@ const RPC_DEADLINE: Duration = Duration::from_secs(5);
 /// it within this of being made; the hold after a view change covers it
 /// (`Timing::directory_hold`).
 const CLAIM_DEADLINE: Duration = Duration::from_millis(CLAIM_DEADLINE_MS);
+/// How long a holder keeps a claim waiting for its partition to be ready
+/// (half the claim deadline: the answer still arrives in time).
+const CLAIM_HOLD: Duration = Duration::from_millis(CLAIM_DEADLINE_MS / 2);
 
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +63,11 @@ pub struct CartRouter {
     /// Known owners of grains hosted elsewhere: grain → address.
     routes: Mutex<HashMap<String, String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Woken when carts may be placeable where they were not: a new view,
+    /// this member's partition rebuilt or its hold run out, a member gone
+    /// by `Closing`. Calls waiting to place a cart wait for this rather
+    /// than sleep out a backoff.
+    placement: tokio::sync::Notify,
     /// The runtime channels live on (the gRPC runtime), whichever thread
     /// asks for one.
     io: tokio::runtime::Handle,
@@ -79,6 +87,7 @@ impl CartRouter {
             fence_epoch: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            placement: tokio::sync::Notify::new(),
             io,
         });
         let follower = router.clone();
@@ -184,6 +193,16 @@ impl CartRouter {
         Duration::from_millis(timing.dead_after + timing.directory_hold(members.max(2)) + 500)
     }
 
+    /// Waits until placement may have changed (see `placement`), or
+    /// `limit` passes, whichever is first.
+    pub async fn placement_changed(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.placement.notified()).await;
+    }
+
+    fn placement_may_have_changed(&self) {
+        self.placement.notify_waiters();
+    }
+
     /// Forgets a route that turned out stale.
     pub fn forget(&self, grain: &str) {
         lock(&self.routes).remove(grain);
@@ -238,8 +257,27 @@ impl CartRouter {
 
     /// A claim sent to this member as partition holder (`ConfirmOwner`).
     /// Answers "owner=ADDR" (granted, or owned elsewhere), "holder=ADDR"
-    /// or "rebuilding".
-    pub fn claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
+    /// or "rebuilding". While the partition is rebuilding the claim waits
+    /// for it, up to `CLAIM_HOLD` (well within the claimant's deadline, so
+    /// a grant made then still reaches it in time): the claimant is
+    /// answered as soon as the partition is ready, not at its next retry.
+    pub async fn claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
+        let until = tokio::time::Instant::now() + CLAIM_HOLD;
+        loop {
+            // Registered before the attempt, so a wake-up between the
+            // attempt and the wait is not lost.
+            let changed = self.placement.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let answer = self.try_claim_here(grain, claimant_address);
+            if answer.1 != "rebuilding" || tokio::time::Instant::now() >= until {
+                return answer;
+            }
+            let _ = tokio::time::timeout_at(until, changed).await;
+        }
+    }
+
+    fn try_claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
         if !self.cluster.has_view_lease() {
             return (false, "rebuilding".into());
         }
@@ -288,6 +326,7 @@ impl CartRouter {
             lock(&self.directory).drop_member(&member.id);
         }
         lock(&self.routes).retain(|_, owner| owner != address);
+        self.placement_may_have_changed();
     }
 
     /// This member lost its majority: it gives up every claim and route.
@@ -388,6 +427,14 @@ impl CartRouter {
             let mine = lock(&self.owned).iter().cloned().collect::<Vec<_>>();
             let me = self.me().clone();
             lock(&self.directory).rebuild_from(&me, mine);
+            self.placement_may_have_changed();
+            // The hold running out may make this partition ready (alone,
+            // or with every list already in).
+            let router = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold + 1)).await;
+                router.placement_may_have_changed();
+            });
             if views.changed().await.is_err() {
                 return;
             }
@@ -407,9 +454,15 @@ impl CartRouter {
             request.set_timeout(RPC_DEADLINE);
             match ControlPlaneClient::new(channel).get_cart_ids(request).await {
                 Ok(reply) => {
-                    let mut directory = lock(&self.directory);
-                    directory.rebuild_from(&member, reply.into_inner().cart_ids);
-                    tracing::debug!(%address, ready = directory.is_ready(), "directory: grain list in");
+                    let ready = {
+                        let mut directory = lock(&self.directory);
+                        directory.rebuild_from(&member, reply.into_inner().cart_ids);
+                        directory.is_ready()
+                    };
+                    tracing::debug!(%address, ready, "directory: grain list in");
+                    if ready {
+                        self.placement_may_have_changed();
+                    }
                     return;
                 }
                 Err(status) => {

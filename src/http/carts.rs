@@ -52,6 +52,7 @@ async fn call(
     let mut backoff = Duration::from_millis(10);
     let mut moved = 0;
     loop {
+        let attempt = Instant::now();
         let refusal = match router.route(&grain).await {
             Ok(Route::Local) => return Ok(state.carts.call_with(&grain, request, options).await?),
             Ok(Route::Remote { address }) => {
@@ -87,7 +88,13 @@ async fn call(
         {
             return Err(refusal);
         }
-        tokio::time::sleep(backoff).await;
+        // The backoff runs from the start of the attempt: a holder that
+        // kept the claim waiting while it rebuilt has waited for us. The
+        // wait ends early when placement may have changed here (a new
+        // view, this member's partition ready).
+        if let Some(left) = backoff.checked_sub(attempt.elapsed()) {
+            router.placement_changed(left).await;
+        }
         backoff = (backoff * 2).min(Duration::from_millis(200));
     }
 }
