@@ -6,12 +6,17 @@
 #
 #   examples/local_cluster.sh            # data under ./local-cluster
 #   GRANARY_CLUSTER_DIR=/tmp/c examples/local_cluster.sh
+#   GRANARY_BIN=path/to/granary examples/local_cluster.sh   # no build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${GRANARY_CLUSTER_DIR:-./local-cluster}"
 mkdir -p "$dir"
-cargo build --release --quiet
-bin=./target/release/granary
+if [ -n "${GRANARY_BIN:-}" ]; then
+    bin=$GRANARY_BIN
+else
+    cargo build --release --quiet
+    bin=./target/release/granary
+fi
 
 pids=()
 stop() {
@@ -45,6 +50,16 @@ token=$("$bin" token create --node 127.0.0.1:7071 --data-dir "$dir/a" --ttl 10m)
 start b 8082 7072 --join 127.0.0.1:7071 --token "$token"
 start c 8083 7073 --join 127.0.0.1:7071 --token "$token"
 
+# Joining takes a moment after a node is up: wait (10 s at most) until A
+# sees three live members, then show its view.
+live_peers() {
+    "$bin" status --node 127.0.0.1:7071 --data-dir "$dir/a" 2>/dev/null |
+        grep -c '^[0-9a-f]\{64\} .* yes ' || true
+}
+for _ in $(seq 1 100); do
+    [ "$(live_peers)" = 3 ] && break
+    sleep 0.1
+done
 echo
 "$bin" status --node 127.0.0.1:7071 --data-dir "$dir/a"
 echo
