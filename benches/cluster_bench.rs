@@ -179,7 +179,7 @@ fn main() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     // Each request through the next member: most are forwarded.
-                    let url = format!("{}/carts/{cart}/items", urls[(n + i as usize) % urls.len()]);
+                    let url = format!("{}/carts/{cart}/items", urls[if std::env::var("DIRECT").is_ok() { n % urls.len() } else { (n + i as usize) % urls.len() }]);
                     match http.post(&url, support::item(&format!("sku-{}", i % 8))).await {
                         Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
                         _ => failed.fetch_add(1, Ordering::Relaxed),
