@@ -6,8 +6,12 @@
 //! 1. Remote grain call throughput: `Grains/Call` (a cart read, forwarded
 //!    form) against a member vs a bare tonic unary echo on the same server
 //!    (`ControlPlane/Ping`), both at 64 in flight over one connection.
-//! 2. Failover: after `kill -9` of the member owning a cart, how long until
+//! 2. Full HTTP load through all members: adds/s, and no member fenced or
+//!    declared dead meanwhile.
+//! 3. Failover: after `kill -9` of the member owning a cart, how long until
 //!    another member serves it again.
+//! 4. What forwarding costs: full load with every request sent to the
+//!    cart's owner vs spread over the members, on fresh clusters.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -79,6 +83,79 @@ async fn until_members(node: &NodeProcess, members: u32) {
     }
 }
 
+/// 64 clients adding items for `load_for`; adds/s and failed requests.
+/// Spread: each request goes to the next member, so two in three are
+/// forwarded to the cart's owner; otherwise every request goes to the
+/// member that created (and owns) the cart.
+async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -> (f64, u64) {
+    let http = Http::new();
+    let mut carts = Vec::new();
+    for n in 0..64 {
+        let node = nodes[n % 3];
+        let answer = http
+            .send_past_503("POST", &node.url("/carts"), None, Duration::from_secs(10))
+            .await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+        carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (n, cart) in carts {
+        let (http, urls, ok, failed, stop) = (
+            http.clone(),
+            urls.clone(),
+            ok.clone(),
+            failed.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let member = if spread { n + i as usize } else { n };
+                let url = format!("{}/carts/{cart}/items", urls[member % urls.len()]);
+                match http
+                    .post(&url, support::item(&format!("sku-{}", i % 8)))
+                    .await
+                {
+                    Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(load_for).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("client");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        ok.load(Ordering::Relaxed) as f64 / elapsed,
+        failed.load(Ordering::Relaxed),
+    )
+}
+
+/// A fresh 3-member cluster on one embedded store under `dir`, each member
+/// started with `extra`; returned once it has formed.
+async fn cluster(dir: &std::path::Path, extra: &[&str]) -> [NodeProcess; 3] {
+    let store = dir.join("shared.db").to_str().expect("path").to_owned();
+    let mut args = vec!["--store", store.as_str()];
+    args.extend_from_slice(extra);
+    let a = NodeProcess::start(&dir.join("a"), &args);
+    let seed = a.grpc.to_string();
+    let token = support::token(&a);
+    args.extend_from_slice(&["--join", &seed, "--token", &token]);
+    let b = NodeProcess::start(&dir.join("b"), &args);
+    let c = NodeProcess::start(&dir.join("c"), &args);
+    until_members(&a, 3).await;
+    [a, b, c]
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -87,15 +164,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = dir.path().join("shared.db");
-        let store = store.to_str().expect("path").to_owned();
-        let a = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
-        let seed = a.grpc.to_string();
-        let token = support::token(&a);
-        let join = ["--store", store.as_str(), "--join", &seed, "--token", &token];
-        let b = NodeProcess::start(&dir.path().join("b"), &join);
-        let mut c = NodeProcess::start(&dir.path().join("c"), &join);
-        until_members(&a, 3).await;
+        let [a, b, mut c] = cluster(dir.path(), &[]).await;
         println!("# Granary cluster benchmark\n");
 
         // 1. A cart owned by B, read through B's Grains service.
@@ -155,55 +224,16 @@ fn main() {
             let mut client = cluster::cluster_client::ClusterClient::new(channel(&a).await);
             client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
         };
-        let nodes = [&a, &b, &c];
-        let mut carts = Vec::new();
-        for n in 0..64 {
-            let node = nodes[n % 3];
-            let answer = loop {
-                let answer = http.send("POST", &node.url("/carts"), None, &[]).await.expect("create");
-                if answer.status == 201 {
-                    break answer;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));
-        }
-        let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for (n, cart) in carts {
-            let (http, urls, ok, failed, stop) = (http.clone(), urls.clone(), ok.clone(), failed.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    // Each request through the next member: most are forwarded.
-                    let url = format!("{}/carts/{cart}/items", urls[if std::env::var("DIRECT").is_ok() { n % urls.len() } else { (n + i as usize) % urls.len() }]);
-                    match http.post(&url, support::item(&format!("sku-{}", i % 8))).await {
-                        Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    i += 1;
-                }
-            }));
-        }
         let load_for = Duration::from_secs(10);
-        let started = Instant::now();
-        tokio::time::sleep(load_for).await;
-        stop.store(true, Ordering::Relaxed);
-        for task in tasks {
-            task.await.expect("client");
-        }
-        let elapsed = started.elapsed().as_secs_f64();
+        let (rate_full, failed) = full_load([&a, &b, &c], load_for, true).await;
         let after = {
             let mut client = cluster::cluster_client::ClusterClient::new(channel(&a).await);
             client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
         };
         println!(
             "3 members under full HTTP load (64 clients, requests spread over all members) for {load_for:?}: {:.0} adds/s, {} failed; membership {} -> {} members, config v{} -> v{} (a false dead verdict would change both)",
-            ok.load(Ordering::Relaxed) as f64 / elapsed,
-            failed.load(Ordering::Relaxed),
+            rate_full,
+            failed,
             before.members,
             after.members,
             before.config_version,
@@ -244,5 +274,28 @@ fn main() {
             waits.last().copied().unwrap_or_default().as_secs_f64()
         );
         drop(b);
+        drop(a);
+
+        // 4. What forwarding costs: the same full load on a fresh cluster,
+        //    every request sent to the cart's owner vs spread over the
+        //    members (two in three forwarded), alternated twice.
+        let mut rates = [Vec::new(), Vec::new()];
+        for round in 0..2 {
+            for (slot, spread) in [false, true].into_iter().enumerate() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let nodes = cluster(dir.path(), &[]).await;
+                let (rate, failed) =
+                    full_load([&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(5), spread).await;
+                assert_eq!(failed, 0, "failed requests (spread: {spread})");
+                println!("round {round}, spread {spread}: {rate:.0} adds/s");
+                rates[slot].push(rate);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (to_owner, spread) = (mean(&rates[0]), mean(&rates[1]));
+        println!(
+            "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2}",
+            spread / to_owner
+        );
     });
 }
