@@ -24,39 +24,6 @@ fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess)
     (a, b, c)
 }
 
-/// Runs `granary serve` with `args` expecting it to fail by itself within
-/// 30 s; its exit status and what it wrote to stderr.
-fn serve_expecting_failure(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .arg("serve")
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn granary");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("granary kept running with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, reader.join().expect("stderr reader"))
-}
-
 /// One cluster, one store: a node whose store holds no cluster id, or
 /// another cluster's, is not admitted; it stops with an error that says
 /// why, and the cluster's membership is unchanged.
@@ -71,7 +38,7 @@ async fn a_node_with_another_store_is_refused_at_join() {
     // A fresh store: no cluster id at all.
     let fresh = dir.path().join("fresh.db");
     let (exit, stderr) = tokio::task::block_in_place(|| {
-        serve_expecting_failure(&[
+        support::serve_expecting_failure(&[
             "--data-dir",
             dir.path().join("b").to_str().unwrap(),
             "--store",
@@ -93,7 +60,7 @@ async fn a_node_with_another_store_is_refused_at_join() {
     founder.terminate();
     assert!(tokio::task::block_in_place(|| founder.wait_exit(Duration::from_secs(30))).success());
     let (exit, stderr) = tokio::task::block_in_place(|| {
-        serve_expecting_failure(&[
+        support::serve_expecting_failure(&[
             "--data-dir",
             dir.path().join("c").to_str().unwrap(),
             "--store",
@@ -931,7 +898,7 @@ async fn a_single_use_token_admits_one_node_only() {
     let c_dir = dir.path().join("c");
     let mut args = vec!["--data-dir", c_dir.to_str().unwrap()];
     args.extend(join);
-    let (exit, stderr) = tokio::task::block_in_place(|| serve_expecting_failure(&args));
+    let (exit, stderr) = tokio::task::block_in_place(|| support::serve_expecting_failure(&args));
     assert!(!exit.success());
     assert!(
         stderr.contains("the join token is not valid here"),

@@ -42,6 +42,45 @@ async fn add(http: &Http, node: &NodeProcess, cart: &str, sku: &str) -> support:
     .expect("an answer")
 }
 
+/// A node whose store URL asks for a verified TLS connection serves carts
+/// over it (the server takes TLS only); given a CA that did not sign the
+/// server's certificate, it does not start, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_talks_to_postgres_over_verified_tls_or_not_at_all() {
+    let certificates = granary_testpg::test_certificates();
+    let Some(server) = tokio::task::block_in_place(|| {
+        granary_testpg::private_with_tls(&certificates.server, &certificates.server_key)
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&ca, &certificates.ca).unwrap();
+    std::fs::write(&other, granary_testpg::test_certificates().ca).unwrap();
+    let url = server.fresh_database();
+    let verified = |roots: &std::path::Path| {
+        format!("{url}?sslmode=verify-full&sslrootcert={}", roots.display())
+    };
+
+    let node = NodeProcess::start(&dir.path().join("node"), &["--store", &verified(&ca)]);
+    let http = Http::new();
+    let cart = create_cart(&http, &node).await;
+    assert_eq!(add(&http, &node, &cart, "tls").await.status, 200);
+    drop(node);
+
+    let other_dir = dir.path().join("other");
+    let (exit, stderr) = tokio::task::block_in_place(|| {
+        support::serve_expecting_failure(&[
+            "--data-dir",
+            other_dir.to_str().unwrap(),
+            "--store",
+            &verified(&other),
+        ])
+    });
+    assert!(!exit.success(), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_postgres_keeps_every_change_across_a_restart() {
     let Some(server) = granary_testpg::shared() else {

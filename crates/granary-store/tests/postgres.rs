@@ -155,29 +155,6 @@ fn a_bad_url_is_refused() {
     );
 }
 
-/// A certificate authority and a server certificate it signed for
-/// 127.0.0.1; PEM: (CA certificate, server certificate, server key).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "granary test CA");
-    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
-    let server_pem = server
-        .signed_by(&server_key, &issuer)
-        .expect("server certificate")
-        .pem();
-    (ca_pem, server_pem, server_key.serialize_pem())
-}
-
 /// TLS to the server (which takes TLS only): `verify-full` with the CA
 /// that signed its certificate connects and works; another CA, or a host
 /// name the certificate does not carry, is refused at open; `verify-ca`
@@ -185,18 +162,22 @@ fn certificates() -> (String, String, String) {
 /// checking; `disable` is refused by a TLS-only server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_server_checks_its_certificate_as_sslmode_says() {
-    let (ca, server_cert, server_key) = certificates();
+    let certificates = granary_testpg::test_certificates();
+    let (ca, server_cert, server_key) = (
+        &certificates.ca,
+        &certificates.server,
+        &certificates.server_key,
+    );
     let Some(server) =
-        tokio::task::block_in_place(|| granary_testpg::private_with_tls(&server_cert, &server_key))
+        tokio::task::block_in_place(|| granary_testpg::private_with_tls(server_cert, server_key))
     else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, &ca).unwrap();
-    let (other_ca, _, _) = certificates();
+    std::fs::write(&ca_path, ca).unwrap();
     let other_path = dir.path().join("other-ca.pem");
-    std::fs::write(&other_path, &other_ca).unwrap();
+    std::fs::write(&other_path, granary_testpg::test_certificates().ca).unwrap();
 
     let url = server.fresh_database();
     let with = |url: &str, query: &str| format!("{url}?{query}");

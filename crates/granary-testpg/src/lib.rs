@@ -63,6 +63,41 @@ pub fn private() -> Option<Server> {
     Server::start(None).or_else(skip_or_fail)
 }
 
+/// Certificates for a TLS test, PEM: a certificate authority, and a
+/// server certificate it signed for 127.0.0.1 with its key.
+pub struct TestCertificates {
+    pub ca: String,
+    pub server: String,
+    pub server_key: String,
+}
+
+/// A fresh certificate authority (each call another) and a server
+/// certificate it signed for 127.0.0.1.
+pub fn test_certificates() -> TestCertificates {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "granary test CA");
+    let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let server_pem = server
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate")
+        .pem();
+    TestCertificates {
+        ca: ca_pem,
+        server: server_pem,
+        server_key: server_key.serialize_pem(),
+    }
+}
+
 /// A throwaway server that takes TCP connections over TLS only (`hostssl`
 /// in pg_hba.conf: a plaintext client is refused), presenting `cert_pem`
 /// (a chain, PEM) with `key_pem`.
