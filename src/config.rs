@@ -650,7 +650,7 @@ mod tests {
         );
         assert_eq!(
             granary_store::PostgresStore::describe(verified),
-            "postgres://db:5433/granary"
+            "postgres://db:5433/granary (sslmode=verify-full)"
         );
         let err = load(
             None,

@@ -271,13 +271,19 @@ impl PostgresStore {
         Ok((config, settings.connector, settings.mode))
     }
 
-    /// A store URL for logs and errors: `postgres://host:port/db` without
-    /// credentials, or the scheme alone if it is not a PostgreSQL URL.
+    /// A store URL for logs and errors: `postgres://host:port/db
+    /// (sslmode=MODE)` without credentials, or the scheme alone if it is
+    /// not a PostgreSQL URL.
     pub fn describe(url: &str) -> String {
-        // The query (sslmode and the like) says nothing about where.
-        let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+        // The query says nothing about where, but how: the TLS mode is
+        // shown (an operator wants to see it at start).
+        let (without_query, query) = url.split_once('?').unwrap_or((url, ""));
+        let sslmode = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("sslmode="))
+            .unwrap_or("prefer");
         match Config::from_str(without_query) {
-            Ok(config) => location_of(&config),
+            Ok(config) => format!("{} (sslmode={sslmode})", location_of(&config)),
             Err(_) => url.split_once("://").map_or_else(
                 || "a URL".to_owned(),
                 |(scheme, _)| format!("a {scheme}:// URL"),
