@@ -818,24 +818,8 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     // An expired token: made with a one-second life, used after it.
-    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .args([
-            "token",
-            "create",
-            "--ttl",
-            "1s",
-            "--node",
-            &a.grpc.to_string(),
-            "--data-dir",
-        ])
-        .arg(&a.data_dir)
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let short: granary::security::tokens::JoinToken = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    let short: granary::security::tokens::JoinToken =
+        support::token_with(&a, &["--ttl", "1s"]).parse().unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     let reply = client
         .join(join(me.clone(), short.secret))
@@ -874,20 +858,7 @@ async fn a_single_use_token_admits_one_node_only() {
     let store = dir.path().join("shared.db");
     let store = store.to_str().unwrap();
     let a = NodeProcess::start(&dir.path().join("a"), &["--store", store]);
-    let output = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .args([
-            "token",
-            "create",
-            "--single-use",
-            "--node",
-            &a.grpc.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(&a.data_dir)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let token = support::token_with(&a, &["--single-use"]);
     let seed = a.grpc.to_string();
     let join = ["--store", store, "--join", &seed, "--token", &token];
     let b = NodeProcess::start(&dir.path().join("b"), &join);

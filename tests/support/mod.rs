@@ -333,14 +333,16 @@ pub fn skus(cart: &serde_json::Value) -> Vec<String> {
 
 /// A join token made on `node` with `granary token create` (its own key).
 pub fn token(node: &NodeProcess) -> String {
+    token_with(node, &[])
+}
+
+/// A join token made on `node` with `granary token create` and `options`
+/// (e.g. `--ttl 1s`, `--single-use`).
+pub fn token_with(node: &NodeProcess, options: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_granary"))
-        .args([
-            "token",
-            "create",
-            "--node",
-            &node.grpc.to_string(),
-            "--data-dir",
-        ])
+        .args(["token", "create"])
+        .args(options)
+        .args(["--node", &node.grpc.to_string(), "--data-dir"])
         .arg(&node.data_dir)
         .stdin(Stdio::null())
         .output()
