@@ -299,12 +299,19 @@ impl Cluster for ClusterService {
                 leader_address: String::new(),
             }));
         }
-        // A node this one cannot reach would be admitted only to be found
+        // A node the leader cannot reach would be admitted only to be found
         // dead again (a one-way partition: its requests get out, nothing
         // gets in), and every admission holds the directory until the
-        // newcomer's grain list is in. So it must answer at the address it
-        // advertises, with its key, first.
-        if !self.handle.committed().is_member(&member.id)
+        // newcomer's grain list is in. So it must answer the leader at the
+        // address it advertises, with its key, first (a member that is not
+        // the leader vouches for it, and the leader checks).
+        let leads = self
+            .handle
+            .status()
+            .await
+            .is_some_and(|status| status.role == "leader");
+        if leads
+            && !self.handle.committed().is_member(&member.id)
             && let Err(why) = self.answers_at_its_address(&member).await
         {
             return Ok(Response::new(pb::JoinReply {

@@ -27,7 +27,7 @@ mod link;
 mod schema;
 mod tls;
 
-pub use tls::SslMode;
+use tls::SslMode;
 
 use std::str::FromStr;
 use std::sync::Arc;
