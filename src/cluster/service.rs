@@ -372,6 +372,7 @@ impl Cluster for ClusterService {
                     expected_version: 0,
                     events: vec![b"revoked".to_vec()],
                     idempotency: None,
+                    epoch: 0,
                 })
                 .await;
             match written {

@@ -314,6 +314,7 @@ impl<G: Grain> GrainActor<G> {
                 expected_version: self.version,
                 events: payloads,
                 idempotency: idempotency.clone(),
+                epoch: 0,
             }),
         );
         Ok(Box::pin(append.into_actor(self).map(

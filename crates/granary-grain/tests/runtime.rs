@@ -486,6 +486,7 @@ async fn after_an_unknown_outcome_the_grain_catches_up_before_answering() {
             expected_version: 1,
             events: vec![b"2".to_vec()],
             idempotency: None,
+            epoch: 0,
         })
         .await;
     assert_eq!(landed, Ok(2));

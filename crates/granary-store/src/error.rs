@@ -23,6 +23,17 @@ pub enum StoreError {
         key: GrainKey,
         idempotency_key: String,
     },
+    /// A writer with a newer owner epoch has appended to this stream: the
+    /// append (at `epoch`) comes from a stale owner and was refused.
+    /// Nothing was written. The writer must stop hosting the grain.
+    #[error(
+        "owner epoch {epoch} of {key} is stale: a newer owner (epoch {newer}) has written; nothing was written"
+    )]
+    Fenced {
+        key: GrainKey,
+        epoch: u64,
+        newer: u64,
+    },
     /// The store cannot take the request now (queue full, database locked
     /// for too long or unreachable, engine shutting down). Nothing was
     /// written.

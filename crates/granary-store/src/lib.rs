@@ -40,4 +40,6 @@ pub use error::StoreError;
 pub use postgres::{PostgresStore, PostgresStoreOptions};
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
 pub use store::{EventStore, StoreFuture, StoreStats};
-pub use types::{AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+pub use types::{
+    AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, MAX_EPOCH, Snapshot,
+};

@@ -60,6 +60,14 @@ pub struct AppendRequest {
     pub expected_version: u64,
     pub events: Vec<Vec<u8>>,
     pub idempotency: Option<IdempotencyRecord>,
+    /// The writer's owner epoch: a fencing token that grows with every
+    /// placement of the grain (0: no cluster). Each event records the
+    /// epoch that wrote it, and an append whose epoch is lower than that
+    /// of the stream's last event is refused ([`StoreError::Fenced`]):
+    /// a newer owner has written, so this writer is a stale one.
+    ///
+    /// [`StoreError::Fenced`]: crate::StoreError::Fenced
+    pub epoch: u64,
 }
 
 impl AppendRequest {
@@ -70,15 +78,27 @@ impl AppendRequest {
                 "an append needs at least one event".into(),
             ));
         }
+        if self.epoch > MAX_EPOCH {
+            return Err(crate::StoreError::Invalid(format!(
+                "owner epoch {} is beyond the largest a store keeps ({MAX_EPOCH})",
+                self.epoch
+            )));
+        }
         Ok(())
     }
 }
 
 /// What activation reads: the newest snapshot, if any, and every event
-/// after it, in order. `version` is the version of the last event.
+/// after it, in order. `version` is the version of the last event, `epoch`
+/// the owner epoch that wrote it (0 for an empty stream).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadedGrain {
     pub snapshot: Option<Snapshot>,
     pub events: Vec<EventRecord>,
     pub version: u64,
+    pub epoch: u64,
 }
+
+/// The largest owner epoch a store accepts: epochs are stored as signed
+/// 64-bit integers.
+pub const MAX_EPOCH: u64 = i64::MAX as u64;

@@ -27,31 +27,39 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// after which the batch goes through `granary_append` too.
 const APPEND_SET: &str = "
 WITH req AS (
-    SELECT r.kind, r.grain, r.expected, r.cnt, r.ikey, r.ihash, r.ireply, r.i::int AS i,
+    SELECT r.kind, r.grain, r.expected, r.cnt, r.ikey, r.ihash, r.ireply, r.epoch, r.i::int AS i,
            (sum(r.cnt) OVER (ORDER BY r.i) - r.cnt)::int AS used
-      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $6::text[], $7::bigint[], $8::bytea[])
-           WITH ORDINALITY AS r(kind, grain, expected, cnt, ikey, ihash, ireply, i)
+      FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $6::text[], $7::bigint[], $8::bytea[], $9::bigint[])
+           WITH ORDINALITY AS r(kind, grain, expected, cnt, ikey, ihash, ireply, epoch, i)
 ), checked AS (
     SELECT req.*,
-           (SELECT coalesce(max(e.version), 0) FROM granary_events e
-             WHERE e.kind = req.kind AND e.grain = req.grain) AS actual,
+           coalesce(l.version, 0) AS actual,
+           coalesce(l.epoch, 0) AS last_epoch,
            (req.ikey IS NOT NULL AND EXISTS (
                SELECT 1 FROM granary_idempotency d
                 WHERE d.kind = req.kind AND d.grain = req.grain AND d.key = req.ikey)) AS dup
       FROM req
+      LEFT JOIN LATERAL (
+           SELECT e.version, e.epoch FROM granary_events e
+            WHERE e.kind = req.kind AND e.grain = req.grain
+            ORDER BY e.version DESC LIMIT 1) l ON true
 ), accepted AS (
-    SELECT * FROM checked WHERE actual = expected AND NOT dup
+    SELECT * FROM checked WHERE epoch >= last_epoch AND actual = expected AND NOT dup
 ), events AS (
-    INSERT INTO granary_events (kind, grain, version, payload)
-    SELECT a.kind, a.grain, a.expected + n, ($5::bytea[])[a.used + n]
+    INSERT INTO granary_events (kind, grain, version, payload, epoch)
+    SELECT a.kind, a.grain, a.expected + n, ($5::bytea[])[a.used + n], a.epoch
       FROM accepted a, generate_series(1, a.cnt) AS n
 ), records AS (
     INSERT INTO granary_idempotency (kind, grain, key, request_hash, reply)
     SELECT a.kind, a.grain, a.ikey, a.ihash, a.ireply FROM accepted a WHERE a.ikey IS NOT NULL
 )
 SELECT c.i AS out_index,
-       CASE WHEN c.actual <> c.expected THEN 'conflict' WHEN c.dup THEN 'duplicate' ELSE 'ok' END AS out_outcome,
-       CASE WHEN c.actual <> c.expected THEN c.actual WHEN c.dup THEN 0 ELSE c.expected + c.cnt END AS out_version
+       CASE WHEN c.epoch < c.last_epoch THEN 'fenced'
+            WHEN c.actual <> c.expected THEN 'conflict'
+            WHEN c.dup THEN 'duplicate' ELSE 'ok' END AS out_outcome,
+       CASE WHEN c.epoch < c.last_epoch THEN c.last_epoch
+            WHEN c.actual <> c.expected THEN c.actual
+            WHEN c.dup THEN 0 ELSE c.expected + c.cnt END AS out_version
   FROM checked c ORDER BY c.i";
 
 /// The statements a link prepares once per connection.
@@ -161,7 +169,7 @@ impl Link {
             append: client
                 .prepare(
                     "SELECT out_index, out_outcome, out_version
-                       FROM granary_append($1, $2, $3, $4, $5, $6, $7, $8)",
+                       FROM granary_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .await?,
             snapshot: client
@@ -172,11 +180,15 @@ impl Link {
                     "WITH s AS (
                         SELECT version, payload FROM granary_snapshots
                          WHERE kind = $1 AND grain = $2)
-                     SELECT false AS is_event, version, payload FROM s
+                     SELECT 0 AS part, version, payload, 0::bigint AS epoch FROM s
                      UNION ALL
-                     SELECT true, e.version, e.payload FROM granary_events e
+                     SELECT 1, e.version, e.payload, e.epoch FROM granary_events e
                       WHERE e.kind = $1 AND e.grain = $2
                         AND e.version > coalesce((SELECT version FROM s), 0)
+                     UNION ALL
+                     (SELECT 2, e.version, ''::bytea, e.epoch FROM granary_events e
+                       WHERE e.kind = $1 AND e.grain = $2
+                       ORDER BY e.version DESC LIMIT 1)
                      ORDER BY 1, 2",
                 )
                 .await?,

@@ -395,7 +395,9 @@ async fn write_batch(
     let mut idem_keys = Vec::with_capacity(n);
     let mut idem_hashes = Vec::with_capacity(n);
     let mut idem_replies: Vec<Option<&[u8]>> = Vec::with_capacity(n);
+    let mut epochs = Vec::with_capacity(n);
     for Append { request, .. } in batch.iter() {
+        epochs.push(request.epoch as i64);
         kinds.push(request.key.kind.as_str());
         grains.push(request.key.id.as_str());
         expected.push(request.expected_version as i64);
@@ -409,7 +411,7 @@ async fn write_batch(
     let result = match link.get().await {
         Err(err) => Err(err),
         Ok((client, statements)) => {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &kinds,
                 &grains,
                 &expected,
@@ -418,6 +420,7 @@ async fn write_batch(
                 &idem_keys,
                 &idem_hashes,
                 &idem_replies,
+                &epochs,
             ];
             // Two appends to one stream must see each other: the loop.
             let mut streams = std::collections::HashSet::with_capacity(n);
@@ -499,6 +502,11 @@ async fn write_batch(
                     actual: version as u64,
                 })
             }
+            Some((outcome, newer)) if outcome == "fenced" => Err(StoreError::Fenced {
+                key: request.key,
+                epoch: request.epoch,
+                newer: newer as u64,
+            }),
             Some((outcome, _)) if outcome == "duplicate" => {
                 Err(StoreError::DuplicateIdempotencyKey {
                     key: request.key,
@@ -634,13 +642,20 @@ where
 fn loaded(rows: Vec<tokio_postgres::Row>) -> LoadedGrain {
     let mut grain = LoadedGrain::default();
     for row in rows {
-        let is_event: bool = row.get(0);
+        let part: i32 = row.get(0);
         let version = row.get::<_, i64>(1) as u64;
-        let payload: Vec<u8> = row.get(2);
-        if is_event {
-            grain.events.push(EventRecord { version, payload });
-        } else {
-            grain.snapshot = Some(Snapshot { version, payload });
+        match part {
+            0 => {
+                grain.snapshot = Some(Snapshot {
+                    version,
+                    payload: row.get(2),
+                })
+            }
+            1 => grain.events.push(EventRecord {
+                version,
+                payload: row.get(2),
+            }),
+            _ => grain.epoch = row.get::<_, i64>(3) as u64,
         }
         grain.version = grain.version.max(version);
     }

@@ -125,6 +125,77 @@ const MIGRATIONS: &[&str] = &[
         RETURN NEXT;
     END $$;
     "#,
+    // 2: the owner epoch (fencing token) that wrote each event, and the
+    // batch function that refuses a stale owner's append. The 8-argument
+    // function of version 1 stays for nodes of the previous release
+    // during a rolling upgrade.
+    r#"
+    ALTER TABLE granary_events ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+
+    -- As granary_append of version 1, with p_epoch[i], the writer's owner
+    -- epoch: an append whose epoch is below that of the stream's last
+    -- event is refused with ('fenced', that epoch).
+    CREATE FUNCTION granary_append(
+        p_kind text[], p_grain text[], p_expected bigint[], p_count int[],
+        p_payload bytea[], p_idem_key text[], p_idem_hash bigint[], p_idem_reply bytea[],
+        p_epoch bigint[])
+    RETURNS TABLE (out_index int, out_outcome text, out_version bigint)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        i int;
+        used int := 0;
+        actual bigint;
+        last_epoch bigint;
+        violated text;
+    BEGIN
+        FOR i IN 1 .. coalesce(array_length(p_kind, 1), 0) LOOP
+            out_index := i;
+            BEGIN
+                SELECT e.version, e.epoch INTO actual, last_epoch
+                  FROM granary_events e
+                 WHERE e.kind = p_kind[i] AND e.grain = p_grain[i]
+                 ORDER BY e.version DESC LIMIT 1;
+                actual := coalesce(actual, 0);
+                last_epoch := coalesce(last_epoch, 0);
+                IF p_epoch[i] < last_epoch THEN
+                    out_outcome := 'fenced';
+                    out_version := last_epoch;
+                ELSIF actual <> p_expected[i] THEN
+                    out_outcome := 'conflict';
+                    out_version := actual;
+                ELSIF p_idem_key[i] IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM granary_idempotency d
+                     WHERE d.kind = p_kind[i] AND d.grain = p_grain[i] AND d.key = p_idem_key[i]) THEN
+                    out_outcome := 'duplicate';
+                    out_version := 0;
+                ELSE
+                    INSERT INTO granary_events (kind, grain, version, payload, epoch)
+                    SELECT p_kind[i], p_grain[i], p_expected[i] + n, p_payload[used + n], p_epoch[i]
+                      FROM generate_series(1, p_count[i]) AS n;
+                    IF p_idem_key[i] IS NOT NULL THEN
+                        INSERT INTO granary_idempotency (kind, grain, key, request_hash, reply)
+                        VALUES (p_kind[i], p_grain[i], p_idem_key[i], p_idem_hash[i], p_idem_reply[i]);
+                    END IF;
+                    out_outcome := 'ok';
+                    out_version := p_expected[i] + p_count[i];
+                END IF;
+            EXCEPTION WHEN unique_violation THEN
+                GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
+                IF violated = 'granary_idempotency_pkey' THEN
+                    out_outcome := 'duplicate';
+                    out_version := 0;
+                ELSE
+                    out_outcome := 'conflict';
+                    SELECT coalesce(max(e.version), 0) INTO out_version
+                      FROM granary_events e
+                     WHERE e.kind = p_kind[i] AND e.grain = p_grain[i];
+                END IF;
+            END;
+            used := used + p_count[i];
+            RETURN NEXT;
+        END LOOP;
+    END $$;
+    "#,
 ];
 
 /// Brings the database's schema up to [`SCHEMA_VERSION`] in one

@@ -84,12 +84,22 @@ fn load(conn: &mut Connection, key: &GrainKey) -> Result<LoadedGrain, StoreError
             events.push(row?);
         }
     }
+    // The epoch of the stream's last writer: a newer owner than the one
+    // loading may have written (the loader is then a stale owner).
+    let epoch = tx
+        .prepare_cached(
+            "SELECT epoch FROM events WHERE kind = ?1 AND grain = ?2 ORDER BY version DESC LIMIT 1",
+        )?
+        .query_row(params![key.kind, key.id], |row| row.get::<_, i64>(0))
+        .optional()?
+        .map_or(0, |e| e as u64);
     tx.commit()?;
     let version = events.last().map_or(after, |e| e.version);
     Ok(LoadedGrain {
         snapshot,
         events,
         version,
+        epoch,
     })
 }
 

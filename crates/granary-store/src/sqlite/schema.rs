@@ -34,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
         reply BLOB NOT NULL,
         PRIMARY KEY (kind, grain, key)
     ) WITHOUT ROWID;",
+    // 2: the owner epoch (fencing token) that wrote each event.
+    "ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings the file's schema up to [`SCHEMA_VERSION`], in one immediate

@@ -170,16 +170,26 @@ fn fail_all(ops: impl Iterator<Item = WriteOp>, err: &StoreError) {
 fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, StoreError> {
     let key = &request.key;
     let sp = tx.savepoint_with_name("append")?;
-    // The stream's version is read inside the write transaction: writers
-    // are serialized by SQLite's write lock (across processes too), so the
-    // check and the insert are atomic.
-    let actual: u64 = sp
-        .query_row(
-            "SELECT MAX(version) FROM events WHERE kind = ?1 AND grain = ?2",
-            params![key.kind, key.id],
-            |row| row.get::<_, Option<i64>>(0),
+    // The stream's version and the epoch of its last writer are read
+    // inside the write transaction: writers are serialized by SQLite's
+    // write lock (across processes too), so the checks and the insert are
+    // atomic.
+    let (actual, last_epoch): (u64, u64) = sp
+        .prepare_cached(
+            "SELECT version, epoch FROM events WHERE kind = ?1 AND grain = ?2 ORDER BY version DESC LIMIT 1",
         )?
-        .map_or(0, |v| v as u64);
+        .query_row(params![key.kind, key.id], |row| {
+            Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64))
+        })
+        .optional()?
+        .unwrap_or((0, 0));
+    if request.epoch < last_epoch {
+        return Err(StoreError::Fenced {
+            key: key.clone(),
+            epoch: request.epoch,
+            newer: last_epoch,
+        });
+    }
     if actual != request.expected_version {
         return Err(StoreError::Conflict {
             key: key.clone(),
@@ -189,11 +199,17 @@ fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, 
     }
     {
         let mut insert = sp.prepare_cached(
-            "INSERT INTO events (kind, grain, version, payload) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO events (kind, grain, version, payload, epoch) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         for (offset, payload) in request.events.iter().enumerate() {
             let version = request.expected_version + offset as u64 + 1;
-            insert.execute(params![key.kind, key.id, version as i64, payload])?;
+            insert.execute(params![
+                key.kind,
+                key.id,
+                version as i64,
+                payload,
+                request.epoch as i64
+            ])?;
         }
     }
     if let Some(record) = &request.idempotency {

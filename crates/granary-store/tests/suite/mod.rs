@@ -29,6 +29,7 @@ macro_rules! every_suite_test {
             refused_appends_do_not_disturb_concurrent_appends,
             streams_are_isolated_by_kind_and_id,
             cluster_id_is_recorded_once,
+            an_append_from_an_older_owner_epoch_is_refused_and_writes_nothing,
         );
     };
 }
@@ -63,6 +64,7 @@ pub fn append_request(
         expected_version,
         events,
         idempotency: None,
+        epoch: 0,
     }
 }
 
@@ -719,4 +721,61 @@ pub async fn cluster_id_is_recorded_once(store: Arc<dyn EventStore>) {
         Ok(Some("first".into()))
     );
     assert_eq!(store.cluster_id(None).await, Ok(Some("first".into())));
+}
+
+/// The owner epoch is a fencing token: once an owner with a newer epoch
+/// has appended, an append from an older one is refused, whatever version
+/// it expects, events or an idempotency record alone; the same or a newer
+/// epoch may append. `load` reports the epoch of the last writer.
+pub async fn an_append_from_an_older_owner_epoch_is_refused_and_writes_nothing(
+    store: Arc<dyn EventStore>,
+) {
+    let key = cart("fenced");
+    let at = |expected: u64, epoch: u64, tag: &str| AppendRequest {
+        epoch,
+        ..append_request(&key, expected, payloads(tag, expected + 1, 1))
+    };
+    assert_eq!(store.load(&key).await.expect("load").epoch, 0);
+    store.append(at(0, 5, "a")).await.expect("first owner");
+    assert_eq!(store.load(&key).await.expect("load").epoch, 5);
+    match store.append(at(1, 3, "stale")).await {
+        Err(StoreError::Fenced { epoch, newer, .. }) => assert_eq!((epoch, newer), (3, 5)),
+        other => panic!("an older epoch must be fenced, got {other:?}"),
+    }
+    // Even at a stale expected version, the epoch is what refuses it.
+    assert!(matches!(
+        store.append(at(0, 4, "stale")).await,
+        Err(StoreError::Fenced { newer: 5, .. })
+    ));
+    let record_only = AppendRequest {
+        events: Vec::new(),
+        idempotency: Some(IdempotencyRecord {
+            key: "k".into(),
+            request_hash: 1,
+            reply: b"r".to_vec(),
+        }),
+        ..at(1, 4, "none")
+    };
+    assert!(matches!(
+        store.append(record_only).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(
+        store.find_idempotent(&key, "k").await.expect("find"),
+        None,
+        "a fenced append stores no idempotency record"
+    );
+    store
+        .append(at(1, 5, "b"))
+        .await
+        .expect("the same owner again");
+    store.append(at(2, 9, "c")).await.expect("a newer owner");
+    assert!(matches!(
+        store.append(at(3, 5, "stale")).await,
+        Err(StoreError::Fenced { newer: 9, .. })
+    ));
+    let loaded = store.load(&key).await.expect("load");
+    assert_eq!((loaded.version, loaded.epoch), (3, 9));
+    let written: Vec<&[u8]> = loaded.events.iter().map(|e| e.payload.as_slice()).collect();
+    assert_eq!(written, [b"a-1".as_slice(), b"b-2", b"c-3"]);
 }
