@@ -127,6 +127,16 @@ impl From<CallError<CartError>> for ApiError {
                     "the cart service is temporarily unavailable",
                 )
             }
+            CallError::Fenced(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this node cannot serve carts now ({reason}); retry, here or on another node"),
+            )
+            .with_code("fenced"),
+            CallError::NotOwner(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the cart is being placed on another member ({reason}); retry"),
+            )
+            .with_code("placing"),
             other => {
                 tracing::error!(error = %other, "cart call failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")

@@ -23,6 +23,7 @@ use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
 use crate::runtime::{CallOptions, Shared};
 use crate::stats::Counters;
+use crate::tenure::Tenure;
 
 pub(crate) type CallResult<G> =
     Result<Outcome<<G as Grain>::Reply>, CallError<<G as Grain>::Rejection>>;
@@ -78,6 +79,13 @@ pub(crate) struct GrainActor<G: Grain> {
     after: Option<oneshot::Receiver<()>>,
     /// Dropped with the actor: tells the next activation it may load.
     on_stop: Option<oneshot::Sender<()>>,
+    /// The owner epoch its appends carry.
+    tenure: Tenure,
+    /// The lease's fence count when it was activated: after a fence it
+    /// refuses every call.
+    fences: u64,
+    /// It fenced and asked itself to stop after the calls queued.
+    retiring: bool,
 }
 
 impl<G: Grain> GrainActor<G> {
@@ -86,8 +94,13 @@ impl<G: Grain> GrainActor<G> {
         generation: u64,
         shared: Arc<Shared<G>>,
         after: Option<oneshot::Receiver<()>>,
+        tenure: Tenure,
+        fences: u64,
     ) -> Self {
         GrainActor {
+            tenure,
+            fences,
+            retiring: false,
             key: GrainKey::new(G::KIND, id),
             generation,
             shared,
@@ -122,7 +135,11 @@ impl<G: Grain> GrainActor<G> {
             match loaded {
                 Ok(loaded) => {
                     if let Err(err) = act.rebuild(loaded) {
-                        tracing::error!(grain = %act.key, error = %err, "grain state cannot be rebuilt");
+                        if matches!(err, CallError::NotOwner(_)) {
+                            tracing::warn!(grain = %act.key, error = %err, "stale placement refused by the store");
+                        } else {
+                            tracing::error!(grain = %act.key, error = %err, "grain state cannot be rebuilt");
+                        }
                         act.broken = Some(err);
                     } else if act.version == 0 {
                         act.release_if_still_empty(ctx);
@@ -134,6 +151,14 @@ impl<G: Grain> GrainActor<G> {
     }
 
     fn rebuild(&mut self, loaded: LoadedGrain) -> Result<(), CallError<G::Rejection>> {
+        if loaded.epoch > self.tenure.epoch {
+            // The store is the last word: an owner placed after this one
+            // has written, so this placement is stale.
+            return Err(CallError::NotOwner(format!(
+                "a newer owner (epoch {}) has written {}; this placement (epoch {}) is stale",
+                loaded.epoch, self.key, self.tenure.epoch
+            )));
+        }
         let corrupt = |what: String| CallError::Store(StoreError::Engine(what));
         let mut state = match &loaded.snapshot {
             Some(snapshot) => serde_json::from_slice::<G>(&snapshot.payload).map_err(|e| {
@@ -212,7 +237,26 @@ impl<G: Grain> GrainActor<G> {
     }
 
     /// Decides the command and, if it yields events, writes them.
+    /// Whether this activation may answer or append now (see `Lease`).
+    /// After a fence it never may: it refuses every call already queued
+    /// (none of them is resent elsewhere or run) and stops behind them.
+    fn may_serve(&mut self, ctx: &mut Context<Self>) -> Result<(), CallError<G::Rejection>> {
+        self.shared.lease.check(self.fences).map_err(|refusal| {
+            if self.shared.lease.fences() != self.fences && !self.retiring {
+                self.retiring = true;
+                ctx.address().do_send(Passivate { done: None });
+            }
+            CallError::from(refusal)
+        })
+    }
+
     fn execute(&mut self, call: Call<G>, ctx: &mut Context<Self>) -> GrainResponse<G> {
+        // Checked against the clock right before answering or appending
+        // (both happen in this same step): a member resumed after a pause
+        // answers nothing from stale memory.
+        if let Err(err) = self.may_serve(ctx) {
+            return GrainResponse::Ready(Err(err));
+        }
         if let Some(err) = self.broken.clone() {
             // Let the next call try a fresh activation.
             ctx.stop();
@@ -314,7 +358,7 @@ impl<G: Grain> GrainActor<G> {
                 expected_version: self.version,
                 events: payloads,
                 idempotency: idempotency.clone(),
-                epoch: 0,
+                epoch: self.tenure.epoch,
             }),
         );
         Ok(Box::pin(append.into_actor(self).map(
@@ -350,6 +394,14 @@ impl<G: Grain> GrainActor<G> {
                     }
                     Err(err @ StoreError::DuplicateIdempotencyKey { .. }) => {
                         Err(CallError::Store(err))
+                    }
+                    Err(err @ StoreError::Fenced { .. }) => {
+                        // A newer owner has written: this activation is a
+                        // stale one. Nothing was written; it stops, and the
+                        // caller finds the owner.
+                        tracing::warn!(grain = %act.key, error = %err, "stale owner fenced by the store");
+                        ctx.stop();
+                        Err(CallError::NotOwner(err.to_string()))
                     }
                     Err(err @ StoreError::Unavailable(_)) => {
                         // Nothing was written: the state in memory is still
@@ -411,6 +463,11 @@ impl<G: Grain> Actor for GrainActor<G> {
         self.shared
             .lock_registry()
             .remove_if(&self.key.id, self.generation);
+        // Every write of this activation has settled (writes hold the
+        // mailbox): its placement may go.
+        if let Some(ownership) = &self.shared.ownership {
+            ownership.deactivated(G::KIND, &self.key.id, self.generation);
+        }
     }
 }
 
@@ -421,8 +478,13 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
         let Some((key, request_hash)) = call.options.idempotency.clone() else {
             return self.execute(call, ctx);
         };
-        if let Some(record) = self.remembered(&key) {
-            return GrainResponse::Ready(Self::replay(record, request_hash));
+        if self.remembered(&key).is_some() {
+            if let Err(err) = self.may_serve(ctx) {
+                return GrainResponse::Ready(Err(err));
+            }
+            if let Some(record) = self.remembered(&key) {
+                return GrainResponse::Ready(Self::replay(record, request_hash));
+            }
         }
         // Not in memory: the first answer may be in the store (written by an
         // earlier activation). Look it up without letting another command in.
@@ -431,6 +493,9 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
             move |found, act, ctx| -> LocalBoxActorFuture<Self, CallResult<G>> {
                 match found {
                     Ok(Some(record)) => {
+                        if let Err(err) = act.may_serve(ctx) {
+                            return Box::pin(actix::fut::ready(Err(err)));
+                        }
                         let result = Self::replay(&record, request_hash);
                         act.remember(record);
                         Box::pin(actix::fut::ready(result))
@@ -450,7 +515,9 @@ impl<G: Grain> Handler<Passivate> for GrainActor<G> {
     type Result = ();
 
     fn handle(&mut self, passivate: Passivate, ctx: &mut Self::Context) {
-        self.on_stop = passivate.done;
+        if passivate.done.is_some() {
+            self.on_stop = passivate.done;
+        }
         ctx.stop();
     }
 }

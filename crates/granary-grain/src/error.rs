@@ -26,6 +26,23 @@ pub enum CallError<R> {
     /// The grain could not be reached in time (stopping, overloaded).
     #[error("the grain is unavailable: {0}")]
     Unavailable(String),
+    /// The grain is not placed on this member (or a newer owner has
+    /// written it): nothing ran; find its owner and call there.
+    #[error("this member does not own the grain: {0}")]
+    NotOwner(String),
+    /// This member may not serve now (it cannot see a majority, or fenced
+    /// since the grain was activated): nothing ran; call another member.
+    #[error("this member is fenced: {0}")]
+    Fenced(String),
+}
+
+impl<R> From<crate::tenure::Refusal> for CallError<R> {
+    fn from(refusal: crate::tenure::Refusal) -> Self {
+        match refusal {
+            crate::tenure::Refusal::NotOwner(why) => CallError::NotOwner(why),
+            crate::tenure::Refusal::Fenced(why) => CallError::Fenced(why),
+        }
+    }
 }
 
 impl<R> CallError<R> {
@@ -33,7 +50,7 @@ impl<R> CallError<R> {
     pub fn is_retryable(&self) -> bool {
         match self {
             CallError::Store(err) => err.is_retryable(),
-            CallError::Unavailable(_) => true,
+            CallError::Unavailable(_) | CallError::NotOwner(_) | CallError::Fenced(_) => true,
             _ => false,
         }
     }

@@ -19,6 +19,9 @@
 //!   one activation.
 //! - `activation.rs`: the actix actor hosting one grain: loads state on
 //!   start, handles one command at a time, supervises panics.
+//! - [`Ownership`], [`Lease`] (`tenure.rs`): in a cluster, whether this
+//!   member may host a grain (and with which owner epoch), and until when
+//!   it may serve; checked before every activation, answer and append.
 //! - [`RuntimeConfig`], [`RuntimeStats`], [`CallError`]: knobs, counters and
 //!   failures.
 //!
@@ -38,9 +41,11 @@ mod grain;
 mod registry;
 mod runtime;
 mod stats;
+mod tenure;
 
 pub use config::{Placement, RuntimeConfig};
 pub use error::CallError;
 pub use grain::{Grain, Outcome};
 pub use runtime::{CallOptions, GrainRuntime};
 pub use stats::RuntimeStats;
+pub use tenure::{Lease, Ownership, Refusal, Tenure};

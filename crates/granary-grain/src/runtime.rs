@@ -13,6 +13,7 @@ use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
 use crate::registry::Registry;
 use crate::stats::{Counters, RuntimeStats};
+use crate::tenure::{Lease, Ownership, Tenure};
 
 /// What a caller requires of a call besides the command itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub(crate) struct Shared<G: Grain> {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) config: RuntimeConfig,
     pub(crate) counters: Counters,
+    /// In a cluster: who may host which grain. `None`: every grain, here.
+    pub(crate) ownership: Option<Arc<dyn Ownership>>,
+    /// Until when this member may serve (unbounded alone).
+    pub(crate) lease: Arc<Lease>,
     /// A coarse clock (milliseconds since start) the idle sweeper advances
     /// each tick: a call marks its grain used by reading it, which is far
     /// cheaper than reading the system clock on every call. Idle times are
@@ -64,9 +69,30 @@ impl<G: Grain> GrainRuntime<G>
 where
     G::Command: Clone,
 {
-    /// Starts a runtime storing into `store`. Spawns its arbiter threads
-    /// (see [`Placement`]).
+    /// Starts a runtime storing into `store` that hosts every grain it is
+    /// called for. Spawns its arbiter threads (see [`Placement`]).
     pub fn new(store: Arc<dyn EventStore>, config: RuntimeConfig) -> Self {
+        Self::start(store, config, None, Arc::new(Lease::unbounded()))
+    }
+
+    /// Starts a runtime for a member of a cluster: a grain is activated
+    /// only if `ownership` places it here (its appends carry the owner
+    /// epoch it gives), and calls are answered only while `lease` holds.
+    pub fn in_cluster(
+        store: Arc<dyn EventStore>,
+        config: RuntimeConfig,
+        ownership: Arc<dyn Ownership>,
+        lease: Arc<Lease>,
+    ) -> Self {
+        Self::start(store, config, Some(ownership), lease)
+    }
+
+    fn start(
+        store: Arc<dyn EventStore>,
+        config: RuntimeConfig,
+        ownership: Option<Arc<dyn Ownership>>,
+        lease: Arc<Lease>,
+    ) -> Self {
         let threads = match config.placement {
             Placement::Pool(n) => n.max(1),
             Placement::Caller => 1,
@@ -79,6 +105,8 @@ where
             store,
             config,
             counters: Counters::default(),
+            ownership,
+            lease,
             clock_ms: AtomicU64::new(0),
             started: Instant::now(),
             arbiters,
@@ -126,7 +154,7 @@ where
                 options: options.clone(),
                 attempt,
             };
-            let request = self.send(id, call);
+            let request = self.send(id, call)?;
             // No timer per call (it would cost more than a call answered from
             // memory): the grain bounds every store wait it makes, which is
             // the only thing its mailbox ever waits for.
@@ -161,33 +189,44 @@ where
     }
 
     /// Queues `call` in the mailbox of `id`'s live activation, started if
-    /// there is none. Queuing is a channel push, done under the registry
-    /// lock so the hot path needs no `Addr` clone.
-    fn send(&self, id: &str, call: Call<G>) -> actix::dev::Request<GrainActor<G>, Call<G>> {
+    /// there is none (and this member may host it). Queuing is a channel
+    /// push, done under the registry lock so the hot path needs no `Addr`
+    /// clone.
+    fn send(
+        &self,
+        id: &str,
+        call: Call<G>,
+    ) -> Result<actix::dev::Request<GrainActor<G>, Call<G>>, CallError<G::Rejection>> {
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         let mut registry = self.shared.lock_registry();
         if let Some(addr) = registry.touch(id, now) {
-            return addr.send(call);
+            return Ok(addr.send(call));
         }
+        let generation = registry.next_generation();
+        // Read before asking for the tenure: a fence in between leaves the
+        // activation with an old count, so it refuses every call.
+        let fences = self.shared.lease.fences();
+        let tenure = match &self.shared.ownership {
+            Some(ownership) => ownership.activate(G::KIND, id, generation)?,
+            None => Tenure { epoch: 0 },
+        };
         while let Some((victim, entry)) = registry.pop_over(self.shared.config.max_live.max(1)) {
             tracing::trace!(grain = %victim, "evicting least recently used grain");
             Counters::bump(&self.shared.counters.evictions);
             registry.retire(victim, entry);
         }
-        let generation = registry.next_generation();
         let after = registry.take_stopping(id);
         let shared = self.shared.clone();
         let owned_id = id.to_owned();
+        let start = move || GrainActor::new(owned_id, generation, shared, after, tenure, fences);
         let addr = match self.home_of(id) {
-            None => GrainActor::new(owned_id, generation, shared, after).start(),
-            Some(arbiter) => GrainActor::start_in_arbiter(arbiter, move |_| {
-                GrainActor::new(owned_id, generation, shared, after)
-            }),
+            None => start().start(),
+            Some(arbiter) => GrainActor::start_in_arbiter(arbiter, move |_| start()),
         };
         let request = addr.send(call);
         registry.insert(id.to_owned(), addr, generation, now);
         Counters::bump(&self.shared.counters.activations);
-        request
+        Ok(request)
     }
 
     /// The arbiter a new activation of `id` starts on; `None` for the

@@ -583,3 +583,179 @@ async fn an_if_match_newer_than_the_activation_reloads_instead_of_refusing() {
         }
     );
 }
+
+/// A placement table for the runtime's side of the contract: grains it
+/// places here with their epochs, and every activation and stop it hears.
+#[derive(Default)]
+struct Placed {
+    epochs: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    activated: std::sync::Mutex<Vec<(String, u64)>>,
+    deactivated: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+impl granary_grain::Ownership for Placed {
+    fn activate(
+        &self,
+        _kind: &'static str,
+        id: &str,
+        activation: u64,
+    ) -> Result<granary_grain::Tenure, granary_grain::Refusal> {
+        let epoch = self.epochs.lock().unwrap().get(id).copied().ok_or_else(|| {
+            granary_grain::Refusal::NotOwner(format!("{id} is placed elsewhere"))
+        })?;
+        self.activated
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), activation));
+        Ok(granary_grain::Tenure { epoch })
+    }
+    fn deactivated(&self, _kind: &'static str, id: &str, activation: u64) {
+        self.deactivated
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), activation));
+    }
+}
+
+fn placed(grains: &[(&str, u64)]) -> Arc<Placed> {
+    let placed = Placed::default();
+    placed
+        .epochs
+        .lock()
+        .unwrap()
+        .extend(grains.iter().map(|(id, epoch)| ((*id).to_owned(), *epoch)));
+    Arc::new(placed)
+}
+
+#[actix_rt::test]
+async fn a_grain_placed_elsewhere_is_never_activated_and_a_placed_one_writes_with_its_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let ownership = placed(&[("mine", 7)]);
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        store.clone(),
+        RuntimeConfig::default(),
+        ownership.clone(),
+        Arc::new(granary_grain::Lease::unbounded()),
+    );
+    assert!(matches!(
+        rt.call("theirs", Op::Add(1)).await,
+        Err(CallError::NotOwner(_))
+    ));
+    assert_eq!(rt.stats().activations, 0);
+    assert_eq!(rt.call("mine", Op::Add(2)).await.unwrap().reply, 2);
+    let loaded = store.load(&GrainKey::new("counter", "mine")).await.unwrap();
+    assert_eq!((loaded.version, loaded.epoch), (1, 7));
+    // Its stop is reported with the activation it started as.
+    rt.passivate_all();
+    eventually("the stop to be reported", || {
+        !ownership.deactivated.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        *ownership.deactivated.lock().unwrap(),
+        *ownership.activated.lock().unwrap()
+    );
+}
+
+#[actix_rt::test]
+async fn a_placement_older_than_the_streams_last_writer_is_refused_by_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let newer = GrainRuntime::<Counter>::in_cluster(
+        store.clone(),
+        RuntimeConfig::default(),
+        placed(&[("g", 9)]),
+        Arc::new(granary_grain::Lease::unbounded()),
+    );
+    let stale_placement = placed(&[("g", 5)]);
+    let stale = GrainRuntime::<Counter>::in_cluster(
+        store.clone(),
+        RuntimeConfig::default(),
+        stale_placement.clone(),
+        Arc::new(granary_grain::Lease::unbounded()),
+    );
+    // The stale owner loaded the grain before the newer one wrote.
+    assert_eq!(stale.call("g", Op::Get).await.unwrap().version, 0);
+    newer.call("g", Op::Add(1)).await.unwrap();
+    let refused = stale.call("g", Op::Add(100)).await;
+    assert!(
+        matches!(refused, Err(CallError::NotOwner(_))),
+        "a stale owner's append is fenced by the store: {refused:?}"
+    );
+    // It stopped, and a new activation at the old epoch refuses to load.
+    eventually("the stale activation to stop", || {
+        !stale_placement.deactivated.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(matches!(
+        stale.call("g", Op::Get).await,
+        Err(CallError::NotOwner(_))
+    ));
+    let loaded = store.load(&GrainKey::new("counter", "g")).await.unwrap();
+    assert_eq!((loaded.version, loaded.epoch), (1, 9));
+}
+
+#[actix_rt::test]
+async fn calls_queued_when_the_member_fences_are_refused_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gated, gate) = GatedStore::wrap(store(&dir));
+    let lease = Arc::new(granary_grain::Lease::unbounded());
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        gated,
+        RuntimeConfig::default(),
+        placed(&[("g", 1)]),
+        lease.clone(),
+    );
+    // A write holds the mailbox at the gate; two more calls queue behind it.
+    let first = rt.clone();
+    let first = actix_rt::spawn(async move { first.call("g", Op::Add(1)).await });
+    eventually("the first write to be taken", || rt.stats().activations == 1).await;
+    let queued: Vec<_> = [Op::Add(10), Op::Get]
+        .into_iter()
+        .map(|op| {
+            let rt = rt.clone();
+            actix_rt::spawn(async move { rt.call("g", op).await })
+        })
+        .collect();
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    // The member fences and, by the time the queue is taken, serves again.
+    lease.fence();
+    lease.extend_to(u64::MAX);
+    gate.add_permits(10);
+    assert_eq!(first.await.unwrap().unwrap().reply, 1, "taken before the fence");
+    for call in queued {
+        let refused = call.await.unwrap();
+        assert!(
+            matches!(refused, Err(CallError::Fenced(_))),
+            "a call queued across a fence must be refused: {refused:?}"
+        );
+    }
+    // A fresh activation (after the fence) serves, and the refused write
+    // never happened.
+    eventually("the fenced activation to stop", || rt.stats().live == 0).await;
+    assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 1);
+}
+
+#[actix_rt::test]
+async fn a_member_past_its_lease_answers_nothing_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Arc::new(granary_grain::Lease::unbounded());
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        store(&dir),
+        RuntimeConfig::default(),
+        placed(&[("g", 1)]),
+        lease.clone(),
+    );
+    rt.call("g", Op::Add(3)).await.unwrap();
+    // As after a pause: the deadline passed, and nobody has fenced yet.
+    lease.extend_to(lease.now());
+    for op in [Op::Get, Op::Add(1)] {
+        assert!(matches!(
+            rt.call("g", op).await,
+            Err(CallError::Fenced(_))
+        ));
+    }
+    lease.extend_to(u64::MAX);
+    assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 3);
+}
