@@ -87,6 +87,57 @@ fn check_host(field: &str, host: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// `ConfirmOwner` as the seed's clients speak it: the claimant by its
+/// address, the answer as text, "owner=ADDR" (granted, or owned there),
+/// "holder=ADDR" (ask that member) or a refusal.
+async fn confirm_owner_in_cluster(
+    router: &Arc<CartRouter>,
+    cart: &str,
+    claimant_address: &str,
+) -> OwnerChangeAck {
+    use granary_cluster_core::ClaimAnswer;
+    let Some(claimant) = router
+        .member_at(claimant_address)
+        .filter(|m| m.address == claimant_address)
+    else {
+        let message = match router.known_owner(cart) {
+            Some(owner) => format!(
+                "owner={}; rejected: {claimant_address} is not a member",
+                owner.address
+            ),
+            None => format!("rejected: {claimant_address} is not a member"),
+        };
+        return OwnerChangeAck {
+            accepted: false,
+            message,
+        };
+    };
+    let address_of = |id: &granary_cluster_core::NodeId| {
+        router
+            .member_at_id(id)
+            .map(|m| m.address)
+            .unwrap_or_default()
+    };
+    match router.claim_here(&claimant.id, cart).await {
+        ClaimAnswer::Granted { epoch } => OwnerChangeAck {
+            accepted: true,
+            message: format!("owner={claimant_address}; epoch={epoch}"),
+        },
+        ClaimAnswer::Owned { owner } => OwnerChangeAck {
+            accepted: false,
+            message: format!("owner={}", address_of(&owner)),
+        },
+        ClaimAnswer::NotHolder { holder } => OwnerChangeAck {
+            accepted: false,
+            message: format!("holder={}", address_of(&holder)),
+        },
+        ClaimAnswer::Refused(why) => OwnerChangeAck {
+            accepted: false,
+            message: format!("rebuilding; {why}"),
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl ControlPlane for ControlPlaneService {
     async fn ping(&self, _: Request<Empty>) -> Result<Response<PingReply>, Status> {
@@ -160,8 +211,9 @@ impl ControlPlane for ControlPlaneService {
         check_host("new_host", &request.new_host)?;
         peer_check?;
         if let Some(router) = &self.router {
-            let (accepted, message) = router.claim_here(&request.cart_id, &request.new_host).await;
-            return Ok(Response::new(OwnerChangeAck { accepted, message }));
+            return Ok(Response::new(
+                confirm_owner_in_cluster(router, &request.cart_id, &request.new_host).await,
+            ));
         }
         if request.new_host == self.advertise {
             Ok(Response::new(OwnerChangeAck {

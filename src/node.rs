@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use anyhow::Context;
-use granary_grain::{GrainRuntime, RuntimeConfig};
+use granary_grain::{GrainRuntime, Lease, RuntimeConfig};
 use granary_store::{EventStore, PostgresStore, SqliteStore};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -21,7 +21,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::cart_grain::CartGrain;
 use crate::cluster::ClusterHandle;
 use crate::cluster::dial::Dialer;
-use crate::cluster::{self, CartRouter, ClusterService, GrainsService};
+use crate::cluster::{self, CartRouter, ClusterService, GrainsService, Placements};
 use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
 use crate::http::{self, ApiState};
@@ -61,16 +61,9 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     let store =
         open_store(&config).with_context(|| format!("cannot open the event store {store_name}"))?;
     let cluster_id = cluster_id(&store, &config, &store_name).await?;
-    let carts_store = store.clone();
-    let carts = GrainRuntime::<CartGrain>::new(
-        carts_store,
-        RuntimeConfig {
-            idle_timeout: config.idle_timeout,
-            max_live: config.max_live_grains,
-            snapshot_every: config.snapshot_every,
-            ..RuntimeConfig::default()
-        },
-    );
+    // Until when this node may serve grains: the membership task extends
+    // it while a majority is in sight, every activation checks it.
+    let lease = Arc::new(Lease::new());
 
     let grpc_listener = std::net::TcpListener::bind(config.grpc)
         .with_context(|| format!("cannot listen on {} (grpc)", config.grpc))?;
@@ -85,19 +78,16 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         id: NodeId(node_id.clone()),
         address: advertise.clone(),
     };
-    let (cluster, membership) = cluster::start(
+    let (cluster, membership) = cluster::start(cluster::Membership {
         me,
-        config.data_dir.clone(),
-        config.join.clone(),
-        config.timing(),
-        cluster_id.clone(),
+        data_dir: config.data_dir.clone(),
+        join: config.join.clone(),
+        timing: config.timing(),
+        cluster_id: cluster_id.clone(),
         dialer,
-        config.token.clone(),
-    )?;
-    let live_grains = {
-        let carts = carts.clone();
-        Arc::new(move || carts.stats().live) as Arc<dyn Fn() -> u64 + Send + Sync>
-    };
+        token: config.token.clone(),
+        lease: lease.clone(),
+    })?;
     // Two runtimes of their own: one for the cluster's heartbeats and
     // directory (nothing else runs there, so request load cannot delay a
     // heartbeat), one for the gRPC servers and the channels to peers.
@@ -110,6 +100,22 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     let router = {
         let _cluster = cluster_runtime.enter();
         CartRouter::start(cluster.clone(), grpc_runtime.handle().clone())
+    };
+    // A cart is activated only where the router placed it.
+    let carts = GrainRuntime::<CartGrain>::in_cluster(
+        store.clone(),
+        RuntimeConfig {
+            idle_timeout: config.idle_timeout,
+            max_live: config.max_live_grains,
+            snapshot_every: config.snapshot_every,
+            ..RuntimeConfig::default()
+        },
+        Arc::new(Placements(router.clone())),
+        lease,
+    );
+    let live_grains = {
+        let carts = carts.clone();
+        Arc::new(move || carts.stats().live) as Arc<dyn Fn() -> u64 + Send + Sync>
     };
     if let Some(trust) = &trust {
         cluster_runtime.spawn(trust_the_members(
@@ -144,6 +150,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                 trust.clone(),
                 Arc::new(Tokens::open(&config.data_dir)?),
                 store.clone(),
+                router.clone(),
             ),
             grains: GrainsService::new(router.clone(), carts.clone()),
         },
@@ -181,7 +188,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                     tracing::info!(signal, "stopping: finishing in-flight requests");
                 }
                 reason = cluster.fatal() => {
-                    tracing::error!(%reason, "stopping: this node cannot be admitted");
+                    tracing::error!(%reason, "stopping");
                     *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 }
             }
@@ -219,20 +226,26 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         anyhow::bail!("{reason}");
     }
 
-    // Hand over: leave the membership (so partitions move at once), tell
-    // the others to claim this node's carts, then let the grains go.
-    if cluster.committed().members.len() > 1 {
-        if cluster.leave(Duration::from_secs(3)).await {
-            tracing::info!("left the cluster");
-        } else {
-            tracing::warn!(
-                "could not leave the cluster in time; the others will find this node dead"
-            );
-        }
+    // Hand over: leave the membership (so partitions move at once), stop
+    // placing, let the grains go (every write settled), and only then tell
+    // the others to claim this node's carts at once. Without an accepted
+    // leave the others find this node dead instead: a `Closing` would let
+    // them claim carts while it may still be a member.
+    let left = cluster.committed().members.len() > 1 && cluster.leave(Duration::from_secs(3)).await;
+    if left {
+        tracing::info!("left the cluster");
+    } else if cluster.committed().members.len() > 1 {
+        tracing::warn!("could not leave the cluster in time; the others will find this node dead");
     }
-
-    router.announce_closing().await;
+    router.close();
     carts.passivate_all();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while carts.stats().live > 0 && std::time::Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    if left {
+        router.announce_closing().await;
+    }
     let _ = grpc_stop.send(());
     // Bounded: a peer holding a stream open must not keep the node up.
     match grpc_thread.recv_timeout(GRPC_TIMEOUT + Duration::from_secs(1)) {

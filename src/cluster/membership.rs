@@ -4,16 +4,18 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use granary_cluster_core::{
     Change, ClusterConfig, ClusterNode, Durable, Input, Member, Message, NodeId, Output,
     RejectReason, Role, Timing,
 };
+use granary_grain::Lease;
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
+use super::clock;
 use super::dial::{self, Dialer};
 use super::persist;
 use super::wire;
@@ -76,7 +78,8 @@ pub struct PeerView {
 pub struct ClusterHandle {
     commands: mpsc::Sender<Command>,
     serving: Arc<AtomicBool>,
-    view_lease: Arc<AtomicBool>,
+    /// Until when (on [`clock::now`]) this node's view is confirmed current.
+    view_lease_until: Arc<AtomicU64>,
     committed: tokio::sync::watch::Receiver<ClusterConfig>,
     /// The newest config this node knows, committed or not.
     newest: tokio::sync::watch::Receiver<ClusterConfig>,
@@ -88,8 +91,8 @@ pub struct ClusterHandle {
     cluster_id: Arc<str>,
     /// How channels to other nodes are made.
     dialer: Dialer,
-    /// Set when this node can never be admitted (its store is not the
-    /// cluster's): the node stops with this reason.
+    /// Set when this node must stop: it can never be admitted (its store
+    /// is not the cluster's), or it cannot persist its cluster state.
     fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
@@ -104,7 +107,8 @@ impl ClusterHandle {
         &self.cluster_id
     }
 
-    /// Resolves with the reason once this node can never be admitted.
+    /// Resolves with the reason once this node must stop (it can never be
+    /// admitted, or it cannot persist its cluster state).
     pub async fn fatal(&self) -> String {
         let mut fatal = self.fatal.subscribe();
         loop {
@@ -132,10 +136,17 @@ impl ClusterHandle {
     }
 
     /// Whether this node's committed view is confirmed current by the
-    /// leader (see `ClusterNode::has_view_lease`): the directory grants and
-    /// claims only then. Refreshed every tick.
+    /// leader (see `ClusterNode::view_lease_until`): the directory grants
+    /// and claims only then.
     pub fn has_view_lease(&self) -> bool {
-        self.view_lease.load(Ordering::Acquire)
+        clock::now() < self.view_lease_until()
+    }
+
+    /// Until when (on [`clock::now`]) this node's committed view is
+    /// confirmed current: a deadline, so a node that was paused finds it
+    /// has passed before the membership task has run again.
+    pub fn view_lease_until(&self) -> u64 {
+        self.view_lease_until.load(Ordering::Acquire)
     }
 
     /// The newest committed config (empty until this node has one).
@@ -246,22 +257,42 @@ impl ClusterHandle {
     }
 }
 
+/// What a node brings to the cluster.
+pub struct Membership {
+    pub me: Member,
+    /// Where `cluster.json` lives.
+    pub data_dir: PathBuf,
+    /// Members to ask for admission while this node is not one.
+    pub join: Vec<String>,
+    pub timing: Timing,
+    /// The cluster id recorded in this node's event store.
+    pub cluster_id: String,
+    pub dialer: Dialer,
+    pub token: Option<JoinToken>,
+    /// The grains' lease, extended while a majority is in sight.
+    pub lease: Arc<Lease>,
+}
+
 /// Loads (or founds) this member's state and returns its handle and the
 /// task to spawn on the gRPC runtime. Without saved state, a node with no
 /// `join` seeds founds a one-member cluster; with seeds it starts outside
 /// any cluster and asks the seeds to admit it.
 pub fn start(
-    me: Member,
-    data_dir: PathBuf,
-    join: Vec<String>,
-    timing: Timing,
-    cluster_id: String,
-    dialer: Dialer,
-    token: Option<JoinToken>,
+    member: Membership,
 ) -> anyhow::Result<(
     ClusterHandle,
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
+    let Membership {
+        me,
+        data_dir,
+        join,
+        timing,
+        cluster_id,
+        dialer,
+        token,
+        lease,
+    } = member;
     timing.validate()?;
     let durable = match persist::load(&data_dir)? {
         Some(durable) => durable,
@@ -281,16 +312,15 @@ pub fn start(
         }
         None => Durable::default(),
     };
-    let started = Instant::now();
     let seed = me
         .id
         .0
         .bytes()
         .fold(0x9e37_79b9_u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-    let node = ClusterNode::new(me.id.clone(), durable, timing, 0, seed);
+    let node = ClusterNode::new(me.id.clone(), durable, timing, clock::now(), seed);
     let (commands, rx) = mpsc::channel(QUEUE);
     let serving = Arc::new(AtomicBool::new(false));
-    let view_lease = Arc::new(AtomicBool::new(false));
+    let view_lease_until = Arc::new(AtomicU64::new(0));
     let initial = if node.committed_version() == node.config().version {
         node.config().clone()
     } else {
@@ -302,7 +332,7 @@ pub fn start(
     let handle = ClusterHandle {
         commands,
         serving: serving.clone(),
-        view_lease: view_lease.clone(),
+        view_lease_until: view_lease_until.clone(),
         committed: committed_rx,
         newest: newest_rx,
         fences: fences_rx,
@@ -312,15 +342,17 @@ pub fn start(
         dialer: dialer.clone(),
         fatal: tokio::sync::watch::channel(None).0,
     };
-    let task = Membership {
+    let fatal = handle.fatal.clone();
+    let task = MembershipTask {
         node,
         data_dir,
         serving,
-        view_lease,
+        view_lease_until,
+        lease,
+        fatal,
         committed,
         newest,
         fences,
-        started,
         clients: HashMap::new(),
         dialer: dialer.clone(),
         timing,
@@ -333,23 +365,25 @@ pub fn start(
     Ok((handle, run))
 }
 
-struct Membership {
+struct MembershipTask {
     node: ClusterNode,
     data_dir: PathBuf,
     serving: Arc<AtomicBool>,
-    view_lease: Arc<AtomicBool>,
+    view_lease_until: Arc<AtomicU64>,
+    /// The grains' lease: until when this node may serve them.
+    lease: Arc<Lease>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     committed: tokio::sync::watch::Sender<ClusterConfig>,
     newest: tokio::sync::watch::Sender<ClusterConfig>,
     fences: tokio::sync::watch::Sender<u64>,
-    started: Instant,
     clients: HashMap<String, ClusterClient<Channel>>,
     dialer: Dialer,
     timing: Timing,
 }
 
-impl Membership {
+impl MembershipTask {
     fn now(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        clock::now()
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -389,29 +423,62 @@ impl Membership {
                     }
                 }
             };
-            self.execute(outputs);
+            if let Err(reason) = self.execute(outputs) {
+                // A node that cannot persist its view must not serve: its
+                // votes and acknowledgements could be forgotten.
+                self.lease.fence();
+                self.serving.store(false, Ordering::Release);
+                self.view_lease_until.store(0, Ordering::Release);
+                self.fences.send_modify(|fences| *fences += 1);
+                tracing::error!(%reason, "stopping: cannot persist the cluster state");
+                self.fatal.send_replace(Some(reason));
+                return;
+            }
             if self.newest.borrow().stamp() != self.node.config().stamp() {
                 self.newest.send_replace(self.node.config().clone());
             }
-            let now = self.now();
-            self.view_lease
-                .store(self.node.has_view_lease(now), Ordering::Release);
+            self.publish_leases();
         }
     }
 
-    fn execute(&mut self, outputs: Vec<Output>) {
+    /// Publishes until when this node may serve grains and place them:
+    /// deadlines, checked against the clock where they are used.
+    fn publish_leases(&self) {
+        // The grains' lease runs on its own clock: read it first, so the
+        // deadline converted to it is never later than the node's.
+        let lease_now = self.lease.now();
+        let now = self.now();
+        let serve_until = self.node.serve_until();
+        self.lease.extend_to(match serve_until {
+            u64::MAX => u64::MAX,
+            until => lease_now.saturating_add(until.saturating_sub(now)),
+        });
+        self.view_lease_until
+            .store(self.node.view_lease_until(), Ordering::Release);
+    }
+
+    /// Carries out a step's outputs in order; `Err` when the state could
+    /// not be persisted (nothing after it went out).
+    fn execute(&mut self, outputs: Vec<Output>) -> Result<(), String> {
         for output in outputs {
             match output {
                 Output::Persist(durable) => {
                     if let Err(err) = persist::save(&self.data_dir, &durable) {
                         // Nothing that follows may go out: a vote or an ack
                         // must never be sent before it is on disk.
-                        tracing::error!(error = %format!("{err:#}"), "cannot persist cluster state; dropping this step's messages");
-                        return;
+                        return Err(format!(
+                            "cannot save {}: {err:#}",
+                            persist::path(&self.data_dir).display()
+                        ));
                     }
                 }
                 Output::Send { to, message } => self.send(&to, &message),
                 Output::Serving(serving) => {
+                    if !serving {
+                        // First: a call queued in a grain's mailbox must
+                        // find the fence when it is taken.
+                        self.lease.fence();
+                    }
                     let was_serving = self.serving.swap(serving, Ordering::AcqRel);
                     if was_serving && !serving {
                         self.fences.send_modify(|fences| *fences += 1);
@@ -435,10 +502,11 @@ impl Membership {
                     tracing::info!(?change, version, "membership change proposed")
                 }
                 Output::Rejected { change, reason } => {
-                    tracing::debug!(?change, ?reason, "membership change rejected")
+                    tracing::debug!(?change, %reason, "membership change rejected")
                 }
             }
         }
+        Ok(())
     }
 
     fn send(&mut self, to: &NodeId, message: &Message) {

@@ -11,13 +11,18 @@
 //! - `service.rs`: the `granary.cluster.v1.Cluster` gRPC service.
 //! - `persist.rs`: the durable state in `<data_dir>/cluster.json`.
 //!
-//! - `router.rs`: the ownership directory and the way to a cart's owner.
+//! - `router.rs`: executes the placement core (`granary_cluster_core::
+//!   Placement`): claims, paged grain lists, releases, the way to a cart's
+//!   owner; the grain runtime's `Ownership`.
+//! - `clock.rs`: the machine-wide monotonic clock heartbeats and leases
+//!   run on.
 //! - `grains_service.rs`: calls forwarded by other members.
 //! - `dial.rs`: every outgoing channel, pinned mutual TLS by default.
 //!
 //! With mutual TLS the sender of a message is the authenticated peer
 //! (`crate::security`); an envelope naming anyone else is refused.
 
+pub mod clock;
 pub mod dial;
 mod grains_service;
 mod membership;
@@ -27,6 +32,6 @@ mod service;
 mod wire;
 
 pub use grains_service::GrainsService;
-pub use membership::{ClusterHandle, ClusterStatus, PeerView, start};
-pub use router::{CartRouter, Route, Unroutable};
+pub use membership::{ClusterHandle, ClusterStatus, Membership, PeerView, start};
+pub use router::{CartRouter, Placements, Route, Unroutable};
 pub use service::ClusterService;

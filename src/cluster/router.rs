@@ -1,30 +1,34 @@
-//! The directory actor: which member hosts each cart, and the way there.
+//! The router: carries out the placement core's decisions over gRPC.
 //!
-//! A member hosts a cart only after the cart's *partition holder* (the
-//! member rendezvous hashing picks from the committed view) accepted its
-//! claim (`ConfirmOwner`). The holder's partition is an
-//! [`OwnershipDirectory`]; after every view change it is rebuilt from each
-//! member's `GetCartIds` before it grants anything. Calls for a cart owned
-//! elsewhere are forwarded to the owner (`granary.grains.v1.Grains/Call`);
-//! a stale route (the owner moved) is dropped and resolved again.
+//! Every decision — where a cart lives, whether a claim is granted, when a
+//! partition is whole again after a view change — is made by one
+//! [`Placement`] state machine (`granary-cluster-core`), the same code the
+//! simulation drives. This file only feeds it (views, the view lease, RPC
+//! answers, the time) under one lock, and executes what it asks: claims,
+//! pages of grain lists, releases, waking the calls that wait for a
+//! placement. It is also the grain runtime's [`Ownership`]: an activation
+//! starts only for a cart placed here, and its stop releases the claim.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use granary_cluster_core::{
-    CLAIM_DEADLINE_MS, ClaimOutcome, ClusterConfig, NodeId, OwnershipDirectory, partition_holder,
+    CLAIM_DEADLINE_MS, ClaimAnswer, Command, GRAIN_PAGE, GrainPage, Locate, Member, NodeId,
+    Placement,
 };
+use granary_grain::{Ownership, Refusal, Tenure};
 use tonic::transport::Channel;
 
+use super::clock;
 use super::dial;
 use super::membership::ClusterHandle;
+use crate::proto::cluster as pb;
+use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::grains::grains_client::GrainsClient;
 use crate::proto::messages::control_plane_client::ControlPlaneClient;
-use crate::proto::messages::{Empty, OwnerChangeRequest};
 
-/// Deadline of a claim or a forwarded call.
+/// Deadline of a forwarded call's channel and of a page of a grain list.
 const RPC_DEADLINE: Duration = Duration::from_secs(5);
 /// Deadline of a claim. A grant that arrives later is discarded (the call
 /// answers 503 and is retried), so every grant a claimant acts on reached
@@ -34,6 +38,8 @@ const CLAIM_DEADLINE: Duration = Duration::from_millis(CLAIM_DEADLINE_MS);
 /// How long a holder keeps a claim waiting for its partition to be ready
 /// (half the claim deadline: the answer still arrives in time).
 const CLAIM_HOLD: Duration = Duration::from_millis(CLAIM_DEADLINE_MS / 2);
+/// How often the placement's timers run (holds, fetch backoff, releases).
+const TICK: Duration = Duration::from_millis(20);
 
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,135 +57,125 @@ pub struct Unroutable(pub String);
 
 pub struct CartRouter {
     cluster: ClusterHandle,
-    started: Instant,
-    directory: Mutex<OwnershipDirectory>,
-    /// Grains whose claims this member holds.
-    owned: Mutex<HashSet<String>>,
-    /// Bumped, under the `owned` lock, every time this member fences: a
-    /// grant that was in flight across a fence is discarded, since the
-    /// claims it made before fencing may be re-granted elsewhere once the
-    /// majority removes it.
-    fence_epoch: AtomicU64,
-    /// Known owners of grains hosted elsewhere: grain → address.
-    routes: Mutex<HashMap<String, String>>,
+    placement: Mutex<Placement>,
+    /// Woken when carts may be placeable where they were not (the core's
+    /// `Command::Placeable`). Calls waiting to place a cart wait for this
+    /// rather than sleep out a backoff.
+    placeable: tokio::sync::Notify,
     channels: Mutex<HashMap<String, Channel>>,
-    /// Woken when carts may be placeable where they were not: a new view,
-    /// this member's partition rebuilt or its hold run out, a member gone
-    /// by `Closing`. Calls waiting to place a cart wait for this rather
-    /// than sleep out a backoff.
-    placement: tokio::sync::Notify,
-    /// The runtime channels live on (the gRPC runtime), whichever thread
-    /// asks for one.
+    /// The runtime channels and RPCs live on (the gRPC runtime), whichever
+    /// thread asks.
     io: tokio::runtime::Handle,
 }
 
 impl CartRouter {
-    /// Starts the router; the task that follows committed views is spawned
-    /// on the current runtime, channels are made on `io`.
+    /// Starts the router; the task that follows committed views and runs
+    /// the placement's timers is spawned on the current runtime, RPCs on
+    /// `io`.
     pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<CartRouter> {
         let me = cluster.me().id.clone();
-        let view = cluster.committed();
+        let placement = Placement::new(me, cluster.committed(), cluster.timing(), clock::now());
         let router = Arc::new(CartRouter {
-            directory: Mutex::new(OwnershipDirectory::new(me, &view)),
             cluster,
-            started: Instant::now(),
-            owned: Mutex::new(HashSet::new()),
-            fence_epoch: AtomicU64::new(0),
-            routes: Mutex::new(HashMap::new()),
+            placement: Mutex::new(placement),
+            placeable: tokio::sync::Notify::new(),
             channels: Mutex::new(HashMap::new()),
-            placement: tokio::sync::Notify::new(),
             io,
         });
         let follower = router.clone();
-        tokio::spawn(async move { follower.follow_views().await });
+        tokio::spawn(async move { follower.follow().await });
         router
     }
 
-    fn now(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// Runs `decide` on the placement with the time and the current view
+    /// lease, then carries out the commands it queued (outside the lock).
+    fn with<R>(self: &Arc<Self>, decide: impl FnOnce(&mut Placement, u64) -> R) -> R {
+        let (result, commands) = {
+            let mut placement = lock(&self.placement);
+            placement.set_lease(self.cluster.view_lease_until());
+            let result = decide(&mut placement, clock::now());
+            (result, placement.drain_commands())
+        };
+        for command in commands {
+            self.execute(command);
+        }
+        result
     }
 
-    fn me(&self) -> &NodeId {
-        &self.cluster.me().id
+    fn execute(self: &Arc<Self>, command: Command) {
+        match command {
+            Command::Placeable => self.placeable.notify_waiters(),
+            Command::FetchGrains {
+                token,
+                to,
+                view,
+                after,
+            } => {
+                let router = self.clone();
+                self.io.spawn(async move {
+                    let from = to.id.clone();
+                    match router.fetch_grains(&to, view, after).await {
+                        Ok(page) => {
+                            tracing::debug!(member = %from, grains = page.grains.len(), last = page.next.is_none(), "directory: page of a grain list in");
+                            router.with(|p, now| p.grains_page(&from, token, page, now));
+                        }
+                        Err(why) => {
+                            tracing::debug!(member = %from, %why, "directory: grain list not fetched; asking again later");
+                            router.with(|p, now| p.grains_failed(&from, token, now));
+                        }
+                    }
+                });
+            }
+            Command::Release { to, grains } => {
+                let router = self.clone();
+                self.io.spawn(async move {
+                    // A lost release leaves an entry naming this member,
+                    // which heals itself: a call forwarded here claims the
+                    // grain again (the holder accepts its recorded owner).
+                    if let Err(why) = router.release_at(&to, grains).await {
+                        tracing::debug!(member = %to.id, %why, "release not delivered");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Follows committed views and runs the placement's timers.
+    async fn follow(self: Arc<Self>) {
+        let mut views = self.cluster.watch_committed();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let view = views.borrow_and_update().clone();
+                    tracing::debug!(stamp = ?view.stamp(), members = view.members.len(), "directory: new view");
+                    self.with(|p, now| p.view_committed(view, now));
+                }
+                _ = tick.tick() => self.with(|p, now| p.tick(now)),
+            }
+        }
     }
 
     /// Where calls for `grain` go, claiming it if nobody owns it.
-    pub async fn route(&self, grain: &str) -> Result<Route, Unroutable> {
-        if lock(&self.owned).contains(grain) {
-            return Ok(Route::Local);
-        }
-        if let Some(address) = lock(&self.routes).get(grain) {
-            return Ok(Route::Remote {
-                address: address.clone(),
-            });
-        }
-        if !self.cluster.has_view_lease() {
-            return Err(Unroutable(
-                "this node's view of the cluster is not confirmed current yet".into(),
-            ));
-        }
-        let view = self.cluster.committed();
-        let holder = partition_holder(grain, view.ids())
-            .cloned()
-            .ok_or_else(|| Unroutable("this node has no committed cluster view yet".into()))?;
-        if &holder == self.me() {
-            let outcome = lock(&self.directory).claim(grain, &holder, self.now());
-            return self.settle(grain, &view, outcome);
-        }
-        let address = view
-            .members
-            .get(&holder)
-            .map(|m| m.address.clone())
-            .ok_or_else(|| Unroutable("the partition holder has no address".into()))?;
-        let epoch = self.fence_epoch.load(Ordering::Acquire);
-        let ack = self.confirm_owner(&address, grain).await?;
-        if ack.accepted {
-            let mut owned = lock(&self.owned);
-            if self.fence_epoch.load(Ordering::Acquire) != epoch {
-                return Err(Unroutable(
-                    "this node lost sight of the majority while placing the cart; retry".into(),
-                ));
+    pub async fn route(self: &Arc<Self>, grain: &str) -> Result<Route, Unroutable> {
+        let located = match self.with(|p, now| p.locate(grain, now)) {
+            Locate::Claim { token, holder } => {
+                let answer = self.claim_at(&holder, grain).await;
+                self.with(|p, now| p.claim_answered(grain, token, answer, now))
             }
-            owned.insert(grain.to_owned());
-            return Ok(Route::Local);
-        }
-        match parse_ack(&ack.message) {
-            Some(("owner", owner)) => {
-                lock(&self.routes).insert(grain.to_owned(), owner.to_owned());
-                Ok(Route::Remote {
-                    address: owner.to_owned(),
-                })
-            }
-            _ => Err(Unroutable(format!(
-                "the directory cannot place this cart yet ({})",
-                ack.message
-            ))),
-        }
-    }
-
-    fn settle(
-        &self,
-        grain: &str,
-        view: &ClusterConfig,
-        outcome: ClaimOutcome,
-    ) -> Result<Route, Unroutable> {
-        match outcome {
-            ClaimOutcome::Accepted => {
-                lock(&self.owned).insert(grain.to_owned());
-                Ok(Route::Local)
-            }
-            ClaimOutcome::Owned { owner } => {
-                let address = view
-                    .members
-                    .get(&owner)
-                    .map(|m| m.address.clone())
-                    .ok_or_else(|| Unroutable("the owner has no address".into()))?;
-                lock(&self.routes).insert(grain.to_owned(), address.clone());
-                Ok(Route::Remote { address })
-            }
-            ClaimOutcome::NotHolder { .. } | ClaimOutcome::Rebuilding => Err(Unroutable(
-                "the directory is being rebuilt after a membership change".into(),
-            )),
+            other => other,
+        };
+        match located {
+            Locate::Local { .. } => Ok(Route::Local),
+            Locate::Remote(member) => Ok(Route::Remote {
+                address: member.address,
+            }),
+            Locate::Waiting(why) => Err(Unroutable(why.to_string())),
+            Locate::Claim { .. } => Err(Unroutable("a claim is on its way; retry".into())),
         }
     }
 
@@ -193,29 +189,35 @@ impl CartRouter {
         Duration::from_millis(timing.dead_after + timing.directory_hold(members.max(2)) + 500)
     }
 
-    /// Waits until placement may have changed (see `placement`), or
-    /// `limit` passes, whichever is first.
+    /// Waits until placement may have changed, or `limit` passes,
+    /// whichever is first.
     pub async fn placement_changed(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.placement.notified()).await;
-    }
-
-    fn placement_may_have_changed(&self) {
-        self.placement.notify_waiters();
+        let _ = tokio::time::timeout(limit, self.placeable.notified()).await;
     }
 
     /// Forgets a route that turned out stale.
-    pub fn forget(&self, grain: &str) {
-        lock(&self.routes).remove(grain);
+    pub fn forget(self: &Arc<Self>, grain: &str) {
+        self.with(|p, _| p.forget_route(grain));
     }
 
     /// Whether this member holds the claim for `grain`.
     pub fn owns(&self, grain: &str) -> bool {
-        lock(&self.owned).contains(grain)
+        lock(&self.placement).owns(grain)
     }
 
     /// Whether this member sees a majority and may serve grains.
     pub fn is_serving(&self) -> bool {
         self.cluster.is_serving()
+    }
+
+    /// How many carts this member holds claims for.
+    pub fn owned_count(&self) -> usize {
+        lock(&self.placement).owned_count()
+    }
+
+    /// This member is leaving: it claims and grants nothing from now on.
+    pub fn close(self: &Arc<Self>) {
+        self.with(|p, _| p.close());
     }
 
     /// Tells every other member this one is leaving (`Closing`), so they
@@ -250,92 +252,86 @@ impl CartRouter {
 
     /// Grains whose claims this member holds (for `GetCartIds`).
     pub fn owned_ids(&self, limit: usize) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.owned).iter().take(limit).cloned().collect();
-        ids.sort();
-        ids
+        lock(&self.placement).owned_ids(limit)
     }
 
-    /// A claim sent to this member as partition holder (`ConfirmOwner`).
-    /// Answers "owner=ADDR" (granted, or owned elsewhere), "holder=ADDR"
-    /// or "rebuilding". While the partition is rebuilding the claim waits
-    /// for it, up to `CLAIM_HOLD` (well within the claimant's deadline, so
-    /// a grant made then still reaches it in time): the claimant is
-    /// answered as soon as the partition is ready, not at its next retry.
-    pub async fn claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
+    /// A page of the grains this member hosts in `requester`'s partition.
+    pub fn grains_for(
+        &self,
+        requester: &NodeId,
+        view: (u64, u64),
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<GrainPage, (u64, u64)> {
+        lock(&self.placement).grains_for(requester, view, after, limit)
+    }
+
+    /// `from` no longer hosts `grains`.
+    pub fn release_received(self: &Arc<Self>, from: &NodeId, grains: &[String]) {
+        self.with(|p, _| p.release_received(from, grains));
+    }
+
+    /// The member (or recent former member) at `address`.
+    pub fn member_at(&self, address: &str) -> Option<Member> {
+        lock(&self.placement).member_at(address).cloned()
+    }
+
+    /// Who hosts `grain`, as far as this member knows (itself, its own
+    /// partition's entry, or a route).
+    pub fn known_owner(&self, grain: &str) -> Option<Member> {
+        let placement = lock(&self.placement);
+        if placement.owns(grain) {
+            return Some(self.cluster.me().clone());
+        }
+        placement
+            .directory()
+            .owner(grain)
+            .and_then(|id| placement.view().members.get(id))
+            .cloned()
+    }
+
+    /// The member of the current view with this id.
+    pub fn member_at_id(&self, id: &NodeId) -> Option<Member> {
+        lock(&self.placement).view().members.get(id).cloned()
+    }
+
+    /// A claim sent to this member as partition holder. While the grain
+    /// cannot be granted yet (the partition is rebuilding) the claim waits,
+    /// up to `CLAIM_HOLD` (well within the claimant's deadline, so a grant
+    /// made then still reaches it in time): the claimant is answered as
+    /// soon as the partition is ready, not at its next retry.
+    pub async fn claim_here(self: &Arc<Self>, claimant: &NodeId, grain: &str) -> ClaimAnswer {
         let until = tokio::time::Instant::now() + CLAIM_HOLD;
         loop {
             // Registered before the attempt, so a wake-up between the
             // attempt and the wait is not lost.
-            let changed = self.placement.notified();
+            let changed = self.placeable.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let answer = self.try_claim_here(grain, claimant_address);
-            if answer.1 != "rebuilding" || tokio::time::Instant::now() >= until {
+            let answer = self.with(|p, now| p.claim_received(claimant, grain, now));
+            let waiting = matches!(
+                answer,
+                ClaimAnswer::Refused(granary_cluster_core::Unplaced::Rebuilding)
+            );
+            if !waiting || tokio::time::Instant::now() >= until {
                 return answer;
             }
             let _ = tokio::time::timeout_at(until, changed).await;
         }
     }
 
-    fn try_claim_here(&self, grain: &str, claimant_address: &str) -> (bool, String) {
-        if !self.cluster.has_view_lease() {
-            return (false, "rebuilding".into());
-        }
-        let view = self.cluster.committed();
-        let Some(claimant) = view
-            .members
-            .values()
-            .find(|m| m.address == claimant_address)
-        else {
-            let owner = lock(&self.directory)
-                .owner(grain)
-                .and_then(|id| view.members.get(id))
-                .map(|m| m.address.clone());
-            return match owner {
-                Some(owner) => (
-                    false,
-                    format!("owner={owner}; rejected: {claimant_address} is not a member"),
-                ),
-                None => (
-                    false,
-                    format!("rejected: {claimant_address} is not a member"),
-                ),
-            };
-        };
-        let outcome = lock(&self.directory).claim(grain, &claimant.id, self.now());
-        let address_of = |id: &NodeId| {
-            view.members
-                .get(id)
-                .map(|m| m.address.clone())
-                .unwrap_or_default()
-        };
-        match outcome {
-            ClaimOutcome::Accepted => (true, format!("owner={claimant_address}")),
-            ClaimOutcome::Owned { owner } => (false, format!("owner={}", address_of(&owner))),
-            ClaimOutcome::NotHolder { holder } => {
-                (false, format!("holder={}", address_of(&holder)))
-            }
-            ClaimOutcome::Rebuilding => (false, "rebuilding".into()),
-        }
-    }
-
     /// A member left gracefully: its grains may be claimed at once.
-    pub fn member_closed(&self, address: &str) {
-        let view = self.cluster.committed();
-        if let Some(member) = view.members.values().find(|m| m.address == address) {
-            lock(&self.directory).drop_member(&member.id);
-        }
-        lock(&self.routes).retain(|_, owner| owner != address);
-        self.placement_may_have_changed();
+    pub fn member_closed(self: &Arc<Self>, address: &str) {
+        self.with(|p, _| {
+            if let Some(member) = p.member_at(address).map(|m| m.id.clone()) {
+                p.member_closed(&member);
+            }
+        });
     }
 
     /// This member lost its majority: it gives up every claim and route.
-    pub fn fenced(&self) {
-        let mut owned = lock(&self.owned);
-        self.fence_epoch.fetch_add(1, Ordering::AcqRel);
-        owned.clear();
-        drop(owned);
-        lock(&self.routes).clear();
+    pub fn fenced(self: &Arc<Self>) {
+        self.with(|p, _| p.fenced());
     }
 
     /// A channel to the member at `address`, pinned to its key.
@@ -370,116 +366,86 @@ impl CartRouter {
         Ok(GrainsClient::new(self.channel(address)?))
     }
 
-    async fn confirm_owner(
-        &self,
-        holder: &str,
-        grain: &str,
-    ) -> Result<crate::proto::messages::OwnerChangeAck, Unroutable> {
-        let mut client = ControlPlaneClient::new(self.channel(holder)?);
-        let mut request = tonic::Request::new(OwnerChangeRequest {
-            cart_id: grain.to_owned(),
-            new_host: self.cluster.me().address.clone(),
+    fn cluster_client(&self, member: &Member) -> Result<ClusterClient<Channel>, String> {
+        self.channel(&member.address)
+            .map(ClusterClient::new)
+            .map_err(|e| e.0)
+    }
+
+    /// Sends a claim for `grain` to `holder`; `None` if it did not answer
+    /// within the claim deadline.
+    async fn claim_at(&self, holder: &Member, grain: &str) -> Option<ClaimAnswer> {
+        let mut client = self.cluster_client(holder).ok()?;
+        let mut request = tonic::Request::new(pb::ClaimRequest {
+            grain: grain.to_owned(),
+            claimant: self.cluster.me().id.0.clone(),
         });
         request.set_timeout(CLAIM_DEADLINE);
-        client
-            .confirm_owner(request)
+        match client.claim(request).await {
+            Ok(reply) => super::wire::claim_answer_from_wire(reply.into_inner()),
+            Err(status) => {
+                tracing::debug!(holder = %holder.address, %status, "claim not answered");
+                None
+            }
+        }
+    }
+
+    async fn fetch_grains(
+        &self,
+        from: &Member,
+        view: (u64, u64),
+        after: Option<String>,
+    ) -> Result<GrainPage, String> {
+        let mut client = self.cluster_client(from)?;
+        let mut request = tonic::Request::new(pb::GrainPageRequest {
+            member: self.cluster.me().id.0.clone(),
+            view_term: view.0,
+            view_version: view.1,
+            after,
+            limit: GRAIN_PAGE as u32,
+        });
+        request.set_timeout(RPC_DEADLINE);
+        let page = client
+            .list_grains(request)
             .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| {
-                Unroutable(format!(
-                    "the partition holder {holder} did not answer: {}",
-                    status.message()
-                ))
-            })
+            .map_err(|status| status.to_string())?
+            .into_inner();
+        Ok(GrainPage {
+            grains: page.grains.into_iter().map(|g| (g.id, g.epoch)).collect(),
+            next: page.next,
+        })
     }
 
-    /// Follows committed views: re-partitions the directory and rebuilds
-    /// this member's partition from every member's grain list.
-    async fn follow_views(self: Arc<Self>) {
-        let mut views = self.cluster.watch_committed();
-        loop {
-            let view = views.borrow_and_update().clone();
-            // Every view change holds grants until grants made under the
-            // old view have reached their claimants; the partition is
-            // rebuilt from the members' lists after that.
-            let hold = self.cluster.timing().directory_hold(view.members.len());
-            lock(&self.directory).view_changed(&view, self.now(), hold);
-            tracing::debug!(stamp = ?view.stamp(), members = view.members.len(), hold, "directory: new view");
-            // Routes to members that left are stale.
-            let addresses: HashSet<String> =
-                view.members.values().map(|m| m.address.clone()).collect();
-            lock(&self.routes).retain(|_, owner| addresses.contains(owner));
-            for member in view.members.values().filter(|m| &m.id != self.me()) {
-                let router = self.clone();
-                let member = member.clone();
-                let stamp = view.stamp();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(hold)).await;
-                    // A newer view may have come meanwhile; it rebuilds itself.
-                    if router.cluster.committed().stamp() == stamp {
-                        router.rebuild_from(member.id, member.address).await;
-                    } else {
-                        tracing::debug!(?stamp, "directory: view superseded before its rebuild");
-                    }
-                });
-            }
-            // This member's own grains count too.
-            let mine = lock(&self.owned).iter().cloned().collect::<Vec<_>>();
-            let me = self.me().clone();
-            lock(&self.directory).rebuild_from(&me, mine);
-            self.placement_may_have_changed();
-            // The hold running out may make this partition ready (alone,
-            // or with every list already in).
-            let router = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(hold + 1)).await;
-                router.placement_may_have_changed();
-            });
-            if views.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    async fn rebuild_from(&self, member: NodeId, address: String) {
-        for _ in 0..50 {
-            let channel = match self.channel(&address) {
-                Ok(channel) => channel,
-                Err(err) => {
-                    tracing::debug!(%address, error = %err, "directory: no channel for a rebuild");
-                    return;
-                }
-            };
-            let mut request = tonic::Request::new(Empty {});
-            request.set_timeout(RPC_DEADLINE);
-            match ControlPlaneClient::new(channel).get_cart_ids(request).await {
-                Ok(reply) => {
-                    let ready = {
-                        let mut directory = lock(&self.directory);
-                        directory.rebuild_from(&member, reply.into_inner().cart_ids);
-                        directory.is_ready()
-                    };
-                    tracing::debug!(%address, ready, "directory: grain list in");
-                    if ready {
-                        self.placement_may_have_changed();
-                    }
-                    return;
-                }
-                Err(status) => {
-                    tracing::debug!(%address, %status, "GetCartIds failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+    async fn release_at(&self, holder: &Member, grains: Vec<String>) -> Result<(), String> {
+        let mut client = self.cluster_client(holder)?;
+        let mut request = tonic::Request::new(pb::ReleaseRequest {
+            member: self.cluster.me().id.0.clone(),
+            grains,
+        });
+        request.set_timeout(RPC_DEADLINE);
+        client
+            .release(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| status.to_string())
     }
 }
 
-/// `key=value` at the start of an acknowledgement's message (anything after
-/// a `;` is an explanation for people).
-fn parse_ack(message: &str) -> Option<(&str, &str)> {
-    let head = message.split(';').next()?.trim();
-    let (key, value) = head.split_once('=')?;
-    (!value.is_empty()).then_some((key, value))
+/// The runtime's side: activations start only for carts placed here, and
+/// their stops release the claims.
+pub struct Placements(pub Arc<CartRouter>);
+
+impl Ownership for Placements {
+    fn activate(&self, _kind: &'static str, id: &str, activation: u64) -> Result<Tenure, Refusal> {
+        self.0
+            .with(|p, _| p.activate(id, activation))
+            .map(|epoch| Tenure { epoch })
+            .map_err(|_| Refusal::NotOwner("the cart is not placed on this member".into()))
+    }
+
+    fn deactivated(&self, _kind: &'static str, id: &str, activation: u64) {
+        self.0.with(|p, _| p.deactivated(id, activation));
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

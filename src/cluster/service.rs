@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::membership::ClusterHandle;
+use super::router::CartRouter;
 use super::wire;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
@@ -24,6 +25,8 @@ pub struct ClusterService {
     /// The cluster's store: revoked keys are recorded there, for every
     /// member to see.
     store: Arc<dyn EventStore>,
+    /// Where grains are placed (claims, grain lists, releases).
+    router: Arc<CartRouter>,
 }
 
 /// The stream (in the cluster's store) that records a revoked key.
@@ -38,6 +41,7 @@ impl ClusterService {
         trust: Option<Arc<Trust>>,
         tokens: Arc<Tokens>,
         store: Arc<dyn EventStore>,
+        router: Arc<CartRouter>,
     ) -> Self {
         ClusterService {
             handle,
@@ -45,6 +49,21 @@ impl ClusterService {
             trust,
             tokens,
             store,
+            router,
+        }
+    }
+
+    /// The member a placement request speaks for: the one it names, which
+    /// with mutual TLS must be the caller itself (a member speaks only for
+    /// itself).
+    fn speaker<T>(&self, request: &Request<T>, field: &str, named: &str) -> Result<NodeId, Status> {
+        let peer = self.member(request)?;
+        let named = wire::node_id(named, field).map_err(Status::invalid_argument)?;
+        match peer {
+            Some(peer) if peer != named.0 => Err(Status::permission_denied(format!(
+                "{field}: a member speaks only for itself"
+            ))),
+            _ => Ok(named),
         }
     }
 
@@ -228,7 +247,7 @@ impl ClusterService {
             }
             Err(reason) => pb::JoinReply {
                 accepted: false,
-                message: format!("{reason:?}"),
+                message: reason.to_string(),
                 leader_address: String::new(),
                 refused: false,
             },
@@ -457,6 +476,64 @@ impl Cluster for ClusterService {
             ));
         }
         Ok(Response::new(self.propose(Change::Leave(NodeId(id))).await))
+    }
+
+    async fn claim(
+        &self,
+        request: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::ClaimReply>, Status> {
+        let claimant = self.speaker(&request, "claimant", &request.get_ref().claimant)?;
+        let grain = request.into_inner().grain;
+        wire::grain_id(&grain, "grain").map_err(Status::invalid_argument)?;
+        let answer = self.router.claim_here(&claimant, &grain).await;
+        Ok(Response::new(wire::claim_answer_to_wire(&answer)))
+    }
+
+    async fn list_grains(
+        &self,
+        request: Request<pb::GrainPageRequest>,
+    ) -> Result<Response<pb::GrainPage>, Status> {
+        let requester = self.speaker(&request, "member", &request.get_ref().member)?;
+        let page = request.into_inner();
+        if let Some(after) = &page.after {
+            wire::grain_id(after, "after").map_err(Status::invalid_argument)?;
+        }
+        let view = (page.view_term, page.view_version);
+        match self
+            .router
+            .grains_for(&requester, view, page.after.as_deref(), page.limit as usize)
+        {
+            Ok(found) => Ok(Response::new(pb::GrainPage {
+                grains: found
+                    .grains
+                    .into_iter()
+                    .map(|(id, epoch)| pb::OwnedGrain { id, epoch })
+                    .collect(),
+                next: found.next,
+            })),
+            Err(mine) => Err(Status::failed_precondition(format!(
+                "view: this member's committed view is {mine:?}, not {view:?}; ask again"
+            ))),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Released>, Status> {
+        let from = self.speaker(&request, "member", &request.get_ref().member)?;
+        let grains = request.into_inner().grains;
+        if grains.len() > granary_cluster_core::GRAIN_PAGE {
+            return Err(Status::invalid_argument(format!(
+                "grains: at most {} per release",
+                granary_cluster_core::GRAIN_PAGE
+            )));
+        }
+        for grain in &grains {
+            wire::grain_id(grain, "grains").map_err(Status::invalid_argument)?;
+        }
+        self.router.release_received(&from, &grains);
+        Ok(Response::new(pb::Released {}))
     }
 
     async fn status(

@@ -1,11 +1,10 @@
 //! Core messages ⇄ protobuf. Bad input becomes an error naming the field.
 
-use granary_cluster_core::{ClusterConfig, Member, Message, NodeId};
+use granary_cluster_core::{
+    ClaimAnswer, ClusterConfig, MAX_MEMBERS, Member, Message, NodeId, Unplaced,
+};
 
 use crate::proto::cluster as pb;
-
-/// Most members a config on the wire may carry.
-const MAX_MEMBERS: usize = 64;
 
 pub(crate) fn to_envelope(from: &NodeId, message: &Message) -> pb::Envelope {
     use pb::envelope::Message as M;
@@ -166,4 +165,61 @@ pub(crate) fn from_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message),
         M::PullConfig(_) => Message::PullConfig,
     };
     Ok((NodeId(envelope.from), message))
+}
+
+/// A partition holder's answer to a claim, for the wire.
+pub(crate) fn claim_answer_to_wire(answer: &ClaimAnswer) -> pb::ClaimReply {
+    use pb::claim_reply::Answer;
+    let answer = match answer {
+        ClaimAnswer::Granted { epoch } => Answer::GrantedEpoch(*epoch),
+        ClaimAnswer::Owned { owner } => Answer::Owner(owner.0.clone()),
+        ClaimAnswer::NotHolder { holder } => Answer::Holder(holder.0.clone()),
+        ClaimAnswer::Refused(why) => Answer::Refused(why.to_string()),
+    };
+    pb::ClaimReply {
+        answer: Some(answer),
+    }
+}
+
+/// A claim's answer from the wire; `None` if it is empty or malformed
+/// (treated as no answer).
+pub(crate) fn claim_answer_from_wire(reply: pb::ClaimReply) -> Option<ClaimAnswer> {
+    use pb::claim_reply::Answer;
+    Some(match reply.answer? {
+        Answer::GrantedEpoch(epoch) => ClaimAnswer::Granted { epoch },
+        Answer::Owner(owner) => {
+            check_text(&owner, "owner").ok()?;
+            ClaimAnswer::Owned {
+                owner: NodeId(owner),
+            }
+        }
+        Answer::Holder(holder) => {
+            check_text(&holder, "holder").ok()?;
+            ClaimAnswer::NotHolder {
+                holder: NodeId(holder),
+            }
+        }
+        Answer::Refused(why) => {
+            ClaimAnswer::Refused(Unplaced::RefusedByHolder(why.chars().take(200).collect()))
+        }
+    })
+}
+
+/// Checks a node id given in a request.
+pub(crate) fn node_id(value: &str, field: &str) -> Result<NodeId, String> {
+    check_text(value, field)?;
+    Ok(NodeId(value.to_owned()))
+}
+
+/// Checks a grain id given in a request: 1..=256 printable characters.
+pub(crate) fn grain_id(value: &str, field: &str) -> Result<(), String> {
+    if value.is_empty()
+        || value.len() > 256
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "{field}: a grain id is 1..=256 printable characters without spaces"
+        ));
+    }
+    Ok(())
 }

@@ -129,7 +129,9 @@ impl From<CallError<CartError>> for ApiError {
             }
             CallError::Fenced(reason) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("this node cannot serve carts now ({reason}); retry, here or on another node"),
+                format!(
+                    "this node cannot serve carts now ({reason}); retry, here or on another node"
+                ),
             )
             .with_code("fenced"),
             CallError::NotOwner(reason) => ApiError::new(

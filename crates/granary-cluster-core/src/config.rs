@@ -22,6 +22,10 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// The most members a cluster may have: a join beyond it is refused. The
+/// wire bounds configs and heartbeats by it too.
+pub const MAX_MEMBERS: usize = 64;
+
 /// A member: its identity and where peers reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -16,7 +16,11 @@
 //!   persisted terms, membership changes committed by the leader.
 //! - [`OwnershipDirectory`] (`directory.rs`): which node owns each grain,
 //!   partitioned over the members by rendezvous hashing so a claim costs one
-//!   message to one node whatever the cluster size.
+//!   message to one node whatever the cluster size; after a view change
+//!   only the grains that moved wait for the rebuild.
+//! - [`Placement`] (`placement.rs`): one member's grains: its claims and
+//!   their owner epochs, routes to the others, claims in flight, its
+//!   directory partition and its paged rebuild, releases on passivation.
 //!
 //! # The rules that keep a grain single
 //! Only members count: a message's sender is the authenticated peer the
@@ -31,10 +35,14 @@ mod config;
 mod directory;
 mod message;
 mod node;
+mod placement;
 mod timing;
 
-pub use config::{ClusterConfig, Member, NodeId};
-pub use directory::{ClaimOutcome, OwnershipDirectory, partition_holder};
+pub use config::{ClusterConfig, MAX_MEMBERS, Member, NodeId};
+pub use directory::{ClaimOutcome, OwnershipDirectory, partition_holder, view_epoch};
 pub use message::{Change, Message};
 pub use node::{ClusterNode, Durable, Input, Output, RejectReason, Role};
+pub use placement::{
+    ClaimAnswer, Command, GRAIN_PAGE, GrainPage, Locate, NotPlacedHere, Placement, Unplaced,
+};
 pub use timing::{CLAIM_DEADLINE_MS, LEASE_STALENESS_MS, Timing, TimingError};

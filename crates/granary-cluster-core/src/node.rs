@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{ClusterConfig, NodeId};
+use crate::config::{ClusterConfig, MAX_MEMBERS, NodeId};
 use crate::message::{Change, Message};
 use crate::timing::Timing;
 
@@ -67,6 +67,34 @@ pub enum RejectReason {
     ChangeInProgress,
     /// The change would change nothing (already a member, not a member).
     NoChange,
+    /// A join beyond the most members a cluster may have.
+    TooManyMembers { limit: usize },
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::NotLeader {
+                leader: Some(leader),
+            } => {
+                write!(f, "not the leader; the leader is {leader}")
+            }
+            RejectReason::NotLeader { leader: None } => {
+                f.write_str("not the leader, and no leader is known")
+            }
+            RejectReason::NoQuorum => {
+                f.write_str("the leader cannot see a majority of the cluster")
+            }
+            RejectReason::ChangeInProgress => {
+                f.write_str("another membership change is being committed; asking again later")
+            }
+            RejectReason::NoChange => f.write_str("nothing to change"),
+            RejectReason::TooManyMembers { limit } => write!(
+                f,
+                "the cluster has {limit} members, the most it may have; remove one first"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,19 +232,58 @@ impl ClusterNode {
     /// one runs out within `fence_after`, and holders of the new view wait
     /// that long before granting (see docs/cluster-protocol.md).
     pub fn has_view_lease(&self, now: u64) -> bool {
+        now < self.view_lease_until()
+    }
+
+    /// Until when (on this node's clock) it may serve grains on what it
+    /// knows now: while a majority of its config has confirmed, within
+    /// `fence_after` of our sending, that it hears us. 0 when it may not,
+    /// `u64::MAX` for a lone member. Unlike [`ClusterNode::is_serving`],
+    /// which changes only when the node steps, this is a deadline the
+    /// runtime checks against its clock right before it serves: a node that
+    /// was paused sees it has passed.
+    pub fn serve_until(&self) -> u64 {
+        if !self.serving || !self.durable.config.is_member(&self.me) {
+            return 0;
+        }
+        let needed = self.durable.config.quorum() - 1;
+        if needed == 0 {
+            return u64::MAX;
+        }
+        let mut confirmed: Vec<u64> = self
+            .durable
+            .config
+            .ids()
+            .filter(|id| *id != &self.me)
+            .filter_map(|id| self.peers.get(id).and_then(|p| p.confirmed_at))
+            .collect();
+        if confirmed.len() < needed {
+            return 0;
+        }
+        confirmed.sort_unstable_by(|a, b| b.cmp(a));
+        confirmed[needed - 1].saturating_add(self.timing.fence_after)
+    }
+
+    /// Until when this node's committed view is, by the leader's word, the
+    /// cluster's current one (see [`ClusterNode::has_view_lease`]); never
+    /// beyond [`ClusterNode::serve_until`]. 0 without a lease.
+    pub fn view_lease_until(&self) -> u64 {
         if !self.serving || self.change_pending() {
-            return false;
+            return 0;
         }
-        // A serving leader's view is the current one; so is a lone member's
-        // (nobody else can have changed a config it is the only voter of).
+        let serving = self.serve_until();
         if self.role == Role::Leader || self.durable.config.members.len() == 1 {
-            return true;
+            return serving;
         }
-        self.leader_view.is_some_and(|(stamp, committed, at)| {
-            stamp == self.durable.config.stamp()
-                && committed == self.durable.config.version
-                && now.saturating_sub(at) < self.timing.fence_after
-        })
+        match self.leader_view {
+            Some((stamp, committed, sent))
+                if stamp == self.durable.config.stamp()
+                    && committed == self.durable.config.version =>
+            {
+                sent.saturating_add(self.timing.fence_after).min(serving)
+            }
+            _ => 0,
+        }
     }
 
     /// Members that confirmed hearing us within `fence_after`, us included.
@@ -445,11 +512,13 @@ impl ClusterNode {
                 echo,
                 silence,
             } => {
+                // An echo is one of our own nonces: our clock when we sent
+                // the heartbeat it answers. One from before this node
+                // started (an earlier run of it) proves nothing now.
+                let echo = echo.filter(|echo| (self.started_at..=now).contains(echo));
                 let peer = self.peers.entry(from.clone()).or_default();
                 peer.nonce = Some(nonce);
-                if let Some(echo) = echo
-                    && echo <= now
-                {
+                if let Some(echo) = echo {
                     peer.confirmed_at = Some(peer.confirmed_at.map_or(echo, |c| c.max(echo)));
                 }
                 peer.silence = Some((now, silence.into_iter().collect()));
@@ -458,8 +527,19 @@ impl ClusterNode {
                     && self.role != Role::Leader
                 {
                     self.follow(from.clone(), now);
-                    self.leader_view =
-                        Some(((config_term, config_version), committed_version, now));
+                    // The leader vouches for its view as of when it sent
+                    // this heartbeat, which is after it received the
+                    // heartbeat of ours it echoes: the lease counts from
+                    // when we sent that one, not from when this arrived (a
+                    // heartbeat that lingered on the wire or in a paused
+                    // process must not stretch the lease).
+                    if let Some(sent) = echo {
+                        let newer = self.leader_view.is_none_or(|(_, _, at)| sent >= at);
+                        if newer {
+                            self.leader_view =
+                                Some(((config_term, config_version), committed_version, sent));
+                        }
+                    }
                     let theirs = (config_term, config_version);
                     if theirs > self.durable.config.stamp() {
                         out.push(Output::Send {
@@ -725,6 +805,16 @@ impl ClusterNode {
 
     fn commit_change(&mut self, change: Change, now: u64, out: &mut Vec<Output>) {
         let mut next = self.durable.config.clone();
+        if let Change::Join(member) = &change
+            && !next.is_member(&member.id)
+            && next.members.len() >= MAX_MEMBERS
+        {
+            out.push(Output::Rejected {
+                change,
+                reason: RejectReason::TooManyMembers { limit: MAX_MEMBERS },
+            });
+            return;
+        }
         let changed = match &change {
             Change::Join(member) => {
                 next.members

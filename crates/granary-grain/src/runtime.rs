@@ -27,6 +27,9 @@ pub struct CallOptions {
     pub idempotency: Option<(String, u64)>,
 }
 
+/// A call queued in an activation's mailbox.
+type Queued<G> = actix::dev::Request<GrainActor<G>, Call<G>>;
+
 /// State shared by the runtime handle and every activation it hosts.
 pub(crate) struct Shared<G: Grain> {
     pub(crate) registry: Mutex<Registry<G>>,
@@ -192,11 +195,7 @@ where
     /// there is none (and this member may host it). Queuing is a channel
     /// push, done under the registry lock so the hot path needs no `Addr`
     /// clone.
-    fn send(
-        &self,
-        id: &str,
-        call: Call<G>,
-    ) -> Result<actix::dev::Request<GrainActor<G>, Call<G>>, CallError<G::Rejection>> {
+    fn send(&self, id: &str, call: Call<G>) -> Result<Queued<G>, CallError<G::Rejection>> {
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         let mut registry = self.shared.lock_registry();
         if let Some(addr) = registry.touch(id, now) {

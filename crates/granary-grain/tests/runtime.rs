@@ -600,9 +600,13 @@ impl granary_grain::Ownership for Placed {
         id: &str,
         activation: u64,
     ) -> Result<granary_grain::Tenure, granary_grain::Refusal> {
-        let epoch = self.epochs.lock().unwrap().get(id).copied().ok_or_else(|| {
-            granary_grain::Refusal::NotOwner(format!("{id} is placed elsewhere"))
-        })?;
+        let epoch = self
+            .epochs
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .ok_or_else(|| granary_grain::Refusal::NotOwner(format!("{id} is placed elsewhere")))?;
         self.activated
             .lock()
             .unwrap()
@@ -710,7 +714,10 @@ async fn calls_queued_when_the_member_fences_are_refused_not_run() {
     // A write holds the mailbox at the gate; two more calls queue behind it.
     let first = rt.clone();
     let first = actix_rt::spawn(async move { first.call("g", Op::Add(1)).await });
-    eventually("the first write to be taken", || rt.stats().activations == 1).await;
+    eventually("the first write to be taken", || {
+        rt.stats().activations == 1
+    })
+    .await;
     let queued: Vec<_> = [Op::Add(10), Op::Get]
         .into_iter()
         .map(|op| {
@@ -723,7 +730,11 @@ async fn calls_queued_when_the_member_fences_are_refused_not_run() {
     lease.fence();
     lease.extend_to(u64::MAX);
     gate.add_permits(10);
-    assert_eq!(first.await.unwrap().unwrap().reply, 1, "taken before the fence");
+    assert_eq!(
+        first.await.unwrap().unwrap().reply,
+        1,
+        "taken before the fence"
+    );
     for call in queued {
         let refused = call.await.unwrap();
         assert!(
@@ -751,10 +762,7 @@ async fn a_member_past_its_lease_answers_nothing_from_memory() {
     // As after a pause: the deadline passed, and nobody has fenced yet.
     lease.extend_to(lease.now());
     for op in [Op::Get, Op::Add(1)] {
-        assert!(matches!(
-            rt.call("g", op).await,
-            Err(CallError::Fenced(_))
-        ));
+        assert!(matches!(rt.call("g", op).await, Err(CallError::Fenced(_))));
     }
     lease.extend_to(u64::MAX);
     assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 3);
