@@ -119,9 +119,9 @@ async fn confirm_owner_in_cluster(
             .unwrap_or_default()
     };
     match router.claim_here(&claimant.id, cart).await {
-        ClaimAnswer::Granted { epoch } => OwnerChangeAck {
+        ClaimAnswer::Granted(grant) => OwnerChangeAck {
             accepted: true,
-            message: format!("owner={claimant_address}; epoch={epoch}"),
+            message: format!("owner={claimant_address}; epoch={}", grant.epoch),
         },
         ClaimAnswer::Owned { owner } => OwnerChangeAck {
             accepted: false,

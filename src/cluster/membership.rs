@@ -94,6 +94,9 @@ pub struct ClusterHandle {
     /// Set when this node must stop: it can never be admitted (its store
     /// is not the cluster's), or it cannot persist its cluster state.
     fatal: tokio::sync::watch::Sender<Option<String>>,
+    /// How many former members the saved state named when this node
+    /// started (see `Placement::new`).
+    departed_at_start: usize,
 }
 
 impl ClusterHandle {
@@ -176,6 +179,12 @@ impl ClusterHandle {
         self.timing
     }
 
+    /// How many former members (removed, not admitted since) the saved
+    /// state named when this node started.
+    pub fn departed_at_start(&self) -> usize {
+        self.departed_at_start
+    }
+
     /// Hands a peer's message to the task; `false` when the queue is full
     /// (the message is dropped, as the network might have).
     pub fn deliver(&self, from: NodeId, message: Message) -> bool {
@@ -200,18 +209,28 @@ impl ClusterHandle {
     }
 
     /// Graceful leave: asks the leader (or, being the leader, itself) to
-    /// remove this member, and waits, at most `limit`, until the leader's
-    /// view no longer lists it. Returns whether that happened.
+    /// remove this member, and waits, at most `limit`, until a committed
+    /// config of the leader's no longer lists it. Returns whether that
+    /// happened.
     pub async fn leave(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
+        // Told first: this member stops campaigning, and if it leads it
+        // steps down, so the next leader removes it (a leader never
+        // commits its own removal).
+        let _ = self.propose(Change::Leave(self.me.id.clone())).await;
         while tokio::time::Instant::now() < deadline {
             let Some(status) = self.status().await else {
                 return false;
             };
-            if !status.peers.iter().any(|p| p.id == self.me.id.0) {
+            let listed = status.peers.iter().any(|p| p.id == self.me.id.0);
+            // Left once a committed config drops it: a leader that leaves
+            // sees its own commit; a follower asks the leader below. (An
+            // uncommitted removal is not a leave: a leader that went on
+            // to exit would leave the rest without a majority.)
+            if !listed && status.committed_version == status.config_version {
                 return true;
             }
-            if status.members <= 1 {
+            if listed && status.members <= 1 {
                 return false; // a cluster of one has nobody to hand over to
             }
             let leader = status
@@ -222,9 +241,7 @@ impl ClusterHandle {
                 status.leader.as_deref() == Some(self.me.id.0.as_str()),
                 leader,
             ) {
-                (true, _) => {
-                    let _ = self.propose(Change::Leave(self.me.id.clone())).await;
-                }
+                (true, _) => {}
                 (false, Some(address)) => {
                     let id = self.me.id.0.clone();
                     let pin = status.leader.as_deref().and_then(dial::pin);
@@ -238,7 +255,10 @@ impl ClusterHandle {
                         tracing::debug!(%address, error = %err, "leave request not taken");
                     }
                     if let Ok(view) = remote_status(&self.dialer, &address, pin).await
-                        && view.is_none_or(|view| !view.peers.iter().any(|p| p.id == self.me.id.0))
+                        && view.is_none_or(|view| {
+                            view.committed_version == view.config_version
+                                && !view.peers.iter().any(|p| p.id == self.me.id.0)
+                        })
                     {
                         return true;
                     }
@@ -341,6 +361,7 @@ pub fn start(
         cluster_id: cluster_id.into(),
         dialer: dialer.clone(),
         fatal: tokio::sync::watch::channel(None).0,
+        departed_at_start: node.durable().departed.len(),
     };
     let fatal = handle.fatal.clone();
     let task = MembershipTask {

@@ -74,7 +74,19 @@ impl CartRouter {
     /// `io`.
     pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<CartRouter> {
         let me = cluster.me().id.clone();
-        let placement = Placement::new(me, cluster.committed(), cluster.timing(), clock::now());
+        // Grant ids start somewhere new in every run of the process.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 40);
+        let placement = Placement::new(
+            me,
+            cluster.committed(),
+            cluster.departed_at_start(),
+            cluster.timing(),
+            clock::now(),
+            seed,
+        );
         let router = Arc::new(CartRouter {
             cluster,
             placement: Mutex::new(placement),
@@ -266,8 +278,8 @@ impl CartRouter {
         lock(&self.placement).grains_for(requester, view, after, limit)
     }
 
-    /// `from` no longer hosts `grains`.
-    pub fn release_received(self: &Arc<Self>, from: &NodeId, grains: &[String]) {
+    /// `from` no longer hosts `grains` (each with the grant it ends).
+    pub fn release_received(self: &Arc<Self>, from: &NodeId, grains: &[(String, u64)]) {
         self.with(|p, _| p.release_received(from, grains));
     }
 
@@ -411,16 +423,28 @@ impl CartRouter {
             .map_err(|status| status.to_string())?
             .into_inner();
         Ok(GrainPage {
-            grains: page.grains.into_iter().map(|g| (g.id, g.epoch)).collect(),
+            grains: page
+                .grains
+                .into_iter()
+                .map(|g| {
+                    (
+                        g.id,
+                        super::wire::grant_from_wire(g.grant.unwrap_or_default()),
+                    )
+                })
+                .collect(),
             next: page.next,
         })
     }
 
-    async fn release_at(&self, holder: &Member, grains: Vec<String>) -> Result<(), String> {
+    async fn release_at(&self, holder: &Member, grains: Vec<(String, u64)>) -> Result<(), String> {
         let mut client = self.cluster_client(holder)?;
         let mut request = tonic::Request::new(pb::ReleaseRequest {
             member: self.cluster.me().id.0.clone(),
-            grains,
+            grains: grains
+                .into_iter()
+                .map(|(id, grant)| pb::ReleasedGrain { id, grant })
+                .collect(),
         });
         request.set_timeout(RPC_DEADLINE);
         client

@@ -507,7 +507,10 @@ impl Cluster for ClusterService {
                 grains: found
                     .grains
                     .into_iter()
-                    .map(|(id, epoch)| pb::OwnedGrain { id, epoch })
+                    .map(|(id, grant)| pb::OwnedGrain {
+                        id,
+                        grant: Some(wire::grant_to_wire(&grant)),
+                    })
                     .collect(),
                 next: found.next,
             })),
@@ -529,10 +532,12 @@ impl Cluster for ClusterService {
                 granary_cluster_core::GRAIN_PAGE
             )));
         }
-        for grain in &grains {
-            wire::grain_id(grain, "grains").map_err(Status::invalid_argument)?;
+        let mut released = Vec::with_capacity(grains.len());
+        for grain in grains {
+            wire::grain_id(&grain.id, "grains.id").map_err(Status::invalid_argument)?;
+            released.push((grain.id, grain.grant));
         }
-        self.router.release_received(&from, &grains);
+        self.router.release_received(&from, &released);
         Ok(Response::new(pb::Released {}))
     }
 

@@ -1,7 +1,7 @@
 //! Core messages ⇄ protobuf. Bad input becomes an error naming the field.
 
 use granary_cluster_core::{
-    ClaimAnswer, ClusterConfig, MAX_MEMBERS, Member, Message, NodeId, Unplaced,
+    ClaimAnswer, ClusterConfig, Grant, MAX_MEMBERS, Member, Message, NodeId, Unplaced,
 };
 
 use crate::proto::cluster as pb;
@@ -171,7 +171,7 @@ pub(crate) fn from_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message),
 pub(crate) fn claim_answer_to_wire(answer: &ClaimAnswer) -> pb::ClaimReply {
     use pb::claim_reply::Answer;
     let answer = match answer {
-        ClaimAnswer::Granted { epoch } => Answer::GrantedEpoch(*epoch),
+        ClaimAnswer::Granted(grant) => Answer::Granted(grant_to_wire(grant)),
         ClaimAnswer::Owned { owner } => Answer::Owner(owner.0.clone()),
         ClaimAnswer::NotHolder { holder } => Answer::Holder(holder.0.clone()),
         ClaimAnswer::Refused(why) => Answer::Refused(why.to_string()),
@@ -186,7 +186,7 @@ pub(crate) fn claim_answer_to_wire(answer: &ClaimAnswer) -> pb::ClaimReply {
 pub(crate) fn claim_answer_from_wire(reply: pb::ClaimReply) -> Option<ClaimAnswer> {
     use pb::claim_reply::Answer;
     Some(match reply.answer? {
-        Answer::GrantedEpoch(epoch) => ClaimAnswer::Granted { epoch },
+        Answer::Granted(grant) => ClaimAnswer::Granted(grant_from_wire(grant)),
         Answer::Owner(owner) => {
             check_text(&owner, "owner").ok()?;
             ClaimAnswer::Owned {
@@ -222,4 +222,18 @@ pub(crate) fn grain_id(value: &str, field: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+pub(crate) fn grant_to_wire(grant: &Grant) -> pb::Grant {
+    pb::Grant {
+        epoch: grant.epoch,
+        id: grant.id,
+    }
+}
+
+pub(crate) fn grant_from_wire(grant: pb::Grant) -> Grant {
+    Grant {
+        epoch: grant.epoch,
+        id: grant.id,
+    }
 }

@@ -58,11 +58,22 @@ pub fn view_epoch((term, version): (u64, u64)) -> u64 {
     (term.min((1 << 31) - 1) << 32) | version.min((1 << 32) - 1)
 }
 
+/// A placement of a grain as its holder granted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The owner epoch: the fencing token the owner's appends carry.
+    pub epoch: u64,
+    /// Tells this grant from earlier and later ones of the same grain (a
+    /// release names the grant it ends, so one that crossed a new claim
+    /// on the wire ends nothing).
+    pub id: u64,
+}
+
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    /// The claimant owns the grain (now or already), with this owner epoch.
-    Accepted { epoch: u64 },
+    /// The claimant owns the grain (now or again) under this grant.
+    Accepted(Grant),
     /// Another member owns it; forward the call there.
     Owned { owner: NodeId },
     /// This node does not hold the grain's entry; ask `holder`.
@@ -75,7 +86,7 @@ pub enum ClaimOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     owner: NodeId,
-    epoch: u64,
+    grant: Grant,
     /// The owner left the view: the grain may be granted again from this
     /// time on (it has fenced itself by then).
     free_after: Option<u64>,
@@ -89,6 +100,8 @@ pub struct OwnershipDirectory {
     /// The committed view's version and the epoch of grants made under it.
     version: u64,
     epoch: u64,
+    /// The id of the next grant.
+    next_grant: u64,
     owners: HashMap<String, Entry>,
     /// The member sets of the views since this partition was last whole,
     /// oldest first. `None`: no view is known whole (a start, or a view
@@ -102,13 +115,15 @@ pub struct OwnershipDirectory {
 
 impl OwnershipDirectory {
     /// An empty directory over `config` at `now`: nothing is settled until
-    /// `hold` has passed and every member has reported.
-    pub fn new(me: NodeId, config: &ClusterConfig, now: u64, hold: u64) -> Self {
+    /// `hold` has passed and every member has reported. `seed` starts the
+    /// grant ids (any value, different in every run of the process).
+    pub fn new(me: NodeId, config: &ClusterConfig, now: u64, hold: u64, seed: u64) -> Self {
         let mut directory = OwnershipDirectory {
             me,
             members: BTreeSet::new(),
             version: 0,
             epoch: 0,
+            next_grant: seed,
             owners: HashMap::new(),
             history: None,
             awaiting: BTreeSet::new(),
@@ -144,33 +159,43 @@ impl OwnershipDirectory {
             return ClaimOutcome::Rebuilding;
         }
         self.refresh(now);
-        match self.owners.get(grain) {
+        let settled = self.is_settled(grain);
+        let grant = Grant {
+            epoch: self.epoch,
+            id: self.next_grant,
+        };
+        match self.owners.get_mut(grain) {
             Some(entry) if entry.free_after.is_none() => {
-                return if &entry.owner == claimant {
-                    ClaimOutcome::Accepted { epoch: entry.epoch }
-                } else {
-                    ClaimOutcome::Owned {
+                if &entry.owner != claimant {
+                    return ClaimOutcome::Owned {
                         owner: entry.owner.clone(),
-                    }
-                };
+                    };
+                }
+                // Claimed again by its owner (it may have released it, the
+                // release still on its way): a new grant of the same
+                // epoch, so that release ends nothing.
+                entry.grant.id = grant.id;
+                self.next_grant = self.next_grant.wrapping_add(1);
+                return ClaimOutcome::Accepted(entry.grant);
             }
             Some(Entry {
                 free_after: Some(free_after),
                 ..
             }) if now < *free_after => return ClaimOutcome::Rebuilding,
             Some(_) => {}
-            None if !self.is_settled(grain) => return ClaimOutcome::Rebuilding,
+            None if !settled => return ClaimOutcome::Rebuilding,
             None => {}
         }
+        self.next_grant = self.next_grant.wrapping_add(1);
         self.owners.insert(
             grain.to_owned(),
             Entry {
                 owner: claimant.clone(),
-                epoch: self.epoch,
+                grant,
                 free_after: None,
             },
         );
-        ClaimOutcome::Accepted { epoch: self.epoch }
+        ClaimOutcome::Accepted(grant)
     }
 
     /// Whether this partition's entries are complete for `grain` (see the
@@ -194,12 +219,12 @@ impl OwnershipDirectory {
         whole
     }
 
-    /// `owner` stopped hosting `grain` (it passivated).
-    pub fn release(&mut self, grain: &str, owner: &NodeId) {
+    /// `owner` stopped hosting `grain` under grant `grant` (it passivated).
+    pub fn release(&mut self, grain: &str, owner: &NodeId, grant: u64) {
         if self
             .owners
             .get(grain)
-            .is_some_and(|e| &e.owner == owner && e.free_after.is_none())
+            .is_some_and(|e| &e.owner == owner && e.grant.id == grant && e.free_after.is_none())
         {
             self.owners.remove(grain);
         }
@@ -238,12 +263,24 @@ impl OwnershipDirectory {
         self.members = next;
         self.version = config.version;
         self.epoch = view_epoch(config.stamp());
+        if self.history.is_none() {
+            // Views were skipped: another holder may have granted any of
+            // these grains meanwhile, so no entry here can be trusted. The
+            // rebuild gathers them again.
+            self.owners.clear();
+        }
         let (me, members) = (&self.me, &self.members);
         self.owners
             .retain(|grain, _| partition_holder(grain, members) == Some(me));
         for entry in self.owners.values_mut() {
-            if !members.contains(&entry.owner) && entry.free_after.is_none() {
-                entry.free_after = Some(now.saturating_add(hold));
+            if !members.contains(&entry.owner) {
+                entry.free_after.get_or_insert(now.saturating_add(hold));
+            } else if entry.free_after.is_some() {
+                // Its owner is a member again. Admitted back before its
+                // lease ran out, it may never have fenced and still host
+                // the grain; if it did fence, the entry only sends calls
+                // to it, and it claims the grain again.
+                entry.free_after = None;
             }
         }
         if self.history.as_ref().is_some_and(|views| views.len() == 1) {
@@ -256,7 +293,7 @@ impl OwnershipDirectory {
     }
 
     /// A page of `member`'s report of the grains of this partition it
-    /// hosts, with their owner epochs; `complete` on its last page. Grains
+    /// hosts, with their grants; `complete` on its last page. Grains
     /// already settled here keep their entries (this partition granted
     /// them); for the others an entry present wins, except one held for an
     /// owner that left: a member that reports hosting the grain is the
@@ -264,19 +301,19 @@ impl OwnershipDirectory {
     pub fn rebuild_from(
         &mut self,
         member: &NodeId,
-        grains: impl IntoIterator<Item = (String, u64)>,
+        grains: impl IntoIterator<Item = (String, Grant)>,
         complete: bool,
     ) {
         if !self.members.contains(member) {
             return;
         }
-        for (grain, epoch) in grains {
+        for (grain, grant) in grains {
             if self.holder(&grain) != Some(&self.me) || self.is_settled(&grain) {
                 continue;
             }
             let reported = Entry {
                 owner: member.clone(),
-                epoch,
+                grant,
                 free_after: None,
             };
             match self.owners.get_mut(&grain) {
@@ -399,7 +436,7 @@ mod tests {
     }
 
     fn ready_directory(me: &str, members: &ClusterConfig) -> OwnershipDirectory {
-        let mut directory = OwnershipDirectory::new(id(me), members, 0, 0);
+        let mut directory = OwnershipDirectory::new(id(me), members, 0, 0, 1);
         for member in members.ids() {
             directory.rebuild_from(member, Vec::new(), true);
         }
@@ -419,18 +456,19 @@ mod tests {
         let mut directory = ready_directory("a", &members);
         let grain = grain_held_by("a", &members);
         let epoch = view_epoch(members.stamp());
-        assert_eq!(
-            directory.claim(&grain, &id("b"), 0),
-            ClaimOutcome::Accepted { epoch }
-        );
+        let ClaimOutcome::Accepted(first) = directory.claim(&grain, &id("b"), 0) else {
+            panic!("the first claim is granted");
+        };
+        assert_eq!(first.epoch, epoch);
         assert_eq!(
             directory.claim(&grain, &id("c"), 0),
             ClaimOutcome::Owned { owner: id("b") }
         );
-        assert_eq!(
-            directory.claim(&grain, &id("b"), 0),
-            ClaimOutcome::Accepted { epoch }
-        );
+        let ClaimOutcome::Accepted(again) = directory.claim(&grain, &id("b"), 0) else {
+            panic!("the owner's claim is granted again");
+        };
+        assert_eq!(again.epoch, epoch);
+        assert_ne!(again.id, first.id, "a new grant");
     }
 
     #[test]
@@ -447,13 +485,17 @@ mod tests {
     #[test]
     fn after_a_start_claims_wait_for_every_report_and_the_hold() {
         let members = config(1, &["a", "b", "c"]);
-        let mut directory = OwnershipDirectory::new(id("a"), &members, 0, 100);
+        let mut directory = OwnershipDirectory::new(id("a"), &members, 0, 100, 1);
         let grain = grain_held_by("a", &members);
         assert_eq!(
             directory.claim(&grain, &id("c"), 200),
             ClaimOutcome::Rebuilding
         );
-        directory.rebuild_from(&id("b"), vec![(grain.clone(), 3)], false);
+        directory.rebuild_from(
+            &id("b"),
+            vec![(grain.clone(), Grant { epoch: 3, id: 9 })],
+            false,
+        );
         assert_eq!(
             directory.claim(&grain, &id("c"), 200),
             ClaimOutcome::Owned { owner: id("b") },
@@ -474,11 +516,13 @@ mod tests {
         assert!(directory.is_ready(200));
         assert!(matches!(
             directory.claim(&other, &id("c"), 200),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
-        assert_eq!(
-            directory.claim(&grain, &id("b"), 200),
-            ClaimOutcome::Accepted { epoch: 3 },
+        assert!(
+            matches!(
+                directory.claim(&grain, &id("b"), 200),
+                ClaimOutcome::Accepted(Grant { epoch: 3, .. })
+            ),
             "the owner keeps the epoch it reported"
         );
     }
@@ -498,7 +542,7 @@ mod tests {
         assert!(directory.is_ready(1_000), "nothing moved here: no rebuild");
         assert!(matches!(
             directory.claim(&kept, &id("c"), 1_000),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
     }
 
@@ -529,14 +573,14 @@ mod tests {
             .inspect(|g| {
                 assert!(matches!(
                     directory.claim(g, &id("b"), 0),
-                    ClaimOutcome::Accepted { .. }
+                    ClaimOutcome::Accepted(_)
                 ));
             })
             .expect("grain");
         directory.view_changed(&after, 1_000, 850);
         assert!(matches!(
             directory.claim(&stayed, &id("c"), 1_000),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
         assert_eq!(
             directory.claim(&moved, &id("c"), 1_000),
@@ -549,7 +593,7 @@ mod tests {
         );
         assert!(matches!(
             directory.claim(&bs, &id("c"), 1_850),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
         directory.rebuild_from(&id("a"), Vec::new(), true);
         directory.rebuild_from(&id("c"), Vec::new(), true);
@@ -559,7 +603,7 @@ mod tests {
         );
         assert!(matches!(
             directory.claim(&moved, &id("c"), 1_850),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
         assert_eq!(directory.owned_by(&id("b")), 0);
     }
@@ -581,17 +625,26 @@ mod tests {
         let members = config(1, &["a", "b", "c"]);
         let mut directory = ready_directory("a", &members);
         let grain = grain_held_by("a", &members);
-        directory.claim(&grain, &id("b"), 0);
-        directory.release(&grain, &id("c"));
+        let ClaimOutcome::Accepted(first) = directory.claim(&grain, &id("b"), 0) else {
+            panic!("granted");
+        };
+        directory.release(&grain, &id("c"), first.id);
         assert_eq!(
             directory.owner(&grain),
             Some(&id("b")),
             "only the owner releases"
         );
-        directory.release(&grain, &id("b"));
+        // b claims it again while its release is on the wire: the release
+        // names the old grant and ends nothing.
+        let ClaimOutcome::Accepted(second) = directory.claim(&grain, &id("b"), 0) else {
+            panic!("granted again");
+        };
+        directory.release(&grain, &id("b"), first.id);
+        assert_eq!(directory.owner(&grain), Some(&id("b")), "a stale release");
+        directory.release(&grain, &id("b"), second.id);
         assert!(matches!(
             directory.claim(&grain, &id("c"), 0),
-            ClaimOutcome::Accepted { .. }
+            ClaimOutcome::Accepted(_)
         ));
     }
 }

@@ -39,7 +39,7 @@ mod placement;
 mod timing;
 
 pub use config::{ClusterConfig, MAX_MEMBERS, Member, NodeId};
-pub use directory::{ClaimOutcome, OwnershipDirectory, partition_holder, view_epoch};
+pub use directory::{ClaimOutcome, Grant, OwnershipDirectory, partition_holder, view_epoch};
 pub use message::{Change, Message};
 pub use node::{ClusterNode, Durable, Input, Output, RejectReason, Role};
 pub use placement::{

@@ -159,6 +159,8 @@ pub struct ClusterNode {
     /// The config stamp and committed version the leader last reported,
     /// and when: the basis of the view lease.
     leader_view: Option<((u64, u64), u64, u64)>,
+    /// This member asked to leave: it no longer campaigns.
+    leaving: bool,
     rng: u64,
 }
 
@@ -182,6 +184,7 @@ impl ClusterNode {
             serving: false,
             lost_majority_at: now,
             leader_view: None,
+            leaving: false,
             rng: seed | 1,
         };
         node.election_deadline = now + node.election_timeout();
@@ -325,7 +328,10 @@ impl ClusterNode {
         }
         if self.role == Role::Leader {
             self.detect_dead(now, out);
-        } else if now >= self.election_deadline && self.durable.config.is_member(&self.me) {
+        } else if now >= self.election_deadline
+            && self.durable.config.is_member(&self.me)
+            && !self.leaving
+        {
             // Only a node that sees a majority both ways campaigns: a node
             // cut off from the cluster must not inflate terms and disrupt
             // the majority when it comes back.
@@ -776,6 +782,29 @@ impl ClusterNode {
     // ---- membership changes ------------------------------------------------
 
     fn on_propose(&mut self, change: Change, now: u64, out: &mut Vec<Output>) {
+        if change == Change::Leave(self.me.clone()) {
+            // This member is leaving: it never leads again, and a leader
+            // never commits its own removal. A config that drops its own
+            // leader can be committed only by the others' acks; were the
+            // leader to stop before they came, its successor could not be
+            // elected where the old config needs its vote and its newer
+            // config makes it refuse (two members, say). So it steps down,
+            // and the next leader removes it.
+            self.leaving = true;
+            if self.role == Role::Leader {
+                self.role = Role::Follower;
+                self.leader = None;
+                self.leader_heard_at = None;
+                self.election_deadline = now + self.election_timeout();
+            }
+            out.push(Output::Rejected {
+                change,
+                reason: RejectReason::NotLeader {
+                    leader: self.leader.clone(),
+                },
+            });
+            return;
+        }
         if self.role != Role::Leader {
             out.push(Output::Rejected {
                 change,

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 
 use crate::config::{ClusterConfig, Member, NodeId};
-use crate::directory::{ClaimOutcome, OwnershipDirectory, partition_holder};
+use crate::directory::{ClaimOutcome, Grant, OwnershipDirectory, partition_holder};
 use crate::timing::{CLAIM_DEADLINE_MS, Timing};
 
 /// Most grains one page of a member's grain list carries.
@@ -113,8 +113,8 @@ impl fmt::Display for Unplaced {
 /// A partition holder's answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimAnswer {
-    /// The claimant hosts the grain now, with this owner epoch.
-    Granted { epoch: u64 },
+    /// The claimant hosts the grain now, under this grant.
+    Granted(Grant),
     /// Another member hosts it.
     Owned { owner: NodeId },
     /// Ask this member instead.
@@ -130,8 +130,8 @@ pub struct NotPlacedHere;
 /// A page of the grains a member hosts in one holder's partition.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GrainPage {
-    /// (grain, owner epoch), in grain order.
-    pub grains: Vec<(String, u64)>,
+    /// (grain, its grant), in grain order.
+    pub grains: Vec<(String, Grant)>,
     /// Where the next page starts (after this grain); `None` on the last.
     pub next: Option<String>,
 }
@@ -150,8 +150,11 @@ pub enum Command {
         after: Option<String>,
     },
     /// Tell `to` (the grains' holder) that this member no longer hosts
-    /// `grains`.
-    Release { to: Member, grains: Vec<String> },
+    /// `grains` (each with the id of the grant it ends).
+    Release {
+        to: Member,
+        grains: Vec<(String, u64)>,
+    },
     /// Placement may have changed: calls waiting to place a grain should
     /// look again.
     Placeable,
@@ -159,7 +162,7 @@ pub enum Command {
 
 #[derive(Debug, Clone)]
 struct Owned {
-    epoch: u64,
+    grant: Grant,
     /// The activation that holds the claim, once one started.
     activation: Option<u64>,
 }
@@ -204,7 +207,7 @@ pub struct Placement {
     routes: HashMap<String, NodeId>,
     claims: HashMap<String, PendingClaim>,
     fetches: BTreeMap<NodeId, Fetch>,
-    releases: BTreeMap<NodeId, Vec<String>>,
+    releases: BTreeMap<NodeId, Vec<(String, u64)>>,
     departed: VecDeque<Member>,
     /// Times at which placement changes by itself (a hold ends).
     wakes: BTreeSet<u64>,
@@ -214,11 +217,22 @@ pub struct Placement {
 
 impl Placement {
     /// A member's placement over its committed `view` (empty if it has
-    /// none) at `now`.
-    pub fn new(me: NodeId, view: ClusterConfig, timing: Timing, now: u64) -> Self {
-        let hold = timing.directory_hold(view.members.len());
+    /// none) at `now`, as a process starts. `departed`: members a committed
+    /// config removed and none admitted since (`Durable::departed`): right
+    /// after a restart one of them may still be serving, so even a member
+    /// alone in its view holds its grants for a while. `seed` starts the
+    /// ids of the grants it makes (any value, different in every run).
+    pub fn new(
+        me: NodeId,
+        view: ClusterConfig,
+        departed: usize,
+        timing: Timing,
+        now: u64,
+        seed: u64,
+    ) -> Self {
+        let hold = timing.directory_hold(view.members.len() + departed);
         let mut placement = Placement {
-            directory: OwnershipDirectory::new(me.clone(), &view, now, hold),
+            directory: OwnershipDirectory::new(me.clone(), &view, now, hold, seed),
             me,
             timing,
             view: ClusterConfig::default(),
@@ -260,7 +274,11 @@ impl Placement {
         if config.stamp() <= self.view.stamp() {
             return;
         }
-        let hold = self.timing.directory_hold(config.members.len());
+        // A view that shrank to this member alone still holds: the member
+        // it dropped may be serving until it has fenced itself.
+        let hold = self
+            .timing
+            .directory_hold(config.members.len().max(self.view.members.len()));
         self.directory.view_changed(&config, now, hold);
         self.adopt(config, now);
     }
@@ -359,10 +377,10 @@ impl Placement {
                 // This member's own list needs no message. Taken now, after
                 // the hold, it includes grants that were still in flight
                 // when the view changed.
-                let mine: Vec<(String, u64)> = self
+                let mine: Vec<(String, Grant)> = self
                     .owned
                     .iter()
-                    .map(|(grain, owned)| (grain.clone(), owned.epoch))
+                    .map(|(grain, owned)| (grain.clone(), owned.grant))
                     .collect();
                 self.directory.rebuild_from(&self.me, mine, true);
                 self.fetches.insert(member, Fetch::Done);
@@ -462,7 +480,9 @@ impl Placement {
             return Locate::Waiting(Unplaced::Closed);
         }
         if let Some(owned) = self.owned.get(grain) {
-            return Locate::Local { epoch: owned.epoch };
+            return Locate::Local {
+                epoch: owned.grant.epoch,
+            };
         }
         if let Some(owner) = self.routes.get(grain) {
             match self.view.members.get(owner) {
@@ -481,9 +501,9 @@ impl Placement {
         if holder == self.me {
             let me = self.me.clone();
             return match self.directory.claim(grain, &me, now) {
-                ClaimOutcome::Accepted { epoch } => {
-                    self.own(grain, epoch);
-                    Locate::Local { epoch }
+                ClaimOutcome::Accepted(grant) => {
+                    self.own(grain, grant);
+                    Locate::Local { epoch: grant.epoch }
                 }
                 ClaimOutcome::Owned { owner } => self.route(grain, owner),
                 ClaimOutcome::NotHolder { .. } => Locate::Waiting(Unplaced::ViewsDiffer),
@@ -512,14 +532,18 @@ impl Placement {
         Locate::Claim { token, holder }
     }
 
-    fn own(&mut self, grain: &str, epoch: u64) {
+    fn own(&mut self, grain: &str, grant: Grant) {
         self.owned.insert(
             grain.to_owned(),
             Owned {
-                epoch,
+                grant,
                 activation: None,
             },
         );
+        // A release of an earlier grant not sent yet is moot.
+        for pending in self.releases.values_mut() {
+            pending.retain(|(released, _)| released != grain);
+        }
     }
 
     fn route(&mut self, grain: &str, owner: NodeId) -> Locate {
@@ -560,9 +584,9 @@ impl Placement {
             return Locate::Waiting(Unplaced::FencedMeanwhile);
         }
         match answer {
-            ClaimAnswer::Granted { epoch } => {
-                self.own(grain, epoch);
-                Locate::Local { epoch }
+            ClaimAnswer::Granted(grant) => {
+                self.own(grain, grant);
+                Locate::Local { epoch: grant.epoch }
             }
             ClaimAnswer::Owned { owner } if owner != self.me => self.route(grain, owner),
             ClaimAnswer::Owned { .. } | ClaimAnswer::NotHolder { .. } => {
@@ -584,17 +608,18 @@ impl Placement {
             return ClaimAnswer::Refused(Unplaced::ViewsDiffer);
         }
         match self.directory.claim(grain, claimant, now) {
-            ClaimOutcome::Accepted { epoch } => ClaimAnswer::Granted { epoch },
+            ClaimOutcome::Accepted(grant) => ClaimAnswer::Granted(grant),
             ClaimOutcome::Owned { owner } => ClaimAnswer::Owned { owner },
             ClaimOutcome::NotHolder { holder } => ClaimAnswer::NotHolder { holder },
             ClaimOutcome::Rebuilding => ClaimAnswer::Refused(Unplaced::Rebuilding),
         }
     }
 
-    /// `from` no longer hosts `grains` (it released them at its holder).
-    pub fn release_received(&mut self, from: &NodeId, grains: &[String]) {
-        for grain in grains {
-            self.directory.release(grain, from);
+    /// `from` no longer hosts `grains` (it released them at their holder,
+    /// each naming the grant it ends).
+    pub fn release_received(&mut self, from: &NodeId, grains: &[(String, u64)]) {
+        for (grain, grant) in grains {
+            self.directory.release(grain, from, *grant);
         }
     }
 
@@ -603,7 +628,7 @@ impl Placement {
     pub fn activate(&mut self, grain: &str, activation: u64) -> Result<u64, NotPlacedHere> {
         let owned = self.owned.get_mut(grain).ok_or(NotPlacedHere)?;
         owned.activation = Some(activation);
-        Ok(owned.epoch)
+        Ok(owned.grant.epoch)
     }
 
     /// Activation `activation` of `grain` has stopped with every write
@@ -611,21 +636,22 @@ impl Placement {
     /// (in this member's own partition at once, at another holder with
     /// the next tick).
     pub fn deactivated(&mut self, grain: &str, activation: u64) {
-        if self
+        let Some(owned) = self
             .owned
             .get(grain)
-            .is_none_or(|owned| owned.activation != Some(activation))
-        {
+            .filter(|owned| owned.activation == Some(activation))
+        else {
             return;
-        }
+        };
+        let grant = owned.grant.id;
         self.owned.remove(grain);
         match self.directory.holder(grain).cloned() {
-            Some(holder) if holder == self.me => self.directory.release(grain, &holder),
+            Some(holder) if holder == self.me => self.directory.release(grain, &holder, grant),
             Some(holder) => self
                 .releases
                 .entry(holder)
                 .or_default()
-                .push(grain.to_owned()),
+                .push((grain.to_owned(), grant)),
             None => {}
         }
     }
@@ -639,7 +665,8 @@ impl Placement {
         self.lease_until = 0;
         self.owned.clear();
         self.routes.clear();
-        self.claims.clear();
+        // Claims still out stay listed: their grants, if any come back,
+        // are refused as made before the fence.
         self.releases.clear();
         let me = self.me.clone();
         self.directory.drop_member(&me);
@@ -697,7 +724,7 @@ impl Placement {
             Some(after) => Bound::Excluded(after),
             None => Bound::Unbounded,
         };
-        let mut grains: Vec<(String, u64)> = Vec::new();
+        let mut grains: Vec<(String, Grant)> = Vec::new();
         let mut next = None;
         for (grain, owned) in self.owned.range::<str, _>((start, Bound::Unbounded)) {
             if partition_holder(grain, self.view.ids()) != Some(requester) {
@@ -707,7 +734,7 @@ impl Placement {
                 next = grains.last().map(|(g, _)| g.clone());
                 break;
             }
-            grains.push((grain.clone(), owned.epoch));
+            grains.push((grain.clone(), owned.grant));
         }
         Ok(GrainPage { grains, next })
     }
