@@ -11,7 +11,7 @@ use support::{Http, NodeProcess};
 
 use support::cluster::pb as cluster;
 use support::cluster::pb::cluster_client::ClusterClient;
-use support::cluster::{StatusReply, status, until_all};
+use support::cluster::{StatusReply, formed_on_one_store, status, until_all};
 
 fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess) {
     let store = dir.join("shared.db").to_str().expect("path").to_owned();
@@ -119,23 +119,6 @@ async fn a_node_unreachable_at_its_advertised_address_is_not_admitted() {
     let reply = status(&a).await.expect("status");
     assert_eq!(reply.members, 1, "{reply:?}");
     assert!(reply.peers.iter().all(|p| p.id != b.node_id), "{reply:?}");
-}
-
-/// Three members sharing one store file (`<dir>/shared.db`), A founding,
-/// B and C joining; returned once every member sees every other live.
-async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]) {
-    let store = dir.join("shared.db").to_str().expect("path").to_owned();
-    let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
-    let seed = a.grpc.to_string();
-    let token = support::token(&a);
-    let join = ["--store", &store, "--join", &seed, "--token", &token];
-    let b = NodeProcess::start(&dir.join("b"), &join);
-    let c = NodeProcess::start(&dir.join("c"), &join);
-    until_all(&[&a, &b, &c], "three live members", |r| {
-        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
-    })
-    .await;
-    (store, [a, b, c])
 }
 
 fn agreed(replies: &[StatusReply]) -> bool {

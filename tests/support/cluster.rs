@@ -83,3 +83,20 @@ pub async fn until_all(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Three members sharing one store file (`<dir>/shared.db`), A founding,
+/// B and C joining; returned once every member sees every other live.
+pub async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]) {
+    let store = dir.join("shared.db").to_str().expect("path").to_owned();
+    let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
+    let seed = a.grpc.to_string();
+    let token = super::token(&a);
+    let join = ["--store", &store, "--join", &seed, "--token", &token];
+    let b = NodeProcess::start(&dir.join("b"), &join);
+    let c = NodeProcess::start(&dir.join("c"), &join);
+    until_all(&[&a, &b, &c], "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    (store, [a, b, c])
+}

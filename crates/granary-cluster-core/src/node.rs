@@ -815,7 +815,12 @@ impl ClusterNode {
             return;
         }
         self.update_serving(now, out);
-        let reason = if !self.serving {
+        let full = matches!(&change, Change::Join(member)
+            if !self.durable.config.is_member(&member.id)
+                && self.durable.config.members.len() >= MAX_MEMBERS);
+        let reason = if full {
+            Some(RejectReason::TooManyMembers { limit: MAX_MEMBERS })
+        } else if !self.serving {
             Some(RejectReason::NoQuorum)
         } else if self.change_pending() {
             Some(RejectReason::ChangeInProgress)
@@ -834,16 +839,6 @@ impl ClusterNode {
 
     fn commit_change(&mut self, change: Change, now: u64, out: &mut Vec<Output>) {
         let mut next = self.durable.config.clone();
-        if let Change::Join(member) = &change
-            && !next.is_member(&member.id)
-            && next.members.len() >= MAX_MEMBERS
-        {
-            out.push(Output::Rejected {
-                change,
-                reason: RejectReason::TooManyMembers { limit: MAX_MEMBERS },
-            });
-            return;
-        }
         let changed = match &change {
             Change::Join(member) => {
                 next.members
@@ -963,5 +958,155 @@ fn message_term(message: &Message) -> Option<u64> {
         | Message::ApplyConfig { term, .. }
         | Message::ConfigAck { term, .. } => Some(*term),
         Message::PullConfig => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Member;
+
+    fn config(term: u64, version: u64, ids: &[String]) -> ClusterConfig {
+        ClusterConfig {
+            version,
+            term,
+            members: ids
+                .iter()
+                .map(|id| {
+                    (
+                        NodeId::new(id.clone()),
+                        Member {
+                            id: NodeId::new(id.clone()),
+                            address: format!("{id}:7070"),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn node(me: &str, config: ClusterConfig, now: u64) -> ClusterNode {
+        let durable = Durable {
+            term: config.term,
+            voted_for: None,
+            committed_members: config.ids().cloned().collect(),
+            committed_version: config.version,
+            config,
+            departed: Default::default(),
+        };
+        ClusterNode::new(NodeId::new(me), durable, Timing::default(), now, 1)
+    }
+
+    #[test]
+    fn a_join_beyond_the_member_limit_is_refused_with_the_reason() {
+        let ids: Vec<String> = (0..MAX_MEMBERS).map(|n| format!("n{n}")).collect();
+        let mut leader = node("n0", config(1, 5, &ids), 0);
+        leader.role = Role::Leader;
+        leader.leader = Some(NodeId::new("n0"));
+        leader.serving = true;
+        let newcomer = Member {
+            id: NodeId::new("late"),
+            address: "late:7070".into(),
+        };
+        let out = leader.step(Input::Propose {
+            change: Change::Join(newcomer),
+            now: 10,
+        });
+        let reason = out.iter().find_map(|o| match o {
+            Output::Rejected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            reason,
+            Some(RejectReason::TooManyMembers { limit: MAX_MEMBERS })
+        );
+        assert!(
+            reason.expect("refused").to_string().contains("64 members"),
+            "the reason says why"
+        );
+        assert_eq!(
+            leader.config().members.len(),
+            MAX_MEMBERS,
+            "nothing changed"
+        );
+    }
+
+    #[test]
+    fn the_view_lease_counts_from_when_the_leaders_heartbeat_was_sent() {
+        let ids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let view = config(1, 5, &ids);
+        let mut follower = node("b", view.clone(), 1_000);
+        let heartbeat = |echo: Option<u64>| Message::Heartbeat {
+            term: 1,
+            leader: Some(NodeId::new("a")),
+            config_term: view.term,
+            config_version: view.version,
+            committed_version: view.version,
+            nonce: 7,
+            echo,
+            silence: Vec::new(),
+        };
+        // Majority in sight both ways: echoes of our heartbeat sent at 1,100.
+        for peer in ["a", "c"] {
+            follower.step(Input::Received {
+                from: NodeId::new(peer),
+                message: heartbeat(Some(1_100)),
+                now: 1_150,
+            });
+        }
+        // The leader's heartbeat echoing our 1,100 arrives late, at 1,600:
+        // the lease runs from 1,100, not from its arrival.
+        follower.step(Input::Received {
+            from: NodeId::new("a"),
+            message: heartbeat(Some(1_100)),
+            now: 1_600,
+        });
+        assert!(follower.is_serving());
+        let fence_after = Timing::default().fence_after;
+        assert_eq!(follower.view_lease_until(), 1_100 + fence_after);
+        assert!(follower.has_view_lease(1_100 + fence_after - 1));
+        assert!(!follower.has_view_lease(1_100 + fence_after));
+        // A heartbeat without an echo (the leader has not heard us yet)
+        // grants nothing; an echo from before this node started is not ours.
+        let mut fresh = node("b", view.clone(), 5_000);
+        fresh.step(Input::Received {
+            from: NodeId::new("a"),
+            message: heartbeat(Some(4_000)),
+            now: 5_010,
+        });
+        assert_eq!(fresh.view_lease_until(), 0);
+    }
+
+    #[test]
+    fn a_leader_asked_to_remove_itself_steps_down_and_never_campaigns_again() {
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        let mut leader = node("a", config(1, 5, &ids), 0);
+        leader.role = Role::Leader;
+        leader.leader = Some(NodeId::new("a"));
+        leader.serving = true;
+        let out = leader.step(Input::Propose {
+            change: Change::Leave(NodeId::new("a")),
+            now: 10,
+        });
+        assert!(
+            out.iter()
+                .all(|o| !matches!(o, Output::Proposed { .. } | Output::Persist(_))),
+            "no config that drops its own leader: {out:?}"
+        );
+        assert_eq!(leader.role(), Role::Follower);
+        assert_eq!(leader.config().members.len(), 2, "still a member");
+        for now in (20..10_000).step_by(50) {
+            let out = leader.step(Input::Tick { now });
+            assert!(
+                !out.iter().any(|o| matches!(
+                    o,
+                    Output::Send {
+                        message: Message::RequestVote { .. },
+                        ..
+                    }
+                )),
+                "a leaving member never campaigns"
+            );
+        }
     }
 }
