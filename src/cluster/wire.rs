@@ -18,6 +18,7 @@ pub(crate) fn to_envelope(from: &NodeId, message: &Message) -> pb::Envelope {
             nonce,
             echo,
             silence,
+            serving,
         } => M::Heartbeat(pb::Heartbeat {
             term: *term,
             leader: leader.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
@@ -33,6 +34,7 @@ pub(crate) fn to_envelope(from: &NodeId, message: &Message) -> pb::Envelope {
                     millis: *millis,
                 })
                 .collect(),
+            serving: *serving,
         }),
         Message::RequestVote {
             term,
@@ -142,6 +144,7 @@ pub(crate) fn from_envelope(envelope: pb::Envelope) -> Result<(NodeId, Message),
                     .into_iter()
                     .map(|s| (NodeId(s.id), s.millis))
                     .collect(),
+                serving: h.serving,
             }
         }
         M::RequestVote(v) => Message::RequestVote {

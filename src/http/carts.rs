@@ -54,7 +54,24 @@ async fn call(
     loop {
         let attempt = Instant::now();
         let refusal = match router.route(&grain).await {
-            Ok(Route::Local) => return Ok(state.carts.call_with(&grain, request, options).await?),
+            Ok(Route::Local) => {
+                match state
+                    .carts
+                    .call_with(&grain, request.clone(), options.clone())
+                    .await
+                {
+                    // Released between routing and activation (it had just
+                    // passivated): nothing ran; place it again.
+                    Err(granary_grain::CallError::NotOwner(why)) => {
+                        moved += 1;
+                        if moved <= 3 {
+                            continue;
+                        }
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).with_code("placing")
+                    }
+                    other => return Ok(other?),
+                }
+            }
             Ok(Route::Remote { address }) => {
                 match forward(router, &address, &grain, &request, &options).await {
                     Forwarded::Answer(result) => return result,

@@ -41,7 +41,7 @@ mod timing;
 pub use config::{ClusterConfig, MAX_MEMBERS, Member, NodeId};
 pub use directory::{ClaimOutcome, Grant, OwnershipDirectory, partition_holder, view_epoch};
 pub use message::{Change, Message};
-pub use node::{ClusterNode, Durable, Input, Output, RejectReason, Role};
+pub use node::{ClusterNode, Durable, Input, MESH_LIMIT, Output, RejectReason, Role};
 pub use placement::{
     ClaimAnswer, Command, GRAIN_PAGE, GrainPage, Locate, NotPlacedHere, Placement, Unplaced,
 };

@@ -25,7 +25,13 @@ pub enum Message {
         echo: Option<u64>,
         /// For each member, how long (ms) the sender has not heard from it.
         /// The leader declares a member dead only when a majority agree.
+        /// Empty beyond [`MESH_LIMIT`](crate::MESH_LIMIT) members, where
+        /// the leader judges by itself.
         silence: Vec<(NodeId, u64)>,
+        /// The sender sees a majority both ways. From the leader, beyond
+        /// [`MESH_LIMIT`](crate::MESH_LIMIT) members, it renews the
+        /// receiver's lease to serve.
+        serving: bool,
     },
     /// A candidate asks for a vote.
     RequestVote {

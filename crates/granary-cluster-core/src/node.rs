@@ -8,6 +8,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{ClusterConfig, MAX_MEMBERS, NodeId};
+
+/// Up to this many members, every member heartbeats every other one (a
+/// mesh: N·(N−1) messages per interval, each with a silence report of N
+/// entries) and serves while a majority echoes it. Beyond it, heartbeats go
+/// between the leader and each follower only (2·(N−1) messages per
+/// interval, of constant size): a follower serves while the leader, itself
+/// seeing a majority, echoes it, and the leader alone judges who is dead.
+/// Without a leader in sight a follower falls back to the mesh, so an
+/// election still sees majorities. See docs/cluster-protocol.md.
+pub const MESH_LIMIT: usize = 16;
 use crate::message::{Change, Message};
 use crate::timing::Timing;
 
@@ -132,8 +142,12 @@ struct Peer {
     nonce: Option<u64>,
     /// Its last silence report and when we got it.
     silence: Option<(u64, BTreeMap<NodeId, u64>)>,
-    /// When we started expecting it (it joined): silence counts from here.
+    /// When we started expecting it (it joined, or we became leader):
+    /// silence counts from here.
     watched_since: Option<u64>,
+    /// When it last sent us a heartbeat while following no leader, or
+    /// another than ours (beyond the mesh, it gets our heartbeats then).
+    pinged_at: Option<u64>,
 }
 
 /// One member's state machine. See the crate docs for the rules.
@@ -161,6 +175,9 @@ pub struct ClusterNode {
     leader_view: Option<((u64, u64), u64, u64)>,
     /// This member asked to leave: it no longer campaigns.
     leaving: bool,
+    /// Beyond `MESH_LIMIT` members: the leader that last confirmed, while
+    /// it saw a majority, hearing us, and when we sent what it echoed.
+    leader_lease: Option<(NodeId, u64)>,
     rng: u64,
 }
 
@@ -185,6 +202,7 @@ impl ClusterNode {
             lost_majority_at: now,
             leader_view: None,
             leaving: false,
+            leader_lease: None,
             rng: seed | 1,
         };
         node.election_deadline = now + node.election_timeout();
@@ -246,7 +264,16 @@ impl ClusterNode {
     /// runtime checks against its clock right before it serves: a node that
     /// was paused sees it has passed.
     pub fn serve_until(&self) -> u64 {
-        if !self.serving || !self.durable.config.is_member(&self.me) {
+        if !self.serving {
+            return 0;
+        }
+        self.serving_deadline()
+    }
+
+    /// The deadline of [`ClusterNode::serve_until`] on what this node has
+    /// heard, whatever its serving flag says.
+    fn serving_deadline(&self) -> u64 {
+        if !self.durable.config.is_member(&self.me) {
             return 0;
         }
         let needed = self.durable.config.quorum() - 1;
@@ -260,11 +287,34 @@ impl ClusterNode {
             .filter(|id| *id != &self.me)
             .filter_map(|id| self.peers.get(id).and_then(|p| p.confirmed_at))
             .collect();
-        if confirmed.len() < needed {
-            return 0;
-        }
-        confirmed.sort_unstable_by(|a, b| b.cmp(a));
-        confirmed[needed - 1].saturating_add(self.timing.fence_after)
+        let mesh = if confirmed.len() < needed {
+            0
+        } else {
+            confirmed.sort_unstable_by(|a, b| b.cmp(a));
+            confirmed[needed - 1].saturating_add(self.timing.fence_after)
+        };
+        // Beyond the mesh, a follower also serves on its leader's word: the
+        // leader stops confirming it once it no longer sees a majority or
+        // once it drops it from its config, so this ends within
+        // `fence_after` of either (docs/cluster-protocol.md).
+        let led = match &self.leader_lease {
+            Some((leader, sent))
+                if self.hub()
+                    && self.role == Role::Follower
+                    && self.leader.as_ref() == Some(leader)
+                    && self.durable.config.is_member(leader) =>
+            {
+                sent.saturating_add(self.timing.fence_after)
+            }
+            _ => 0,
+        };
+        mesh.max(led)
+    }
+
+    /// Whether this cluster is beyond the mesh: heartbeats go between the
+    /// leader and each follower only (see [`MESH_LIMIT`]).
+    fn hub(&self) -> bool {
+        self.durable.config.members.len() > MESH_LIMIT
     }
 
     /// Until when this node's committed view is, by the leader's word, the
@@ -351,15 +401,19 @@ impl ClusterNode {
         if !self.durable.config.is_member(&self.me) {
             return;
         }
-        let silence: Vec<(NodeId, u64)> = self
-            .durable
-            .config
-            .ids()
-            .filter(|id| *id != &self.me)
-            .map(|id| (id.clone(), self.silence_of(id, now)))
-            .collect();
+        let hub = self.hub();
+        let silence: Vec<(NodeId, u64)> = if hub {
+            Vec::new()
+        } else {
+            self.durable
+                .config
+                .ids()
+                .filter(|id| *id != &self.me)
+                .map(|id| (id.clone(), self.silence_of(id, now)))
+                .collect()
+        };
         let resend_config = self.role == Role::Leader && self.change_pending();
-        for to in self.others() {
+        for to in self.heartbeat_targets(now) {
             if resend_config && !self.acks.contains(&to) {
                 // Messages get lost: a pending config goes out again with
                 // every heartbeat until its member acknowledges it.
@@ -384,14 +438,39 @@ impl ClusterNode {
                     nonce: now,
                     echo,
                     silence: silence.clone(),
+                    serving: self.serving,
                 },
             });
         }
     }
 
+    /// Whom this member heartbeats now: everyone in the mesh, and beyond it
+    /// whenever it leads, campaigns or has not heard its leader for three
+    /// heartbeats (an election needs majorities in sight); otherwise only
+    /// its leader, and the members looking for a leader that heartbeat it
+    /// (each gets its echo).
+    fn heartbeat_targets(&self, now: u64) -> Vec<NodeId> {
+        let leader_recent = self
+            .leader_heard_at
+            .is_some_and(|at| now.saturating_sub(at) < 3 * self.timing.heartbeat_every);
+        if !self.hub() || self.role != Role::Follower || !leader_recent {
+            return self.others();
+        }
+        self.others()
+            .into_iter()
+            .filter(|id| {
+                self.leader.as_ref() == Some(id)
+                    || self
+                        .peers
+                        .get(id)
+                        .and_then(|p| p.pinged_at)
+                        .is_some_and(|at| now.saturating_sub(at) < self.timing.fence_after)
+            })
+            .collect()
+    }
+
     fn update_serving(&mut self, now: u64, out: &mut Vec<Output>) {
-        let serving = self.durable.config.is_member(&self.me)
-            && self.live_members(now).len() >= self.durable.config.quorum();
+        let serving = now < self.serving_deadline();
         if serving != self.serving {
             self.serving = serving;
             if !serving {
@@ -409,6 +488,19 @@ impl ClusterNode {
             return;
         }
         let quorum = self.durable.config.quorum();
+        if self.hub() {
+            // Beyond the mesh only the leader hears every member: one it
+            // has not heard for `dead_after` cannot serve (it has no lease
+            // from it) and is removed.
+            let dead = self
+                .others()
+                .into_iter()
+                .find(|suspect| self.silence_of(suspect, now) >= self.timing.dead_after);
+            if let Some(dead) = dead {
+                self.commit_change(Change::Dead(dead), now, out);
+            }
+            return;
+        }
         let suspects: Vec<NodeId> = self
             .others()
             .into_iter()
@@ -517,13 +609,21 @@ impl ClusterNode {
                 nonce,
                 echo,
                 silence,
+                serving,
             } => {
                 // An echo is one of our own nonces: our clock when we sent
                 // the heartbeat it answers. One from before this node
                 // started (an earlier run of it) proves nothing now.
                 let echo = echo.filter(|echo| (self.started_at..=now).contains(echo));
+                // A member that does not follow our leader (it has none,
+                // or another) is looking for majorities: beyond the mesh it
+                // gets our echo until it follows one again.
+                let looking = leader.is_none() || leader != self.leader;
                 let peer = self.peers.entry(from.clone()).or_default();
                 peer.nonce = Some(nonce);
+                if looking {
+                    peer.pinged_at = Some(now);
+                }
                 if let Some(echo) = echo {
                     peer.confirmed_at = Some(peer.confirmed_at.map_or(echo, |c| c.max(echo)));
                 }
@@ -544,6 +644,15 @@ impl ClusterNode {
                         if newer {
                             self.leader_view =
                                 Some(((config_term, config_version), committed_version, sent));
+                        }
+                        if serving {
+                            let newer = self
+                                .leader_lease
+                                .as_ref()
+                                .is_none_or(|(leader, at)| leader != &from || sent >= *at);
+                            if newer {
+                                self.leader_lease = Some((from.clone(), sent));
+                            }
                         }
                     }
                     let theirs = (config_term, config_version);
@@ -702,6 +811,7 @@ impl ClusterNode {
     // ---- roles -----------------------------------------------------------
 
     fn adopt_term(&mut self, term: u64, out: &mut Vec<Output>) {
+        self.leader_lease = None;
         self.durable.term = term;
         self.durable.voted_for = None;
         self.role = Role::Follower;
@@ -754,6 +864,17 @@ impl ClusterNode {
     }
 
     fn become_leader(&mut self, now: u64, out: &mut Vec<Output>) {
+        if self.hub() {
+            // Beyond the mesh a follower heartbeats its leader only: this
+            // one has not heard most members until now, and judges their
+            // silence from here; the old leader's it knows.
+            let old_leader = self.leader_lease.as_ref().map(|(id, _)| id.clone());
+            for (id, peer) in &mut self.peers {
+                if Some(id) != old_leader.as_ref() {
+                    peer.watched_since = Some(now);
+                }
+            }
+        }
         self.role = Role::Leader;
         self.leader = Some(self.me.clone());
         self.leader_heard_at = Some(now);
@@ -1045,6 +1166,7 @@ mod tests {
             nonce: 7,
             echo,
             silence: Vec::new(),
+            serving: true,
         };
         // Majority in sight both ways: echoes of our heartbeat sent at 1,100.
         for peer in ["a", "c"] {
