@@ -45,4 +45,4 @@ pub use node::{ClusterNode, Durable, Input, MESH_LIMIT, Output, RejectReason, Ro
 pub use placement::{
     ClaimAnswer, Command, GRAIN_PAGE, GrainPage, Locate, NotPlacedHere, Placement, Unplaced,
 };
-pub use timing::{CLAIM_DEADLINE_MS, LEASE_STALENESS_MS, Timing, TimingError};
+pub use timing::{CLAIM_DEADLINE_MS, CLOCK_MARGIN_MS, Timing, TimingError};

@@ -1005,6 +1005,10 @@ impl ClusterNode {
             self.set_committed_members(members);
             out.push(Output::Persist(self.durable.clone()));
             out.push(Output::Committed(self.durable.config.clone()));
+            // The members learn of the commit from the next heartbeat: send
+            // it at the next tick rather than a heartbeat period later
+            // (every holder's hold after the view change starts then).
+            self.next_heartbeat = 0;
             if !self.durable.config.is_member(&self.me) {
                 // A leader that removed itself (graceful leave) steps down
                 // once the removal is committed; the rest elect another.

@@ -60,23 +60,25 @@ pub enum TimingError {
 /// a claimant acts on reached it within this of being made.
 pub const CLAIM_DEADLINE_MS: u64 = 200;
 
-/// How stale a runtime's copy of its view-lease flag may be when a holder
-/// checks it before granting (the cluster task refreshes it every tick).
-pub const LEASE_STALENESS_MS: u64 = 50;
+/// Margin for clocks that run at different rates: members' clocks may
+/// drift apart by up to 1 % each, 2 % of `fence_after` plus the claim
+/// deadline (16 ms with the defaults), with room to spare.
+pub const CLOCK_MARGIN_MS: u64 = 50;
 
 impl Timing {
-    /// How long a partition holder grants nothing after adopting a new
-    /// view of `members` members: holders of the old view may grant until
-    /// their view lease runs out (`fence_after`, plus the lease flag's
-    /// staleness), and such a grant may take up to the claim deadline to
-    /// reach its claimant. After the hold, every grant made under an older
-    /// view shows up in its claimant's grain list (`GetCartIds`). A lone
-    /// member has nobody else granting: no hold.
+    /// How long a partition holder grants nothing that moved to it after
+    /// adopting a new view of `members` members: holders of the old view
+    /// may grant until their view lease runs out (`fence_after`), and such
+    /// a grant may take up to the claim deadline to reach its claimant,
+    /// measured on clocks that may drift apart (`CLOCK_MARGIN_MS`). After
+    /// the hold, every grant made under an older view shows up in its
+    /// claimant's grain list. A lone member has nobody else granting: no
+    /// hold (the placement counts the members a view change dropped).
     pub fn directory_hold(&self, members: usize) -> u64 {
         if members <= 1 {
             0
         } else {
-            self.fence_after + CLAIM_DEADLINE_MS + LEASE_STALENESS_MS
+            self.fence_after + CLAIM_DEADLINE_MS + CLOCK_MARGIN_MS
         }
     }
 
