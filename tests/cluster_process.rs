@@ -376,6 +376,105 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
     assert!(after.quorum);
 }
 
+/// The placement RPCs (claims, pages of grain lists, releases) answer bad
+/// input with a status naming the field, a member speaks only for itself,
+/// and a stranger gets nothing; the cart placed before is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_placement_requests_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &[]);
+    let http = Http::new();
+    let cart = http.create_cart(&a).await;
+    let mut client = ClusterClient::new(support::cluster::channel(&a).await.expect("channel"));
+    let me = a.node_id.clone();
+    /// The refusal's code is `code` and its message names `field`.
+    fn refused<T: std::fmt::Debug>(
+        result: Result<tonic::Response<T>, tonic::Status>,
+        code: tonic::Code,
+        field: &str,
+    ) {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(field), "{err:?} names {field}");
+    }
+    let claim = |grain: &str, claimant: &str| cluster::ClaimRequest {
+        grain: grain.into(),
+        claimant: claimant.into(),
+    };
+    use tonic::Code::{FailedPrecondition, InvalidArgument, PermissionDenied};
+    refused(
+        client.claim(claim(&cart, &"f".repeat(64))).await,
+        PermissionDenied,
+        "claimant",
+    );
+    refused(
+        client.claim(claim("a cart", &me)).await,
+        InvalidArgument,
+        "grain",
+    );
+    refused(
+        client.claim(claim(&"x".repeat(300), &me)).await,
+        InvalidArgument,
+        "grain",
+    );
+    let page = |after: Option<String>, term, version| cluster::GrainPageRequest {
+        member: me.clone(),
+        view_term: term,
+        view_version: version,
+        after,
+        limit: 100,
+    };
+    refused(
+        client
+            .list_grains(page(Some("bad after".into()), 0, 0))
+            .await,
+        InvalidArgument,
+        "after",
+    );
+    refused(
+        client.list_grains(page(None, 99, 99)).await,
+        FailedPrecondition,
+        "view",
+    );
+    let release = |grains: Vec<cluster::ReleasedGrain>| cluster::ReleaseRequest {
+        member: me.clone(),
+        grains,
+    };
+    let many = (0..5_000)
+        .map(|n| cluster::ReleasedGrain {
+            id: format!("g{n}"),
+            grant: 0,
+        })
+        .collect();
+    refused(
+        client.release(release(many)).await,
+        InvalidArgument,
+        "grains",
+    );
+    // A release naming a grant that is not the cart's ends nothing.
+    client
+        .release(release(vec![cluster::ReleasedGrain {
+            id: cart.clone(),
+            grant: 12_345,
+        }]))
+        .await
+        .expect("a stale release is accepted and ignored");
+    // A stranger's key gets nothing.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
+    let mut stranger_client =
+        ClusterClient::new(support::cluster::channel_with(&stranger, &a).await.unwrap());
+    let err = stranger_client
+        .claim(claim(&cart, &stranger.fingerprint.to_string()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), PermissionDenied, "{err:?}");
+    // The cart is still placed where it was, with its state.
+    let read = http.get(&a.url(&format!("/carts/{cart}"))).await.unwrap();
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(status(&a).await.expect("status").live_grains, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiate_answers_the_live_members_and_a_member_speaks_only_for_itself() {
     pub mod messages {

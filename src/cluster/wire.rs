@@ -95,12 +95,17 @@ pub(crate) fn member_from_wire(member: pb::Member, field: &str) -> Result<Member
 }
 
 fn check_text(value: &str, field: &str) -> Result<(), String> {
+    check_printable(value, field, 261)
+}
+
+/// `value` has 1..=`most` bytes, all printable, no spaces.
+fn check_printable(value: &str, field: &str, most: usize) -> Result<(), String> {
     if value.is_empty()
-        || value.len() > 261
+        || value.len() > most
         || value.chars().any(|c| c.is_control() || c.is_whitespace())
     {
         return Err(format!(
-            "{field}: 1..=261 printable characters without spaces"
+            "{field}: 1..={most} printable characters without spaces"
         ));
     }
     Ok(())
@@ -216,15 +221,7 @@ pub(crate) fn node_id(value: &str, field: &str) -> Result<NodeId, String> {
 
 /// Checks a grain id given in a request: 1..=256 printable characters.
 pub(crate) fn grain_id(value: &str, field: &str) -> Result<(), String> {
-    if value.is_empty()
-        || value.len() > 256
-        || value.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
-        return Err(format!(
-            "{field}: a grain id is 1..=256 printable characters without spaces"
-        ));
-    }
-    Ok(())
+    check_printable(value, field, 256)
 }
 
 pub(crate) fn grant_to_wire(grant: &Grant) -> pb::Grant {

@@ -36,8 +36,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use granary_cluster_core::{
-    CLAIM_DEADLINE_MS, Change, ClaimAnswer, ClusterConfig, ClusterNode, Command, Durable,
-    GrainPage, Input, Locate, Member, Message, NodeId, Output, Placement, Role, Timing, Unplaced,
+    Change, ClaimAnswer, ClusterConfig, ClusterNode, Command, Durable, GrainPage, Input, Locate,
+    Member, Message, NodeId, Output, Placement, Role, Timing, Unplaced,
 };
 
 /// Simulated milliseconds per step.
@@ -1593,21 +1593,7 @@ fn a_member_resumed_after_a_long_pause_serves_nothing_stale() {
         let mut sim = Sim::new(seed, 3);
         sim.run(3_000);
         let victim = sim.ids[(seed % 3) as usize].clone();
-        // Let it host some grains.
-        for _ in 0..300 {
-            for n in 0..GRAINS {
-                sim.call(&victim, &format!("g{n}"), None);
-            }
-            sim.step();
-            if sim.proc(&victim).is_some_and(|p| p.activations.len() >= 3) {
-                break;
-            }
-        }
-        let hosted: Vec<String> = sim
-            .proc(&victim)
-            .map(|p| p.activations.keys().cloned().collect())
-            .unwrap_or_default();
-        assert!(!hosted.is_empty(), "seed {seed}: the victim hosts nothing");
+        let hosted = sim.host_some(&victim);
         let until = sim.now + 10_000;
         if let Some(proc) = sim.proc_mut(&victim) {
             proc.paused_until = Some(until);
@@ -1660,32 +1646,31 @@ fn a_killed_leader_of_seven_is_replaced_and_its_grains_rehomed() {
     }
 }
 
-/// Claims time out on the claimant's clock: a grant older than the claim
-/// deadline is void even when it arrives.
-#[test]
-fn claim_deadline_is_the_claimants() {
-    assert!(CLAIM_DEADLINE_MS < Timing::default().directory_hold(2));
-}
-
 impl Sim {
-    /// Kills `victim` once it hosts grains, then has clients call those
-    /// grains on the other members until each is served again; simulated
-    /// ms until the first and the last were.
-    fn failover(&mut self, victim: &NodeId) -> (u64, u64) {
+    /// Calls grains at `member` until it hosts a few; those it hosts.
+    fn host_some(&mut self, member: &NodeId) -> Vec<String> {
         for _ in 0..500 {
             for n in 0..GRAINS {
-                self.call(victim, &format!("g{n}"), None);
+                self.call(member, &format!("g{n}"), None);
             }
             self.step();
-            if self.proc(victim).is_some_and(|p| p.activations.len() >= 3) {
+            if self.proc(member).is_some_and(|p| p.activations.len() >= 3) {
                 break;
             }
         }
         let hosted: Vec<String> = self
-            .proc(victim)
+            .proc(member)
             .map(|p| p.activations.keys().cloned().collect())
             .unwrap_or_default();
-        assert!(!hosted.is_empty(), "{victim} hosts nothing");
+        assert!(!hosted.is_empty(), "{member} hosts nothing");
+        hosted
+    }
+
+    /// Kills `victim` once it hosts grains, then has clients call those
+    /// grains on the other members until each is served again; simulated
+    /// ms until the first and the last were.
+    fn failover(&mut self, victim: &NodeId) -> (u64, u64) {
+        let hosted = self.host_some(victim);
         let killed = self.now;
         self.crash(victim);
         let others: Vec<NodeId> = self.ids.iter().filter(|i| *i != victim).cloned().collect();
