@@ -1227,9 +1227,24 @@ fn members_join_one_by_one_and_converge() {
     }
 }
 
-/// One seed: 3–7 members, a calm start, `chaos_ms` of faults, healing.
+/// How many members the seeded runs have: `GRANARY_SIM_MEMBERS=MIN-MAX`
+/// (3–7 unless given; e.g. 17–24 to run beyond the mesh).
+fn member_range() -> (usize, usize) {
+    std::env::var("GRANARY_SIM_MEMBERS")
+        .ok()
+        .and_then(|v| {
+            let (min, max) = v.split_once('-')?;
+            Some((min.parse().ok()?, max.parse().ok()?))
+        })
+        .filter(|(min, max)| (1..=64).contains(min) && min <= max && *max <= 64)
+        .unwrap_or((3, 7))
+}
+
+/// One seed: 3–7 members (see `member_range`), a calm start, `chaos_ms`
+/// of faults, healing.
 fn run_seed_for(seed: u64, chaos_ms: u64) {
-    let members = 3 + (seed % 5) as usize;
+    let (fewest, most) = member_range();
+    let members = fewest + (seed % (most - fewest + 1) as u64) as usize;
     let mut sim = Sim::new(seed, members);
     sim.run(3_000);
     assert!(
@@ -1339,11 +1354,15 @@ fn random_seeds_keep_the_invariants_and_converge() {
     });
     if let Some(seed) = *failed.lock().unwrap() {
         panic!(
-            "seed {seed} failed; replay: GRANARY_SIM_SEED={seed} GRANARY_SIM_CHAOS_MS=10000 cargo test -p granary-cluster-core --test simulation replay"
+            "seed {seed} failed; replay: GRANARY_SIM_SEED={seed} GRANARY_SIM_CHAOS_MS=10000 GRANARY_SIM_MEMBERS={}-{} cargo test -p granary-cluster-core --test simulation replay",
+            member_range().0,
+            member_range().1
         );
     }
     println!(
-        "simulation: {seeds} random seeds (3–7 members, 10 s of faults each) passed in {:.1} s on {threads} threads",
+        "simulation: {seeds} random seeds ({}–{} members, 10 s of faults each) passed in {:.1} s on {threads} threads",
+        member_range().0,
+        member_range().1,
         started.elapsed().as_secs_f64()
     );
 }
