@@ -134,3 +134,55 @@ async fn a_member_that_cannot_save_its_cluster_state_stops() {
     assert_eq!(created.status, 201, "{created:?}");
     assert!(status(&a).await.expect("status").quorum);
 }
+
+/// A cart that went idle is released at its partition holder: the member
+/// that next serves a call for it hosts it (no forwarding to a member that
+/// let it go), and the members' live carts stay one per cart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cart_is_released_and_placed_where_it_is_next_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db").to_str().unwrap().to_owned();
+    let idle = ["--store", &store, "--idle-timeout", "1s"];
+    let a = NodeProcess::start(&dir.path().join("a"), &idle);
+    let token = support::token(&a);
+    let seed = a.grpc.to_string();
+    let mut join = idle.to_vec();
+    join.extend(["--join", &seed, "--token", &token]);
+    let b = NodeProcess::start(&dir.path().join("b"), &join);
+    until_all(&[&a, &b], "two live members", |s| {
+        s.members == 2 && s.committed_version == s.config_version && s.peers.iter().all(|p| p.live)
+    })
+    .await;
+    let http = Http::new();
+    // Carts created through B: B hosts them.
+    let mut carts = Vec::new();
+    for _ in 0..8 {
+        let created = http
+            .send_past_503("POST", &b.url("/carts"), None, Duration::from_secs(10))
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+        carts.push(created.json["id"].as_str().unwrap().to_owned());
+    }
+    until_all(&[&b], "B hosts the carts", |s| s.live_grains == 8).await;
+    // Idle, they passivate and their claims are released.
+    until_all(&[&a, &b], "every cart passivated", |s| s.live_grains == 0).await;
+    // Read through A: A places them itself now.
+    for cart in &carts {
+        let read = http
+            .send_past_503(
+                "GET",
+                &a.url(&format!("/carts/{cart}")),
+                None,
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(read.status, 200, "{read:?}");
+    }
+    let a_live = status(&a).await.expect("status").live_grains;
+    let b_live = status(&b).await.expect("status").live_grains;
+    assert_eq!(
+        (a_live, b_live),
+        (8, 0),
+        "the released carts are hosted where they were called"
+    );
+}
