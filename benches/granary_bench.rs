@@ -63,7 +63,7 @@ struct Tally {
     value: u64,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Read;
 
 impl Grain for Tally {

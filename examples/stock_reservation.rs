@@ -58,7 +58,7 @@ impl StockLevel {
 }
 
 /// What callers send to a SKU's grain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StockCommand {
     /// Restock: `quantity` more units arrived.
     Receive { quantity: u32 },
@@ -101,7 +101,7 @@ pub enum StockEvent {
 }
 
 /// Why a command was refused. A domain answer: nothing was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StockRejection {
     /// Not enough unreserved units.
     Insufficient { available: u32, requested: u32 },

@@ -65,7 +65,7 @@ impl Cart {
             // (it is only a label); the original is kept.
             if line.unit_price != item.unit_price {
                 return Err(CartError::Invalid {
-                    field: "unit_price",
+                    field: "unit_price".into(),
                     reason: format!(
                         "differs from the unit price {} of the line already holding this sku",
                         line.unit_price
@@ -74,7 +74,7 @@ impl Cart {
             }
             if line.tax_rate_bp != item.tax_rate_bp {
                 return Err(CartError::Invalid {
-                    field: "tax_rate_bp",
+                    field: "tax_rate_bp".into(),
                     reason: "differs from the tax rate of the line already holding this sku".into(),
                 });
             }
@@ -83,7 +83,7 @@ impl Cart {
             let quantity = line.quantity.saturating_add(item.quantity);
             if quantity > MAX_QUANTITY {
                 return Err(CartError::Invalid {
-                    field: "quantity",
+                    field: "quantity".into(),
                     reason: format!(
                         "{} already in the cart plus {} exceeds the maximum of {MAX_QUANTITY}",
                         line.quantity, item.quantity
@@ -223,7 +223,9 @@ impl Cart {
         }
         match next.try_totals() {
             Some(_) => Ok(()),
-            None => Err(CartError::Overflow { field }),
+            None => Err(CartError::Overflow {
+                field: field.into(),
+            }),
         }
     }
 }

@@ -3,12 +3,15 @@
 //! The mapping lives here so every transport (HTTP, gRPC) classifies errors
 //! the same way and none of them re-derives it.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
 /// A refused command. Each variant is one cause and carries the values that
-/// explain it.
-#[derive(Clone, Debug, PartialEq, Eq, Error)]
+/// explain it. Serializable: it travels between members as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
 pub enum CartError {
     /// The cart was never created (every command but `Create`).
     #[error("cart does not exist")]
@@ -20,7 +23,10 @@ pub enum CartError {
     LineNotFound { line_id: Uuid },
     /// An input field breaks a rule; `reason` is meant for the client.
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        field: Cow<'static, str>,
+        reason: String,
+    },
     /// A cart holds one currency; `given` differs from it.
     #[error("currency {given} does not match the cart currency {cart}")]
     CurrencyMismatch { cart: String, given: String },
@@ -28,7 +34,7 @@ pub enum CartError {
     TooManyLines { max: usize },
     /// The change would push the cart's totals past `u64::MAX` minor units.
     #[error("{field} would make the cart totals exceed the representable amount")]
-    Overflow { field: &'static str },
+    Overflow { field: Cow<'static, str> },
     /// Checkout of a cart without lines.
     #[error("cannot check out an empty cart")]
     Empty,
@@ -89,7 +95,7 @@ impl CartError {
     }
 
     /// The input field at fault, named as in the command, if one is.
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
             CartError::Invalid { field, .. } | CartError::Overflow { field } => Some(field),
             CartError::LineNotFound { .. } => Some("line_id"),
@@ -120,7 +126,7 @@ mod tests {
             ),
             (
                 CartError::Invalid {
-                    field: "sku",
+                    field: "sku".into(),
                     reason: "must not be empty".into(),
                 },
                 400,
@@ -135,7 +141,7 @@ mod tests {
                 Some("currency"),
             ),
             (CartError::TooManyLines { max: 200 }, 409, None),
-            (CartError::Overflow { field: "price" }, 400, Some("price")),
+            (CartError::Overflow { field: "price".into() }, 400, Some("price")),
             (CartError::Empty, 409, None),
         ];
         for (error, status, field) in cases {

@@ -8,7 +8,7 @@ use crate::limits::{MAX_PRICE, MAX_QUANTITY, MAX_TAX_RATE_BP};
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> CartError {
     CartError::Invalid {
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }

@@ -49,9 +49,9 @@ fn delivery(price: u64, currency: &str) -> CartCommand {
     }
 }
 
-fn invalid_field(result: Result<Vec<CartEvent>, CartError>) -> &'static str {
+fn invalid_field(result: Result<Vec<CartEvent>, CartError>) -> String {
     match result {
-        Err(CartError::Invalid { field, .. }) => field,
+        Err(CartError::Invalid { field, .. }) => field.into_owned(),
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
@@ -526,7 +526,11 @@ fn overflowing_totals_are_rejected() {
     });
     assert!(cart.try_totals().is_some());
 
-    let overflow = |field| Err(CartError::Overflow { field });
+    let overflow = |field: &'static str| {
+        Err(CartError::Overflow {
+            field: field.into(),
+        })
+    };
     assert_eq!(cart.decide(&delivery(11, "EUR")), overflow("price"));
     assert_eq!(
         cart.decide(&CartCommand::AddItem(item("more", 1, 11))),

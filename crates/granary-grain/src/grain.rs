@@ -13,12 +13,14 @@ use serde::de::DeserializeOwned;
 pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
     /// The stream kind in the store, e.g. `"cart"`. Keep it stable.
     const KIND: &'static str;
-    /// What callers send.
-    type Command: Send + 'static;
+    /// What callers send. Serializable: a call for a grain another member
+    /// hosts travels there.
+    type Command: Serialize + DeserializeOwned + Clone + Send + 'static;
     /// What is stored.
     type Event: Serialize + DeserializeOwned + Send + 'static;
     /// Why a command was refused (a domain answer, not a failure).
-    type Rejection: Clone + Send + Unpin + 'static;
+    /// Serializable: it travels back to the caller's member as it is.
+    type Rejection: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static;
     /// What a caller gets back after the command took effect. Serializable
     /// so the first answer to an idempotent request can be stored with it.
     type Reply: Serialize + DeserializeOwned + Clone + Send + 'static;
