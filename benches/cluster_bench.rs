@@ -27,7 +27,7 @@ pub mod messages {
     tonic::include_proto!("messages");
 }
 pub mod grains {
-    tonic::include_proto!("granary.grains.v1");
+    tonic::include_proto!("granary.grains.v2");
 }
 pub mod cluster {
     tonic::include_proto!("granary.cluster.v1");
@@ -218,7 +218,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let grpc = channel(&b).await;
-        let command = serde_json::to_vec(&serde_json::json!("Get")).expect("json");
+        let command = rmp_serde::to_vec(&granary::cart_grain::CartRequest::Get).expect("encode");
         let seconds = Duration::from_secs(5);
         let mut results = Vec::new();
         for round in 0..2 {

@@ -741,13 +741,13 @@ fn http_comparison(
                     placement,
                     ..RuntimeConfig::default()
                 };
-                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store, config);
+                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store.clone(), config);
                 let state = ApiState {
-                    carts,
+                    grains: granary::grains::Grains::builder(None).host(carts).build(),
+                    store,
                     max_body_bytes: 64 * 1024,
                     ready: Arc::new(AtomicBool::new(true)),
                     serving: Arc::new(AtomicBool::new(true)),
-                    router: None,
                 };
                 let server =
                     HttpServer::new(move || App::new().configure(configure(state.clone())))

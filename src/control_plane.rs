@@ -1,19 +1,21 @@
 //! The gRPC ControlPlane a node serves (seed-compatible, package `messages`).
 //!
-//! On a single node every cart is local, so the answers are simple; the
-//! cluster issue gives `Negotiate`, `ConfirmOwner` and `Closing` their
-//! multi-node meaning. Every request is bounded before it is looked at.
+//! `ConfirmOwner` claims a cart at its partition holder and `GetCartIds`
+//! lists the carts placed here (speaking of carts, as the seed does;
+//! grains of other kinds are not named here); `Negotiate` answers the live
+//! members and `Closing` lets a leaving member's carts be claimed at once.
+//! Every request is bounded before it is looked at.
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use granary_grain::GrainRuntime;
+use std::sync::Arc;
+
+use granary_grain::Grain;
 use tonic::{Request, Response, Status};
 
 use crate::cart_grain::CartGrain;
-use std::sync::Arc;
-
-use crate::cluster::{CartRouter, ClusterHandle};
+use crate::cluster::{ClusterHandle, GrainRouter, placement_key};
 use crate::proto::messages::control_plane_server::ControlPlane;
 use crate::proto::messages::{
     CartIdsReply, ClosingNotice, Empty, NegotiateReply, NegotiateRequest, OwnerChangeAck,
@@ -31,9 +33,8 @@ const MAX_HOST_LEN: usize = 261;
 /// The ControlPlane service of one node.
 pub struct ControlPlaneService {
     advertise: String,
-    carts: GrainRuntime<CartGrain>,
     cluster: Option<ClusterHandle>,
-    router: Option<Arc<CartRouter>>,
+    router: Option<Arc<GrainRouter>>,
 }
 
 impl ControlPlaneService {
@@ -62,13 +63,11 @@ impl ControlPlaneService {
 
     pub fn new(
         advertise: String,
-        carts: GrainRuntime<CartGrain>,
         cluster: Option<ClusterHandle>,
-        router: Option<Arc<CartRouter>>,
+        router: Option<Arc<GrainRouter>>,
     ) -> Self {
         ControlPlaneService {
             advertise,
-            carts,
             cluster,
             router,
         }
@@ -91,11 +90,13 @@ fn check_host(field: &str, host: &str) -> Result<(), Status> {
 /// address, the answer as text, "owner=ADDR" (granted, or owned there),
 /// "holder=ADDR" (ask that member) or a refusal.
 async fn confirm_owner_in_cluster(
-    router: &Arc<CartRouter>,
+    router: &Arc<GrainRouter>,
     cart: &str,
     claimant_address: &str,
 ) -> OwnerChangeAck {
     use granary_cluster_core::ClaimAnswer;
+    let cart = placement_key(CartGrain::KIND, cart);
+    let cart = cart.as_str();
     let Some(claimant) = router
         .member_at(claimant_address)
         .filter(|m| m.address == claimant_address)
@@ -186,11 +187,11 @@ impl ControlPlane for ControlPlaneService {
     }
 
     async fn get_cart_ids(&self, _: Request<Empty>) -> Result<Response<CartIdsReply>, Status> {
-        // In a cluster: the carts whose ownership this member holds (the
-        // directory rebuilds from these); alone: the carts live here.
+        // The carts whose placement this member holds (the directory's
+        // rebuild uses the paged `Cluster/ListGrains`, not this).
         let mut cart_ids = match &self.router {
-            Some(router) => router.owned_ids(MAX_CART_IDS),
-            None => self.carts.live_ids(),
+            Some(router) => router.owned_ids(CartGrain::KIND, MAX_CART_IDS),
+            None => Vec::new(),
         };
         cart_ids.sort();
         // Bounded so the reply fits the 4 MiB message limit whatever the

@@ -8,8 +8,11 @@
 //! - `crates/granary-cart`: the pure cart domain.
 //! - this crate, the node:
 //!   - [`config`]: every knob, from file, `GRANARY_*` env and flags;
-//!   - [`node`]: starts the store, the cart runtime, the HTTP API and the
-//!     gRPC ControlPlane, and stops them in order;
+//!   - [`node`] (`Node::builder(config).carts().grain::<K>().routes(…).run()`)
+//!     starts the store, the grain runtimes, the cluster, the HTTP API and
+//!     the gRPC services, and stops them in order;
+//!   - [`grains`]: the grain kinds a node hosts, and `Grains::call`,
+//!     which reaches a grain of any kind wherever it lives in the cluster;
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind;
@@ -19,6 +22,7 @@ pub mod cart_grain;
 pub mod cluster;
 pub mod config;
 pub mod control_plane;
+pub mod grains;
 pub mod http;
 pub mod node;
 mod proto;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use anyhow::Context;
-use granary_grain::{GrainRuntime, Lease, RuntimeConfig};
+use granary_grain::{Grain, GrainRuntime, Lease, RuntimeConfig};
 use granary_store::{EventStore, PostgresStore, SqliteStore};
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -21,9 +21,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::cart_grain::CartGrain;
 use crate::cluster::ClusterHandle;
 use crate::cluster::dial::Dialer;
-use crate::cluster::{self, CartRouter, ClusterService, GrainsService, Placements};
+use crate::cluster::{self, ClusterService, GrainRouter, GrainsService, Placements, Remote};
 use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
+use crate::grains::{Grains, GrainsBuilder};
 use crate::http::{self, ApiState};
 use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
@@ -32,6 +33,7 @@ use crate::security::tls::{Admission, Limits};
 use crate::security::tokens::Tokens;
 use crate::security::{Fingerprint, NodeKeys, PeerIdentity, Trust};
 use granary_cluster_core::{Member, NodeId};
+use std::marker::PhantomData;
 use tonic::service::interceptor::InterceptedService;
 
 /// Largest gRPC message a node decodes.
@@ -39,14 +41,120 @@ const GRPC_MAX_MESSAGE: usize = 1024 * 1024;
 /// Deadline of every gRPC request a node serves.
 const GRPC_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs a node until SIGTERM or ctrl-c. Blocks the calling thread.
+/// Runs the cart service's node until SIGTERM or ctrl-c. Blocks the
+/// calling thread.
 pub fn run(config: NodeConfig) -> anyhow::Result<()> {
-    // A node is its key: its id is the fingerprint of its public key.
-    let keys = Arc::new(NodeKeys::load_or_create(&config.data_dir)?);
-    actix_rt::System::new().block_on(serve(config, keys))
+    Node::builder(config).carts().run()
 }
 
-async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
+/// A node of a grain cluster, built from the grain kinds it hosts and the
+/// HTTP routes that call them:
+///
+/// ```no_run
+/// # use granary::node::Node;
+/// # use granary::config::NodeConfig;
+/// # fn main() -> anyhow::Result<()> {
+/// let config = NodeConfig::default();
+/// Node::builder(config)
+///     .carts()                 // the cart kind and the cart API
+///     // .grain::<MyKind>()    // any kind implementing granary_grain::Grain
+///     // .routes(|cfg| { … })  // handlers take web::Data<granary::grains::Grains>
+///     .run()
+/// # }
+/// ```
+pub struct Node;
+
+impl Node {
+    pub fn builder(config: NodeConfig) -> NodeBuilder {
+        NodeBuilder {
+            config,
+            kinds: Vec::new(),
+            routes: Vec::new(),
+            cart_api: false,
+        }
+    }
+}
+
+/// Routes a node's HTTP server adds next to its own.
+type Routes = Arc<dyn Fn(&mut actix_web::web::ServiceConfig) + Send + Sync>;
+
+/// Collects what a node hosts; [`NodeBuilder::run`] runs it.
+pub struct NodeBuilder {
+    config: NodeConfig,
+    kinds: Vec<Box<dyn Kind>>,
+    routes: Vec<Routes>,
+    cart_api: bool,
+}
+
+impl NodeBuilder {
+    /// Hosts grains of kind `G`: they are placed over the cluster, hosted
+    /// once, and callable from every member with
+    /// [`Grains::call`](crate::grains::Grains::call).
+    pub fn grain<G: Grain>(mut self) -> Self {
+        self.kinds.push(Box::new(PhantomData::<fn() -> G>));
+        self
+    }
+
+    /// Hosts carts and serves the cart API.
+    pub fn carts(mut self) -> Self {
+        self.cart_api = true;
+        self.grain::<CartGrain>()
+    }
+
+    /// Adds HTTP routes. Handlers reach grains through
+    /// `actix_web::web::Data<granary::grains::Grains>`.
+    pub fn routes(
+        mut self,
+        routes: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.push(Arc::new(routes));
+        self
+    }
+
+    /// Runs the node until SIGTERM or ctrl-c. Blocks the calling thread.
+    pub fn run(self) -> anyhow::Result<()> {
+        // A node is its key: its id is the fingerprint of its public key.
+        let keys = Arc::new(NodeKeys::load_or_create(&self.config.data_dir)?);
+        actix_rt::System::new().block_on(serve(self, keys))
+    }
+}
+
+/// A grain kind a node hosts, whatever its type.
+trait Kind: Send {
+    /// Starts its runtime and registers it.
+    fn host(
+        &self,
+        grains: GrainsBuilder,
+        store: Arc<dyn EventStore>,
+        config: RuntimeConfig,
+        ownership: Arc<dyn granary_grain::Ownership>,
+        lease: Arc<Lease>,
+    ) -> GrainsBuilder;
+}
+
+impl<G: Grain> Kind for PhantomData<fn() -> G> {
+    fn host(
+        &self,
+        grains: GrainsBuilder,
+        store: Arc<dyn EventStore>,
+        config: RuntimeConfig,
+        ownership: Arc<dyn granary_grain::Ownership>,
+        lease: Arc<Lease>,
+    ) -> GrainsBuilder {
+        // A grain is activated only where the router placed it.
+        grains.host(GrainRuntime::<G>::in_cluster(
+            store, config, ownership, lease,
+        ))
+    }
+}
+
+async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
+    let NodeBuilder {
+        config,
+        kinds,
+        routes,
+        cart_api,
+    } = node;
     let node_id = keys.fingerprint.to_string();
     // Members speak mutual TLS with pinned keys, unless told otherwise.
     let (dialer, trust) = if config.insecure_cluster {
@@ -99,23 +207,31 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         .build()?;
     let router = {
         let _cluster = cluster_runtime.enter();
-        CartRouter::start(cluster.clone(), grpc_runtime.handle().clone())
+        GrainRouter::start(cluster.clone(), grpc_runtime.handle().clone())
     };
-    // A cart is activated only where the router placed it.
-    let carts = GrainRuntime::<CartGrain>::in_cluster(
-        store.clone(),
-        RuntimeConfig {
-            idle_timeout: config.idle_timeout,
-            max_live: config.max_live_grains,
-            snapshot_every: config.snapshot_every,
-            ..RuntimeConfig::default()
-        },
-        Arc::new(Placements(router.clone())),
-        lease,
-    );
+    let runtime_config = RuntimeConfig {
+        idle_timeout: config.idle_timeout,
+        max_live: config.max_live_grains,
+        snapshot_every: config.snapshot_every,
+        ..RuntimeConfig::default()
+    };
+    let ownership: Arc<dyn granary_grain::Ownership> = Arc::new(Placements(router.clone()));
+    let remote = Arc::new(Remote::new(router.clone()));
+    let grains = kinds
+        .iter()
+        .fold(Grains::builder(Some(remote.clone())), |grains, kind| {
+            kind.host(
+                grains,
+                store.clone(),
+                runtime_config.clone(),
+                ownership.clone(),
+                lease.clone(),
+            )
+        })
+        .build();
     let live_grains = {
-        let carts = carts.clone();
-        Arc::new(move || carts.stats().live) as Arc<dyn Fn() -> u64 + Send + Sync>
+        let grains = grains.clone();
+        Arc::new(move || grains.live()) as Arc<dyn Fn() -> u64 + Send + Sync>
     };
     if let Some(trust) = &trust {
         cluster_runtime.spawn(trust_the_members(
@@ -127,7 +243,7 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     cluster_runtime.spawn(release_claims_when_fenced(
         cluster.watch_fences(),
         router.clone(),
-        carts.clone(),
+        grains.clone(),
     ));
     std::thread::Builder::new()
         .name("granary-cluster".into())
@@ -140,7 +256,6 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         GrpcServices {
             control_plane: ControlPlaneService::new(
                 advertise.clone(),
-                carts.clone(),
                 Some(cluster.clone()),
                 Some(router.clone()),
             ),
@@ -152,24 +267,34 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                 store.clone(),
                 router.clone(),
             ),
-            grains: GrainsService::new(router.clone(), carts.clone()),
+            grains: GrainsService::new(grains.clone(), remote),
         },
         trust.map(|trust| (keys.clone(), trust)),
     )?;
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
-        carts: carts.clone(),
+        grains: grains.clone(),
+        store: store.clone(),
         max_body_bytes: config.max_body_bytes,
         ready: ready.clone(),
         serving: cluster.serving_flag(),
-        router: Some(router.clone()),
     };
-    let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
-        .bind(config.http)
-        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
+    let server = HttpServer::new(move || {
+        let mut app = App::new().configure(http::configure_ops(state.clone()));
+        if cart_api {
+            app = app.configure(http::carts_routes);
+        }
+        for routes in &routes {
+            let routes = routes.clone();
+            app = app.configure(move |cfg| routes(cfg));
+        }
+        app.default_service(actix_web::web::to(http::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
+    .bind(config.http)
+    .with_context(|| format!("cannot listen on {} (http)", config.http))?;
     let http_addr = server
         .addrs()
         .first()
@@ -238,12 +363,12 @@ async fn serve(config: NodeConfig, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         tracing::warn!("could not leave the cluster in time; the others will find this node dead");
     }
     router.close();
-    carts.passivate_all();
+    grains.passivate_all();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while carts.stats().live > 0 && std::time::Instant::now() < deadline {
+    while grains.live() > 0 && std::time::Instant::now() < deadline {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
-    if left {
+    if left && grains.live() == 0 {
         router.announce_closing().await;
     }
     let _ = grpc_stop.send(());
@@ -428,15 +553,15 @@ async fn trust_the_members(cluster: ClusterHandle, trust: Arc<Trust>, me: Finger
 /// counts, however brief.
 async fn release_claims_when_fenced(
     mut fences: tokio::sync::watch::Receiver<u64>,
-    router: Arc<CartRouter>,
-    carts: GrainRuntime<CartGrain>,
+    router: Arc<GrainRouter>,
+    grains: Grains,
 ) {
     fences.borrow_and_update();
     while fences.changed().await.is_ok() {
         fences.borrow_and_update();
         router.fenced();
-        carts.passivate_all();
-        tracing::warn!("fenced: released every cart claim and passivated every cart");
+        grains.passivate_all();
+        tracing::warn!("fenced: released every grain's placement and passivated every grain");
     }
 }
 

@@ -13,8 +13,8 @@ pub(crate) mod cluster {
     tonic::include_proto!("granary.cluster.v1");
 }
 
-/// Remote grain calls (package `granary.grains.v1`).
+/// Remote grain calls (package `granary.grains.v2`).
 pub(crate) mod grains {
     #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("granary.grains.v1");
+    tonic::include_proto!("granary.grains.v2");
 }

@@ -19,6 +19,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::test::{self, TestRequest};
 use actix_web::web::Bytes;
 use granary::cart_grain::CartGrain;
+use granary::grains::Grains;
 use granary::http::{ApiState, configure};
 use granary_grain::{GrainRuntime, RuntimeConfig};
 use granary_store::{EventStore, GrainKey, SqliteStore};
@@ -56,13 +57,15 @@ impl Env {
 }
 
 fn state_on(db: &Path) -> ApiState {
-    let store = SqliteStore::open(db).expect("open the event store");
+    let store: Arc<dyn granary_store::EventStore> =
+        Arc::new(SqliteStore::open(db).expect("open the event store"));
+    let carts = GrainRuntime::<CartGrain>::new(store.clone(), RuntimeConfig::default());
     ApiState {
-        carts: GrainRuntime::<CartGrain>::new(Arc::new(store), RuntimeConfig::default()),
+        grains: Grains::builder(None).host(carts).build(),
+        store,
         max_body_bytes: MAX_BODY_BYTES,
         ready: Arc::new(AtomicBool::new(true)),
         serving: Arc::new(AtomicBool::new(true)),
-        router: None,
     }
 }
 

@@ -1,110 +1,67 @@
-//! The `granary.grains.v1.Grains` service: calls forwarded by other
-//! members for carts this member owns.
+//! The `granary.grains.v2.Grains` service: calls other members send for
+//! grains this member hosts, of any kind registered here.
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use granary_grain::{CallOptions, GrainRuntime};
+use granary_grain::CallOptions;
 use tonic::{Request, Response, Status};
 
-use super::router::{CartRouter, Route};
-use crate::cart_grain::{CartGrain, CartRequest};
-use crate::http::ApiError;
+use super::remote::Remote;
+use crate::grains::{Grains, valid_id};
 use crate::proto::grains as pb;
-use crate::proto::grains::grains_server::Grains;
+use crate::proto::grains::grains_server::Grains as GrainsRpc;
+
+/// Largest encoded command accepted.
+const MAX_COMMAND: usize = 256 * 1024;
 
 pub struct GrainsService {
-    router: Arc<CartRouter>,
-    carts: GrainRuntime<CartGrain>,
+    grains: Grains,
+    remote: Arc<Remote>,
 }
 
 impl GrainsService {
-    pub fn new(router: Arc<CartRouter>, carts: GrainRuntime<CartGrain>) -> Self {
-        GrainsService { router, carts }
-    }
-}
-
-/// An API error as it travels back to the member that forwarded the call.
-pub(crate) fn failure(err: &ApiError) -> pb::GrainAnswer {
-    pb::GrainAnswer {
-        result: Some(pb::grain_answer::Result::Failure(pb::Failure {
-            http_status: u32::from(err.status.as_u16()),
-            code: err.code.to_string(),
-            message: err.message.clone(),
-            field: err.field.clone().unwrap_or_default(),
-            current_version: err.etag,
-            not_owner: false,
-            owner_address: String::new(),
-        })),
+    pub fn new(grains: Grains, remote: Arc<Remote>) -> Self {
+        GrainsService { grains, remote }
     }
 }
 
 #[tonic::async_trait]
-impl Grains for GrainsService {
+impl GrainsRpc for GrainsService {
     async fn call(
         &self,
         request: Request<pb::GrainCall>,
     ) -> Result<Response<pb::GrainAnswer>, Status> {
         let call = request.into_inner();
-        if call.kind != "cart" {
+        let Some(hosted) = self.grains.hosted(&call.kind) else {
             return Err(Status::invalid_argument(format!(
-                "kind: unknown grain kind {:?}",
-                call.kind
+                "kind: no grain kind {:?} is registered here",
+                call.kind.chars().take(64).collect::<String>()
+            )));
+        };
+        if !valid_id(&call.id) {
+            return Err(Status::invalid_argument(
+                "id: 1..=190 printable characters without spaces",
+            ));
+        }
+        if call.command.len() > MAX_COMMAND {
+            return Err(Status::invalid_argument(format!(
+                "command: at most {MAX_COMMAND} bytes"
             )));
         }
-        if uuid::Uuid::parse_str(&call.id).is_err() {
-            return Err(Status::invalid_argument("id: not a UUID"));
-        }
-        let command: CartRequest = serde_json::from_slice(&call.command)
-            .map_err(|e| Status::invalid_argument(format!("command: {e}")))?;
-        // A fenced member serves nothing, forwarded calls included: the
-        // majority may re-home its carts.
-        if !self.router.is_serving() {
-            return Ok(Response::new(failure(
-                &ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "this member cannot see a majority of the cluster; retry",
-                )
-                .with_code("fenced"),
-            )));
-        }
-        if !self.router.owns(&call.id) {
-            match self.router.route(&call.id).await {
-                Ok(Route::Local) => {}
-                Ok(Route::Remote { address }) => {
-                    return Ok(Response::new(pb::GrainAnswer {
-                        result: Some(pb::grain_answer::Result::Failure(pb::Failure {
-                            http_status: 503,
-                            code: "moved".into(),
-                            message: "this member does not own the cart".into(),
-                            not_owner: true,
-                            owner_address: address,
-                            ..Default::default()
-                        })),
-                    }));
-                }
-                Err(err) => {
-                    return Ok(Response::new(failure(
-                        &ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err.0).with_code("placing"),
-                    )));
-                }
-            }
+        if call.idempotency_key.len() > 200 {
+            return Err(Status::invalid_argument(
+                "idempotency_key: at most 200 bytes",
+            ));
         }
         let options = CallOptions {
             expected_version: call.expected_version,
             idempotency: (!call.idempotency_key.is_empty())
                 .then_some((call.idempotency_key, call.request_hash)),
         };
-        let answer = match self.carts.call_with(&call.id, command, options).await {
-            Ok(outcome) => pb::GrainAnswer {
-                result: Some(pb::grain_answer::Result::Ok(pb::Outcome {
-                    reply: serde_json::to_vec(&outcome.reply)
-                        .map_err(|e| Status::internal(e.to_string()))?,
-                    version: outcome.version,
-                })),
-            },
-            Err(err) => failure(&ApiError::from(err)),
-        };
+        let answer = self
+            .remote
+            .serve(&call.kind, hosted.as_ref(), call.id, &call.command, options)
+            .await;
         Ok(Response::new(answer))
     }
 }

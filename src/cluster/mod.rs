@@ -16,6 +16,8 @@
 //!   owner; the grain runtime's `Ownership`.
 //! - `clock.rs`: the machine-wide monotonic clock heartbeats and leases
 //!   run on.
+//! - `remote.rs`: calls to grains wherever they live: placement,
+//!   forwarding (MessagePack), typed errors back.
 //! - `grains_service.rs`: calls forwarded by other members.
 //! - `dial.rs`: every outgoing channel, pinned mutual TLS by default.
 //!
@@ -27,11 +29,13 @@ pub mod dial;
 mod grains_service;
 mod membership;
 pub(crate) mod persist;
+mod remote;
 mod router;
 mod service;
 mod wire;
 
 pub use grains_service::GrainsService;
 pub use membership::{ClusterHandle, ClusterStatus, Membership, PeerView, start};
-pub use router::{CartRouter, Placements, Route, Unroutable};
+pub use remote::Remote;
+pub use router::{GrainRouter, Placements, Route, Unroutable, placement_key};
 pub use service::ClusterService;

@@ -41,6 +41,13 @@ const CLAIM_HOLD: Duration = Duration::from_millis(CLAIM_DEADLINE_MS / 2);
 /// How often the placement's timers run (holds, fetch backoff, releases).
 const TICK: Duration = Duration::from_millis(20);
 
+/// The key a grain is placed by: its kind and its id. (Carts keep the
+/// shape `cart/<uuid>`; the seed's `ConfirmOwner` and `GetCartIds` speak of
+/// cart ids only.)
+pub fn placement_key(kind: &str, id: &str) -> String {
+    format!("{kind}/{id}")
+}
+
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -55,7 +62,7 @@ pub enum Route {
 #[error("{0}")]
 pub struct Unroutable(pub String);
 
-pub struct CartRouter {
+pub struct GrainRouter {
     cluster: ClusterHandle,
     placement: Mutex<Placement>,
     /// Woken when carts may be placeable where they were not (the core's
@@ -68,11 +75,11 @@ pub struct CartRouter {
     io: tokio::runtime::Handle,
 }
 
-impl CartRouter {
+impl GrainRouter {
     /// Starts the router; the task that follows committed views and runs
     /// the placement's timers is spawned on the current runtime, RPCs on
     /// `io`.
-    pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<CartRouter> {
+    pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<GrainRouter> {
         let me = cluster.me().id.clone();
         // Grant ids start somewhere new in every run of the process.
         let seed = std::time::SystemTime::now()
@@ -87,7 +94,7 @@ impl CartRouter {
             clock::now(),
             seed,
         );
-        let router = Arc::new(CartRouter {
+        let router = Arc::new(GrainRouter {
             cluster,
             placement: Mutex::new(placement),
             placeable: tokio::sync::Notify::new(),
@@ -262,9 +269,15 @@ impl CartRouter {
         tracing::info!(told, "announced closing to the other members");
     }
 
-    /// Grains whose claims this member holds (for `GetCartIds`).
-    pub fn owned_ids(&self, limit: usize) -> Vec<String> {
-        lock(&self.placement).owned_ids(limit)
+    /// The ids of the grains of `kind` whose claims this member holds, in
+    /// order, at most `limit` (for `GetCartIds`).
+    pub fn owned_ids(&self, kind: &str, limit: usize) -> Vec<String> {
+        let prefix = placement_key(kind, "");
+        lock(&self.placement)
+            .owned_from(&prefix, limit)
+            .into_iter()
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_owned))
+            .collect()
     }
 
     /// A page of the grains this member hosts in `requester`'s partition.
@@ -455,20 +468,22 @@ impl CartRouter {
     }
 }
 
-/// The runtime's side: activations start only for carts placed here, and
+/// The runtime's side: activations start only for grains placed here, and
 /// their stops release the claims.
-pub struct Placements(pub Arc<CartRouter>);
+pub struct Placements(pub Arc<GrainRouter>);
 
 impl Ownership for Placements {
-    fn activate(&self, _kind: &'static str, id: &str, activation: u64) -> Result<Tenure, Refusal> {
+    fn activate(&self, kind: &'static str, id: &str, activation: u64) -> Result<Tenure, Refusal> {
+        let key = placement_key(kind, id);
         self.0
-            .with(|p, _| p.activate(id, activation))
+            .with(|p, _| p.activate(&key, activation))
             .map(|epoch| Tenure { epoch })
-            .map_err(|_| Refusal::NotOwner("the cart is not placed on this member".into()))
+            .map_err(|_| Refusal::NotOwner("the grain is not placed on this member".into()))
     }
 
-    fn deactivated(&self, _kind: &'static str, id: &str, activation: u64) {
-        self.0.with(|p, _| p.deactivated(id, activation));
+    fn deactivated(&self, kind: &'static str, id: &str, activation: u64) {
+        let key = placement_key(kind, id);
+        self.0.with(|p, _| p.deactivated(&key, activation));
     }
 }
 

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::membership::ClusterHandle;
-use super::router::CartRouter;
+use super::router::GrainRouter;
 use super::wire;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
@@ -26,7 +26,7 @@ pub struct ClusterService {
     /// member to see.
     store: Arc<dyn EventStore>,
     /// Where grains are placed (claims, grain lists, releases).
-    router: Arc<CartRouter>,
+    router: Arc<GrainRouter>,
 }
 
 /// The stream (in the cluster's store) that records a revoked key.
@@ -41,7 +41,7 @@ impl ClusterService {
         trust: Option<Arc<Trust>>,
         tokens: Arc<Tokens>,
         store: Arc<dyn EventStore>,
-        router: Arc<CartRouter>,
+        router: Arc<GrainRouter>,
     ) -> Self {
         ClusterService {
             handle,

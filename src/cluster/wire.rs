@@ -237,3 +237,133 @@ pub(crate) fn grant_from_wire(grant: pb::Grant) -> Grant {
         id: grant.id,
     }
 }
+
+/// A hosted call's result for the wire: the reply, or the runtime's error
+/// as it is (its rejection already encoded).
+pub(crate) fn grain_answer_to_wire(
+    result: crate::grains::WireResult,
+) -> crate::proto::grains::GrainAnswer {
+    use crate::proto::grains as g;
+    use g::grain_error::Error as E;
+    use granary_grain::CallError;
+    use granary_store::StoreError;
+    let result = match result {
+        Ok((reply, version)) => g::grain_answer::Result::Ok(g::GrainReply { reply, version }),
+        Err(err) => {
+            let error = match err {
+                CallError::Rejected(bytes) => E::Rejected(bytes),
+                CallError::VersionMismatch { expected, actual } => {
+                    E::VersionMismatch(g::VersionMismatch { expected, actual })
+                }
+                CallError::IdempotencyKeyReused { key } => E::IdempotencyKeyReused(key),
+                CallError::Store(StoreError::Unavailable(why)) => E::StoreUnavailable(why),
+                CallError::Store(StoreError::Indeterminate(why)) => E::OutcomeUnknown(why),
+                CallError::Store(StoreError::Fenced { .. }) => {
+                    E::NotOwner("a newer owner has written the grain".into())
+                }
+                CallError::Store(other) => E::StoreFailure(other.to_string()),
+                CallError::Panicked(why) => E::Panicked(why),
+                CallError::Unavailable(why) => E::Unavailable(why),
+                CallError::NotOwner(why) => E::NotOwner(why),
+                CallError::Fenced(why) => E::Fenced(why),
+                CallError::Placing(why) => E::Placing(why),
+                CallError::Invalid(why) => E::Invalid(why),
+                // Only a caller's own view; it never travels.
+                CallError::Unreachable(why) => E::Unavailable(why),
+            };
+            g::grain_answer::Result::Error(g::GrainError { error: Some(error) })
+        }
+    };
+    g::GrainAnswer {
+        result: Some(result),
+    }
+}
+
+/// A forwarded call's answer from the wire (the rejection, if any, still
+/// encoded). An empty or unknown answer is `Unavailable`.
+pub(crate) fn grain_answer_from_wire(
+    answer: crate::proto::grains::GrainAnswer,
+) -> crate::grains::WireResult {
+    use crate::proto::grains as g;
+    use g::grain_error::Error as E;
+    use granary_grain::CallError;
+    use granary_store::StoreError;
+    let empty = || CallError::Unavailable("the owner sent an empty answer".into());
+    match answer.result.ok_or_else(empty)? {
+        g::grain_answer::Result::Ok(reply) => Ok((reply.reply, reply.version)),
+        g::grain_answer::Result::Error(error) => Err(match error.error.ok_or_else(empty)? {
+            E::Rejected(bytes) => CallError::Rejected(bytes),
+            E::VersionMismatch(m) => CallError::VersionMismatch {
+                expected: m.expected,
+                actual: m.actual,
+            },
+            E::IdempotencyKeyReused(key) => CallError::IdempotencyKeyReused { key },
+            E::StoreUnavailable(why) => CallError::Store(StoreError::Unavailable(why)),
+            E::OutcomeUnknown(why) => CallError::Store(StoreError::Indeterminate(why)),
+            E::StoreFailure(why) => CallError::Store(StoreError::Engine(why)),
+            E::Panicked(why) => CallError::Panicked(why),
+            E::Unavailable(why) => CallError::Unavailable(why),
+            E::NotOwner(why) => CallError::NotOwner(why),
+            E::Fenced(why) => CallError::Fenced(why),
+            E::Placing(why) => CallError::Placing(why),
+            E::Invalid(why) => CallError::Invalid(why),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use granary_cart::CartError;
+    use granary_grain::CallError;
+    use granary_store::StoreError;
+
+    use super::*;
+
+    /// A runtime error crosses the wire as itself: the kind's rejection
+    /// (MessagePack) and every runtime variant come back equal.
+    #[test]
+    fn every_call_error_crosses_the_wire_as_itself() {
+        let errors: Vec<CallError<CartError>> = vec![
+            CallError::Rejected(CartError::Invalid {
+                field: "quantity".into(),
+                reason: "must be 1..=999".into(),
+            }),
+            CallError::Rejected(CartError::CheckedOut { order_id: None }),
+            CallError::VersionMismatch {
+                expected: 3,
+                actual: 4,
+            },
+            CallError::IdempotencyKeyReused { key: "k".into() },
+            CallError::Store(StoreError::Unavailable("down".into())),
+            CallError::Store(StoreError::Indeterminate("no answer".into())),
+            CallError::Panicked("boom".into()),
+            CallError::Unavailable("busy".into()),
+            CallError::NotOwner("elsewhere".into()),
+            CallError::Fenced("no majority".into()),
+            CallError::Placing("rebuilding".into()),
+            CallError::Invalid("bad id".into()),
+        ];
+        for error in errors {
+            let encoded = error
+                .clone()
+                .map_rejection(|r| crate::grains::encode(&r).expect("a rejection encodes"));
+            let back = grain_answer_from_wire(grain_answer_to_wire(Err(encoded)))
+                .expect_err("an error")
+                .map_rejection(|bytes| {
+                    rmp_serde::from_slice::<CartError>(&bytes).expect("a rejection decodes")
+                });
+            assert_eq!(back, error);
+        }
+        let reply = grain_answer_from_wire(grain_answer_to_wire(Ok((vec![1, 2, 3], 7))));
+        assert_eq!(reply, Ok((vec![1, 2, 3], 7)));
+    }
+
+    #[test]
+    fn an_empty_answer_is_unavailable_not_a_panic() {
+        let answer = crate::proto::grains::GrainAnswer { result: None };
+        assert!(matches!(
+            grain_answer_from_wire(answer),
+            Err(CallError::Unavailable(_))
+        ));
+    }
+}

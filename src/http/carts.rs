@@ -1,8 +1,6 @@
 //! The cart handlers. Each one validates its input, turns it into one grain
 //! call and renders the outcome; the rules live in the cart domain.
 
-use std::time::{Duration, Instant};
-
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use granary_cart::CartCommand;
@@ -13,8 +11,7 @@ use super::ApiState;
 use super::error::ApiError;
 use super::request::{call_options, etag, parse_json, parse_uuid, read_body};
 use super::views::{AddItemBody, CartBody, ChangeQuantityBody, ErrorBody, SetDeliveryBody};
-use crate::cart_grain::CartRequest;
-use crate::cluster::{CartRouter, Route};
+use crate::cart_grain::{CartGrain, CartRequest};
 
 /// Namespace of cart ids derived from an `Idempotency-Key` on `POST /carts`,
 /// so a retried create names the same cart.
@@ -33,177 +30,12 @@ async fn call(
     request: CartRequest,
     options: CallOptions,
 ) -> Result<Outcome<granary_cart::Cart>, ApiError> {
-    if !state.serving.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node cannot see a majority of the cluster; retry, here or on another node",
-        )
-        .with_code("fenced"));
-    }
-    let grain = id.to_string();
-    let Some(router) = &state.router else {
-        return Ok(state.carts.call_with(&grain, request, options).await?);
-    };
-    // While the cart cannot be placed (the directory rebuilds after a view
-    // change, a holder is unreachable until the majority removes it) the
-    // call waits, bounded by the failover window, and a stale route (the
-    // owner moved) is resolved again. Only then does it answer 503.
-    let deadline = Instant::now() + router.placement_wait();
-    let mut backoff = Duration::from_millis(10);
-    let mut moved = 0;
-    loop {
-        let attempt = Instant::now();
-        let refusal = match router.route(&grain).await {
-            Ok(Route::Local) => {
-                match state
-                    .carts
-                    .call_with(&grain, request.clone(), options.clone())
-                    .await
-                {
-                    // Released between routing and activation (it had just
-                    // passivated): nothing ran; place it again.
-                    Err(granary_grain::CallError::NotOwner(why)) => {
-                        moved += 1;
-                        if moved <= 3 {
-                            continue;
-                        }
-                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why).with_code("placing")
-                    }
-                    other => return Ok(other?),
-                }
-            }
-            Ok(Route::Remote { address }) => {
-                match forward(router, &address, &grain, &request, &options).await {
-                    Forwarded::Answer(result) => return result,
-                    Forwarded::NotDone(err) => {
-                        router.forget(&grain);
-                        err
-                    }
-                    Forwarded::Moved => {
-                        router.forget(&grain);
-                        moved += 1;
-                        if moved <= 3 {
-                            continue;
-                        }
-                        ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the cart is moving between members; retry",
-                        )
-                        .with_code("moving")
-                    }
-                    Forwarded::Unreachable(reason) => {
-                        router.forget(&grain);
-                        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason)
-                            .with_code("owner_unreachable"));
-                    }
-                }
-            }
-            Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.0).with_code("placing"),
-        };
-        if !state.serving.load(std::sync::atomic::Ordering::Acquire)
-            || Instant::now() + backoff > deadline
-        {
-            return Err(refusal);
-        }
-        // The backoff runs from the start of the attempt: a holder that
-        // kept the claim waiting while it rebuilt has waited for us. The
-        // wait ends early when placement may have changed here (a new
-        // view, this member's partition ready).
-        if let Some(left) = backoff.checked_sub(attempt.elapsed()) {
-            router.placement_changed(left).await;
-        }
-        backoff = (backoff * 2).min(Duration::from_millis(200));
-    }
-}
-
-/// Codes of 503 answers a member gives before it runs a call: the call
-/// was not done and may be sent again.
-pub(crate) const NOT_DONE_CODES: &[&str] = &["fenced", "placing"];
-
-enum Forwarded {
-    Answer(Result<Outcome<granary_cart::Cart>, ApiError>),
-    /// The callee does not own the cart; nothing was done.
-    Moved,
-    /// The callee refused before running the call (it is fenced, or could
-    /// not place the cart); nothing was done.
-    NotDone(ApiError),
-    /// No answer: the outcome is unknown, so the call is not retried.
-    Unreachable(String),
-}
-
-/// Sends a call to the member that owns the cart.
-async fn forward(
-    router: &CartRouter,
-    address: &str,
-    grain: &str,
-    request: &CartRequest,
-    options: &CallOptions,
-) -> Forwarded {
-    use crate::proto::grains::{GrainCall, grain_answer};
-    let mut client = match router.grains_client(address) {
-        Ok(client) => client,
-        Err(err) => return Forwarded::Unreachable(err.0),
-    };
-    let Ok(command) = serde_json::to_vec(request) else {
-        return Forwarded::Answer(Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot encode the call",
-        )));
-    };
-    let (idempotency_key, request_hash) = options.idempotency.clone().unwrap_or_default();
-    let mut call = tonic::Request::new(GrainCall {
-        kind: "cart".into(),
-        id: grain.to_owned(),
-        command,
-        expected_version: options.expected_version,
-        idempotency_key,
-        request_hash,
-    });
-    call.set_timeout(std::time::Duration::from_secs(10));
-    let answer = match client.call(call).await {
-        Ok(answer) => answer.into_inner(),
-        Err(status) => {
-            return Forwarded::Unreachable(format!(
-                "the member that owns this cart did not answer ({}); the outcome is unknown",
-                status.message()
-            ));
-        }
-    };
-    match answer.result {
-        Some(grain_answer::Result::Ok(outcome)) => match serde_json::from_slice(&outcome.reply) {
-            Ok(cart) => Forwarded::Answer(Ok(Outcome {
-                reply: cart,
-                version: outcome.version,
-            })),
-            Err(_) => Forwarded::Answer(Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "the owner sent an unreadable cart",
-            ))),
-        },
-        Some(grain_answer::Result::Failure(failure)) if failure.not_owner => Forwarded::Moved,
-        Some(grain_answer::Result::Failure(failure))
-            if failure.http_status == 503 && NOT_DONE_CODES.contains(&failure.code.as_str()) =>
-        {
-            Forwarded::NotDone(
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, failure.message)
-                    .with_code(failure.code),
-            )
-        }
-        Some(grain_answer::Result::Failure(failure)) => {
-            let status =
-                StatusCode::from_u16(failure.http_status as u16).unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut err = ApiError::new(status, failure.message).with_code(failure.code);
-            if !failure.field.is_empty() {
-                err = err.with_field(failure.field);
-            }
-            err.etag = failure.current_version;
-            Forwarded::Answer(Err(err))
-        }
-        None => Forwarded::Answer(Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "the owner sent an empty answer",
-        ))),
-    }
+    // Placement, forwarding and waiting for a placement live in the
+    // cluster layer: the handler only translates.
+    Ok(state
+        .grains
+        .call_with::<CartGrain>(&id.to_string(), request, options)
+        .await?)
 }
 
 /// Runs one command from a request with a body (or none) and answers 200.

@@ -134,11 +134,16 @@ impl From<CallError<CartError>> for ApiError {
                 ),
             )
             .with_code("fenced"),
-            CallError::NotOwner(reason) => ApiError::new(
+            CallError::NotOwner(reason) | CallError::Placing(reason) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the cart is being placed on another member ({reason}); retry"),
+                format!("the cart cannot be placed yet ({reason}); retry"),
             )
             .with_code("placing"),
+            CallError::Unreachable(reason) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{reason}; retry with the same Idempotency-Key"),
+            )
+            .with_code("owner_unreachable"),
             other => {
                 tracing::error!(error = %other, "cart call failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")

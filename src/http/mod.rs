@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{HttpResponse, ResponseError, web};
-use granary_grain::GrainRuntime;
+use granary_store::EventStore;
 
 use crate::cart_grain::CartGrain;
+use crate::grains::Grains;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use views::CartBody;
@@ -27,45 +28,61 @@ pub use views::CartBody;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
-    pub carts: GrainRuntime<CartGrain>,
+    /// The grain kinds this node hosts (carts among them for the cart
+    /// API), and the way to call any grain wherever it lives.
+    pub grains: Grains,
+    /// The event store, for its counters.
+    pub store: Arc<dyn EventStore>,
     pub max_body_bytes: usize,
     /// Cleared when the node starts shutting down.
     pub ready: Arc<AtomicBool>,
     /// Whether this node may serve grains: cleared while it cannot see a
     /// majority of the cluster (it has fenced itself).
     pub serving: Arc<AtomicBool>,
-    /// In a cluster: which member owns each cart. `None`: every cart is
-    /// served here.
-    pub router: Option<Arc<crate::cluster::CartRouter>>,
 }
 
-/// Registers every route of the API.
+/// Registers every route of the cart service: the operations routes and
+/// the cart API.
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::new(state))
+        let ops = configure_ops(state.clone());
+        ops(cfg);
+        carts_routes(cfg);
+        cfg.default_service(web::to(not_found));
+    }
+}
+
+/// Registers the operations routes (`/healthz`, `/readyz`, `/stats`,
+/// `/openapi.json`) and the shared state, for a node that may host no
+/// carts; its own routes are added next to them.
+pub fn configure_ops(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(web::Data::new(state.grains.clone()))
+            .app_data(web::Data::new(state))
             .service(resource("/healthz", "GET").route(web::get().to(healthz)))
             .service(resource("/readyz", "GET").route(web::get().to(readyz)))
             .service(resource("/stats", "GET").route(web::get().to(stats)))
-            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
-            .service(resource("/carts", "POST").route(web::post().to(carts::create_cart)))
-            .service(resource("/carts/{id}", "GET").route(web::get().to(carts::get_cart)))
-            .service(resource("/carts/{id}/items", "POST").route(web::post().to(carts::add_item)))
-            .service(
-                resource("/carts/{id}/items/{line_id}", "PATCH, DELETE")
-                    .route(web::patch().to(carts::change_quantity))
-                    .route(web::delete().to(carts::remove_line)),
-            )
-            .service(
-                resource("/carts/{id}/delivery", "PUT, DELETE")
-                    .route(web::put().to(carts::set_delivery))
-                    .route(web::delete().to(carts::remove_delivery)),
-            )
-            .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
-            .service(
-                resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)),
-            )
-            .default_service(web::to(not_found));
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)));
     }
+}
+
+/// The cart API's routes (they need [`configure_ops`]'s state).
+pub fn carts_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/carts", "POST").route(web::post().to(carts::create_cart)))
+        .service(resource("/carts/{id}", "GET").route(web::get().to(carts::get_cart)))
+        .service(resource("/carts/{id}/items", "POST").route(web::post().to(carts::add_item)))
+        .service(
+            resource("/carts/{id}/items/{line_id}", "PATCH, DELETE")
+                .route(web::patch().to(carts::change_quantity))
+                .route(web::delete().to(carts::remove_line)),
+        )
+        .service(
+            resource("/carts/{id}/delivery", "PUT, DELETE")
+                .route(web::put().to(carts::set_delivery))
+                .route(web::delete().to(carts::remove_delivery)),
+        )
+        .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
+        .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)));
 }
 
 /// Liveness: the process answers.
@@ -93,9 +110,20 @@ pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 /// The grain runtime's and the store's counters.
 #[utoipa::path(get, path = "/stats", tag = "ops", responses((status = 200, description = "Counters")))]
 pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
-    let store = state.carts.store().stats();
+    let store = state.store.stats();
+    let kinds: serde_json::Map<String, serde_json::Value> = state
+        .grains
+        .stats()
+        .into_iter()
+        .map(|(kind, stats)| (kind.to_owned(), serde_json::json!(stats)))
+        .collect();
+    let carts = state
+        .grains
+        .runtime::<CartGrain>()
+        .map(|carts| serde_json::json!(carts.stats()));
     HttpResponse::Ok().json(serde_json::json!({
-        "grains": state.carts.stats(),
+        "grains": carts,
+        "kinds": kinds,
         "store": {
             "appends": store.appends,
             "commits": store.commits,
@@ -129,7 +157,8 @@ async fn openapi() -> HttpResponse {
         .body(openapi_json())
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
+/// The JSON 404 of every route nobody registered.
+pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(
         actix_web::http::StatusCode::NOT_FOUND,
         "no such route",

@@ -141,7 +141,13 @@ mod tests {
                 Some("currency"),
             ),
             (CartError::TooManyLines { max: 200 }, 409, None),
-            (CartError::Overflow { field: "price".into() }, 400, Some("price")),
+            (
+                CartError::Overflow {
+                    field: "price".into(),
+                },
+                400,
+                Some("price"),
+            ),
             (CartError::Empty, 409, None),
         ];
         for (error, status, field) in cases {

@@ -744,9 +744,18 @@ impl Placement {
         self.owned.contains_key(grain)
     }
 
-    /// The grains this member holds claims for, in order, at most `limit`.
-    pub fn owned_ids(&self, limit: usize) -> Vec<String> {
-        self.owned.keys().take(limit).cloned().collect()
+    /// The grains this member holds claims for that start with `prefix`,
+    /// in order, at most `limit`.
+    pub fn owned_from(&self, prefix: &str, limit: usize) -> Vec<String> {
+        self.owned
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(grain, _)| grain.starts_with(prefix))
+            .take(limit)
+            .map(|(grain, _)| grain.clone())
+            .collect()
     }
 
     /// How many grains this member holds claims for.

@@ -34,6 +34,40 @@ pub enum CallError<R> {
     /// since the grain was activated): nothing ran; call another member.
     #[error("this member is fenced: {0}")]
     Fenced(String),
+    /// The grain could not be placed on any member within the failover
+    /// window (its partition is rebuilding, its owner left): nothing ran.
+    #[error("the grain cannot be placed yet: {0}")]
+    Placing(String),
+    /// The call is malformed (a kind not registered, a bad id, a command
+    /// that does not decode): nothing ran.
+    #[error("invalid call: {0}")]
+    Invalid(String),
+    /// The call went to the member hosting the grain and no answer came
+    /// back: whether it ran is unknown. Not resent.
+    #[error("the grain's owner did not answer; the outcome is unknown: {0}")]
+    Unreachable(String),
+}
+
+impl<R> CallError<R> {
+    /// The same error with its rejection turned into another type (e.g.
+    /// encoded for the wire, or decoded from it).
+    pub fn map_rejection<S>(self, map: impl FnOnce(R) -> S) -> CallError<S> {
+        match self {
+            CallError::Rejected(rejection) => CallError::Rejected(map(rejection)),
+            CallError::VersionMismatch { expected, actual } => {
+                CallError::VersionMismatch { expected, actual }
+            }
+            CallError::IdempotencyKeyReused { key } => CallError::IdempotencyKeyReused { key },
+            CallError::Store(err) => CallError::Store(err),
+            CallError::Panicked(why) => CallError::Panicked(why),
+            CallError::Unavailable(why) => CallError::Unavailable(why),
+            CallError::NotOwner(why) => CallError::NotOwner(why),
+            CallError::Fenced(why) => CallError::Fenced(why),
+            CallError::Placing(why) => CallError::Placing(why),
+            CallError::Invalid(why) => CallError::Invalid(why),
+            CallError::Unreachable(why) => CallError::Unreachable(why),
+        }
+    }
 }
 
 impl<R> From<crate::tenure::Refusal> for CallError<R> {
@@ -50,7 +84,10 @@ impl<R> CallError<R> {
     pub fn is_retryable(&self) -> bool {
         match self {
             CallError::Store(err) => err.is_retryable(),
-            CallError::Unavailable(_) | CallError::NotOwner(_) | CallError::Fenced(_) => true,
+            CallError::Unavailable(_)
+            | CallError::NotOwner(_)
+            | CallError::Fenced(_)
+            | CallError::Placing(_) => true,
             _ => false,
         }
     }

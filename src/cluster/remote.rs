@@ -1,0 +1,224 @@
+//! Calls to grains wherever they live: placement, forwarding, and the
+//! typed errors that travel back.
+//!
+//! A call asks the router where its grain is. Placed here, it runs on the
+//! local runtime; placed elsewhere, it goes to that member over
+//! `granary.grains.v2.Grains/Call` with the kind's command in MessagePack,
+//! and comes back as the reply or the runtime's own error
+//! ([`CallError`]), whatever the transport on top (HTTP, a user's API).
+//! While the grain cannot be placed (its partition is rebuilding after a
+//! membership change, its owner left and may still be serving) the call
+//! waits, bounded by the failover window, and a stale route is resolved
+//! again; only then does it fail (`Placing`). A forwarded call that gets
+//! no answer is never resent (`Unreachable`: its outcome is unknown).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome};
+
+use super::router::{GrainRouter, Route, placement_key};
+use crate::grains::{HostedKind, encode};
+use crate::proto::grains as pb;
+
+/// Deadline of a forwarded call (the callee's own store waits are bounded
+/// by less).
+const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How many times a call follows a route that turned out stale before it
+/// gives up.
+const MOVES: u32 = 3;
+
+/// Placement and forwarding for a member's grain calls.
+pub struct Remote {
+    router: Arc<GrainRouter>,
+}
+
+impl Remote {
+    pub fn new(router: Arc<GrainRouter>) -> Self {
+        Remote { router }
+    }
+
+    /// Runs `command` on grain `id` of kind `G` where it lives: on
+    /// `local` if it is placed here, on its owner otherwise.
+    pub async fn call<G: Grain>(
+        &self,
+        local: &GrainRuntime<G>,
+        id: &str,
+        command: G::Command,
+        options: CallOptions,
+    ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        let router = &self.router;
+        if !router.is_serving() {
+            return Err(fenced());
+        }
+        let key = placement_key(G::KIND, id);
+        let deadline = Instant::now() + router.placement_wait();
+        let mut backoff = Duration::from_millis(10);
+        let mut moved = 0;
+        let mut encoded = None;
+        loop {
+            let attempt = Instant::now();
+            let refusal = match router.route(&key).await {
+                Ok(Route::Local) => {
+                    match local.call_with(id, command.clone(), options.clone()).await {
+                        // Released between routing and activation (it had
+                        // just passivated): nothing ran; place it again.
+                        Err(CallError::NotOwner(why)) if moved < MOVES => {
+                            moved += 1;
+                            tracing::debug!(grain = %key, %why, "placed elsewhere meanwhile");
+                            continue;
+                        }
+                        other => return other,
+                    }
+                }
+                Ok(Route::Remote { address }) => {
+                    let command = match &encoded {
+                        Some(bytes) => bytes,
+                        None => encoded.insert(encode(&command).map_err(|e| {
+                            CallError::Invalid(format!("cannot encode the command: {e}"))
+                        })?),
+                    };
+                    match self.forward(&address, G::KIND, id, command, &options).await {
+                        Err(CallError::NotOwner(why)) => {
+                            router.forget(&key);
+                            moved += 1;
+                            if moved <= MOVES {
+                                continue;
+                            }
+                            CallError::Placing(format!(
+                                "the grain is moving between members ({why})"
+                            ))
+                        }
+                        // The callee refused before running it: nothing
+                        // ran, so the call may go again (to it or another).
+                        Err(err @ (CallError::Fenced(_) | CallError::Placing(_))) => {
+                            router.forget(&key);
+                            err.map_rejection(|_| unreachable!("no rejection"))
+                        }
+                        Err(CallError::Unreachable(why)) => {
+                            router.forget(&key);
+                            return Err(CallError::Unreachable(why));
+                        }
+                        other => {
+                            return other
+                                .and_then(|(reply, version)| {
+                                    decode::<G::Reply>(&reply)
+                                        .map(|reply| Outcome { reply, version })
+                                        .map_err(|e| {
+                                            CallError::Unavailable(format!(
+                                                "the owner sent a reply that does not decode: {e}"
+                                            ))
+                                        })
+                                })
+                                .map_err(decode_rejection::<G>);
+                        }
+                    }
+                }
+                Err(unroutable) => CallError::Placing(unroutable.0),
+            };
+            if !router.is_serving() {
+                return Err(fenced());
+            }
+            if Instant::now() + backoff > deadline {
+                return Err(refusal);
+            }
+            // The backoff runs from the start of the attempt: a holder that
+            // kept the claim waiting while it rebuilt has waited for us. The
+            // wait ends early when placement may have changed here.
+            if let Some(left) = backoff.checked_sub(attempt.elapsed()) {
+                router.placement_changed(left).await;
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends an encoded call to the member at `address`. The error's
+    /// rejection, if any, is still encoded.
+    async fn forward(
+        &self,
+        address: &str,
+        kind: &str,
+        id: &str,
+        command: &[u8],
+        options: &CallOptions,
+    ) -> Result<(Vec<u8>, u64), CallError<Vec<u8>>> {
+        let mut client = self
+            .router
+            .grains_client(address)
+            .map_err(|e| CallError::Unreachable(e.0))?;
+        let (idempotency_key, request_hash) = options.idempotency.clone().unwrap_or_default();
+        let mut call = tonic::Request::new(pb::GrainCall {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            command: command.to_vec(),
+            expected_version: options.expected_version,
+            idempotency_key,
+            request_hash,
+        });
+        call.set_timeout(FORWARD_DEADLINE);
+        let answer = client.call(call).await.map_err(|status| {
+            CallError::Unreachable(format!(
+                "the member that hosts the grain did not answer ({})",
+                status.message()
+            ))
+        })?;
+        super::wire::grain_answer_from_wire(answer.into_inner())
+    }
+
+    /// A call from another member for grain `id` of `kind`, hosted here:
+    /// it runs only if the grain is placed here (or can be placed here
+    /// now); otherwise the caller hears where it is not, and nothing ran.
+    pub(crate) async fn serve(
+        &self,
+        kind: &str,
+        hosted: &dyn HostedKind,
+        id: String,
+        command: &[u8],
+        options: CallOptions,
+    ) -> pb::GrainAnswer {
+        let router = &self.router;
+        // A fenced member serves nothing, forwarded calls included: the
+        // majority may re-home its grains.
+        let result = if !router.is_serving() {
+            Err(fenced())
+        } else {
+            let key = placement_key(kind, &id);
+            match router.route(&key).await {
+                Ok(Route::Local) => hosted.call(id, command, options).await,
+                Ok(Route::Remote { address }) => Err(CallError::NotOwner(format!(
+                    "this member does not host the grain; {address} does"
+                ))),
+                Err(unroutable) => Err(CallError::Placing(unroutable.0)),
+            }
+        };
+        super::wire::grain_answer_to_wire(result)
+    }
+}
+
+fn fenced<R>() -> CallError<R> {
+    CallError::Fenced(
+        "this node cannot see a majority of the cluster; retry, here or on another node".into(),
+    )
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
+
+fn decode_rejection<G: Grain>(err: CallError<Vec<u8>>) -> CallError<G::Rejection> {
+    let mut failed = None;
+    let decoded = err.map_rejection(|bytes| match decode::<G::Rejection>(&bytes) {
+        Ok(rejection) => Some(rejection),
+        Err(e) => {
+            failed = Some(e.to_string());
+            None
+        }
+    });
+    match (decoded, failed) {
+        (_, Some(why)) => CallError::Unavailable(format!(
+            "the owner sent a refusal that does not decode: {why}"
+        )),
+        (decoded, None) => decoded.map_rejection(|rejection| rejection.expect("decoded")),
+    }
+}
