@@ -8,6 +8,8 @@
 //! - `crates/granary-cart`: the pure cart domain.
 //! - this crate, the node:
 //!   - [`config`]: every knob, from file, `GRANARY_*` env and flags;
+//!   - [`cli`]: the command line (`serve`, `status`, `token`, `node`),
+//!     for the `granary` binary and for binaries of one's own;
 //!   - [`node`] (`Node::builder(config).carts().grain::<K>().routes(…).run()`)
 //!     starts the store, the grain runtimes, the cluster, the HTTP API and
 //!     the gRPC services, and stops them in order;
@@ -19,6 +21,7 @@
 //!   - `proto`: generated wire types, private to the node.
 
 pub mod cart_grain;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control_plane;
