@@ -15,7 +15,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome, RuntimeStats};
+use granary_grain::{
+    CallError, CallOptions, Caller, EncodedFuture, Grain, GrainRuntime, Outcome, RuntimeStats,
+};
 
 use crate::cluster::Remote;
 
@@ -39,6 +41,8 @@ pub(crate) trait HostedKind: Send + Sync {
     fn call(&self, id: String, command: &[u8], options: CallOptions) -> WireFuture;
     fn stats(&self) -> RuntimeStats;
     fn passivate_all(&self);
+    /// Lets the kind's grains call other grains.
+    fn set_caller(&self, caller: Arc<dyn Caller>);
 }
 
 impl<G: Grain> HostedKind for GrainRuntime<G> {
@@ -65,6 +69,10 @@ impl<G: Grain> HostedKind for GrainRuntime<G> {
 
     fn passivate_all(&self) {
         GrainRuntime::passivate_all(self)
+    }
+
+    fn set_caller(&self, caller: Arc<dyn Caller>) {
+        GrainRuntime::set_caller(self, caller)
     }
 }
 
@@ -129,8 +137,15 @@ impl GrainsBuilder {
         self
     }
 
+    /// The kinds, each able to call grains of every kind (see
+    /// `Grain::resolve`).
     pub fn build(self) -> Grains {
-        Grains(Arc::new(self.0))
+        let inner = Arc::new(self.0);
+        let caller: Arc<dyn Caller> = Arc::new(GrainsCaller(Arc::downgrade(&inner)));
+        for hosted in inner.hosted.values() {
+            hosted.set_caller(caller.clone());
+        }
+        Grains(inner)
     }
 }
 
@@ -195,6 +210,35 @@ impl Grains {
         }
     }
 
+    /// An encoded call to grain `kind`/`id`, wherever it lives (what a
+    /// grain's call to another grain becomes).
+    pub(crate) async fn call_encoded(
+        &self,
+        kind: &str,
+        id: &str,
+        command: Vec<u8>,
+        options: CallOptions,
+    ) -> WireResult {
+        let Some(hosted) = self.hosted(kind) else {
+            return Err(CallError::Invalid(format!(
+                "grain kind {kind:?} is not registered on this node"
+            )));
+        };
+        if !valid_id(id) {
+            return Err(CallError::Invalid(format!(
+                "grain id: 1..={MAX_ID_LEN} printable characters without spaces"
+            )));
+        }
+        match &self.0.cluster {
+            None => hosted.call(id.to_owned(), &command, options).await,
+            Some(cluster) => {
+                cluster
+                    .call_encoded(kind, hosted.as_ref(), id, &command, options)
+                    .await
+            }
+        }
+    }
+
     /// The local runtime of kind `G`, if it is registered.
     pub fn runtime<G: Grain>(&self) -> Option<&GrainRuntime<G>> {
         self.0
@@ -230,5 +274,22 @@ impl Grains {
         for hosted in self.0.hosted.values() {
             hosted.passivate_all();
         }
+    }
+}
+
+/// Grain-to-grain calls through the node's kinds. Holds them weakly: the
+/// kinds' runtimes hold it.
+struct GrainsCaller(std::sync::Weak<Inner>);
+
+impl Caller for GrainsCaller {
+    fn call(&self, kind: &str, id: &str, command: Vec<u8>, options: CallOptions) -> EncodedFuture {
+        let grains = self.0.upgrade().map(Grains);
+        let (kind, id) = (kind.to_owned(), id.to_owned());
+        Box::pin(async move {
+            match grains {
+                Some(grains) => grains.call_encoded(&kind, &id, command, options).await,
+                None => Err(CallError::Unavailable("the node is stopping".into())),
+            }
+        })
     }
 }

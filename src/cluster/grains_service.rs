@@ -53,10 +53,16 @@ impl GrainsRpc for GrainsService {
                 "idempotency_key: at most 200 bytes",
             ));
         }
+        if call.chain.len() > 32 || call.chain.iter().any(|key| key.len() > 256) {
+            return Err(Status::invalid_argument(
+                "chain: at most 32 grains of at most 256 bytes each",
+            ));
+        }
         let options = CallOptions {
             expected_version: call.expected_version,
             idempotency: (!call.idempotency_key.is_empty())
                 .then_some((call.idempotency_key, call.request_hash)),
+            chain: call.chain,
         };
         let answer = self
             .remote

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome};
+use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome, decode_answer};
 
 use super::router::{GrainRouter, Route, placement_key};
 use crate::grains::{HostedKind, encode};
@@ -48,73 +48,104 @@ impl Remote {
         command: G::Command,
         options: CallOptions,
     ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        let encoded = std::cell::OnceCell::new();
+        self.place_and_run(
+            G::KIND,
+            id,
+            async || local.call_with(id, command.clone(), options.clone()).await,
+            async |address| {
+                let command = match encoded.get() {
+                    Some(bytes) => bytes,
+                    None => {
+                        let bytes = encode(&command).map_err(|e| {
+                            CallError::Invalid(format!("cannot encode the command: {e}"))
+                        })?;
+                        encoded.get_or_init(|| bytes)
+                    }
+                };
+                let answer = self.forward(address, G::KIND, id, command, &options).await;
+                decode_answer::<G>(answer)
+            },
+        )
+        .await
+    }
+
+    /// The same for a call already encoded (a grain's call to another):
+    /// `hosted` is the kind's runtime here.
+    pub(crate) async fn call_encoded(
+        &self,
+        kind: &str,
+        hosted: &dyn HostedKind,
+        id: &str,
+        command: &[u8],
+        options: CallOptions,
+    ) -> crate::grains::WireResult {
+        self.place_and_run(
+            kind,
+            id,
+            async || hosted.call(id.to_owned(), command, options.clone()).await,
+            async |address| self.forward(address, kind, id, command, &options).await,
+        )
+        .await
+    }
+
+    /// Places grain `kind`/`id` and runs the call: `local()` when it is
+    /// placed here, `remote(address)` when another member hosts it. While
+    /// it cannot be placed, or the member a route named refused before
+    /// running the call, it tries again, bounded by the failover window.
+    async fn place_and_run<T, R>(
+        &self,
+        kind: &str,
+        id: &str,
+        mut local: impl AsyncFnMut() -> Result<T, CallError<R>>,
+        remote: impl AsyncFn(&str) -> Result<T, CallError<R>>,
+    ) -> Result<T, CallError<R>> {
         let router = &self.router;
         if !router.is_serving() {
             return Err(fenced());
         }
-        let key = placement_key(G::KIND, id);
+        let key = placement_key(kind, id);
         let deadline = Instant::now() + router.placement_wait();
         let mut backoff = Duration::from_millis(10);
         let mut moved = 0;
-        let mut encoded = None;
         loop {
             let attempt = Instant::now();
             let refusal = match router.route(&key).await {
-                Ok(Route::Local) => {
-                    match local.call_with(id, command.clone(), options.clone()).await {
-                        // Released between routing and activation (it had
-                        // just passivated): nothing ran; place it again.
-                        Err(CallError::NotOwner(why)) if moved < MOVES => {
-                            moved += 1;
-                            tracing::debug!(grain = %key, %why, "placed elsewhere meanwhile");
+                Ok(Route::Local) => match local().await {
+                    // Released between routing and activation (it had just
+                    // passivated): nothing ran; place it again.
+                    Err(CallError::NotOwner(why)) if moved < MOVES => {
+                        moved += 1;
+                        tracing::debug!(grain = %key, %why, "placed elsewhere meanwhile");
+                        continue;
+                    }
+                    other => return other,
+                },
+                Ok(Route::Remote { address }) => match remote(&address).await {
+                    Err(CallError::NotOwner(why)) => {
+                        router.forget(&key);
+                        moved += 1;
+                        if moved <= MOVES {
                             continue;
                         }
-                        other => return other,
+                        CallError::Placing(format!("the grain is moving between members ({why})"))
                     }
-                }
-                Ok(Route::Remote { address }) => {
-                    let command = match &encoded {
-                        Some(bytes) => bytes,
-                        None => encoded.insert(encode(&command).map_err(|e| {
-                            CallError::Invalid(format!("cannot encode the command: {e}"))
-                        })?),
-                    };
-                    match self.forward(&address, G::KIND, id, command, &options).await {
-                        Err(CallError::NotOwner(why)) => {
-                            router.forget(&key);
-                            moved += 1;
-                            if moved <= MOVES {
-                                continue;
-                            }
-                            CallError::Placing(format!(
-                                "the grain is moving between members ({why})"
-                            ))
-                        }
-                        // The callee refused before running it: nothing
-                        // ran, so the call may go again (to it or another).
-                        Err(err @ (CallError::Fenced(_) | CallError::Placing(_))) => {
-                            router.forget(&key);
-                            err.map_rejection(|_| unreachable!("no rejection"))
-                        }
-                        Err(CallError::Unreachable(why)) => {
-                            router.forget(&key);
-                            return Err(CallError::Unreachable(why));
-                        }
-                        other => {
-                            return other
-                                .and_then(|(reply, version)| {
-                                    decode::<G::Reply>(&reply)
-                                        .map(|reply| Outcome { reply, version })
-                                        .map_err(|e| {
-                                            CallError::Unavailable(format!(
-                                                "the owner sent a reply that does not decode: {e}"
-                                            ))
-                                        })
-                                })
-                                .map_err(decode_rejection::<G>);
-                        }
+                    // The callee refused before running it: nothing ran, so
+                    // the call may go again (to it or another member).
+                    Err(CallError::Fenced(why)) => {
+                        router.forget(&key);
+                        CallError::Fenced(why)
                     }
-                }
+                    Err(CallError::Placing(why)) => {
+                        router.forget(&key);
+                        CallError::Placing(why)
+                    }
+                    Err(CallError::Unreachable(why)) => {
+                        router.forget(&key);
+                        return Err(CallError::Unreachable(why));
+                    }
+                    other => return other,
+                },
                 Err(unroutable) => CallError::Placing(unroutable.0),
             };
             if !router.is_serving() {
@@ -155,6 +186,7 @@ impl Remote {
             expected_version: options.expected_version,
             idempotency_key,
             request_hash,
+            chain: options.chain.clone(),
         });
         call.set_timeout(FORWARD_DEADLINE);
         let answer = client.call(call).await.map_err(|status| {
@@ -200,25 +232,4 @@ fn fenced<R>() -> CallError<R> {
     CallError::Fenced(
         "this node cannot see a majority of the cluster; retry, here or on another node".into(),
     )
-}
-
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
-    rmp_serde::from_slice(bytes)
-}
-
-fn decode_rejection<G: Grain>(err: CallError<Vec<u8>>) -> CallError<G::Rejection> {
-    let mut failed = None;
-    let decoded = err.map_rejection(|bytes| match decode::<G::Rejection>(&bytes) {
-        Ok(rejection) => Some(rejection),
-        Err(e) => {
-            failed = Some(e.to_string());
-            None
-        }
-    });
-    match (decoded, failed) {
-        (_, Some(why)) => CallError::Unavailable(format!(
-            "the owner sent a refusal that does not decode: {why}"
-        )),
-        (decoded, None) => decoded.map_rejection(|rejection| rejection.expect("decoded")),
-    }
 }

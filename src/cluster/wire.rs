@@ -268,6 +268,7 @@ pub(crate) fn grain_answer_to_wire(
                 CallError::Fenced(why) => E::Fenced(why),
                 CallError::Placing(why) => E::Placing(why),
                 CallError::Invalid(why) => E::Invalid(why),
+                CallError::Cycle(chain) => E::Cycle(chain),
                 // Only a caller's own view; it never travels.
                 CallError::Unreachable(why) => E::Unavailable(why),
             };
@@ -307,6 +308,7 @@ pub(crate) fn grain_answer_from_wire(
             E::Fenced(why) => CallError::Fenced(why),
             E::Placing(why) => CallError::Placing(why),
             E::Invalid(why) => CallError::Invalid(why),
+            E::Cycle(chain) => CallError::Cycle(chain),
         }),
     }
 }
@@ -342,6 +344,7 @@ mod tests {
             CallError::Fenced("no majority".into()),
             CallError::Placing("rebuilding".into()),
             CallError::Invalid("bad id".into()),
+            CallError::Cycle("cart/a → stock/b → cart/a".into()),
         ];
         for error in errors {
             let encoded = error

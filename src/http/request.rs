@@ -167,6 +167,7 @@ pub(crate) fn call_options(req: &HttpRequest, body: &[u8]) -> Result<CallOptions
     Ok(CallOptions {
         expected_version: expected_version(req)?,
         idempotency: idempotency(req, body)?,
+        ..CallOptions::default()
     })
 }
 

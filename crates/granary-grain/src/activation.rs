@@ -37,6 +37,8 @@ pub(crate) struct Call<G: Grain> {
     pub(crate) options: CallOptions,
     /// 0 for the first send of a call, then 1, 2, … for the runtime's retries.
     pub(crate) attempt: u32,
+    /// Its `Grain::resolve` has run (the command is the resolved one).
+    pub(crate) resolved: bool,
 }
 
 impl<G: Grain> Message for Call<G> {
@@ -236,7 +238,6 @@ impl<G: Grain> GrainActor<G> {
         })
     }
 
-    /// Decides the command and, if it yields events, writes them.
     /// Whether this activation may answer or append now (see `Lease`).
     /// After a fence it never may: it refuses every call already queued
     /// (none of them is resent elsewhere or run) and stops behind them.
@@ -250,6 +251,8 @@ impl<G: Grain> GrainActor<G> {
         })
     }
 
+    /// Decides the command (after the calls it needs, if any) and, if it
+    /// yields events, writes them.
     fn execute(&mut self, call: Call<G>, ctx: &mut Context<Self>) -> GrainResponse<G> {
         // Checked against the clock right before answering or appending
         // (both happen in this same step): a member resumed after a pause
@@ -283,6 +286,40 @@ impl<G: Grain> GrainActor<G> {
                 expected,
                 actual: self.version,
             }));
+        }
+        if !call.resolved {
+            let calls = crate::calls::Calls::new(self.shared.caller.get().cloned(), {
+                let mut chain = call.options.chain.clone();
+                chain.push(self.key.to_string());
+                chain
+            });
+            let resolution = catch_unwind(AssertUnwindSafe(|| {
+                self.state.resolve(&call.command, &calls)
+            }));
+            match resolution {
+                Ok(None) => {}
+                Ok(Some(future)) => {
+                    // The calls run while this grain takes no other command;
+                    // then the command they resolved to is decided (its
+                    // lease checked again: time has passed).
+                    return GrainResponse::Pending(Box::pin(future.into_actor(self).then(
+                        move |command, act, ctx| -> LocalBoxActorFuture<Self, CallResult<G>> {
+                            let call = Call {
+                                command,
+                                resolved: true,
+                                ..call
+                            };
+                            match act.execute(call, ctx) {
+                                GrainResponse::Ready(result) => Box::pin(actix::fut::ready(result)),
+                                GrainResponse::Pending(future) => future,
+                            }
+                        },
+                    )));
+                }
+                Err(panic) => {
+                    return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
+                }
+            }
         }
         let decided = catch_unwind(AssertUnwindSafe(|| self.state.decide(&call.command)));
         let events = match decided {

@@ -42,6 +42,11 @@ pub enum CallError<R> {
     /// that does not decode): nothing ran.
     #[error("invalid call: {0}")]
     Invalid(String),
+    /// The call would come back to a grain already waiting on it (A → B →
+    /// A): it would wait behind that grain's held mailbox. Nothing ran. The
+    /// chain of grains, in order.
+    #[error("a call cycle: {0}")]
+    Cycle(String),
     /// The call went to the member hosting the grain and no answer came
     /// back: whether it ran is unknown. Not resent.
     #[error("the grain's owner did not answer; the outcome is unknown: {0}")]
@@ -65,6 +70,7 @@ impl<R> CallError<R> {
             CallError::Fenced(why) => CallError::Fenced(why),
             CallError::Placing(why) => CallError::Placing(why),
             CallError::Invalid(why) => CallError::Invalid(why),
+            CallError::Cycle(chain) => CallError::Cycle(chain),
             CallError::Unreachable(why) => CallError::Unreachable(why),
         }
     }

@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::calls::{Calls, Resolution};
+
 /// A kind of grain, event-sourced.
 ///
 /// The state (`Self`) starts at [`Default`] and changes only through
@@ -34,6 +36,16 @@ pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
 
     /// The answer to `command` once its events (if any) are applied.
     fn reply(&self, command: &Self::Command) -> Self::Reply;
+
+    /// A command that needs other grains first: the calls to make, through
+    /// `calls`, as a future yielding the command to decide once they are
+    /// answered (typically one carrying their answers, for `decide` to
+    /// record as events). The grain takes no other command meanwhile. The
+    /// default needs none. See [`Calls`].
+    fn resolve(&self, command: &Self::Command, calls: &Calls) -> Option<Resolution<Self::Command>> {
+        let _ = (command, calls);
+        None
+    }
 }
 
 /// A successful call: the grain's reply and its version after the command

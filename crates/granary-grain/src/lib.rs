@@ -19,6 +19,8 @@
 //!   one activation.
 //! - `activation.rs`: the actix actor hosting one grain: loads state on
 //!   start, handles one command at a time, supervises panics.
+//! - [`Calls`] (`calls.rs`): grain-to-grain calls a command makes before it
+//!   is decided (`Grain::resolve`), with deadlines and cycle detection.
 //! - [`Ownership`], [`Lease`] (`tenure.rs`): in a cluster, whether this
 //!   member may host a grain (and with which owner epoch), and until when
 //!   it may serve; checked before every activation, answer and append.
@@ -35,6 +37,7 @@
 //! from the store and the runtime retry the command against fresh state.
 
 mod activation;
+mod calls;
 mod config;
 mod error;
 mod grain;
@@ -43,6 +46,9 @@ mod runtime;
 mod stats;
 mod tenure;
 
+pub use calls::{
+    Caller, Calls, EncodedFuture, EncodedResult, Resolution, decode_answer, grain_key,
+};
 pub use config::{Placement, RuntimeConfig};
 pub use error::CallError;
 pub use grain::{Grain, Outcome};

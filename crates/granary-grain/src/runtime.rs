@@ -25,6 +25,9 @@ pub struct CallOptions {
     /// the same key and hash gets the first answer and changes nothing; the
     /// same key with another hash is refused.
     pub idempotency: Option<(String, u64)>,
+    /// The grains waiting on this call (`kind/id`), set by grain-to-grain
+    /// calls: a call to one of them fails at once (`CallError::Cycle`).
+    pub chain: Vec<String>,
 }
 
 /// A call queued in an activation's mailbox.
@@ -40,6 +43,8 @@ pub(crate) struct Shared<G: Grain> {
     pub(crate) ownership: Option<Arc<dyn Ownership>>,
     /// Until when this member may serve (unbounded alone).
     pub(crate) lease: Arc<Lease>,
+    /// How its grains call other grains (set once the node has them all).
+    pub(crate) caller: std::sync::OnceLock<Arc<dyn crate::calls::Caller>>,
     /// A coarse clock (milliseconds since start) the idle sweeper advances
     /// each tick: a call marks its grain used by reading it, which is far
     /// cheaper than reading the system clock on every call. Idle times are
@@ -110,6 +115,7 @@ where
             counters: Counters::default(),
             ownership,
             lease,
+            caller: std::sync::OnceLock::new(),
             clock_ms: AtomicU64::new(0),
             started: Instant::now(),
             arbiters,
@@ -150,12 +156,21 @@ where
         command: G::Command,
         options: CallOptions,
     ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        if !options.chain.is_empty() {
+            let me = crate::calls::grain_key(G::KIND, id);
+            if options.chain.contains(&me) {
+                let mut chain = options.chain.clone();
+                chain.push(me);
+                return Err(CallError::Cycle(chain.join(" → ")));
+            }
+        }
         let mut attempt = 0;
         loop {
             let call = Call {
                 command: command.clone(),
                 options: options.clone(),
                 attempt,
+                resolved: false,
             };
             let request = self.send(id, call)?;
             // No timer per call (it would cost more than a call answered from
@@ -264,6 +279,12 @@ where
             .counters
             .passivations
             .fetch_add(retired as u64, Ordering::Relaxed);
+    }
+
+    /// Lets this runtime's grains call other grains through `caller` (see
+    /// [`Grain::resolve`]). Set once; later calls change nothing.
+    pub fn set_caller(&self, caller: Arc<dyn crate::calls::Caller>) {
+        let _ = self.shared.caller.set(caller);
     }
 
     /// The store this runtime writes to.
