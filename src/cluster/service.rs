@@ -392,6 +392,7 @@ impl Cluster for ClusterService {
                     events: vec![b"revoked".to_vec()],
                     idempotency: None,
                     epoch: 0,
+                    reminders: Vec::new(),
                 })
                 .await;
             match written {

@@ -396,6 +396,7 @@ impl<G: Grain> GrainActor<G> {
                 events: payloads,
                 idempotency: idempotency.clone(),
                 epoch: self.tenure.epoch,
+                reminders: Vec::new(),
             }),
         );
         Ok(Box::pin(append.into_actor(self).map(

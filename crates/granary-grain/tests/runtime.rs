@@ -377,6 +377,16 @@ impl EventStore for GatedStore {
     fn cluster_id(&self, propose: Option<String>) -> granary_store::StoreFuture<Option<String>> {
         self.inner.cluster_id(propose)
     }
+    fn due_reminders(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> granary_store::StoreFuture<Vec<granary_store::DueReminder>> {
+        self.inner.due_reminders(now, limit)
+    }
+    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> granary_store::StoreFuture<()> {
+        self.inner.finish_reminder(key, id, due)
+    }
     fn stats(&self) -> granary_store::StoreStats {
         self.inner.stats()
     }
@@ -431,6 +441,16 @@ impl EventStore for FlakyStore {
     }
     fn cluster_id(&self, propose: Option<String>) -> granary_store::StoreFuture<Option<String>> {
         self.inner.cluster_id(propose)
+    }
+    fn due_reminders(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> granary_store::StoreFuture<Vec<granary_store::DueReminder>> {
+        self.inner.due_reminders(now, limit)
+    }
+    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> granary_store::StoreFuture<()> {
+        self.inner.finish_reminder(key, id, due)
     }
     fn stats(&self) -> granary_store::StoreStats {
         self.inner.stats()
@@ -487,6 +507,7 @@ async fn after_an_unknown_outcome_the_grain_catches_up_before_answering() {
             events: vec![b"2".to_vec()],
             idempotency: None,
             epoch: 0,
+            reminders: Vec::new(),
         })
         .await;
     assert_eq!(landed, Ok(2));

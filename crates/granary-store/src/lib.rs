@@ -41,5 +41,6 @@ pub use postgres::{PostgresStore, PostgresStoreOptions};
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
 pub use store::{EventStore, StoreFuture, StoreStats};
 pub use types::{
-    AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, MAX_EPOCH, Snapshot,
+    AppendRequest, DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, MAX_EPOCH,
+    Reminder, ReminderChange, Snapshot,
 };

@@ -4,7 +4,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::StoreError;
-use crate::types::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+use crate::types::{
+    AppendRequest, DueReminder, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
+};
 
 /// A boxed future that any executor can await.
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
@@ -56,6 +58,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// compare ids when one joins, so a node pointed at another store
     /// cannot join (its carts would not be the cluster's carts).
     fn cluster_id(&self, propose: Option<String>) -> StoreFuture<Option<String>>;
+
+    /// Reminders due at `now` (milliseconds since the Unix epoch), soonest
+    /// first, at most `limit`.
+    fn due_reminders(&self, now: u64, limit: usize) -> StoreFuture<Vec<DueReminder>>;
+
+    /// Removes reminder `id` of `key` if it is still due at `due` (one set
+    /// again meanwhile, to another time, stays).
+    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> StoreFuture<()>;
 
     /// The engine's counters.
     fn stats(&self) -> StoreStats;

@@ -68,6 +68,36 @@ pub struct AppendRequest {
     ///
     /// [`StoreError::Fenced`]: crate::StoreError::Fenced
     pub epoch: u64,
+    /// Changes to the grain's reminders, made in the same transaction as
+    /// the events (so a reminder an event asks for is never lost, and one a
+    /// refused append asked for is never set).
+    pub reminders: Vec<ReminderChange>,
+}
+
+/// "At or after `due`, deliver `payload` to this grain": a durable timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reminder {
+    /// Names the reminder within its grain; setting an existing id moves
+    /// it.
+    pub id: String,
+    /// When it is due: milliseconds since the Unix epoch.
+    pub due: u64,
+    /// What to deliver (the grain kind's command, encoded).
+    pub payload: Vec<u8>,
+}
+
+/// A change to one grain's reminders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReminderChange {
+    Set(Reminder),
+    Cancel { id: String },
+}
+
+/// A reminder that is due, and whose grain it is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueReminder {
+    pub key: GrainKey,
+    pub reminder: Reminder,
 }
 
 impl AppendRequest {
@@ -77,6 +107,25 @@ impl AppendRequest {
             return Err(crate::StoreError::Invalid(
                 "an append needs at least one event".into(),
             ));
+        }
+        for change in &self.reminders {
+            let id = match change {
+                ReminderChange::Set(reminder) => {
+                    if reminder.due > MAX_EPOCH {
+                        return Err(crate::StoreError::Invalid(format!(
+                            "reminder {:?} is due beyond what a store keeps",
+                            reminder.id
+                        )));
+                    }
+                    &reminder.id
+                }
+                ReminderChange::Cancel { id } => id,
+            };
+            if id.is_empty() || id.len() > 200 {
+                return Err(crate::StoreError::Invalid(
+                    "a reminder id is 1..=200 bytes".into(),
+                ));
+            }
         }
         if self.epoch > MAX_EPOCH {
             return Err(crate::StoreError::Invalid(format!(

@@ -41,7 +41,8 @@ use tokio_postgres::error::SqlState;
 use crate::error::StoreError;
 use crate::store::{EventStore, StoreFuture, StoreStats, queued};
 use crate::types::{
-    AppendRequest, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
+    AppendRequest, DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Reminder,
+    ReminderChange, Snapshot,
 };
 use link::{Link, classify};
 use tls::MakeRustls;
@@ -96,6 +97,8 @@ enum ReadOp {
     Find(GrainKey, String, Reply<Option<IdempotencyRecord>>),
     Snapshot(GrainKey, Snapshot, Reply<()>),
     ClusterId(Option<String>, Reply<Option<String>>),
+    DueReminders(u64, usize, Reply<Vec<DueReminder>>),
+    FinishReminder(GrainKey, String, u64, Reply<()>),
 }
 
 struct Shared {
@@ -336,6 +339,15 @@ impl EventStore for PostgresStore {
         self.read(|reply| ReadOp::ClusterId(propose, reply))
     }
 
+    fn due_reminders(&self, now: u64, limit: usize) -> StoreFuture<Vec<DueReminder>> {
+        self.read(|reply| ReadOp::DueReminders(now, limit, reply))
+    }
+
+    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> StoreFuture<()> {
+        let (key, id) = (key.clone(), id.to_owned());
+        self.read(|reply| ReadOp::FinishReminder(key, id, due, reply))
+    }
+
     fn stats(&self) -> StoreStats {
         let c = &self.shared.counters;
         StoreStats {
@@ -428,43 +440,61 @@ async fn write_batch(
                 .iter()
                 .zip(&grains)
                 .all(|stream| streams.insert(stream));
-            let call = async {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let sent = if distinct {
-                        match client.query(&statements.append_fast, &params).await {
-                            // A writer of the same stream raced the batch:
-                            // nothing was written; again, refusing only
-                            // that append.
-                            Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                                client.query(&statements.append, &params).await
-                            }
-                            other => other,
-                        }
-                    } else {
-                        client.query(&statements.append, &params).await
-                    };
-                    match sent {
-                        // The server rolled the batch back to break a lock
-                        // cycle with a writer that does not order its
-                        // streams: nothing was written, so send it again.
-                        Err(err)
-                            if attempt < 3
-                                && (err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-                                    || err.code()
-                                        == Some(&SqlState::T_R_SERIALIZATION_FAILURE)) => {}
-                        other => break other,
-                    }
+            // Reminders are set with their appends, in one transaction.
+            let reminders: Vec<&[ReminderChange]> = batch
+                .iter()
+                .map(|a| a.request.reminders.as_slice())
+                .collect();
+            if reminders.iter().any(|r| !r.is_empty()) {
+                let call =
+                    append_with_reminders(client, statements, &params, &kinds, &grains, &reminders);
+                match tokio::time::timeout(options.round_trip_timeout, call).await {
+                    Ok(Ok(rows)) => Ok(rows),
+                    Ok(Err(err)) => Err(classify(&err, true)),
+                    Err(_) => Err(StoreError::Indeterminate(format!(
+                        "no answer from PostgreSQL within {:?}",
+                        options.round_trip_timeout
+                    ))),
                 }
-            };
-            match tokio::time::timeout(options.round_trip_timeout, call).await {
-                Ok(Ok(rows)) => Ok(rows),
-                Ok(Err(err)) => Err(classify(&err, true)),
-                Err(_) => Err(StoreError::Indeterminate(format!(
-                    "no answer from PostgreSQL within {:?}",
-                    options.round_trip_timeout
-                ))),
+            } else {
+                let call = async {
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        let sent = if distinct {
+                            match client.query(&statements.append_fast, &params).await {
+                                // A writer of the same stream raced the batch:
+                                // nothing was written; again, refusing only
+                                // that append.
+                                Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                                    client.query(&statements.append, &params).await
+                                }
+                                other => other,
+                            }
+                        } else {
+                            client.query(&statements.append, &params).await
+                        };
+                        match sent {
+                            // The server rolled the batch back to break a lock
+                            // cycle with a writer that does not order its
+                            // streams: nothing was written, so send it again.
+                            Err(err)
+                                if attempt < 3
+                                    && (err.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                                        || err.code()
+                                            == Some(&SqlState::T_R_SERIALIZATION_FAILURE)) => {}
+                            other => break other,
+                        }
+                    }
+                };
+                match tokio::time::timeout(options.round_trip_timeout, call).await {
+                    Ok(Ok(rows)) => Ok(rows),
+                    Ok(Err(err)) => Err(classify(&err, true)),
+                    Err(_) => Err(StoreError::Indeterminate(format!(
+                        "no answer from PostgreSQL within {:?}",
+                        options.round_trip_timeout
+                    ))),
+                }
             }
         }
     };
@@ -589,6 +619,43 @@ async fn read_loop(
                 });
                 let _ = reply.send(answer);
             }
+            ReadOp::DueReminders(now, limit, reply) => {
+                let answer = exchange(&mut link, deadline, |c, _| async move {
+                    let rows = c
+                        .query(
+                            "SELECT kind, grain, id, due, payload FROM granary_reminders
+                              WHERE due <= $1 ORDER BY due LIMIT $2",
+                            &[&(now as i64), &(limit as i64)],
+                        )
+                        .await?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|row| DueReminder {
+                            key: GrainKey::new(row.get::<_, String>(0), row.get::<_, String>(1)),
+                            reminder: Reminder {
+                                id: row.get(2),
+                                due: row.get::<_, i64>(3) as u64,
+                                payload: row.get(4),
+                            },
+                        })
+                        .collect())
+                })
+                .await;
+                let _ = reply.send(answer);
+            }
+            ReadOp::FinishReminder(key, id, due, reply) => {
+                let answer = exchange(&mut link, deadline, |c, _| async move {
+                    c.execute(
+                        "DELETE FROM granary_reminders
+                          WHERE kind = $1 AND grain = $2 AND id = $3 AND due = $4",
+                        &[&key.kind, &key.id, &id, &(due as i64)],
+                    )
+                    .await?;
+                    Ok(())
+                })
+                .await;
+                let _ = reply.send(answer);
+            }
             ReadOp::ClusterId(propose, reply) => {
                 let answer = exchange(&mut link, deadline, |c, _| async move {
                     if let Some(id) = &propose {
@@ -660,4 +727,68 @@ fn loaded(rows: Vec<tokio_postgres::Row>) -> LoadedGrain {
         grain.version = grain.version.max(version);
     }
     grain
+}
+
+/// A batch whose appends set or cancel reminders: the appends (through
+/// `granary_append`) and, for each one accepted, its reminder changes, in
+/// one transaction.
+async fn append_with_reminders(
+    client: &tokio_postgres::Client,
+    statements: &link::Statements,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    kinds: &[&str],
+    grains: &[&str],
+    reminders: &[&[ReminderChange]],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let done = async {
+        let rows = client.query(&statements.append, params).await?;
+        for row in &rows {
+            let index: i32 = row.get(0);
+            let outcome: String = row.get(1);
+            let Some(i) = (index as usize).checked_sub(1) else {
+                continue;
+            };
+            if outcome != "ok" {
+                continue;
+            }
+            for change in reminders.get(i).copied().unwrap_or_default() {
+                match change {
+                    ReminderChange::Set(reminder) => {
+                        client
+                            .execute(
+                                "INSERT INTO granary_reminders (kind, grain, id, due, payload)
+                                 VALUES ($1, $2, $3, $4, $5)
+                                 ON CONFLICT (kind, grain, id)
+                                 DO UPDATE SET due = excluded.due, payload = excluded.payload",
+                                &[
+                                    &kinds[i],
+                                    &grains[i],
+                                    &reminder.id,
+                                    &(reminder.due as i64),
+                                    &reminder.payload,
+                                ],
+                            )
+                            .await?;
+                    }
+                    ReminderChange::Cancel { id } => {
+                        client
+                            .execute(
+                                "DELETE FROM granary_reminders WHERE kind = $1 AND grain = $2 AND id = $3",
+                                &[&kinds[i], &grains[i], id],
+                            )
+                            .await?;
+                    }
+                }
+            }
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(rows)
+    }
+    .await;
+    if done.is_err() {
+        // Nothing of the batch is kept; the connection is usable again.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    done
 }

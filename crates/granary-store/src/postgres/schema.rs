@@ -196,6 +196,18 @@ const MIGRATIONS: &[&str] = &[
         END LOOP;
     END $$;
     "#,
+    // 3: reminders (durable timers), set and cancelled with appends.
+    r#"
+    CREATE TABLE granary_reminders (
+        kind text NOT NULL,
+        grain text NOT NULL,
+        id text NOT NULL,
+        due bigint NOT NULL,
+        payload bytea NOT NULL,
+        PRIMARY KEY (kind, grain, id)
+    );
+    CREATE INDEX granary_reminders_due ON granary_reminders (due);
+    "#,
 ];
 
 /// Brings the database's schema up to [`SCHEMA_VERSION`] in one

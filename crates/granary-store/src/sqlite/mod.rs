@@ -22,7 +22,9 @@ use tokio::sync::oneshot;
 
 use crate::error::StoreError;
 use crate::store::{EventStore, StoreFuture, StoreStats, queued};
-use crate::types::{AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+use crate::types::{
+    AppendRequest, DueReminder, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
+};
 
 use reader::ReadOp;
 use writer::WriteOp;
@@ -236,6 +238,20 @@ impl EventStore for SqliteStore {
             spawned.map_err(|e| StoreError::Unavailable(format!("cannot start a thread: {e}")))?;
             rx.await
                 .unwrap_or_else(|_| Err(StoreError::Unavailable("store thread stopped".into())))
+        })
+    }
+
+    fn due_reminders(&self, now: u64, limit: usize) -> StoreFuture<Vec<DueReminder>> {
+        self.submit_read(|reply| ReadOp::DueReminders { now, limit, reply })
+    }
+
+    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> StoreFuture<()> {
+        let (key, id) = (key.clone(), id.to_owned());
+        self.submit_write(|reply| WriteOp::FinishReminder {
+            key,
+            id,
+            due,
+            reply,
         })
     }
 

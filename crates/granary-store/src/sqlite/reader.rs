@@ -8,7 +8,9 @@ use tokio::sync::oneshot;
 
 use super::Counters;
 use crate::error::StoreError;
-use crate::types::{EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot};
+use crate::types::{
+    DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Reminder, Snapshot,
+};
 
 pub(crate) enum ReadOp {
     Load {
@@ -19,6 +21,11 @@ pub(crate) enum ReadOp {
         key: GrainKey,
         idempotency_key: String,
         reply: oneshot::Sender<Result<Option<IdempotencyRecord>, StoreError>>,
+    },
+    DueReminders {
+        now: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<DueReminder>, StoreError>>,
     },
 }
 
@@ -47,6 +54,9 @@ pub(crate) fn run(
                 reply,
             } => {
                 let _ = reply.send(find_idempotent(&conn, &key, &idempotency_key));
+            }
+            ReadOp::DueReminders { now, limit, reply } => {
+                let _ = reply.send(due_reminders(&conn, now, limit));
             }
         }
     }
@@ -121,4 +131,25 @@ fn find_idempotent(
         })
         .optional()?;
     Ok(found)
+}
+
+fn due_reminders(
+    conn: &Connection,
+    now: u64,
+    limit: usize,
+) -> Result<Vec<DueReminder>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, grain, id, due, payload FROM reminders WHERE due <= ?1 ORDER BY due LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now as i64, limit as i64], |row| {
+        Ok(DueReminder {
+            key: GrainKey::new(row.get::<_, String>(0)?, row.get::<_, String>(1)?),
+            reminder: Reminder {
+                id: row.get(2)?,
+                due: row.get::<_, i64>(3)? as u64,
+                payload: row.get(4)?,
+            },
+        })
+    })?;
+    rows.collect::<Result<_, _>>().map_err(StoreError::from)
 }

@@ -36,6 +36,16 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 2: the owner epoch (fencing token) that wrote each event.
     "ALTER TABLE events ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+    // 3: reminders (durable timers), set and cancelled with appends.
+    "CREATE TABLE reminders (
+        kind TEXT NOT NULL,
+        grain TEXT NOT NULL,
+        id TEXT NOT NULL,
+        due INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (kind, grain, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX reminders_due ON reminders (due);",
 ];
 
 /// Brings the file's schema up to [`SCHEMA_VERSION`], in one immediate

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::Counters;
 use crate::error::StoreError;
-use crate::types::{AppendRequest, GrainKey, Snapshot};
+use crate::types::{AppendRequest, GrainKey, ReminderChange, Snapshot};
 
 pub(crate) enum WriteOp {
     Append {
@@ -24,6 +24,12 @@ pub(crate) enum WriteOp {
     Snapshot {
         key: GrainKey,
         snapshot: Snapshot,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    FinishReminder {
+        key: GrainKey,
+        id: String,
+        due: u64,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
@@ -108,6 +114,24 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                 Ok(()) => outcomes.push(Outcome::Snapshotted(reply)),
                 Err(err) => outcomes.push(Outcome::Refused(WriteReply::Snapshot(reply), err)),
             },
+            WriteOp::FinishReminder {
+                key,
+                id,
+                due,
+                reply,
+            } => {
+                let finished = tx
+                    .execute(
+                        "DELETE FROM reminders WHERE kind = ?1 AND grain = ?2 AND id = ?3 AND due = ?4",
+                        params![key.kind, key.id, id, due as i64],
+                    )
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                match finished {
+                    Ok(()) => outcomes.push(Outcome::Snapshotted(reply)),
+                    Err(err) => outcomes.push(Outcome::Refused(WriteReply::Snapshot(reply), err)),
+                }
+            }
         }
         if tx.is_autocommit() {
             // SQLite rolled the whole transaction back (I/O error, disk
@@ -162,7 +186,9 @@ fn fail_all(ops: impl Iterator<Item = WriteOp>, err: &StoreError) {
     for op in ops {
         match op {
             WriteOp::Append { reply, .. } => WriteReply::Append(reply).fail(err.clone()),
-            WriteOp::Snapshot { reply, .. } => WriteReply::Snapshot(reply).fail(err.clone()),
+            WriteOp::Snapshot { reply, .. } | WriteOp::FinishReminder { reply, .. } => {
+                WriteReply::Snapshot(reply).fail(err.clone())
+            }
         }
     }
 }
@@ -210,6 +236,29 @@ fn append_one(tx: &mut Transaction<'_>, request: &AppendRequest) -> Result<u64, 
                 payload,
                 request.epoch as i64
             ])?;
+        }
+    }
+    for change in &request.reminders {
+        match change {
+            ReminderChange::Set(reminder) => {
+                sp.prepare_cached(
+                    "INSERT INTO reminders (kind, grain, id, due, payload) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (kind, grain, id) DO UPDATE SET due = excluded.due, payload = excluded.payload",
+                )?
+                .execute(params![
+                    key.kind,
+                    key.id,
+                    reminder.id,
+                    reminder.due as i64,
+                    reminder.payload
+                ])?;
+            }
+            ReminderChange::Cancel { id } => {
+                sp.prepare_cached(
+                    "DELETE FROM reminders WHERE kind = ?1 AND grain = ?2 AND id = ?3",
+                )?
+                .execute(params![key.kind, key.id, id])?;
+            }
         }
     }
     if let Some(record) = &request.idempotency {

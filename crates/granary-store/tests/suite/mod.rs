@@ -30,6 +30,7 @@ macro_rules! every_suite_test {
             streams_are_isolated_by_kind_and_id,
             cluster_id_is_recorded_once,
             an_append_from_an_older_owner_epoch_is_refused_and_writes_nothing,
+            reminders_are_set_and_cancelled_with_their_appends_and_come_due_in_order,
         );
     };
 }
@@ -37,7 +38,8 @@ macro_rules! every_suite_test {
 use std::sync::Arc;
 
 use granary_store::{
-    AppendRequest, EventStore, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError,
+    AppendRequest, EventStore, GrainKey, IdempotencyRecord, LoadedGrain, Reminder,
+    ReminderChange, Snapshot, StoreError,
 };
 use tokio::sync::Barrier;
 
@@ -65,6 +67,7 @@ pub fn append_request(
         events,
         idempotency: None,
         epoch: 0,
+        reminders: Vec::new(),
     }
 }
 
@@ -778,4 +781,78 @@ pub async fn an_append_from_an_older_owner_epoch_is_refused_and_writes_nothing(
     assert_eq!((loaded.version, loaded.epoch), (3, 9));
     let written: Vec<&[u8]> = loaded.events.iter().map(|e| e.payload.as_slice()).collect();
     assert_eq!(written, [b"a-1".as_slice(), b"b-2", b"c-3"]);
+}
+
+/// Reminders are durable timers set (and cancelled) in the same
+/// transaction as the append that asks for them: one whose append is
+/// refused is never set. They come due in order; finishing one removes it
+/// only if it was not moved meanwhile.
+pub async fn reminders_are_set_and_cancelled_with_their_appends_and_come_due_in_order(
+    store: Arc<dyn EventStore>,
+) {
+    let (a, b) = (cart("remind-a"), cart("remind-b"));
+    let set = |id: &str, due: u64| {
+        ReminderChange::Set(Reminder {
+            id: id.into(),
+            due,
+            payload: format!("{id}@{due}").into_bytes(),
+        })
+    };
+    let with = |key: &GrainKey, expected: u64, changes: Vec<ReminderChange>| AppendRequest {
+        reminders: changes,
+        ..append_request(key, expected, payloads("r", expected + 1, 1))
+    };
+    store
+        .append(with(&a, 0, vec![set("expire", 2_000), set("nudge", 5_000)]))
+        .await
+        .expect("append with reminders");
+    store
+        .append(with(&b, 0, vec![set("expire", 1_000)]))
+        .await
+        .expect("append with a reminder");
+    // A refused append sets nothing.
+    assert!(matches!(
+        store.append(with(&b, 0, vec![set("never", 10)])).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let due = |now| {
+        let store = store.clone();
+        async move {
+            store
+                .due_reminders(now, 10)
+                .await
+                .expect("due reminders")
+                .into_iter()
+                .map(|d| (d.key.id, d.reminder.id, d.reminder.due))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(due(999).await, []);
+    assert_eq!(
+        due(2_000).await,
+        [
+            ("remind-b".to_owned(), "expire".to_owned(), 1_000),
+            ("remind-a".to_owned(), "expire".to_owned(), 2_000)
+        ]
+    );
+    let payload = store.due_reminders(1_000, 1).await.unwrap()[0].reminder.payload.clone();
+    assert_eq!(payload, b"expire@1000");
+    // Moved (set again) while it was being delivered: finishing the old
+    // time leaves the new one.
+    store
+        .append(with(&b, 1, vec![set("expire", 3_000)]))
+        .await
+        .expect("move it");
+    store.finish_reminder(&b, "expire", 1_000).await.expect("finish");
+    assert_eq!(due(2_500).await.len(), 1, "only a's is due now");
+    store.finish_reminder(&b, "expire", 3_000).await.expect("finish");
+    // Cancelled with an append.
+    store
+        .append(with(&a, 1, vec![ReminderChange::Cancel { id: "nudge".into() }]))
+        .await
+        .expect("cancel");
+    assert_eq!(
+        due(u64::MAX >> 2).await,
+        [("remind-a".to_owned(), "expire".to_owned(), 2_000)]
+    );
 }
