@@ -212,7 +212,7 @@ impl Grains {
 
     /// An encoded call to grain `kind`/`id`, wherever it lives (what a
     /// grain's call to another grain becomes).
-    pub(crate) async fn call_encoded(
+    pub async fn call_encoded(
         &self,
         kind: &str,
         id: &str,
@@ -245,6 +245,11 @@ impl Grains {
             .runtimes
             .get(&TypeId::of::<G>())
             .and_then(|runtime| runtime.downcast_ref::<GrainRuntime<G>>())
+    }
+
+    /// Whether a kind of this name is registered here.
+    pub fn hosts(&self, kind: &str) -> bool {
+        self.0.hosted.contains_key(kind)
     }
 
     /// The kind named `kind`, as calls from other members reach it.

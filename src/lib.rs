@@ -15,6 +15,7 @@
 //!     the gRPC services, and stops them in order;
 //!   - [`grains`]: the grain kinds a node hosts, and `Grains::call`,
 //!     which reaches a grain of any kind wherever it lives in the cluster;
+//!   - [`reminders`]: delivering grains' durable reminders when due;
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind;
@@ -29,5 +30,6 @@ pub mod grains;
 pub mod http;
 pub mod node;
 mod proto;
+pub mod reminders;
 pub mod security;
 pub mod status;

@@ -272,6 +272,15 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         trust.map(|trust| (keys.clone(), trust)),
     )?;
 
+    // Due reminders of the grains whose partitions this member holds.
+    {
+        let router = router.clone();
+        actix_rt::spawn(crate::reminders::deliver(
+            store.clone(),
+            grains.clone(),
+            move |key| router.is_holder(key),
+        ));
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let state = ApiState {
         grains: grains.clone(),

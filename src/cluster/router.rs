@@ -315,6 +315,12 @@ impl GrainRouter {
             .cloned()
     }
 
+    /// Whether this member holds the directory partition of `key` (it
+    /// delivers the grain's reminders).
+    pub fn is_holder(&self, key: &str) -> bool {
+        lock(&self.placement).directory().holder(key) == Some(&self.cluster.me().id)
+    }
+
     /// The member of the current view with this id.
     pub fn member_at_id(&self, id: &NodeId) -> Option<Member> {
         lock(&self.placement).view().members.get(id).cloned()

@@ -15,7 +15,8 @@ use actix::dev::{MessageResponse, OneshotSender};
 use actix::fut::{ActorFutureExt, LocalBoxActorFuture, WrapFuture};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
 use granary_store::{
-    AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot, StoreError,
+    AppendRequest, GrainKey, IdempotencyRecord, LoadedGrain, Reminder, ReminderChange, Snapshot,
+    StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -388,6 +389,21 @@ impl<G: Grain> GrainActor<G> {
             }
             None => None,
         };
+        let mut reminders = Vec::new();
+        for remind in events.iter().flat_map(G::reminders) {
+            reminders.push(match remind {
+                crate::grain::Remind::At { id, due, command } => ReminderChange::Set(Reminder {
+                    id,
+                    due,
+                    payload: rmp_serde::to_vec(&command).map_err(|e| {
+                        CallError::Store(StoreError::Invalid(format!(
+                            "cannot encode a reminder's command: {e}"
+                        )))
+                    })?,
+                }),
+                crate::grain::Remind::Cancel { id } => ReminderChange::Cancel { id },
+            });
+        }
         let append = bounded_write(
             self.shared.config.store_timeout,
             self.shared.store.append(AppendRequest {
@@ -396,7 +412,7 @@ impl<G: Grain> GrainActor<G> {
                 events: payloads,
                 idempotency: idempotency.clone(),
                 epoch: self.tenure.epoch,
-                reminders: Vec::new(),
+                reminders,
             }),
         );
         Ok(Box::pin(append.into_actor(self).map(

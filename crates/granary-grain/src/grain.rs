@@ -37,6 +37,18 @@ pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
     /// The answer to `command` once its events (if any) are applied.
     fn reply(&self, command: &Self::Command) -> Self::Reply;
 
+    /// The reminders an event sets or cancels. They are stored with the
+    /// event, in the same transaction, and survive restarts and failover:
+    /// at or after its time the node sends the grain the reminder's
+    /// command, on whichever member hosts it then, with the idempotency key
+    /// `reminder:<id>:<due>` (a reminder may fire more than once; its
+    /// command takes effect once). Times come from the event (decide
+    /// records them), never from a clock here. The default sets none.
+    fn reminders(event: &Self::Event) -> Vec<Remind<Self::Command>> {
+        let _ = event;
+        Vec::new()
+    }
+
     /// A command that needs other grains first: the calls to make, through
     /// `calls`, as a future yielding the command to decide once they are
     /// answered (typically one carrying their answers, for `decide` to
@@ -54,4 +66,19 @@ pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
 pub struct Outcome<R> {
     pub reply: R,
     pub version: u64,
+}
+
+/// A reminder an event sets or cancels (see [`Grain::reminders`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Remind<C> {
+    /// At or after `due` (milliseconds since the Unix epoch), send the
+    /// grain `command`. Setting an id again moves it.
+    At {
+        id: String,
+        due: u64,
+        command: C,
+    },
+    Cancel {
+        id: String,
+    },
 }

@@ -51,7 +51,7 @@ pub use calls::{
 };
 pub use config::{Placement, RuntimeConfig};
 pub use error::CallError;
-pub use grain::{Grain, Outcome};
+pub use grain::{Grain, Outcome, Remind};
 pub use runtime::{CallOptions, GrainRuntime};
 pub use stats::RuntimeStats;
 pub use tenure::{Lease, Ownership, Refusal, Tenure};

@@ -384,7 +384,12 @@ impl EventStore for GatedStore {
     ) -> granary_store::StoreFuture<Vec<granary_store::DueReminder>> {
         self.inner.due_reminders(now, limit)
     }
-    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> granary_store::StoreFuture<()> {
+    fn finish_reminder(
+        &self,
+        key: &GrainKey,
+        id: &str,
+        due: u64,
+    ) -> granary_store::StoreFuture<()> {
         self.inner.finish_reminder(key, id, due)
     }
     fn stats(&self) -> granary_store::StoreStats {
@@ -449,7 +454,12 @@ impl EventStore for FlakyStore {
     ) -> granary_store::StoreFuture<Vec<granary_store::DueReminder>> {
         self.inner.due_reminders(now, limit)
     }
-    fn finish_reminder(&self, key: &GrainKey, id: &str, due: u64) -> granary_store::StoreFuture<()> {
+    fn finish_reminder(
+        &self,
+        key: &GrainKey,
+        id: &str,
+        due: u64,
+    ) -> granary_store::StoreFuture<()> {
         self.inner.finish_reminder(key, id, due)
     }
     fn stats(&self) -> granary_store::StoreStats {

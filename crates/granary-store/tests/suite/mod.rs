@@ -38,8 +38,8 @@ macro_rules! every_suite_test {
 use std::sync::Arc;
 
 use granary_store::{
-    AppendRequest, EventStore, GrainKey, IdempotencyRecord, LoadedGrain, Reminder,
-    ReminderChange, Snapshot, StoreError,
+    AppendRequest, EventStore, GrainKey, IdempotencyRecord, LoadedGrain, Reminder, ReminderChange,
+    Snapshot, StoreError,
 };
 use tokio::sync::Barrier;
 
@@ -835,7 +835,10 @@ pub async fn reminders_are_set_and_cancelled_with_their_appends_and_come_due_in_
             ("remind-a".to_owned(), "expire".to_owned(), 2_000)
         ]
     );
-    let payload = store.due_reminders(1_000, 1).await.unwrap()[0].reminder.payload.clone();
+    let payload = store.due_reminders(1_000, 1).await.unwrap()[0]
+        .reminder
+        .payload
+        .clone();
     assert_eq!(payload, b"expire@1000");
     // Moved (set again) while it was being delivered: finishing the old
     // time leaves the new one.
@@ -843,12 +846,22 @@ pub async fn reminders_are_set_and_cancelled_with_their_appends_and_come_due_in_
         .append(with(&b, 1, vec![set("expire", 3_000)]))
         .await
         .expect("move it");
-    store.finish_reminder(&b, "expire", 1_000).await.expect("finish");
+    store
+        .finish_reminder(&b, "expire", 1_000)
+        .await
+        .expect("finish");
     assert_eq!(due(2_500).await.len(), 1, "only a's is due now");
-    store.finish_reminder(&b, "expire", 3_000).await.expect("finish");
+    store
+        .finish_reminder(&b, "expire", 3_000)
+        .await
+        .expect("finish");
     // Cancelled with an append.
     store
-        .append(with(&a, 1, vec![ReminderChange::Cancel { id: "nudge".into() }]))
+        .append(with(
+            &a,
+            1,
+            vec![ReminderChange::Cancel { id: "nudge".into() }],
+        ))
         .await
         .expect("cancel");
     assert_eq!(
