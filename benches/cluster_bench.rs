@@ -90,6 +90,8 @@ async fn until_members(node: &NodeProcess, members: u32) {
 /// member that created (and owns) the cart.
 async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -> (f64, u64) {
     let http = Http::new();
+    http.stock(nodes[0], (0..8).map(|n| format!("sku-{n}")))
+        .await;
     let mut carts = Vec::new();
     for n in 0..64 {
         let node = nodes[n % 3];

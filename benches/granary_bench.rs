@@ -25,7 +25,8 @@ use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use granary::cart_grain::{CartGrain, CartRequest};
 use granary::http::{ApiState, CartBody, configure};
-use granary_cart::{Cart, CartCommand, NewItem};
+use granary::shop::{ProductGrain, StockGrain};
+use granary_cart::{Cart, CartCommand, NewItem, ProductSpec};
 use granary_grain::{Grain, GrainRuntime, Placement, RuntimeConfig};
 use granary_store::{EventStore, SqliteStore};
 use serde::{Deserialize, Serialize};
@@ -218,9 +219,10 @@ where
     rx.recv().expect("server address")
 }
 
-/// The baseline: every request opens a write transaction, reads the whole
-/// cart, applies the same domain rules, writes the whole cart back and
-/// commits (fsync) — what a shop builds without grains, at equal durability.
+/// The baseline: every request opens a write transaction, reads the
+/// product from the catalog table and the whole cart, applies the same
+/// domain rules, writes the whole cart back and commits (fsync) — what a
+/// shop builds without grains, at equal durability.
 mod stateless {
     use super::*;
     use rusqlite::{Connection, OptionalExtension, params};
@@ -244,7 +246,9 @@ mod stateless {
                 conn.pragma_update(None, "synchronous", "FULL")?;
                 conn.execute_batch(
                     "CREATE TABLE IF NOT EXISTS baseline_carts \
-                     (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL)",
+                     (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL);
+                     CREATE TABLE IF NOT EXISTS baseline_products \
+                     (sku TEXT PRIMARY KEY, body BLOB NOT NULL)",
                 )?;
                 *slot = Some(conn);
             }
@@ -267,16 +271,76 @@ mod stateless {
         Some((cart, version + events.len() as u64, !events.is_empty()))
     }
 
-    /// One transaction: read the whole cart, decide with the same domain
-    /// rules, write the whole cart back if it changed, commit (fsync).
-    /// Returns the cart and its version, or `None` if the rules refused.
-    fn mutate(
-        path: &PathBuf,
-        id: &str,
-        command: &CartCommand,
-    ) -> rusqlite::Result<Option<(Cart, u64)>> {
+    /// What the baseline's routes ask of the database.
+    pub enum Request {
+        Create,
+        /// Add `quantity` of `sku` at the catalog table's price.
+        Add {
+            sku: String,
+            quantity: u32,
+        },
+        /// Put a product in the catalog table (`id` is its sku).
+        SetProduct(ProductSpec),
+    }
+
+    /// The cart command for `request`, with the product `lookup` finds.
+    pub fn command(
+        request: Request,
+        lookup: impl FnOnce(&str) -> Option<Vec<u8>>,
+    ) -> Option<CartCommand> {
+        match request {
+            Request::Create => Some(CartCommand::Create),
+            Request::Add { sku, quantity } => {
+                let spec: ProductSpec = serde_json::from_slice(&lookup(&sku)?).ok()?;
+                Some(CartCommand::AddItem(NewItem {
+                    sku: spec.sku,
+                    name: spec.name,
+                    quantity,
+                    unit_price: spec.unit_price,
+                    currency: spec.currency,
+                    tax_rate_bp: spec.tax_rate_bp,
+                }))
+            }
+            Request::SetProduct(_) => None,
+        }
+    }
+
+    /// One transaction: read the product and the whole cart, decide with
+    /// the same domain rules, write the whole cart back if it changed,
+    /// commit (fsync). Returns the cart and its version, or `None` if the
+    /// rules refused.
+    fn mutate(path: &PathBuf, id: &str, request: Request) -> rusqlite::Result<Option<(Cart, u64)>> {
         with_conn(path, |conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Request::SetProduct(spec) = &request {
+                tx.execute(
+                    "INSERT INTO baseline_products (sku, body) VALUES (?1, ?2)
+                     ON CONFLICT (sku) DO UPDATE SET body = excluded.body",
+                    params![id, serde_json::to_vec(spec).expect("encode")],
+                )?;
+                tx.commit()?;
+                return Ok(Some((Cart::default(), 0)));
+            }
+            let mut failed = None;
+            let command = command(request, |sku| {
+                tx.query_row(
+                    "SELECT body FROM baseline_products WHERE sku = ?1",
+                    params![sku],
+                    |r| r.get(0),
+                )
+                .optional()
+                .unwrap_or_else(|e| {
+                    failed = Some(e);
+                    None
+                })
+            });
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            let Some(command) = command else {
+                return Ok(None);
+            };
+            let command = &command;
             let row: Option<(Vec<u8>, i64)> = tx
                 .query_row(
                     "SELECT body, version FROM baseline_carts WHERE id = ?1",
@@ -314,14 +378,14 @@ mod stateless {
     pub type Runner = Arc<
         dyn Fn(
                 String,
-                CartCommand,
+                Request,
             )
                 -> std::pin::Pin<Box<dyn Future<Output = Result<Option<(Cart, u64)>, String>>>>
             + Send
             + Sync,
     >;
 
-    async fn run(runner: Runner, id: String, command: CartCommand) -> HttpResponse {
+    async fn run(runner: Runner, id: String, command: Request) -> HttpResponse {
         let Ok(uuid) = uuid::Uuid::parse_str(&id) else {
             return HttpResponse::BadRequest().finish();
         };
@@ -340,7 +404,7 @@ mod stateless {
         Arc::new(move |id, command| {
             let path = path.clone();
             Box::pin(async move {
-                web::block(move || mutate(&path, &id, &command))
+                web::block(move || mutate(&path, &id, command))
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())
@@ -348,42 +412,45 @@ mod stateless {
         })
     }
 
-    /// The routes the load uses: create and add-item.
+    /// The routes the load uses: create, add-item, and the catalog.
     pub fn configure(runner: Runner) -> impl Fn(&mut web::ServiceConfig) + Send + Clone + 'static {
         move |cfg| {
-            let (create, add) = (runner.clone(), runner.clone());
+            let (create, add, set) = (runner.clone(), runner.clone(), runner.clone());
             cfg.route(
                 "/carts/{id}",
                 web::post().to(move |id: web::Path<String>| {
-                    run(create.clone(), id.into_inner(), CartCommand::Create)
+                    run(create.clone(), id.into_inner(), Request::Create)
                 }),
             )
             .route(
                 "/carts/{id}/items",
-                web::post().to(move |id: web::Path<String>, item: web::Json<NewItemBody>| {
-                    let item = item.into_inner();
-                    let command = CartCommand::AddItem(NewItem {
-                        sku: item.sku,
-                        name: item.name,
-                        quantity: item.quantity,
-                        unit_price: item.unit_price,
-                        currency: item.currency,
-                        tax_rate_bp: item.tax_rate_bp,
-                    });
-                    run(add.clone(), id.into_inner(), command)
+                web::post().to(move |id: web::Path<String>, item: web::Json<AddBody>| {
+                    let AddBody { sku, quantity } = item.into_inner();
+                    run(add.clone(), id.into_inner(), Request::Add { sku, quantity })
                 }),
+            )
+            .route(
+                "/products/{sku}",
+                web::put().to(
+                    move |sku: web::Path<String>, spec: web::Json<ProductSpec>| {
+                        let set = set.clone();
+                        async move {
+                            let sku = sku.into_inner();
+                            match set(sku, Request::SetProduct(spec.into_inner())).await {
+                                Ok(_) => HttpResponse::Ok().finish(),
+                                Err(_) => HttpResponse::ServiceUnavailable().finish(),
+                            }
+                        }
+                    },
+                ),
             );
         }
     }
 
     #[derive(Deserialize)]
-    pub struct NewItemBody {
+    pub struct AddBody {
         sku: String,
-        name: String,
         quantity: u32,
-        unit_price: u64,
-        currency: String,
-        tax_rate_bp: Option<u32>,
     }
 }
 
@@ -424,7 +491,9 @@ mod stateless_pg {
                     .await
                     .batch_execute(
                         "CREATE TABLE IF NOT EXISTS baseline_carts \
-                         (id text PRIMARY KEY, body bytea NOT NULL, version bigint NOT NULL)",
+                         (id text PRIMARY KEY, body bytea NOT NULL, version bigint NOT NULL);
+                         CREATE TABLE IF NOT EXISTS baseline_products \
+                         (sku text PRIMARY KEY, body bytea NOT NULL)",
                     )
                     .await
                     .expect("baseline table");
@@ -442,11 +511,33 @@ mod stateless_pg {
     async fn mutate(
         pool: &Pool,
         id: &str,
-        command: &CartCommand,
+        request: stateless::Request,
     ) -> Result<Option<(Cart, u64)>, tokio_postgres::Error> {
         let n = pool.next.fetch_add(1, Ordering::Relaxed) % pool.clients.len();
         let mut client = pool.clients[n].lock().await;
         let tx = client.transaction().await?;
+        let product = match &request {
+            stateless::Request::SetProduct(spec) => {
+                let body = serde_json::to_vec(spec).expect("encode");
+                tx.execute(
+                    "INSERT INTO baseline_products (sku, body) VALUES ($1, $2)
+                     ON CONFLICT (sku) DO UPDATE SET body = excluded.body",
+                    &[&id, &body],
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Some((Cart::default(), 0)));
+            }
+            stateless::Request::Add { sku, .. } => tx
+                .query_opt("SELECT body FROM baseline_products WHERE sku = $1", &[sku])
+                .await?
+                .map(|row| row.get::<_, Vec<u8>>(0)),
+            stateless::Request::Create => None,
+        };
+        let Some(command) = stateless::command(request, |_| product) else {
+            return Ok(None);
+        };
+        let command = &command;
         let row = tx
             .query_opt(
                 "SELECT body, version FROM baseline_carts WHERE id = $1 FOR UPDATE",
@@ -481,11 +572,7 @@ mod stateless_pg {
     pub fn runner(pool: Arc<Pool>) -> stateless::Runner {
         Arc::new(move |id, command| {
             let pool = pool.clone();
-            Box::pin(async move {
-                mutate(&pool, &id, &command)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            Box::pin(async move { mutate(&pool, &id, command).await.map_err(|e| e.to_string()) })
         })
     }
 }
@@ -741,13 +828,24 @@ fn http_comparison(
                     placement,
                     ..RuntimeConfig::default()
                 };
-                let carts: GrainRuntime<CartGrain> = GrainRuntime::new(store.clone(), config);
+                let carts: GrainRuntime<CartGrain> =
+                    GrainRuntime::new(store.clone(), config.clone());
+                let products: GrainRuntime<ProductGrain> =
+                    GrainRuntime::new(store.clone(), config.clone());
+                let stock: GrainRuntime<StockGrain> = GrainRuntime::new(store.clone(), config);
+                let grains = granary::grains::Grains::builder(None)
+                    .host(carts)
+                    .host(products)
+                    .host(stock)
+                    .build();
                 let state = ApiState {
-                    grains: granary::grains::Grains::builder(None).host(carts).build(),
+                    grains,
                     store,
                     max_body_bytes: 64 * 1024,
                     ready: Arc::new(AtomicBool::new(true)),
                     serving: Arc::new(AtomicBool::new(true)),
+                    admin_token: Some(support::ADMIN_TOKEN.into()),
+                    secure_cookies: false,
                 };
                 let server =
                     HttpServer::new(move || App::new().configure(configure(state.clone())))
@@ -769,6 +867,35 @@ fn http_comparison(
         .expect("tokio");
     let (grain_result, baseline_result) = tokio.block_on(async {
         let http = support::Http::new();
+        // The same catalog in both.
+        let auth = format!("Bearer {}", support::ADMIN_TOKEN);
+        for n in 0..SKUS_PER_CART {
+            let sku = format!("sku-{n}");
+            let product = support::product(&sku, 1_000_000);
+            let grain = http
+                .send(
+                    "PUT",
+                    &format!("http://{grain_addr}/admin/products/{sku}"),
+                    Some(product.clone()),
+                    &[("authorization", &auth)],
+                )
+                .await
+                .expect("grain catalog");
+            assert_eq!(grain.status, 200, "{grain:?}");
+            let mut spec = product;
+            spec["sku"] = serde_json::json!(sku);
+            spec.as_object_mut().expect("object").remove("stock");
+            let baseline = http
+                .send(
+                    "PUT",
+                    &format!("http://{baseline_addr}/products/{sku}"),
+                    Some(spec),
+                    &[],
+                )
+                .await
+                .expect("baseline catalog");
+            assert_eq!(baseline.status, 200, "{baseline:?}");
+        }
         let mut grain_carts = Vec::new();
         for _ in 0..clients {
             let answer = http

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Starts a 3-node Granary cluster on this machine: one embedded store shared
 # by all three (--store), one data directory each, node A founding the
-# cluster and B and C joining it with a token A makes. Prints `granary
-# status`, then waits; ctrl-c stops all three gracefully.
+# cluster and B and C joining it with a token A makes. Loads the sample
+# catalog (examples/catalog.jsonl) through the admin API, prints `granary
+# status` and the admin token, then waits; ctrl-c stops all three
+# gracefully.
 #
 #   examples/local_cluster.sh            # data under ./local-cluster
 #   GRANARY_CLUSTER_DIR=/tmp/c examples/local_cluster.sh
@@ -17,6 +19,12 @@ else
     cargo build --release --quiet
     bin=./target/release/granary
 fi
+
+# The admin API's token: yours, or a fresh random one.
+if [ -z "${GRANARY_ADMIN_TOKEN:-}" ]; then
+    GRANARY_ADMIN_TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+fi
+export GRANARY_ADMIN_TOKEN
 
 pids=()
 stop() {
@@ -60,8 +68,10 @@ for _ in $(seq 1 100); do
     [ "$(live_peers)" = 3 ] && break
     sleep 0.1
 done
+"$bin" catalog import examples/catalog.jsonl --url http://127.0.0.1:8081
 echo
 "$bin" status --node 127.0.0.1:7071 --data-dir "$dir/a"
 echo
+echo "admin token: $GRANARY_ADMIN_TOKEN"
 echo "HTTP on 127.0.0.1:8081, :8082, :8083; logs in $dir. ctrl-c stops the cluster."
 wait

@@ -1,5 +1,5 @@
 //! The command line of a node: `serve`, `status`, `token create`, `node
-//! remove`, `openapi`. The `granary` binary runs it with the cart service;
+//! remove`, `catalog import`, `openapi`. The `granary` binary runs it with the cart service;
 //! a binary of one's own runs it with its own grain kinds:
 //!
 //! ```no_run
@@ -42,6 +42,29 @@ enum Command {
     /// Cluster members.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The shop's catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Set products (and their stock) from a JSON-lines file through a
+    /// node's admin API: one `{"sku", "name", "unit_price", "currency",
+    /// "tax_rate_bp", "stock"}` object per line.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The JSON-lines file.
+    file: PathBuf,
+    /// The node's HTTP address.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The node's admin token [default: $GRANARY_ADMIN_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +140,15 @@ struct ServeArgs {
     /// A join token from a member (`granary token create`), for --join.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
+    /// The admin API's bearer token (16+ characters); unset: admin API off.
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// How long checkout holds stock before it is confirmed [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    reservation_hold: Option<String>,
+    /// Mark the shop's cartid cookie Secure (HTTPS only).
+    #[arg(long)]
+    secure_cookies: bool,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +231,25 @@ pub fn run(customize: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
                 }
             }
         }
+        Command::Catalog(CatalogCommand::Import(args)) => {
+            let token = args
+                .admin_token
+                .or_else(|| std::env::var("GRANARY_ADMIN_TOKEN").ok());
+            let Some(token) = token else {
+                eprintln!("granary: --admin-token (or GRANARY_ADMIN_TOKEN) is required");
+                return ExitCode::FAILURE;
+            };
+            match crate::catalog_import::run(&args.file, &args.url, &token) {
+                Ok(count) => {
+                    println!("set {count} product{}", if count == 1 { "" } else { "s" });
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("granary: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status(args) => {
             match crate::status::run(&args.node, &args.data_dir, args.insecure_cluster, args.json) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +296,9 @@ fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) ->
         dead_after: args.dead_after,
         insecure_cluster: args.insecure_cluster.then_some(true),
         token: args.token,
+        admin_token: args.admin_token,
+        reservation_hold: args.reservation_hold,
+        secure_cookies: args.secure_cookies.then_some(true),
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

@@ -66,6 +66,14 @@ pub struct NodeConfig {
     /// A member silent this long (to a majority) is removed and its grains
     /// re-homed. Must exceed `fence_after` by two heartbeats.
     pub dead_after: Duration,
+    /// The admin API's bearer token (catalog and stock); `None`: the admin
+    /// API is off.
+    pub admin_token: Option<String>,
+    /// How long checkout holds stock before it is confirmed; a reservation
+    /// not confirmed by then is released.
+    pub reservation_hold: Duration,
+    /// The shop front's `cartid` cookie is `Secure` (sent over HTTPS only).
+    pub secure_cookies: bool,
 }
 
 impl NodeConfig {
@@ -103,6 +111,9 @@ impl Default for NodeConfig {
             dead_after: Duration::from_millis(1_000),
             insecure_cluster: false,
             token: None,
+            admin_token: None,
+            reservation_hold: Duration::from_secs(120),
+            secure_cookies: false,
         }
     }
 }
@@ -167,6 +178,9 @@ pub struct ConfigLayer {
     pub dead_after: Option<String>,
     pub insecure_cluster: Option<bool>,
     pub token: Option<String>,
+    pub admin_token: Option<String>,
+    pub reservation_hold: Option<String>,
+    pub secure_cookies: Option<bool>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -188,6 +202,9 @@ pub const KEYS: &[&str] = &[
     "dead_after",
     "insecure_cluster",
     "token",
+    "admin_token",
+    "reservation_hold",
+    "secure_cookies",
 ];
 
 impl ConfigLayer {
@@ -228,6 +245,18 @@ impl ConfigLayer {
                 })
                 .transpose()
         };
+        let boolean = |key: &str| -> Result<Option<bool>, ConfigError> {
+            get(key)
+                .map(|v| match v.trim() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" => Ok(false),
+                    other => Err(ConfigError::invalid(
+                        &env_name(key),
+                        format!("{other:?} is not true or false"),
+                    )),
+                })
+                .transpose()
+        };
         Ok(ConfigLayer {
             data_dir: get("data_dir"),
             store: get("store"),
@@ -250,17 +279,11 @@ impl ConfigLayer {
             heartbeat_every: get("heartbeat_every"),
             fence_after: get("fence_after"),
             dead_after: get("dead_after"),
-            insecure_cluster: get("insecure_cluster")
-                .map(|v| match v.trim() {
-                    "true" | "1" | "yes" => Ok(true),
-                    "false" | "0" | "no" => Ok(false),
-                    other => Err(ConfigError::invalid(
-                        &env_name("insecure_cluster"),
-                        format!("{other:?} is not true or false"),
-                    )),
-                })
-                .transpose()?,
+            insecure_cluster: boolean("insecure_cluster")?,
             token: get("token"),
+            admin_token: get("admin_token"),
+            reservation_hold: get("reservation_hold"),
+            secure_cookies: boolean("secure_cookies")?,
         })
     }
 
@@ -283,6 +306,9 @@ impl ConfigLayer {
             insecure_cluster: other.insecure_cluster.or(self.insecure_cluster),
             token: other.token.or(self.token),
             dead_after: other.dead_after.or(self.dead_after),
+            admin_token: other.admin_token.or(self.admin_token),
+            reservation_hold: other.reservation_hold.or(self.reservation_hold),
+            secure_cookies: other.secure_cookies.or(self.secure_cookies),
         }
     }
 
@@ -425,6 +451,37 @@ impl ConfigLayer {
                 None | Some("") => None,
                 Some(text) => Some(text.parse().map_err(|e: String| invalid("token", e))?),
             },
+            admin_token: match self.admin_token.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(token) if token.len() < 16 || token.len() > 256 => {
+                    return Err(invalid(
+                        "admin_token",
+                        "an admin token is 16..=256 characters (a long random string)".into(),
+                    ));
+                }
+                Some(token) if token.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+                    return Err(invalid(
+                        "admin_token",
+                        "an admin token has no spaces or control characters".into(),
+                    ));
+                }
+                Some(token) => Some(token.to_owned()),
+            },
+            reservation_hold: {
+                let hold = duration(
+                    "reservation_hold",
+                    self.reservation_hold,
+                    defaults.reservation_hold,
+                )?;
+                if hold < Duration::from_secs(1) || hold > Duration::from_secs(24 * 3600) {
+                    return Err(invalid(
+                        "reservation_hold",
+                        "must be between 1s and 24h".into(),
+                    ));
+                }
+                hold
+            },
+            secure_cookies: self.secure_cookies.unwrap_or(false),
         })
     }
 }
@@ -479,6 +536,9 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "dead_after" => layer.dead_after.is_some(),
         "insecure_cluster" => layer.insecure_cluster.is_some(),
         "token" => layer.token.is_some(),
+        "admin_token" => layer.admin_token.is_some(),
+        "reservation_hold" => layer.reservation_hold.is_some(),
+        "secure_cookies" => layer.secure_cookies.is_some(),
         _ => false,
     }
 }
@@ -578,6 +638,32 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("GRANARY_MAX_LIVE_GRAINS"), "{err}");
+    }
+
+    #[test]
+    fn the_shop_settings_load_and_bad_ones_name_their_key() {
+        let config = load(
+            None,
+            &env(&[
+                ("GRANARY_ADMIN_TOKEN", "0123456789abcdef0123"),
+                ("GRANARY_RESERVATION_HOLD", "30s"),
+                ("GRANARY_SECURE_COOKIES", "true"),
+            ]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(config.reservation_hold, Duration::from_secs(30));
+        assert!(config.secure_cookies);
+        for (key, value) in [
+            ("GRANARY_ADMIN_TOKEN", "short"),
+            ("GRANARY_RESERVATION_HOLD", "0s"),
+            ("GRANARY_RESERVATION_HOLD", "2d"),
+            ("GRANARY_SECURE_COOKIES", "maybe"),
+        ] {
+            let err = load(None, &env(&[(key, value)]), ConfigLayer::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //!   - [`reminders`]: delivering grains' durable reminders when due;
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
-//!   - [`cart_grain`]: the cart domain as a grain kind;
+//!   - [`cart_grain`]: the cart domain as a grain kind, and its checkout
+//!     across the catalog and the stock;
+//!   - [`shop`]: the catalog (product grains) and stock (stock grains);
 //!   - `proto`: generated wire types, private to the node.
 
 pub mod cart_grain;
+mod catalog_import;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -32,4 +35,5 @@ pub mod node;
 mod proto;
 pub mod reminders;
 pub mod security;
+pub mod shop;
 pub mod status;

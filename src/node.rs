@@ -95,10 +95,13 @@ impl NodeBuilder {
         self
     }
 
-    /// Hosts carts and serves the cart API.
+    /// Hosts the shop: carts, the catalog and stock (their grain kinds),
+    /// and serves the cart API, the shop front's cart and the admin API.
     pub fn carts(mut self) -> Self {
         self.cart_api = true;
         self.grain::<CartGrain>()
+            .grain::<crate::shop::ProductGrain>()
+            .grain::<crate::shop::StockGrain>()
     }
 
     /// Adds HTTP routes. Handlers reach grains through
@@ -209,6 +212,10 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         let _cluster = cluster_runtime.enter();
         GrainRouter::start(cluster.clone(), grpc_runtime.handle().clone())
     };
+    crate::shop::configure(crate::shop::ShopSettings {
+        reservation_hold: config.reservation_hold,
+        ..crate::shop::ShopSettings::default()
+    });
     let runtime_config = RuntimeConfig {
         idle_timeout: config.idle_timeout,
         max_live: config.max_live_grains,
@@ -231,7 +238,13 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         .build();
     let live_grains = {
         let grains = grains.clone();
-        Arc::new(move || grains.live()) as Arc<dyn Fn() -> u64 + Send + Sync>
+        Arc::new(move || {
+            grains
+                .stats()
+                .into_iter()
+                .map(|(kind, stats)| (kind.to_owned(), stats.live))
+                .collect()
+        }) as crate::cluster::LiveGrains
     };
     if let Some(trust) = &trust {
         cluster_runtime.spawn(trust_the_members(
@@ -288,6 +301,8 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         ready: ready.clone(),
         serving: cluster.serving_flag(),
+        admin_token: config.admin_token.clone(),
+        secure_cookies: config.secure_cookies,
     };
     let server = HttpServer::new(move || {
         let mut app = App::new().configure(http::configure_ops(state.clone()));

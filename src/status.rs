@@ -91,6 +91,7 @@ pub fn run(
             "config_version": reply.config_version,
             "committed_version": reply.committed_version,
             "live_grains": reply.live_grains,
+            "live_by_kind": reply.live_by_kind.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "peers": peers,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -117,7 +118,10 @@ pub fn run(
         "config      v{} (committed v{})",
         reply.config_version, reply.committed_version
     );
-    println!("live grains {}", reply.live_grains);
+    let mut kinds: Vec<_> = reply.live_by_kind.iter().collect();
+    kinds.sort();
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("live grains {} ({})", reply.live_grains, kinds.join(", "));
     println!();
     println!(
         "{:<64} {:<22} {:<5} {:>12} {:>11}",

@@ -20,6 +20,15 @@ async fn a_member_resumed_after_sigstop_answers_nothing_from_stale_memory() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, [a, _b, c]) = formed_on_one_store(dir.path()).await;
     let http = Http::new();
+    let late = (0..16).map(|n| format!("late-{n}"));
+    http.stock(
+        &a,
+        ["before", "after"]
+            .map(String::from)
+            .into_iter()
+            .chain(late),
+    )
+    .await;
     // A cart C hosts, with one change.
     let created = http
         .send_past_503("POST", &c.url("/carts"), None, Duration::from_secs(10))
@@ -72,6 +81,11 @@ async fn a_member_resumed_after_sigstop_answers_nothing_from_stale_memory() {
             .unwrap_or_else(|e| panic!("no answer from C after its resume: {e}"));
         match answer.status {
             503 => refused += 1,
+            // actix-http times a request head from its cached clock, which
+            // a stopped process resumes 10 s behind: a request taken in the
+            // first moment after SIGCONT can be answered 408 unread. Not
+            // processed, so nothing stale was served.
+            408 => refused += 1,
             200 => {
                 let skus = support::skus(&answer.json);
                 assert!(

@@ -11,7 +11,7 @@ use support::{Http, NodeProcess};
 
 use support::cluster::pb as cluster;
 use support::cluster::pb::cluster_client::ClusterClient;
-use support::cluster::{StatusReply, formed_on_one_store, status, until_all};
+use support::cluster::{StatusReply, formed_on_one_store, live_carts, status, until_all};
 
 fn three_nodes(dir: &std::path::Path) -> (NodeProcess, NodeProcess, NodeProcess) {
     let store = dir.join("shared.db").to_str().expect("path").to_owned();
@@ -211,6 +211,7 @@ async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
     let (_store, [a, b, mut c]) = formed_on_one_store(dir.path()).await;
     // Carts C hosts, each with an acknowledged change.
     let http = Http::new();
+    http.stock(&a, (0..4).map(|n| format!("kept-{n}"))).await;
     let mut carts = Vec::new();
     for n in 0..4 {
         let created = create_retrying(&c).await;
@@ -531,6 +532,8 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
     let (_, [a, b, c]) = formed_on_one_store(dir.path()).await;
     let nodes = [&a, &b, &c];
     let http = Http::new();
+    http.stock(&a, ["from-0", "from-1", "from-2", "bad", "late"])
+        .await;
     let mut carts = Vec::new();
     for (n, node) in nodes.iter().enumerate().cycle().take(9) {
         // Each view change makes the directory rebuild for a moment (503,
@@ -597,7 +600,7 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
     // Every cart is live on exactly one member.
     let mut live = 0;
     for node in &nodes {
-        live += status(node).await.expect("status").live_grains;
+        live += live_carts(&status(node).await.expect("status"));
     }
     assert_eq!(
         live,
@@ -614,6 +617,7 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
     let seed = a.grpc.to_string();
     // Carts created through C are claimed by C.
     let http = Http::new();
+    http.stock(&a, (0..6).map(|n| format!("s{n}"))).await;
     let mut carts = Vec::new();
     for n in 0..6 {
         let created = create_retrying(&c).await;
@@ -629,7 +633,7 @@ async fn sigterm_hands_a_members_carts_over_at_once_and_it_can_come_back() {
         assert_eq!(added.status, 200);
         carts.push(cart);
     }
-    assert_eq!(status(&c).await.expect("status").live_grains, 6);
+    assert_eq!(live_carts(&status(&c).await.expect("status")), 6);
 
     let stopped_at = Instant::now();
     c.terminate();
@@ -755,6 +759,9 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
     let grpc_addrs: Vec<String> = nodes.iter().map(|n| n.grpc.to_string()).collect();
 
     let http = Http::new();
+    // Each client adds these to its own cart, one of each.
+    http.stock(&nodes[0], (0..180).map(|n| format!("r{n}")))
+        .await;
     let mut carts = Vec::new();
     for n in 0..8 {
         let created = create_retrying(&nodes[n % 3]).await;
@@ -770,7 +777,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
             let (mut acked, mut failed, mut retries) = (Vec::new(), 0u32, Retries::default());
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 180 {
-                let sku = format!("r{c}-{n}");
+                let sku = format!("r{n}");
                 let (ok, tries) = add_through_any(&http, &urls, c + n, &cart, &sku).await;
                 retries.add(tries);
                 if ok {
@@ -824,6 +831,10 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_change() {
                 1,
                 "{sku} must be in {cart} exactly once"
             );
+        }
+        // Adding a sku again adds to its line: twice would be a quantity 2.
+        for line in answer.json["lines"].as_array().expect("lines") {
+            assert_eq!(line["quantity"], 1, "added twice to {cart}: {line}");
         }
     }
     eprintln!(

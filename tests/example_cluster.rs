@@ -1,6 +1,7 @@
 //! The README's "Run a 3-node cluster": `examples/local_cluster.sh` starts
-//! three nodes with one command, shows a status with all three live, serves
-//! carts through every node, and stops the nodes gracefully when stopped.
+//! three nodes with one command, loads the sample catalog, shows a status
+//! with all three live, serves carts through every node at the catalog's
+//! prices, and stops the nodes gracefully when stopped.
 //! (It runs the binary under test, `GRANARY_BIN`, instead of building a
 //! release one; it uses the script's fixed ports 7071–7073 and 8081–8083.)
 
@@ -86,6 +87,7 @@ async fn the_local_cluster_example_starts_three_members_that_serve_carts() {
     }
     let text = output.join("\n");
     assert!(text.contains("quorum      yes (needs 2 of 3)"), "{text}");
+    assert!(text.contains("set 5 products"), "{text}");
     let live_peers = output
         .iter()
         .filter(|l| l.len() > 64 && l.as_bytes()[..64].iter().all(u8::is_ascii_hexdigit))
@@ -105,7 +107,7 @@ async fn the_local_cluster_example_starts_three_members_that_serve_carts() {
         .send_past_503(
             "POST",
             &format!("http://127.0.0.1:8083/carts/{cart}/items"),
-            Some(support::item("example")),
+            Some(support::item("TEA-1")),
             limit,
         )
         .await;
@@ -118,7 +120,9 @@ async fn the_local_cluster_example_starts_three_members_that_serve_carts() {
             limit,
         )
         .await;
-    assert_eq!(support::skus(&read.json), ["example"], "{read:?}");
+    assert_eq!(support::skus(&read.json), ["TEA-1"], "{read:?}");
+    // The line is at the sample catalog's price.
+    assert_eq!(read.json["lines"][0]["unit_price"], 450, "{read:?}");
 
     // Stopping the script stops the nodes gracefully.
     let pid = script.0.id() as libc::pid_t;

@@ -20,6 +20,10 @@ use actix_web::test::{self, TestRequest};
 use actix_web::web::Bytes;
 use granary::cart_grain::CartGrain;
 use granary::grains::Grains;
+use granary::shop::{ProductGrain, StockGrain};
+
+/// The admin API's token in these tests.
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 use granary::http::{ApiState, configure};
 use granary_grain::{GrainRuntime, RuntimeConfig};
 use granary_store::{EventStore, GrainKey, SqliteStore};
@@ -59,13 +63,19 @@ impl Env {
 fn state_on(db: &Path) -> ApiState {
     let store: Arc<dyn granary_store::EventStore> =
         Arc::new(SqliteStore::open(db).expect("open the event store"));
-    let carts = GrainRuntime::<CartGrain>::new(store.clone(), RuntimeConfig::default());
+    let config = RuntimeConfig::default;
     ApiState {
-        grains: Grains::builder(None).host(carts).build(),
+        grains: Grains::builder(None)
+            .host(GrainRuntime::<CartGrain>::new(store.clone(), config()))
+            .host(GrainRuntime::<ProductGrain>::new(store.clone(), config()))
+            .host(GrainRuntime::<StockGrain>::new(store.clone(), config()))
+            .build(),
         store,
         max_body_bytes: MAX_BODY_BYTES,
         ready: Arc::new(AtomicBool::new(true)),
         serving: Arc::new(AtomicBool::new(true)),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        secure_cookies: false,
     }
 }
 
@@ -115,7 +125,23 @@ struct Api {
 }
 
 impl Api {
+    /// The app with the test catalog (see [`CATALOG`]).
     async fn start(state: ApiState) -> Api {
+        let api = Api::start_bare(state).await;
+        for (sku, price) in CATALOG {
+            let product = item(sku, 1, *price);
+            let mut fields = product.as_object().expect("an object").clone();
+            fields.remove("sku");
+            fields.remove("quantity");
+            fields.insert("stock".into(), json!(STOCK));
+            let set = api.set_product(sku, &Value::Object(fields)).await;
+            assert_eq!(set.status, StatusCode::OK, "catalog: {}", set.text());
+        }
+        api
+    }
+
+    /// The app, its catalog empty.
+    async fn start_bare(state: ApiState) -> Api {
         let app = Rc::new(test::init_service(App::new().configure(configure(state))).await);
         Api {
             call: Box::new(move |req: TestRequest, strip_content_length: bool| {
@@ -159,12 +185,40 @@ impl Api {
         reply.body["id"].as_str().expect("id").to_owned()
     }
 
+    /// Adds an item. A body in the old shape (with the product's name,
+    /// price, currency and tax) first sets that product in the catalog, as
+    /// the shop would have, then adds `{"sku","quantity"}`; a refusal of
+    /// the product (a bad field) is the answer.
     async fn add(&self, id: &str, body: &Value) -> Reply {
+        let mut body = body.clone();
+        if let Some(fields) = body.as_object_mut()
+            && fields.contains_key("unit_price")
+        {
+            let sku = fields.remove("sku").unwrap_or(Value::Null);
+            let quantity = fields.remove("quantity").unwrap_or(Value::Null);
+            fields.entry("stock").or_insert(json!(STOCK));
+            let product = self
+                .set_product(sku.as_str().unwrap_or(""), &Value::Object(fields.clone()))
+                .await;
+            if product.status != StatusCode::OK {
+                return product;
+            }
+            body = json!({"sku": sku, "quantity": quantity});
+        }
         self.send(json_request(
             Method::POST,
             &format!("/carts/{id}/items"),
-            body,
+            &body,
         ))
+        .await
+    }
+
+    /// `PUT /admin/products/{sku}` with the admin token.
+    async fn set_product(&self, sku: &str, product: &Value) -> Reply {
+        self.send(
+            json_request(Method::PUT, &format!("/admin/products/{sku}"), product)
+                .insert_header((header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))),
+        )
         .await
     }
 
@@ -205,8 +259,36 @@ fn json_request(method: Method, uri: &str, body: &Value) -> TestRequest {
     TestRequest::default()
         .method(method)
         .uri(uri)
-        .set_json(body)
+        .set_json(add_body(uri, body))
 }
+
+/// What a client sends to add an item: the sku and the quantity (the rest
+/// of `item()`'s fields are the catalog's, set by the test's shop).
+fn add_body(uri: &str, body: &Value) -> Value {
+    match body.as_object() {
+        Some(fields)
+            if uri.ends_with("/items")
+                && fields.contains_key("unit_price")
+                && fields.contains_key("name") =>
+        {
+            json!({"sku": fields["sku"], "quantity": fields["quantity"]})
+        }
+        _ => body.clone(),
+    }
+}
+
+/// The products `item()` bodies name at the prices tests send directly
+/// (`Api::add` sets any other price first).
+const CATALOG: &[(&str, u64)] = &[
+    ("SKU-1", 150),
+    ("SKU-2", 10),
+    ("SKU-9", 150),
+    ("SKU-A", 150),
+    ("SKU-B", 150),
+];
+
+/// Units on hand of every product the tests set, unless a test says.
+const STOCK: u64 = 1_000_000;
 
 fn raw_request(method: Method, uri: &str, body: impl Into<Bytes>) -> TestRequest {
     TestRequest::default()
@@ -276,6 +358,11 @@ async fn assert_add_item_refused(body: impl Into<Bytes>, field: &str) {
     let (id, _) = api.cart_with_a_line().await;
     let before = api.cart(&id).await;
 
+    let body: Bytes = body.into();
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => Bytes::from(add_body("/items", &value).to_string()),
+        Err(_) => body,
+    };
     let reply = api
         .send(raw_request(
             Method::POST,
@@ -286,6 +373,24 @@ async fn assert_add_item_refused(body: impl Into<Bytes>, field: &str) {
 
     assert_error(&reply, StatusCode::BAD_REQUEST, Some(field));
     assert_unchanged(&api, &id, &before).await;
+}
+
+/// A product body for `PUT /admin/products/{sku}`.
+fn product(unit_price: u64) -> Value {
+    json!({"name": "Widget", "unit_price": unit_price, "currency": "EUR", "tax_rate_bp": 2000})
+}
+
+/// `PUT /admin/products/NEW` with `body` is refused with 400 naming
+/// `field`, and the catalog still lacks the product.
+async fn assert_product_refused(body: Value, field: &str) {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+
+    let reply = api.set_product("NEW", &body).await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some(field));
+    let after = api.get("/products/NEW").await;
+    assert_error(&after, StatusCode::NOT_FOUND, None);
 }
 
 // ---------------------------------------------------------------------------
@@ -662,10 +767,10 @@ async fn sku_of_65_chars_is_400_naming_sku() {
 }
 
 #[actix_web::test]
-async fn name_of_201_chars_is_400_naming_name() {
-    let mut body = item("SKU-9", 1, 150);
+async fn a_product_name_of_201_chars_is_400_naming_name() {
+    let mut body = product(150);
     body["name"] = json!("n".repeat(201));
-    assert_add_item_refused(body.to_string(), "name").await;
+    assert_product_refused(body, "name").await;
 }
 
 #[actix_web::test]
@@ -683,17 +788,31 @@ async fn sku_of_64_chars_and_name_of_200_chars_are_accepted() {
 }
 
 #[actix_web::test]
-async fn lower_case_currency_is_400_naming_currency() {
-    let mut body = item("SKU-9", 1, 150);
+async fn a_lower_case_product_currency_is_400_naming_currency() {
+    let mut body = product(150);
     body["currency"] = json!("eur");
-    assert_add_item_refused(body.to_string(), "currency").await;
+    assert_product_refused(body, "currency").await;
 }
 
 #[actix_web::test]
-async fn tax_rate_of_10001_bp_is_400_naming_tax_rate_bp() {
-    let mut body = item("SKU-9", 1, 150);
+async fn a_product_tax_rate_of_10001_bp_is_400_naming_tax_rate_bp() {
+    let mut body = product(150);
     body["tax_rate_bp"] = json!(10_001);
-    assert_add_item_refused(body.to_string(), "tax_rate_bp").await;
+    assert_product_refused(body, "tax_rate_bp").await;
+}
+
+#[actix_web::test]
+async fn a_product_without_a_price_is_400_naming_unit_price() {
+    let mut body = product(150);
+    body.as_object_mut().expect("object").remove("unit_price");
+    assert_product_refused(body, "unit_price").await;
+}
+
+#[actix_web::test]
+async fn an_unknown_product_field_is_400_naming_it() {
+    let mut body = product(150);
+    body["colour"] = json!("red");
+    assert_product_refused(body, "colour").await;
 }
 
 #[actix_web::test]
@@ -705,16 +824,38 @@ async fn a_wrongly_typed_field_is_400_naming_it() {
 
 #[actix_web::test]
 async fn a_missing_field_is_400_naming_it() {
-    let mut body = item("SKU-9", 1, 150);
-    body.as_object_mut().expect("object").remove("sku");
-    assert_add_item_refused(body.to_string(), "sku").await;
+    assert_add_item_refused(json!({"quantity": 1}).to_string(), "sku").await;
 }
 
 #[actix_web::test]
 async fn an_unknown_field_is_400_naming_it() {
-    let mut body = item("SKU-9", 1, 150);
-    body["colour"] = json!("red");
+    let body = json!({"sku": "SKU-9", "quantity": 1, "colour": "red"});
     assert_add_item_refused(body.to_string(), "colour").await;
+}
+
+/// The price is the catalog's: a client cannot name its own.
+#[actix_web::test]
+async fn a_price_in_an_add_item_body_is_400_naming_it() {
+    let body = json!({"sku": "SKU-9", "quantity": 1, "unit_price": 1});
+    assert_add_item_refused(body.to_string(), "unit_price").await;
+}
+
+#[actix_web::test]
+async fn adding_a_sku_the_catalog_lacks_is_404_naming_sku() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &json!({"sku": "NOT-SOLD", "quantity": 1}),
+        ))
+        .await;
+
+    assert_error(&reply, StatusCode::NOT_FOUND, Some("sku"));
+    assert_unchanged(&api, &id, &before).await;
 }
 
 #[actix_web::test]
@@ -1276,9 +1417,18 @@ async fn openapi_json_lists_every_route() {
         "/carts/{id}/checkout",
         "/healthz",
         "/readyz",
+        "/products/{sku}",
+        "/admin/products/{sku}",
+        "/admin/stock/{sku}",
+        "/cart",
+        "/cart/items",
+        "/cart/items/{line_id}",
+        "/cart/checkout",
     ] {
         assert!(paths.contains_key(route), "{route} missing from {paths:?}");
     }
+    let bearer = &reply.body["components"]["securitySchemes"]["admin_token"];
+    assert_eq!(bearer["scheme"], "bearer", "{}", reply.text());
 }
 
 #[actix_web::test]
@@ -1366,4 +1516,334 @@ async fn a_new_runtime_on_the_same_store_file_sees_the_same_cart() {
         .await
         .expect("load the cart");
     assert_eq!(loaded.version, 73);
+}
+
+// ---------------------------------------------------------------------------
+// The shop: catalog prices, stock held at checkout, the admin API, the
+// browser's cookie cart
+// ---------------------------------------------------------------------------
+
+impl Api {
+    /// `GET /admin/stock/{sku}`: (on hand, reserved, available).
+    async fn stock(&self, sku: &str) -> (u64, u64, u64) {
+        let reply = self
+            .send(
+                TestRequest::get()
+                    .uri(&format!("/admin/stock/{sku}"))
+                    .insert_header((header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "stock: {}", reply.text());
+        let n = |field: &str| reply.body[field].as_u64().expect(field);
+        (n("on_hand"), n("reserved"), n("available"))
+    }
+
+    /// A product of `on_hand` units at `unit_price`, set through the admin
+    /// API.
+    async fn stocked(&self, sku: &str, unit_price: u64, on_hand: u64) {
+        let mut body = product(unit_price);
+        body["stock"] = json!(on_hand);
+        let reply = self.set_product(sku, &body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+
+    /// A new cart holding `quantity` of `sku`.
+    async fn cart_of(&self, sku: &str, quantity: u32) -> (String, Reply) {
+        let id = self.new_cart().await;
+        let reply = self
+            .send(json_request(
+                Method::POST,
+                &format!("/carts/{id}/items"),
+                &json!({"sku": sku, "quantity": quantity}),
+            ))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        (id, reply)
+    }
+
+    async fn checkout(&self, id: &str) -> Reply {
+        self.send(TestRequest::post().uri(&format!("/carts/{id}/checkout")))
+            .await
+    }
+}
+
+/// Runs the node's reminder delivery on this test's runtime (every grain
+/// here is this node's to deliver).
+fn deliver_reminders(state: &ApiState) {
+    actix_rt::spawn(granary::reminders::deliver(
+        state.store.clone(),
+        state.grains.clone(),
+        |_| true,
+    ));
+}
+
+/// Waits (10 s at most, or the test fails) until `sku`'s stock reads
+/// `expected`: the reminders' work is the event awaited.
+async fn until_stock(api: &Api, sku: &str, expected: (u64, u64, u64)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = api.stock(sku).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sku}: stock {now:?}, expected {expected:?}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_line_takes_the_catalogs_name_price_currency_and_tax() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let mut body = product(1234);
+    body["name"] = json!("Green tea");
+    body["currency"] = json!("USD");
+    body["tax_rate_bp"] = json!(700);
+    assert_eq!(api.set_product("TEA", &body).await.status, StatusCode::OK);
+
+    let (_, reply) = api.cart_of("TEA", 3).await;
+
+    let line = &reply.body["lines"][0];
+    assert_eq!(line["name"], "Green tea");
+    assert_eq!(line["unit_price"], 1234);
+    assert_eq!(line["currency"], "USD");
+    assert_eq!(line["tax_rate_bp"], 700);
+    assert_eq!(line["line_total"], 3702);
+    let public = api.get("/products/TEA").await;
+    assert_eq!(public.status, StatusCode::OK, "{}", public.text());
+    assert_eq!(public.body["unit_price"], 1234);
+}
+
+#[actix_web::test]
+async fn checkout_holds_the_units_and_its_reminder_sells_them() {
+    let env = Env::new();
+    let state = env.state();
+    deliver_reminders(&state);
+    let api = Api::start(state).await;
+    api.stocked("MUG", 500, 10).await;
+    let (id, _) = api.cart_of("MUG", 3).await;
+
+    let done = api.checkout(&id).await;
+
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    assert_eq!(done.body["status"], "checked_out");
+    // Held at once (nobody else can have them), sold once confirmed.
+    let (_, _, available) = api.stock("MUG").await;
+    assert_eq!(available, 7);
+    until_stock(&api, "MUG", (7, 0, 7)).await;
+}
+
+#[actix_web::test]
+async fn checkout_with_too_few_units_is_409_sold_out_naming_the_line_and_holds_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    api.stocked("POT", 4900, 1).await;
+    let (id, added) = api.cart_of("POT", 2).await;
+    api.add_ok(&id, &item("SKU-1", 1, 150)).await;
+    let before = api.cart(&id).await;
+
+    let reply = api.checkout(&id).await;
+
+    assert_error(&reply, StatusCode::CONFLICT, None);
+    assert_eq!(reply.body["code"], "sold_out", "{}", reply.text());
+    assert_eq!(reply.body["lines"], json!([added.line_id(0)]));
+    assert_unchanged(&api, &id, &before).await;
+    assert_eq!(api.stock("POT").await, (1, 0, 1));
+    // Every line's hold went back, the one that fitted too.
+    assert_eq!(api.stock("SKU-1").await, (STOCK, 0, STOCK));
+}
+
+#[actix_web::test]
+async fn a_price_changed_since_adding_is_409_price_changed_at_checkout_and_on_add() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    api.stocked("TEA", 450, 100).await;
+    let (id, added) = api.cart_of("TEA", 1).await;
+    api.stocked("TEA", 500, 100).await;
+    let before = api.cart(&id).await;
+
+    let checkout = api.checkout(&id).await;
+    let again = api
+        .send(json_request(
+            Method::POST,
+            &format!("/carts/{id}/items"),
+            &json!({"sku": "TEA", "quantity": 1}),
+        ))
+        .await;
+
+    for reply in [&checkout, &again] {
+        assert_error(reply, StatusCode::CONFLICT, None);
+        assert_eq!(reply.body["code"], "price_changed", "{}", reply.text());
+        assert_eq!(reply.body["lines"], json!([added.line_id(0)]));
+    }
+    assert_unchanged(&api, &id, &before).await;
+    assert_eq!(api.stock("TEA").await, (100, 0, 100));
+}
+
+#[actix_web::test]
+async fn of_carts_racing_for_the_last_units_exactly_as_many_as_there_are_units_check_out() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    api.stocked("LAST", 100, 3).await;
+    let mut carts = Vec::new();
+    for _ in 0..8 {
+        carts.push(api.cart_of("LAST", 1).await.0);
+    }
+
+    let replies = futures_util::future::join_all(carts.iter().map(|id| api.checkout(id))).await;
+
+    let sold = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status != StatusCode::OK)
+        .collect();
+    assert_eq!(sold, 3, "{replies:?}");
+    for reply in refused {
+        assert_eq!(reply.body["code"], "sold_out", "{}", reply.text());
+    }
+    let (on_hand, reserved, available) = api.stock("LAST").await;
+    assert_eq!(on_hand - available, 3);
+    assert_eq!(reserved + (3 - on_hand), 3, "held or sold: exactly 3");
+}
+
+#[actix_web::test]
+async fn an_expired_hold_is_released_by_the_stock_grains_reminder() {
+    let env = Env::new();
+    let state = env.state();
+    deliver_reminders(&state);
+    let grains = state.grains.clone();
+    let api = Api::start(state).await;
+    api.stocked("POT", 4900, 5).await;
+
+    // A checkout that died after holding 2 units: its hold expires.
+    let hold = granary_cart::StockCommand::Reserve {
+        reservation: "dead-checkout".into(),
+        quantity: 2,
+        expires_at: granary::reminders::now_unix_ms() + 300,
+    };
+    grains
+        .call::<StockGrain>("POT", hold)
+        .await
+        .expect("reserve");
+    assert_eq!(api.stock("POT").await.2, 3);
+
+    until_stock(&api, "POT", (5, 0, 5)).await;
+}
+
+#[actix_web::test]
+async fn the_admin_api_needs_the_token_and_is_off_without_one() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let put = |token: Option<&str>| {
+        let mut req = json_request(Method::PUT, "/admin/products/NEW", &product(100));
+        if let Some(token) = token {
+            req = req.insert_header((header::AUTHORIZATION, format!("Bearer {token}")));
+        }
+        req
+    };
+
+    let missing = api.send(put(None)).await;
+    let wrong = api.send(put(Some("not-the-admin-token-at-all"))).await;
+
+    for reply in [&missing, &wrong] {
+        assert_error(reply, StatusCode::UNAUTHORIZED, Some("Authorization"));
+    }
+    assert_error(&api.get("/products/NEW").await, StatusCode::NOT_FOUND, None);
+
+    let mut off = env.state();
+    off.admin_token = None;
+    let api = Api::start_bare(off).await;
+    let reply = api.send(put(Some(ADMIN_TOKEN))).await;
+    assert_error(&reply, StatusCode::FORBIDDEN, None);
+}
+
+#[actix_web::test]
+async fn a_json_body_with_another_content_type_is_415_and_changes_nothing() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, before) = api.cart_with_a_line().await;
+
+    let reply = api
+        .send(
+            TestRequest::post()
+                .uri(&format!("/carts/{id}/items"))
+                .insert_header((header::CONTENT_TYPE, "text/plain"))
+                .set_payload(r#"{"sku": "SKU-2", "quantity": 1}"#),
+        )
+        .await;
+
+    assert_error(
+        &reply,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some("Content-Type"),
+    );
+    assert_unchanged(&api, &id, &before).await;
+}
+
+#[actix_web::test]
+async fn the_browser_cart_lives_in_an_http_only_same_site_cookie() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let add = || {
+        TestRequest::post()
+            .uri("/cart/items")
+            .set_json(json!({"sku": "SKU-1", "quantity": 2}))
+    };
+
+    let first = api.send(add()).await;
+
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let cookie = first.header("set-cookie").expect("a cookie").to_owned();
+    assert!(cookie.starts_with("cartid="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let id = first.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        cookie.split(';').next(),
+        Some(format!("cartid={id}").as_str())
+    );
+    let with_cookie =
+        |req: TestRequest| req.insert_header((header::COOKIE, format!("cartid={id}")));
+
+    // The cookie's cart, again: no new cookie.
+    let second = api.send(with_cookie(add())).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.body["id"], json!(id));
+    assert_eq!(second.body["lines"][0]["quantity"], 4);
+    assert_eq!(second.header("set-cookie"), None);
+    assert_eq!(
+        api.send(with_cookie(TestRequest::get().uri("/cart")))
+            .await
+            .body,
+        second.body
+    );
+
+    // A form post (not JSON) from another site changes nothing.
+    let form = with_cookie(TestRequest::post().uri("/cart/checkout"))
+        .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"));
+    let refused = api.send(form).await;
+    assert_error(
+        &refused,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some("Content-Type"),
+    );
+    assert_eq!(api.cart(&id).await.body, second.body);
+
+    let done = api
+        .send(
+            with_cookie(TestRequest::post().uri("/cart/checkout"))
+                .insert_header((header::CONTENT_TYPE, "application/json")),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    assert_eq!(done.body["status"], "checked_out");
+    let none = api.get("/cart").await;
+    assert_error(&none, StatusCode::NOT_FOUND, None);
 }

@@ -98,11 +98,15 @@ struct Load {
 impl Load {
     async fn start(node: &NodeProcess, clients: usize, per_client: usize) -> Load {
         let http = Http::new();
+        // A cart holds at most 200 lines: each client's cart gets one of
+        // each of these (a client stops at its first refusal).
+        http.stock(node, (0..per_client.min(200)).map(|n| format!("s{n}")))
+            .await;
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let progress = Arc::new(tokio::sync::Notify::new());
         let mut tasks = Vec::new();
-        for client in 0..clients {
+        for _ in 0..clients {
             let cart = http.create_cart(node).await;
             let url = node.url(&format!("/carts/{cart}/items"));
             let (http, acked, failed, progress) = (
@@ -113,7 +117,7 @@ impl Load {
             );
             tasks.push(tokio::spawn(async move {
                 for n in 0..per_client {
-                    let sku = format!("c{client}-{n}");
+                    let sku = format!("s{n}");
                     match http.post(&url, item(&sku)).await {
                         Ok(answer) if answer.status == 200 => {
                             acked
@@ -260,6 +264,7 @@ async fn nodes_sharing_one_store_file_lose_no_update() {
     let a = NodeProcess::start(&dir.path().join("a"), &["--store", shared]);
     let b = NodeProcess::start(&dir.path().join("b"), &["--store", shared]);
     let http = Http::new();
+    http.stock(&a, (0..20).map(|n| format!("s{n}"))).await;
     let cart = http.create_cart(&a).await;
     for n in 0..20 {
         let node = if n % 2 == 0 { &b } else { &a };
@@ -276,4 +281,78 @@ async fn nodes_sharing_one_store_file_lose_no_update() {
     let answer = http.get(&c.url(&format!("/carts/{cart}"))).await.unwrap();
     assert_eq!(skus(&answer.json).len(), 20);
     assert_eq!(answer.json["version"], 21);
+}
+
+/// `granary catalog import FILE` against a running node.
+fn import(node: &NodeProcess, file: &std::path::Path) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_granary"))
+        .args(["catalog", "import"])
+        .arg(file)
+        .args(["--url", &node.url("")])
+        .env("GRANARY_ADMIN_TOKEN", support::ADMIN_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run granary catalog import");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_import_sets_every_product_and_names_every_line_it_could_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let http = Http::new();
+    let file = dir.path().join("catalog.jsonl");
+    let product = |sku: &str| format!("/products/{sku}");
+
+    // A line that is not a product: nothing is sent.
+    std::fs::write(
+        &file,
+        "{\"sku\": \"A\", \"name\": \"a\", \"unit_price\": 100, \"currency\": \"EUR\"}\n{\"sku\": \n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = tokio::task::block_in_place(|| import(&node, &file));
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
+    assert_eq!(
+        http.get(&node.url(&product("A"))).await.unwrap().status,
+        404
+    );
+
+    // A product the node refuses: the others are set, the refusal named.
+    std::fs::write(
+        &file,
+        "# two products\n\
+         {\"sku\": \"A\", \"name\": \"a\", \"unit_price\": 100, \"currency\": \"EUR\", \"stock\": 3}\n\
+         {\"sku\": \"B\", \"name\": \"b\", \"unit_price\": 100, \"currency\": \"eur\"}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = tokio::task::block_in_place(|| import(&node, &file));
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("line 3 (B)") && stderr.contains("currency"),
+        "{stderr}"
+    );
+    let a = http.get(&node.url(&product("A"))).await.unwrap();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json["unit_price"], 100);
+    assert_eq!(
+        http.get(&node.url(&product("B"))).await.unwrap().status,
+        404
+    );
+
+    // All good: exit 0 and the count.
+    std::fs::write(
+        &file,
+        "{\"sku\": \"B\", \"name\": \"b\", \"unit_price\": 250, \"currency\": \"EUR\"}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| import(&node, &file));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "set 1 product");
+    let b = http.get(&node.url(&product("B"))).await.unwrap();
+    assert_eq!(b.json["unit_price"], 250, "{b:?}");
 }

@@ -60,6 +60,7 @@ async fn a_node_cut_off_fences_before_the_majority_serves_its_carts_and_rejoins_
 
     // Carts created through A are hosted by A.
     let http = Http::new();
+    http.stock(&a, (0..4).map(|n| format!("s{n}"))).await;
     let mut carts = Vec::new();
     for n in 0..4 {
         let created = http

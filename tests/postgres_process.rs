@@ -64,6 +64,7 @@ async fn a_node_talks_to_postgres_over_verified_tls_or_not_at_all() {
 
     let node = NodeProcess::start(&dir.path().join("node"), &["--store", &verified(&ca)]);
     let http = Http::new();
+    http.stock(&node, ["tls"]).await;
     let cart = create_cart(&http, &node).await;
     assert_eq!(add(&http, &node, &cart, "tls").await.status, 200);
     drop(node);
@@ -90,6 +91,7 @@ async fn a_node_on_postgres_keeps_every_change_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let http = Http::new();
     let mut node = NodeProcess::start(dir.path(), &["--store", &url]);
+    http.stock(&node, (0..5).map(|n| format!("p{n}"))).await;
     let cart = create_cart(&http, &node).await;
     for n in 0..5 {
         assert_eq!(add(&http, &node, &cart, &format!("p{n}")).await.status, 200);
@@ -123,6 +125,15 @@ async fn a_database_outage_fails_writes_fast_keeps_reads_and_heals_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let http = Http::new();
     let node = NodeProcess::start(dir.path(), &["--store", &url]);
+    let during = (0..10).map(|n| format!("during-{n}"));
+    http.stock(
+        &node,
+        ["before", "kept", "after"]
+            .map(String::from)
+            .into_iter()
+            .chain(during),
+    )
+    .await;
     let written = create_cart(&http, &node).await;
     let read_only = create_cart(&http, &node).await;
     assert_eq!(add(&http, &node, &written, "before").await.status, 200);
@@ -202,8 +213,10 @@ async fn client(
             carts.push((cart, BTreeMap::new()));
         }
         let (cart, fates) = carts.last_mut().expect("a cart");
-        let sku = format!("c{client}-{n}");
-        let key = format!("lost-write-{sku}");
+        // One of each catalog product per cart: unique within the cart,
+        // which is what the check counts; the key is unique everywhere.
+        let sku = format!("p{}", n % ITEMS_PER_CART);
+        let key = format!("lost-write-c{client}-{n}");
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut target = client + n;
         let fate = loop {
@@ -321,6 +334,8 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
     all_back(&nodes, "three live members").await;
 
     let http = Http::new();
+    http.stock(&nodes[0], (0..ITEMS_PER_CART).map(|n| format!("p{n}")))
+        .await;
     let urls: Arc<Vec<String>> =
         Arc::new(nodes.iter().map(|n| format!("http://{}", n.http)).collect());
     let stop = Arc::new(AtomicBool::new(false));
@@ -378,6 +393,11 @@ async fn no_acknowledged_change_is_lost_across_kills_restarts_closes_and_partiti
                 stored.len(),
                 "an item is stored twice: {stored:?}"
             );
+            // Adding a sku again adds to its line: a duplicate would show
+            // as a quantity of 2.
+            for line in answer.json["lines"].as_array().expect("lines") {
+                assert_eq!(line["quantity"], 1, "an item is stored twice: {line}");
+            }
             for sku in &stored {
                 assert!(
                     fates.contains_key(sku),

@@ -6,6 +6,9 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use super::membership::ClusterHandle;
+
+/// The grains live in memory on this member, per kind.
+pub type LiveGrains = Arc<dyn Fn() -> std::collections::HashMap<String, u64> + Send + Sync>;
 use super::router::GrainRouter;
 use super::wire;
 use crate::proto::cluster as pb;
@@ -17,7 +20,7 @@ use granary_store::{AppendRequest, EventStore, GrainKey, StoreError};
 
 pub struct ClusterService {
     handle: ClusterHandle,
-    live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+    live_grains: LiveGrains,
     /// With mutual TLS: the members' keys. `None` under `--insecure-cluster`.
     trust: Option<Arc<Trust>>,
     /// The join tokens this node made.
@@ -37,7 +40,7 @@ fn revocation(id: &str) -> GrainKey {
 impl ClusterService {
     pub fn new(
         handle: ClusterHandle,
-        live_grains: std::sync::Arc<dyn Fn() -> u64 + Send + Sync>,
+        live_grains: LiveGrains,
         trust: Option<Arc<Trust>>,
         tokens: Arc<Tokens>,
         store: Arc<dyn EventStore>,
@@ -547,6 +550,7 @@ impl Cluster for ClusterService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.member(&request)?;
+        let live = (self.live_grains)();
         let status = self
             .handle
             .status()
@@ -572,7 +576,8 @@ impl Cluster for ClusterService {
                     last_seen_ms_ago: p.last_seen_ms_ago,
                 })
                 .collect(),
-            live_grains: (self.live_grains)(),
+            live_grains: live.values().sum(),
+            live_by_kind: live,
         }))
     }
 }

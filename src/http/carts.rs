@@ -17,6 +17,15 @@ use crate::cart_grain::{CartGrain, CartRequest};
 /// so a retried create names the same cart.
 const CREATE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_2f0e_8d4b_4e59_9a3c_5b7d_2e1f_0c84);
 
+/// A cart answer: the body, its version as `ETag`, never cached.
+pub(crate) fn render_cart(
+    status: StatusCode,
+    id: Uuid,
+    outcome: &Outcome<granary_cart::Cart>,
+) -> HttpResponse {
+    render(status, id, outcome)
+}
+
 fn render(status: StatusCode, id: Uuid, outcome: &Outcome<granary_cart::Cart>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header(("ETag", etag(outcome.version)))
@@ -107,7 +116,8 @@ pub(crate) async fn get_cart(
     Ok(render(StatusCode::OK, id, &outcome))
 }
 
-/// Adds an item; the same sku adds to its line's quantity.
+/// Adds a product at the catalog's price; the same sku adds to its line's
+/// quantity.
 #[utoipa::path(post, path = "/carts/{id}/items", tag = "carts", request_body = AddItemBody,
     params(("id" = Uuid, Path, description = "Cart id"),
            ("If-Match" = Option<String>, Header, description = "Required cart version (ETag)"),
@@ -115,10 +125,11 @@ pub(crate) async fn get_cart(
     responses(
         (status = 200, description = "The changed cart", body = CartBody),
         (status = 400, description = "Bad input; `field` names it", body = ErrorBody),
-        (status = 404, description = "No such cart", body = ErrorBody),
-        (status = 409, description = "Checked out, other currency, or full", body = ErrorBody),
+        (status = 404, description = "No such cart, or no product with this sku", body = ErrorBody),
+        (status = 409, description = "Checked out, other currency, full, or the sku's price changed since it was added (`lines`)", body = ErrorBody),
         (status = 412, description = "If-Match does not match", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody)))]
 pub(crate) async fn add_item(
     state: web::Data<ApiState>,
@@ -127,15 +138,55 @@ pub(crate) async fn add_item(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let item: AddItemBody = parse_json(&body)?;
-    command(
-        &state,
-        &req,
-        &body,
-        &path,
-        CartCommand::AddItem(item.into()),
-    )
-    .await
+    let id = parse_uuid("id", &path)?;
+    let request = add_sku_request(&body)?;
+    let options = call_options(&req, &body)?;
+    let outcome = call(&state, id, request, options).await?;
+    Ok(render(StatusCode::OK, id, &outcome))
+}
+
+/// The cart request of an `AddItemBody`, checked before any call.
+pub(crate) fn add_sku_request(body: &[u8]) -> Result<CartRequest, ApiError> {
+    let item: AddItemBody = parse_json(body)?;
+    check_sku(&item.sku)?;
+    if !(1..=granary_cart::limits::MAX_QUANTITY).contains(&item.quantity) {
+        return Err(ApiError::bad_request(
+            "quantity",
+            format!(
+                "must be between 1 and {}, got {}",
+                granary_cart::limits::MAX_QUANTITY,
+                item.quantity
+            ),
+        ));
+    }
+    Ok(CartRequest::AddSku {
+        sku: item.sku,
+        quantity: item.quantity,
+    })
+}
+
+/// A sku as a path or body names it: 1..=64 characters, none a control
+/// character or a space.
+/// Whether `sku` is one the shop takes: 1..=64 characters, none a control
+/// character or a space.
+pub fn valid_sku(sku: &str) -> bool {
+    let chars = sku.chars().count();
+    chars > 0
+        && chars <= granary_cart::limits::MAX_SKU_CHARS
+        && !sku.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+pub(crate) fn check_sku(sku: &str) -> Result<(), ApiError> {
+    if !valid_sku(sku) {
+        return Err(ApiError::bad_request(
+            "sku",
+            format!(
+                "1..={} characters, none a control character or a space",
+                granary_cart::limits::MAX_SKU_CHARS
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sets a line's quantity.
@@ -247,7 +298,9 @@ pub(crate) async fn clear(
     command(&state, &req, &body, &path, CartCommand::Clear).await
 }
 
-/// Checks the cart out; it accepts no change afterwards.
+/// Checks the cart out: every line's price is checked against the
+/// catalog and its units reserved at its stock; only if all hold is the
+/// cart checked out (and the units sold). It accepts no change afterwards.
 #[utoipa::path(post, path = "/carts/{id}/checkout", tag = "carts",
     params(("id" = Uuid, Path, description = "Cart id"),
            ("If-Match" = Option<String>, Header, description = "Required cart version (ETag)"),
@@ -255,8 +308,9 @@ pub(crate) async fn clear(
     responses(
         (status = 200, description = "The checked-out cart with its order id", body = CartBody),
         (status = 404, description = "No such cart", body = ErrorBody),
-        (status = 409, description = "Already checked out, or empty", body = ErrorBody),
-        (status = 412, description = "If-Match does not match", body = ErrorBody)))]
+        (status = 409, description = "Already checked out, empty, a price changed (`lines`), or out of stock (`lines`)", body = ErrorBody),
+        (status = 412, description = "If-Match does not match", body = ErrorBody),
+        (status = 503, description = "The catalog or the stock did not answer: nothing was sold", body = ErrorBody)))]
 pub(crate) async fn checkout(
     state: web::Data<ApiState>,
     req: HttpRequest,

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: Cow<'static, str>,
     /// The cart's current version, sent as `ETag` (on 412).
     pub etag: Option<u64>,
+    /// The cart lines at fault (a changed price, no stock).
+    pub lines: Vec<uuid::Uuid>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             field: None,
             code: Cow::Borrowed(code),
             etag: None,
+            lines: Vec::new(),
         }
     }
 
@@ -72,23 +75,32 @@ impl ResponseError for ApiError {
         if let Some(version) = self.etag {
             response.insert_header(("ETag", super::request::etag(version)));
         }
-        response.json(serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.message,
             "field": self.field,
             "code": self.code,
-        }))
+        });
+        if !self.lines.is_empty() {
+            body["lines"] = serde_json::json!(self.lines);
+        }
+        response.json(body)
     }
 }
 
 impl From<CartError> for ApiError {
     fn from(err: CartError) -> Self {
         let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let lines = match &err {
+            CartError::PriceChanged { lines } | CartError::SoldOut { lines } => lines.clone(),
+            _ => Vec::new(),
+        };
         ApiError {
             status,
             message: err.to_string(),
             field: err.field().map(str::to_owned),
             code: Cow::Borrowed(err.code()),
             etag: None,
+            lines,
         }
     }
 }
@@ -105,6 +117,7 @@ impl From<CallError<CartError>> for ApiError {
                 field: Some("If-Match".into()),
                 code: Cow::Borrowed("version_mismatch"),
                 etag: Some(actual),
+                lines: Vec::new(),
             },
             CallError::IdempotencyKeyReused { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

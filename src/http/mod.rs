@@ -7,10 +7,12 @@
 //! - `carts.rs`: the handlers; each turns a request into one grain call.
 //! - `openapi.rs`: the OpenAPI document, generated from the handlers.
 
+mod admin;
 mod carts;
 mod error;
 mod openapi;
 mod request;
+mod shop;
 mod views;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use granary_store::EventStore;
 
 use crate::cart_grain::CartGrain;
 use crate::grains::Grains;
+pub use carts::valid_sku;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 pub use views::CartBody;
@@ -39,6 +42,10 @@ pub struct ApiState {
     /// Whether this node may serve grains: cleared while it cannot see a
     /// majority of the cluster (it has fenced itself).
     pub serving: Arc<AtomicBool>,
+    /// The admin API's bearer token; `None` turns the admin API off.
+    pub admin_token: Option<String>,
+    /// The shop front's `cartid` cookie is `Secure` (HTTPS only).
+    pub secure_cookies: bool,
 }
 
 /// Registers every route of the cart service: the operations routes and
@@ -82,7 +89,22 @@ pub fn carts_routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(carts::remove_delivery)),
         )
         .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
-        .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)));
+        .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)))
+        .service(resource("/products/{sku}", "GET").route(web::get().to(admin::get_product)))
+        .service(resource("/admin/products/{sku}", "PUT").route(web::put().to(admin::put_product)))
+        .service(
+            resource("/admin/stock/{sku}", "GET, PUT")
+                .route(web::get().to(admin::get_stock))
+                .route(web::put().to(admin::put_stock)),
+        )
+        .service(resource("/cart", "GET").route(web::get().to(shop::get)))
+        .service(resource("/cart/items", "POST").route(web::post().to(shop::add)))
+        .service(
+            resource("/cart/items/{line_id}", "PATCH, DELETE")
+                .route(web::patch().to(shop::change))
+                .route(web::delete().to(shop::remove)),
+        )
+        .service(resource("/cart/checkout", "POST").route(web::post().to(shop::checkout)));
 }
 
 /// Liveness: the process answers.

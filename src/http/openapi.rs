@@ -1,12 +1,13 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
-use super::carts;
 use super::views::{
-    AddItemBody, CartBody, ChangeQuantityBody, DeliveryBody, ErrorBody, LineBody, SetDeliveryBody,
-    TotalsBody,
+    AddItemBody, CartBody, ChangeQuantityBody, DeliveryBody, ErrorBody, LineBody, ProductBody,
+    ProductView, SetDeliveryBody, StockBody, StockView, TotalsBody,
 };
+use super::{admin, carts, shop};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +28,15 @@ use super::views::{
         super::healthz,
         super::readyz,
         super::stats,
+        admin::get_product,
+        admin::put_product,
+        admin::put_stock,
+        admin::get_stock,
+        shop::get,
+        shop::add,
+        shop::change,
+        shop::remove,
+        shop::checkout,
     ),
     components(schemas(
         CartBody,
@@ -36,10 +46,28 @@ use super::views::{
         AddItemBody,
         ChangeQuantityBody,
         SetDeliveryBody,
-        ErrorBody
-    ))
+        ErrorBody,
+        ProductBody,
+        ProductView,
+        StockBody,
+        StockView
+    )),
+    modifiers(&AdminToken)
 )]
 struct ApiDoc;
+
+/// The admin routes' `Authorization: Bearer <admin_token>`.
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// The OpenAPI document as JSON.
 pub fn openapi_json() -> String {

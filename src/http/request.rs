@@ -49,7 +49,33 @@ pub(crate) async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
+    if !body.is_empty() {
+        require_json(req)?;
+    }
     Ok(body.freeze())
+}
+
+/// Refuses (415) a request whose `Content-Type` is not JSON: every body
+/// this API reads is JSON, and a cross-site HTML form cannot send that type
+/// (nor can another site's script without a CORS preflight this server
+/// never grants).
+pub(crate) fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let json = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: application/json is required",
+        )
+        .with_field("Content-Type")
+        .with_code("unsupported_media_type"))
+    }
 }
 
 /// Parses a JSON body into `T`; a failure names the field it is about.

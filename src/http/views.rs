@@ -1,7 +1,7 @@
 //! The API's JSON bodies. Requests refuse unknown fields, so a typo is an
 //! error naming the field instead of a silently ignored value.
 
-use granary_cart::{Cart, CartStatus, NewItem};
+use granary_cart::{Cart, CartStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -98,36 +98,74 @@ impl CartBody {
     }
 }
 
-/// `POST /carts/{id}/items`. Adding a sku already in the cart adds to its quantity.
+/// `POST /carts/{id}/items`. The price, name, tax rate and currency come
+/// from the catalog; adding a sku already in the cart adds to its quantity.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddItemBody {
-    /// 1..=64 characters.
+    /// A product's sku (1..=64 characters).
     pub sku: String,
-    /// 1..=200 characters.
-    pub name: String,
     /// 1..=999.
     pub quantity: u32,
+}
+
+/// `PUT /admin/products/{sku}`: a product as the shop sells it, and
+/// optionally its units on hand.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductBody {
+    /// 1..=200 characters.
+    pub name: String,
     /// Net price of one unit, in minor units.
     pub unit_price: u64,
-    /// ISO 4217, e.g. `EUR`; one currency per cart.
+    /// ISO 4217, e.g. `EUR`.
     pub currency: String,
     /// Tax rate in basis points, 0..=10000.
     #[serde(default)]
     pub tax_rate_bp: Option<u32>,
+    /// Units on hand (sets the stock when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<u64>,
 }
 
-impl From<AddItemBody> for NewItem {
-    fn from(body: AddItemBody) -> Self {
-        NewItem {
-            sku: body.sku,
-            name: body.name,
-            quantity: body.quantity,
-            unit_price: body.unit_price,
-            currency: body.currency,
-            tax_rate_bp: body.tax_rate_bp,
+/// A catalog entry as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    pub sku: String,
+    pub name: String,
+    pub unit_price: u64,
+    pub currency: String,
+    pub tax_rate_bp: Option<u32>,
+}
+
+impl From<granary_cart::ProductSpec> for ProductView {
+    fn from(spec: granary_cart::ProductSpec) -> Self {
+        ProductView {
+            sku: spec.sku,
+            name: spec.name,
+            unit_price: spec.unit_price,
+            currency: spec.currency,
+            tax_rate_bp: spec.tax_rate_bp,
         }
     }
+}
+
+/// `PUT /admin/stock/{sku}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StockBody {
+    /// Units physically there.
+    pub on_hand: u64,
+}
+
+/// A sku's stock as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StockView {
+    pub sku: String,
+    pub on_hand: u64,
+    /// Held by checkouts not yet confirmed.
+    pub reserved: u64,
+    pub available: u64,
 }
 
 /// `PATCH /carts/{id}/items/{line_id}`.
@@ -157,4 +195,7 @@ pub struct ErrorBody {
     pub field: Option<String>,
     /// A stable machine-readable code.
     pub code: String,
+    /// The cart lines at fault (a changed price, no stock), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<Uuid>>,
 }

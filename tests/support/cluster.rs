@@ -44,6 +44,12 @@ fn endpoint(node: &NodeProcess) -> tonic::transport::Endpoint {
 
 /// A node's `granary.cluster.v1.Cluster/Status`, or `None` if it does not
 /// answer within 2 s.
+/// Carts live in memory on the member that answered `status` (the shop's
+/// product and stock grains are live there too).
+pub fn live_carts(status: &StatusReply) -> u64 {
+    status.live_by_kind.get("cart").copied().unwrap_or(0)
+}
+
 pub async fn status(node: &NodeProcess) -> Option<StatusReply> {
     let channel = channel(node).await?;
     let reply = pb::cluster_client::ClusterClient::new(channel)
@@ -87,11 +93,26 @@ pub async fn until_all(
 /// Three members sharing one store file (`<dir>/shared.db`), A founding,
 /// B and C joining; returned once every member sees every other live.
 pub async fn formed_on_one_store(dir: &std::path::Path) -> (String, [NodeProcess; 3]) {
+    formed_on_one_store_with(dir, &[]).await
+}
+
+/// [`formed_on_one_store`], every node also given `extra` arguments.
+pub async fn formed_on_one_store_with(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (String, [NodeProcess; 3]) {
     let store = dir.join("shared.db").to_str().expect("path").to_owned();
-    let a = NodeProcess::start(&dir.join("a"), &["--store", &store]);
+    let found: Vec<&str> = ["--store", store.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let a = NodeProcess::start(&dir.join("a"), &found);
     let seed = a.grpc.to_string();
     let token = super::token(&a);
-    let join = ["--store", &store, "--join", &seed, "--token", &token];
+    let join: Vec<&str> = ["--store", &store, "--join", &seed, "--token", &token]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
     let b = NodeProcess::start(&dir.join("b"), &join);
     let c = NodeProcess::start(&dir.join("c"), &join);
     until_all(&[&a, &b, &c], "three live members", |r| {

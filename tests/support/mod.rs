@@ -52,6 +52,7 @@ impl NodeProcess {
             .arg(data_dir)
             .args(["--http", http, "--grpc", grpc])
             .args(extra)
+            .env("GRANARY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env(
                 "RUST_LOG",
                 std::env::var("GRANARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -302,6 +303,47 @@ impl Http {
         }
     }
 
+    /// Puts every one of `skus` in the catalog through `node` (the admin
+    /// API), each with a million units; fails the test if one is refused.
+    pub async fn stock<S: AsRef<str>>(
+        &self,
+        node: &NodeProcess,
+        skus: impl IntoIterator<Item = S>,
+    ) {
+        let skus: Vec<String> = skus.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        // Sixteen at a time: a test may name a thousand.
+        for chunk in skus.chunks(16) {
+            let puts = chunk
+                .iter()
+                .map(|sku| self.set_product(node, sku, 1_000_000));
+            futures_util::future::join_all(puts).await;
+        }
+    }
+
+    /// `PUT /admin/products/{sku}` through `node` with `on_hand` units,
+    /// retried past 503s for 30 s; it must answer 200.
+    pub async fn set_product(&self, node: &NodeProcess, sku: &str, on_hand: u64) {
+        let url = node.url(&format!("/admin/products/{sku}"));
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self
+                .send(
+                    "PUT",
+                    &url,
+                    Some(product(sku, on_hand)),
+                    &[("authorization", &auth)],
+                )
+                .await;
+            match answer {
+                Ok(answer) if answer.status == 200 => return,
+                Ok(answer) if answer.status != 503 => panic!("PUT {url}: {answer:?}"),
+                other => assert!(Instant::now() < deadline, "PUT {url}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a cart on `node` and returns its id.
     pub async fn create_cart(&self, node: &NodeProcess) -> String {
         let answer = self
@@ -313,9 +355,24 @@ impl Http {
     }
 }
 
-/// An item body with a unique sku.
+/// The admin token every test node runs with (`GRANARY_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// An add-item body: one unit of `sku` (which the catalog must have: see
+/// [`Http::stock`]).
 pub fn item(sku: &str) -> serde_json::Value {
-    serde_json::json!({"sku": sku, "name": format!("item {sku}"), "quantity": 1, "unit_price": 100, "currency": "EUR"})
+    serde_json::json!({"sku": sku, "quantity": 1})
+}
+
+/// The product every test sku is: 100 EUR at 20 %, `on_hand` units.
+pub fn product(sku: &str, on_hand: u64) -> serde_json::Value {
+    serde_json::json!({
+        "name": format!("item {sku}"),
+        "unit_price": 100,
+        "currency": "EUR",
+        "tax_rate_bp": 2000,
+        "stock": on_hand,
+    })
 }
 
 /// The skus in a cart body.

@@ -140,10 +140,11 @@ impl Cart {
                 self.lines.clear();
                 self.delivery = None;
             }
-            CartEvent::CheckedOut { order_id } => {
+            CartEvent::CheckedOut { order_id, .. } => {
                 self.status = CartStatus::CheckedOut;
                 self.order_id = Some(*order_id);
             }
+            CartEvent::ConfirmationPending { .. } => {}
         }
         // The currency is whatever the priced contents are in. Deriving it
         // after every event (rather than setting it once) means an emptied

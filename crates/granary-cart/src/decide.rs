@@ -194,6 +194,7 @@ impl Cart {
         }
         Ok(vec![CartEvent::CheckedOut {
             order_id: Uuid::new_v4(),
+            reservation: None,
         }])
     }
 

@@ -38,6 +38,23 @@ pub enum CartError {
     /// Checkout of a cart without lines.
     #[error("cannot check out an empty cart")]
     Empty,
+    /// Not enough units of a SKU to hold: `available` are.
+    #[error("only {available} units are available")]
+    OutOfStock { available: u64 },
+    /// The catalog's price (or tax, currency) of these lines is no longer
+    /// the one the cart holds: the client must look again.
+    #[error("the price of {} line(s) changed", lines.len())]
+    PriceChanged { lines: Vec<Uuid> },
+    /// Not enough stock for these lines.
+    #[error("{} line(s) are out of stock", lines.len())]
+    SoldOut { lines: Vec<Uuid> },
+    /// The SKU is not in the catalog.
+    #[error("no product has this sku")]
+    UnknownSku,
+    /// A grain the command needs (the catalog, the stock) did not answer
+    /// in time; nothing changed and no stock is held (retry).
+    #[error("{reason}")]
+    Unavailable { reason: String },
 }
 
 /// Coarse class of a [`CartError`], for transports to map onto their codes.
@@ -49,6 +66,8 @@ pub enum ErrorKind {
     Conflict,
     /// The request itself is malformed or out of bounds (HTTP 400).
     Invalid,
+    /// Something it needs did not answer; nothing changed (HTTP 503).
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -57,6 +76,7 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::Conflict => 409,
             ErrorKind::Invalid => 400,
+            ErrorKind::Unavailable => 503,
         }
     }
 }
@@ -70,7 +90,12 @@ impl CartError {
             CartError::CheckedOut { .. }
             | CartError::CurrencyMismatch { .. }
             | CartError::TooManyLines { .. }
-            | CartError::Empty => ErrorKind::Conflict,
+            | CartError::Empty
+            | CartError::OutOfStock { .. }
+            | CartError::PriceChanged { .. }
+            | CartError::SoldOut { .. } => ErrorKind::Conflict,
+            CartError::UnknownSku => ErrorKind::NotFound,
+            CartError::Unavailable { .. } => ErrorKind::Unavailable,
             CartError::Invalid { .. } | CartError::Overflow { .. } => ErrorKind::Invalid,
         }
     }
@@ -91,6 +116,11 @@ impl CartError {
             CartError::TooManyLines { .. } => "too_many_lines",
             CartError::Overflow { .. } => "overflow",
             CartError::Empty => "empty",
+            CartError::OutOfStock { .. } => "out_of_stock",
+            CartError::PriceChanged { .. } => "price_changed",
+            CartError::SoldOut { .. } => "sold_out",
+            CartError::UnknownSku => "unknown_sku",
+            CartError::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -100,10 +130,15 @@ impl CartError {
             CartError::Invalid { field, .. } | CartError::Overflow { field } => Some(field),
             CartError::LineNotFound { .. } => Some("line_id"),
             CartError::CurrencyMismatch { .. } => Some("currency"),
+            CartError::UnknownSku => Some("sku"),
             CartError::NotFound
             | CartError::CheckedOut { .. }
             | CartError::TooManyLines { .. }
-            | CartError::Empty => None,
+            | CartError::Empty
+            | CartError::OutOfStock { .. }
+            | CartError::PriceChanged { .. }
+            | CartError::SoldOut { .. }
+            | CartError::Unavailable { .. } => None,
         }
     }
 }

@@ -43,5 +43,16 @@ pub enum CartEvent {
     Cleared,
     CheckedOut {
         order_id: Uuid,
+        /// The stock reservations this checkout holds (their common id),
+        /// to confirm now that the order stands. None before the shop had
+        /// stock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reservation: Option<String>,
+    },
+    /// Confirming the reservations did not go through yet: try again at
+    /// `due` (ms since the Unix epoch). Changes no state.
+    ConfirmationPending {
+        reservation: String,
+        due: u64,
     },
 }

@@ -30,6 +30,10 @@
 //!   [`CartError::code`] and [`CartError::field`] give the HTTP layer what it
 //!   needs without duplicating the mapping.
 //! - [`limits`] — the bounds `decide` enforces.
+//! - [`Product`] — the catalog's entry for a SKU (price, name, tax,
+//!   currency: the server's word, never the client's).
+//! - [`Stock`] — units on hand of a SKU and the reservations a checkout
+//!   holds until it is confirmed or released.
 //!
 //! # Money
 //!
@@ -39,16 +43,20 @@
 //! not fit in `u64`, so [`Cart::totals`] is infallible.
 
 mod cart;
+mod catalog;
 mod command;
 mod decide;
 mod error;
 mod event;
 pub mod limits;
 mod money;
+mod stock;
 mod validate;
 
 pub use cart::{Cart, CartStatus, Delivery, Line};
+pub use catalog::{Product, ProductCommand, ProductEvent, ProductSpec};
 pub use command::{CartCommand, NewItem};
 pub use error::{CartError, ErrorKind};
 pub use event::CartEvent;
 pub use money::Totals;
+pub use stock::{Reservation, Stock, StockCommand, StockEvent, StockLevel};

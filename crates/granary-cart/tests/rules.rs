@@ -427,7 +427,7 @@ fn checkout_assigns_an_order_id() {
     let mut cart = created();
     add(&mut cart, item("a", 1, 100));
     let events = run(&mut cart, CartCommand::Checkout).unwrap();
-    let [CartEvent::CheckedOut { order_id }] = events.as_slice() else {
+    let [CartEvent::CheckedOut { order_id, .. }] = events.as_slice() else {
         panic!("expected one CheckedOut, got {events:?}");
     };
     assert_eq!(cart.status(), CartStatus::CheckedOut);

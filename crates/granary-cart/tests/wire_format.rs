@@ -41,6 +41,15 @@ fn all_events() -> Vec<CartEvent> {
         CartEvent::Cleared,
         CartEvent::CheckedOut {
             order_id: Uuid::new_v4(),
+            reservation: None,
+        },
+        CartEvent::CheckedOut {
+            order_id: Uuid::new_v4(),
+            reservation: Some("cart/x@7".into()),
+        },
+        CartEvent::ConfirmationPending {
+            reservation: "cart/x@7".into(),
+            due: 1_700_000_000_000,
         },
     ]
 }

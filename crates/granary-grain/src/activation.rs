@@ -289,11 +289,15 @@ impl<G: Grain> GrainActor<G> {
             }));
         }
         if !call.resolved {
-            let calls = crate::calls::Calls::new(self.shared.caller.get().cloned(), {
-                let mut chain = call.options.chain.clone();
-                chain.push(self.key.to_string());
-                chain
-            });
+            let calls = crate::calls::Calls::new(
+                self.shared.caller.get().cloned(),
+                {
+                    let mut chain = call.options.chain.clone();
+                    chain.push(self.key.to_string());
+                    chain
+                },
+                self.version,
+            );
             let resolution = catch_unwind(AssertUnwindSafe(|| {
                 self.state.resolve(&call.command, &calls)
             }));

@@ -49,11 +49,29 @@ pub struct Calls {
     /// The grains waiting on calls made from here, this one last
     /// (`kind/id`).
     chain: Vec<String>,
+    /// The calling grain's version when it began resolving.
+    version: u64,
 }
 
 impl Calls {
-    pub(crate) fn new(caller: Option<Arc<dyn Caller>>, chain: Vec<String>) -> Self {
-        Calls { caller, chain }
+    pub(crate) fn new(caller: Option<Arc<dyn Caller>>, chain: Vec<String>, version: u64) -> Self {
+        Calls {
+            caller,
+            chain,
+            version,
+        }
+    }
+
+    /// The calling grain (`kind/id`).
+    pub fn me(&self) -> &str {
+        self.chain.last().map_or("", String::as_str)
+    }
+
+    /// The calling grain's version when it began resolving this command:
+    /// with [`Calls::me`], a name for this attempt that a retry of the same
+    /// command (at the same version) shares, e.g. for idempotency keys.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Sends `command` to grain `id` of kind `K`, wherever it lives, and

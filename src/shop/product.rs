@@ -1,0 +1,29 @@
+//! A catalog entry as a grain: one per SKU, its id the SKU.
+
+use granary_cart::{CartError, Product, ProductCommand, ProductEvent, ProductSpec};
+use granary_grain::Grain;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProductGrain(Product);
+
+impl Grain for ProductGrain {
+    const KIND: &'static str = "product";
+    type Command = ProductCommand;
+    type Event = ProductEvent;
+    type Rejection = CartError;
+    type Reply = Option<ProductSpec>;
+
+    fn decide(&self, command: &ProductCommand) -> Result<Vec<ProductEvent>, CartError> {
+        self.0.decide(command)
+    }
+
+    fn apply(&mut self, event: &ProductEvent) {
+        self.0.apply(event)
+    }
+
+    fn reply(&self, _: &ProductCommand) -> Option<ProductSpec> {
+        self.0.spec().cloned()
+    }
+}
