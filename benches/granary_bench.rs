@@ -292,14 +292,7 @@ mod stateless {
             Request::Create => Some(CartCommand::Create),
             Request::Add { sku, quantity } => {
                 let spec: ProductSpec = serde_json::from_slice(&lookup(&sku)?).ok()?;
-                Some(CartCommand::AddItem(NewItem {
-                    sku: spec.sku,
-                    name: spec.name,
-                    quantity,
-                    unit_price: spec.unit_price,
-                    currency: spec.currency,
-                    tax_rate_bp: spec.tax_rate_bp,
-                }))
+                Some(CartCommand::AddItem(spec.item(quantity)))
             }
             Request::SetProduct(_) => None,
         }

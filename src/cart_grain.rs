@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use granary_cart::{
-    Cart, CartCommand, CartError, CartEvent, CartStatus, NewItem, ProductCommand, StockCommand,
+    Cart, CartCommand, CartError, CartEvent, CartStatus, ProductCommand, StockCommand,
 };
 use granary_grain::{CallError, CallOptions, Calls, Grain, Remind, Resolution};
 use serde::{Deserialize, Serialize};
@@ -146,14 +146,7 @@ impl Grain for CartGrain {
                             lines: vec![line.line_id],
                         });
                     }
-                    CartRequest::Command(CartCommand::AddItem(NewItem {
-                        sku: spec.sku,
-                        name: spec.name,
-                        quantity,
-                        unit_price: spec.unit_price,
-                        currency: spec.currency,
-                        tax_rate_bp: spec.tax_rate_bp,
-                    }))
+                    CartRequest::Command(CartCommand::AddItem(spec.item(quantity)))
                 }))
             }
             CartRequest::Command(CartCommand::Checkout)

@@ -34,6 +34,12 @@ fn cart_of(req: &HttpRequest) -> Option<Uuid> {
         .and_then(|c| Uuid::parse_str(c.value()).ok())
 }
 
+/// The cart the cookie names, or 404 `no_cart`.
+fn cookie_cart(req: &HttpRequest) -> Result<Uuid, ApiError> {
+    cart_of(req)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no cart yet").with_code("no_cart"))
+}
+
 fn with_cookie(state: &ApiState, mut response: HttpResponse, cart: Uuid) -> HttpResponse {
     let cookie = Cookie::build(CART_COOKIE, cart.to_string())
         .path("/")
@@ -68,9 +74,7 @@ pub(crate) async fn get(
     state: web::Data<ApiState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(cart) = cart_of(&req) else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no cart yet").with_code("no_cart"));
-    };
+    let cart = cookie_cart(&req)?;
     call(&state, cart, CartRequest::Get, CallOptions::default()).await
 }
 
@@ -129,8 +133,7 @@ pub(crate) async fn change(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
-    let cart = cart_of(&req)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no cart yet").with_code("no_cart"))?;
+    let cart = cookie_cart(&req)?;
     let line_id = parse_uuid("line_id", &path)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let change: ChangeQuantityBody = parse_json(&body)?;
@@ -159,8 +162,7 @@ pub(crate) async fn remove(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let cart = cart_of(&req)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no cart yet").with_code("no_cart"))?;
+    let cart = cookie_cart(&req)?;
     let line_id = parse_uuid("line_id", &path)?;
     let command = CartCommand::RemoveLine { line_id };
     call(
@@ -187,8 +189,7 @@ pub(crate) async fn checkout(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
-    let cart = cart_of(&req)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no cart yet").with_code("no_cart"))?;
+    let cart = cookie_cart(&req)?;
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let command = CartRequest::Command(CartCommand::Checkout);
     call(&state, cart, command, call_options(&req, &body)?).await

@@ -28,6 +28,18 @@ impl ProductSpec {
         validate::currency(&self.currency)?;
         validate::tax_rate(self.tax_rate_bp)
     }
+
+    /// `quantity` units of this product, as a cart line takes them.
+    pub fn item(self, quantity: u32) -> crate::NewItem {
+        crate::NewItem {
+            sku: self.sku,
+            name: self.name,
+            quantity,
+            unit_price: self.unit_price,
+            currency: self.currency,
+            tax_rate_bp: self.tax_rate_bp,
+        }
+    }
 }
 
 /// One SKU's entry in the catalog.

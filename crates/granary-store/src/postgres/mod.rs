@@ -448,14 +448,7 @@ async fn write_batch(
             if reminders.iter().any(|r| !r.is_empty()) {
                 let call =
                     append_with_reminders(client, statements, &params, &kinds, &grains, &reminders);
-                match tokio::time::timeout(options.round_trip_timeout, call).await {
-                    Ok(Ok(rows)) => Ok(rows),
-                    Ok(Err(err)) => Err(classify(&err, true)),
-                    Err(_) => Err(StoreError::Indeterminate(format!(
-                        "no answer from PostgreSQL within {:?}",
-                        options.round_trip_timeout
-                    ))),
-                }
+                within(options.round_trip_timeout, call).await
             } else {
                 let call = async {
                     let mut attempt = 0;
@@ -487,14 +480,7 @@ async fn write_batch(
                         }
                     }
                 };
-                match tokio::time::timeout(options.round_trip_timeout, call).await {
-                    Ok(Ok(rows)) => Ok(rows),
-                    Ok(Err(err)) => Err(classify(&err, true)),
-                    Err(_) => Err(StoreError::Indeterminate(format!(
-                        "no answer from PostgreSQL within {:?}",
-                        options.round_trip_timeout
-                    ))),
-                }
+                within(options.round_trip_timeout, call).await
             }
         }
     };
@@ -553,6 +539,20 @@ async fn write_batch(
 }
 
 /// One reader connection.
+/// A write's answer, or `Indeterminate` when none came within `limit`.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(err)) => Err(classify(&err, true)),
+        Err(_) => Err(StoreError::Indeterminate(format!(
+            "no answer from PostgreSQL within {limit:?}"
+        ))),
+    }
+}
+
 async fn read_loop(
     mut link: Link,
     queue: Arc<Mutex<mpsc::Receiver<ReadOp>>>,
