@@ -1,11 +1,15 @@
 //! Cluster figures, each with its baseline measured in the same run.
 //!
 //! Run: `cargo bench --bench cluster_bench` (real node processes on
-//! loopback, release build).
+//! loopback, release build); `-- --calls-only` stops after parts 1 and 1b.
 //!
 //! 1. Remote grain call throughput: `Grains/Call` (a cart read, forwarded
 //!    form) against a member vs a bare tonic unary echo on the same server
 //!    (`ControlPlane/Ping`), both at 64 in flight over one connection.
+//!    Then (1b) a grain-to-grain call across members: a price check of a
+//!    cart on A whose product grain is on B, against a read of the same
+//!    cart and a bare tonic echo on a channel to B opened with A's key, at
+//!    1 and 64 in flight.
 //! 2. Full HTTP load through all members: adds/s, and no member fenced or
 //!    declared dead meanwhile.
 //! 3. Failover: after `kill -9` of the member owning a cart, how long until
@@ -64,6 +68,109 @@ where
         task.await.expect("task");
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A `Grains/Call` of `command` to `cart` over `grpc`; whether it answered.
+async fn cart_call(grpc: tonic::transport::Channel, cart: String, command: Vec<u8>) -> bool {
+    let mut client = grains::grains_client::GrainsClient::new(grpc);
+    let call = grains::GrainCall {
+        kind: "cart".into(),
+        id: cart,
+        command,
+        ..Default::default()
+    };
+    matches!(
+        client.call(call).await.map(|a| a.into_inner().result),
+        Ok(Some(grains::grain_answer::Result::Ok(_)))
+    )
+}
+
+/// Part 1b: a cart on A whose line's product lives on B. A price check of
+/// the cart (a `Grains/Call` to A) makes the cart grain call the product
+/// grain on B: one grain-to-grain call across members. Against, in the
+/// same run: a read of the same cart (no onward call), and a bare tonic
+/// echo on a channel to B opened with A's key, as A's own channels are.
+async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
+    http.set_product(b, "g2g", 1_000_000).await;
+    let cart = http.create_cart(a).await;
+    let added = http
+        .post(
+            &a.url(&format!("/carts/{cart}/items")),
+            support::item("g2g"),
+        )
+        .await
+        .expect("add");
+    assert_eq!(added.status, 200, "{added:?}");
+    let live = |reply: &support::cluster::StatusReply, kind: &str| {
+        reply.live_by_kind.get(kind).copied().unwrap_or(0)
+    };
+    let (on_a, on_b) = (
+        support::cluster::status(a).await.expect("status"),
+        support::cluster::status(b).await.expect("status"),
+    );
+    assert!(
+        live(&on_a, "cart") >= 1 && live(&on_a, "product") == 0,
+        "the cart on A"
+    );
+    assert!(live(&on_b, "product") >= 1, "the product on B");
+
+    let to_a = channel(a).await;
+    let keys_a = granary::security::NodeKeys::load(&a.data_dir).expect("A's key");
+    let a_to_b = support::cluster::channel_with(&keys_a, b)
+        .await
+        .expect("A to B");
+    let read = rmp_serde::to_vec(&granary::cart_grain::CartRequest::Get).expect("encode");
+    let check = rmp_serde::to_vec(&granary::cart_grain::CartRequest::CheckPrices).expect("encode");
+    let seconds = Duration::from_secs(2);
+    for in_flight in [1usize, 64] {
+        let (mut reads, mut checks, mut echoes) = (0.0, 0.0, 0.0);
+        // Two rounds of each, alternated, so drift hits all alike.
+        for _ in 0..2 {
+            reads += {
+                let (grpc, cart, read) = (to_a.clone(), cart.clone(), read.clone());
+                rate(in_flight, seconds, move || {
+                    cart_call(grpc.clone(), cart.clone(), read.clone())
+                })
+                .await
+            };
+            checks += {
+                let (grpc, cart, check) = (to_a.clone(), cart.clone(), check.clone());
+                rate(in_flight, seconds, move || {
+                    cart_call(grpc.clone(), cart.clone(), check.clone())
+                })
+                .await
+            };
+            echoes += {
+                let grpc = a_to_b.clone();
+                rate(in_flight, seconds, move || {
+                    let mut client =
+                        messages::control_plane_client::ControlPlaneClient::new(grpc.clone());
+                    async move { client.ping(messages::Empty {}).await.is_ok() }
+                })
+                .await
+            };
+        }
+        let (reads, checks, echoes) = (reads / 2.0, checks / 2.0, echoes / 2.0);
+        if in_flight == 1 {
+            // Sequential: what the onward call adds to a call's time,
+            // against one echo's round trip.
+            let hop = 1.0 / checks - 1.0 / reads;
+            let echo = 1.0 / echoes;
+            println!(
+                "grain-to-grain call A -> B, 1 in flight: adds {:.0} us to a call ({:.0}/s price checks vs {:.0}/s reads of the same cart on A); bare tonic echo A -> B: {:.0} us; ratio {:.2}",
+                hop * 1e6,
+                checks,
+                reads,
+                echo * 1e6,
+                echo / hop
+            );
+        } else {
+            println!(
+                "grain-to-grain call A -> B, {in_flight} in flight: {checks:.0}/s price checks (each one call into A and one grain call A -> B) vs {reads:.0}/s reads of the cart on A; bare tonic echo A -> B: {echoes:.0}/s; checks/echo {:.2}",
+                checks / echoes
+            );
+        }
+    }
 }
 
 async fn until_members(node: &NodeProcess, members: u32) {
@@ -260,6 +367,12 @@ fn main() {
             "remote grain call (cart read), 64 in flight: {remote:.0}/s; bare tonic echo on the same server: {echo:.0}/s; ratio {:.2}",
             remote / echo
         );
+
+        // 1b. Grain-to-grain across members.
+        grain_to_grain(&a, &b, &http).await;
+        if std::env::args().any(|arg| arg == "--calls-only") {
+            return;
+        }
 
         // 2. Full HTTP load through every member: no member may be fenced
         //    or declared dead meanwhile (heartbeats must not starve).

@@ -41,6 +41,10 @@ pub enum CartRequest {
     Command(CartCommand),
     /// Add `quantity` units of `sku` at the catalog's price.
     AddSku { sku: String, quantity: u32 },
+    /// Read the cart after asking the catalog whether every line's price
+    /// still holds (refused with `PriceChanged` naming the lines if not).
+    /// Changes nothing.
+    CheckPrices,
     /// Resolved: the cart's calls found a reason to refuse.
     Refused(CartError),
     /// Resolved: every line is reserved under `reservation`; check out.
@@ -90,7 +94,7 @@ impl Grain for CartGrain {
             }
             CartRequest::Confirmed => Ok(Vec::new()),
             // Resolved before they are decided (see `resolve`).
-            CartRequest::AddSku { .. } | CartRequest::Confirm { .. } => {
+            CartRequest::AddSku { .. } | CartRequest::Confirm { .. } | CartRequest::CheckPrices => {
                 Err(CartError::Unavailable {
                     reason: "the request was not resolved".into(),
                 })
@@ -158,6 +162,21 @@ impl Grain for CartGrain {
                 let reservation = format!("{}@{}", calls.me(), calls.version());
                 Some(Box::pin(checkout(calls, lines, reservation)))
             }
+            CartRequest::CheckPrices if !self.0.is_created() => Some(Box::pin(async {
+                CartRequest::Refused(CartError::NotFound)
+            })),
+            CartRequest::CheckPrices => {
+                let lines = self.0.lines().to_vec();
+                Some(Box::pin(async move {
+                    match changed_prices(&calls, &lines).await {
+                        Ok(changed) if changed.is_empty() => CartRequest::Get,
+                        Ok(changed) => {
+                            CartRequest::Refused(CartError::PriceChanged { lines: changed })
+                        }
+                        Err(refused) => CartRequest::Refused(refused),
+                    }
+                }))
+            }
             CartRequest::Confirm { reservation } => {
                 let skus: Vec<String> = self.0.lines().iter().map(|l| l.sku.clone()).collect();
                 let reservation = reservation.clone();
@@ -223,25 +242,38 @@ async fn stock(
         .map(|outcome| outcome.reply)
 }
 
+/// The lines whose product's price, tax or currency is no longer the
+/// line's (or whose product is gone), asking every line's product at once.
+async fn changed_prices(
+    calls: &Calls,
+    lines: &[granary_cart::Line],
+) -> Result<Vec<Uuid>, CartError> {
+    let answers =
+        futures_util::future::join_all(lines.iter().map(|line| product(calls, &line.sku))).await;
+    let mut changed = Vec::new();
+    for (line, answer) in lines.iter().zip(answers) {
+        match answer {
+            Ok(spec)
+                if spec.unit_price == line.unit_price
+                    && spec.tax_rate_bp == line.tax_rate_bp
+                    && spec.currency == line.currency => {}
+            Ok(_) | Err(CartError::UnknownSku) => changed.push(line.line_id),
+            Err(refused) => return Err(refused),
+        }
+    }
+    Ok(changed)
+}
+
 /// Checkout across the catalog and the stock (see the module docs).
 async fn checkout(
     calls: Calls,
     lines: Vec<granary_cart::Line>,
     reservation: String,
 ) -> CartRequest {
-    let mut changed: Vec<Uuid> = Vec::new();
-    for line in &lines {
-        match product(&calls, &line.sku).await {
-            Ok(spec)
-                if spec.unit_price == line.unit_price
-                    && spec.tax_rate_bp == line.tax_rate_bp
-                    && spec.currency == line.currency => {}
-            Ok(_) | Err(CartError::UnknownSku) => changed.push(line.line_id),
-            Err(refused) => return CartRequest::Refused(refused),
-        }
-    }
-    if !changed.is_empty() {
-        return CartRequest::Refused(CartError::PriceChanged { lines: changed });
+    match changed_prices(&calls, &lines).await {
+        Ok(changed) if changed.is_empty() => {}
+        Ok(changed) => return CartRequest::Refused(CartError::PriceChanged { lines: changed }),
+        Err(refused) => return CartRequest::Refused(refused),
     }
     let expires_at = now_unix_ms() + settings().reservation_hold.as_millis() as u64;
     let mut sold_out = Vec::new();

@@ -1415,6 +1415,7 @@ async fn openapi_json_lists_every_route() {
         "/carts/{id}/delivery",
         "/carts/{id}/clear",
         "/carts/{id}/checkout",
+        "/carts/{id}/price-check",
         "/healthz",
         "/readyz",
         "/products/{sku}",
@@ -1846,4 +1847,29 @@ async fn the_browser_cart_lives_in_an_http_only_same_site_cookie() {
     assert_eq!(done.body["status"], "checked_out");
     let none = api.get("/cart").await;
     assert_error(&none, StatusCode::NOT_FOUND, None);
+}
+
+#[actix_web::test]
+async fn a_price_check_answers_the_cart_while_prices_hold_and_409_naming_the_lines_after() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    api.stocked("TEA", 450, 100).await;
+    let (id, added) = api.cart_of("TEA", 1).await;
+    api.add_ok(&id, &item("SKU-1", 1, 150)).await;
+    let check = format!("/carts/{id}/price-check");
+
+    let holds = api.get(&check).await;
+    api.stocked("TEA", 500, 100).await;
+    let changed = api.get(&check).await;
+
+    assert_eq!(holds.status, StatusCode::OK, "{}", holds.text());
+    assert_eq!(holds.body, api.cart(&id).await.body);
+    assert_error(&changed, StatusCode::CONFLICT, None);
+    assert_eq!(changed.body["code"], "price_changed");
+    assert_eq!(changed.body["lines"], json!([added.line_id(0)]));
+    assert_eq!(api.cart(&id).await.etag(), holds.etag(), "nothing changed");
+    let missing = api
+        .get(&format!("/carts/{}/price-check", Uuid::new_v4()))
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, None);
 }

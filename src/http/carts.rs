@@ -116,6 +116,25 @@ pub(crate) async fn get_cart(
     Ok(render(StatusCode::OK, id, &outcome))
 }
 
+/// Reads a cart after asking the catalog whether every line's price still
+/// holds: 200 with the cart if so, 409 `price_changed` naming the lines if
+/// not. Changes nothing (a shop front asks before showing the checkout).
+#[utoipa::path(get, path = "/carts/{id}/price-check", tag = "carts",
+    params(("id" = Uuid, Path, description = "Cart id")),
+    responses(
+        (status = 200, description = "Every price holds; the cart", body = CartBody),
+        (status = 404, description = "Never created", body = ErrorBody),
+        (status = 409, description = "Prices changed (`lines`)", body = ErrorBody),
+        (status = 503, description = "The catalog did not answer", body = ErrorBody)))]
+pub(crate) async fn price_check(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_uuid("id", &path)?;
+    let outcome = call(&state, id, CartRequest::CheckPrices, CallOptions::default()).await?;
+    Ok(render(StatusCode::OK, id, &outcome))
+}
+
 /// Adds a product at the catalog's price; the same sku adds to its line's
 /// quantity.
 #[utoipa::path(post, path = "/carts/{id}/items", tag = "carts", request_body = AddItemBody,

@@ -90,6 +90,9 @@ pub fn carts_routes(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
         .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)))
+        .service(
+            resource("/carts/{id}/price-check", "GET").route(web::get().to(carts::price_check)),
+        )
         .service(resource("/products/{sku}", "GET").route(web::get().to(admin::get_product)))
         .service(resource("/admin/products/{sku}", "PUT").route(web::put().to(admin::put_product)))
         .service(

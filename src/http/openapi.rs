@@ -25,6 +25,7 @@ use super::{admin, carts, shop};
         carts::remove_delivery,
         carts::clear,
         carts::checkout,
+        carts::price_check,
         super::healthz,
         super::readyz,
         super::stats,
