@@ -43,20 +43,21 @@ async fn channel(node: &NodeProcess) -> tonic::transport::Channel {
     support::cluster::channel(node).await.expect("connect")
 }
 
-/// Runs `call` with `in_flight` concurrent loops for `duration`; calls/s.
+/// Runs `call` with `in_flight` concurrent loops for `duration` (each
+/// loop gives `call` its number); calls/s.
 async fn rate<F, Fut>(in_flight: usize, duration: Duration, call: F) -> f64
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..in_flight {
+    for n in 0..in_flight {
         let (call, done, stop) = (call.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                assert!(call().await, "call failed");
+                assert!(call(n).await, "call failed");
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
@@ -85,22 +86,29 @@ async fn cart_call(grpc: tonic::transport::Channel, cart: String, command: Vec<u
     )
 }
 
-/// Part 1b: a cart on A whose line's product lives on B. A price check of
-/// the cart (a `Grains/Call` to A) makes the cart grain call the product
+/// Part 1b: carts on A whose line's product lives on B. A price check of
+/// a cart (a `Grains/Call` to A) makes the cart grain call the product
 /// grain on B: one grain-to-grain call across members. Against, in the
 /// same run: a read of the same cart (no onward call), and a bare tonic
 /// echo on a channel to B opened with A's key, as A's own channels are.
+/// At 1 in flight one cart; at 64 in flight 64 carts, one per loop (a cart
+/// takes one command at a time, its calls included).
 async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
     http.set_product(b, "g2g", 1_000_000).await;
-    let cart = http.create_cart(a).await;
-    let added = http
-        .post(
-            &a.url(&format!("/carts/{cart}/items")),
-            support::item("g2g"),
-        )
-        .await
-        .expect("add");
-    assert_eq!(added.status, 200, "{added:?}");
+    let mut carts = Vec::new();
+    for _ in 0..64 {
+        let cart = http.create_cart(a).await;
+        let added = http
+            .post(
+                &a.url(&format!("/carts/{cart}/items")),
+                support::item("g2g"),
+            )
+            .await
+            .expect("add");
+        assert_eq!(added.status, 200, "{added:?}");
+        carts.push(cart);
+    }
+    let carts = Arc::new(carts);
     let live = |reply: &support::cluster::StatusReply, kind: &str| {
         reply.live_by_kind.get(kind).copied().unwrap_or(0)
     };
@@ -109,8 +117,8 @@ async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
         support::cluster::status(b).await.expect("status"),
     );
     assert!(
-        live(&on_a, "cart") >= 1 && live(&on_a, "product") == 0,
-        "the cart on A"
+        live(&on_a, "cart") >= 64 && live(&on_a, "product") == 0,
+        "the carts on A"
     );
     assert!(live(&on_b, "product") >= 1, "the product on B");
 
@@ -127,22 +135,22 @@ async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
         // Two rounds of each, alternated, so drift hits all alike.
         for _ in 0..2 {
             reads += {
-                let (grpc, cart, read) = (to_a.clone(), cart.clone(), read.clone());
-                rate(in_flight, seconds, move || {
-                    cart_call(grpc.clone(), cart.clone(), read.clone())
+                let (grpc, carts, read) = (to_a.clone(), carts.clone(), read.clone());
+                rate(in_flight, seconds, move |n| {
+                    cart_call(grpc.clone(), carts[n].clone(), read.clone())
                 })
                 .await
             };
             checks += {
-                let (grpc, cart, check) = (to_a.clone(), cart.clone(), check.clone());
-                rate(in_flight, seconds, move || {
-                    cart_call(grpc.clone(), cart.clone(), check.clone())
+                let (grpc, carts, check) = (to_a.clone(), carts.clone(), check.clone());
+                rate(in_flight, seconds, move |n| {
+                    cart_call(grpc.clone(), carts[n].clone(), check.clone())
                 })
                 .await
             };
             echoes += {
                 let grpc = a_to_b.clone();
-                rate(in_flight, seconds, move || {
+                rate(in_flight, seconds, move |_| {
                     let mut client =
                         messages::control_plane_client::ControlPlaneClient::new(grpc.clone());
                     async move { client.ping(messages::Empty {}).await.is_ok() }
@@ -166,7 +174,7 @@ async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
             );
         } else {
             println!(
-                "grain-to-grain call A -> B, {in_flight} in flight: {checks:.0}/s price checks (each one call into A and one grain call A -> B) vs {reads:.0}/s reads of the cart on A; bare tonic echo A -> B: {echoes:.0}/s; checks/echo {:.2}",
+                "grain-to-grain call A -> B, {in_flight} in flight ({in_flight} carts): {checks:.0}/s price checks (each one call into A and one grain call A -> B) vs {reads:.0}/s reads of the carts on A; bare tonic echo A -> B: {echoes:.0}/s; checks/echo {:.2}",
                 checks / echoes
             );
         }
@@ -333,7 +341,7 @@ fn main() {
         for round in 0..2 {
             let echo = {
                 let grpc = grpc.clone();
-                rate(64, seconds / 2, move || {
+                rate(64, seconds / 2, move |_| {
                     let mut client = messages::control_plane_client::ControlPlaneClient::new(grpc.clone());
                     async move { client.ping(messages::Empty {}).await.is_ok() }
                 })
@@ -341,7 +349,7 @@ fn main() {
             };
             let remote = {
                 let (grpc, cart, command) = (grpc.clone(), cart.clone(), command.clone());
-                rate(64, seconds / 2, move || {
+                rate(64, seconds / 2, move |_| {
                     let mut client = grains::grains_client::GrainsClient::new(grpc.clone());
                     let call = grains::GrainCall {
                         kind: "cart".into(),

@@ -73,6 +73,26 @@ pub struct GrainRouter {
     /// The runtime channels and RPCs live on (the gRPC runtime), whichever
     /// thread asks.
     io: tokio::runtime::Handle,
+    /// Names this router among the routers of the process (in-process
+    /// tests run several nodes) in the per-thread channel caches.
+    id: u64,
+}
+
+/// Routers made in this process so far.
+static ROUTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Grain-call channels whose connection lives on this thread's runtime.
+    static THREAD_CHANNELS: std::cell::RefCell<Option<ThreadChannels>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Channels made on one thread's runtime, usable while it runs.
+struct ThreadChannels {
+    /// Dropped with the runtime (it is held by a task that never ends), so
+    /// a thread that outlives its runtime makes new channels.
+    runtime: std::sync::Weak<()>,
+    channels: HashMap<(u64, String), Channel>,
 }
 
 impl GrainRouter {
@@ -100,6 +120,7 @@ impl GrainRouter {
             placeable: tokio::sync::Notify::new(),
             channels: Mutex::new(HashMap::new()),
             io,
+            id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         let follower = router.clone();
         tokio::spawn(async move { follower.follow().await });
@@ -365,36 +386,89 @@ impl GrainRouter {
         self.with(|p, _| p.fenced());
     }
 
-    /// A channel to the member at `address`, pinned to its key.
+    /// A channel to the member at `address`, pinned to its key, on the
+    /// gRPC runtime.
     pub fn channel(&self, address: &str) -> Result<Channel, Unroutable> {
-        let pin = self
-            .cluster
-            .committed()
-            .members
-            .values()
-            .find(|m| m.address == address)
-            .and_then(|m| dial::pin(&m.id.0));
-        let dialer = self.cluster.dialer();
-        if dialer.is_tls() && pin.is_none() {
-            return Err(Unroutable(format!("{address} is not a member's address")));
-        }
-        let key = format!(
-            "{address}#{}",
-            pin.map(|p| p.to_string()).unwrap_or_default()
-        );
+        let key = self.channel_key(address)?;
         if let Some(channel) = lock(&self.channels).get(&key) {
             return Ok(channel.clone());
         }
         let _io = self.io.enter();
-        let channel = dialer
-            .connect_lazy(address, pin, Duration::from_secs(1), RPC_DEADLINE)
-            .map_err(Unroutable)?;
+        let channel = self.connect_lazy(address)?;
         lock(&self.channels).insert(key, channel.clone());
         Ok(channel)
     }
 
+    /// A channel to the member at `address` whose connection runs on the
+    /// calling thread's runtime (a grain's arbiter, an HTTP worker), so a
+    /// call and its answer wake no other thread of this process: a grain
+    /// call forwarded from a thread through the gRPC runtime's connection
+    /// cost two more thread wake-ups each way, more than the network hop
+    /// itself on loopback. One connection per member per calling thread.
+    fn thread_channel(&self, address: &str) -> Result<Channel, Unroutable> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.channel(address);
+        }
+        let key = (self.id, self.channel_key(address)?);
+        THREAD_CHANNELS.with_borrow_mut(|cache| {
+            if cache.as_ref().is_none_or(|c| c.runtime.strong_count() == 0) {
+                let runtime = Arc::new(());
+                let alive = Arc::downgrade(&runtime);
+                tokio::spawn(async move {
+                    let _runtime = runtime;
+                    std::future::pending::<()>().await
+                });
+                *cache = Some(ThreadChannels {
+                    runtime: alive,
+                    channels: HashMap::new(),
+                });
+            }
+            let channels = &mut cache.as_mut().expect("made above").channels;
+            if let Some(channel) = channels.get(&key) {
+                return Ok(channel.clone());
+            }
+            let channel = self.connect_lazy(address)?;
+            channels.insert(key, channel.clone());
+            Ok(channel)
+        })
+    }
+
+    /// The name of `address`'s channels: the address and the key it is
+    /// pinned to (a member that comes back with a new key gets new ones).
+    fn channel_key(&self, address: &str) -> Result<String, Unroutable> {
+        let pin = self.pin(address);
+        if self.cluster.dialer().is_tls() && pin.is_none() {
+            return Err(Unroutable(format!("{address} is not a member's address")));
+        }
+        Ok(format!(
+            "{address}#{}",
+            pin.map(|p| p.to_string()).unwrap_or_default()
+        ))
+    }
+
+    /// A new channel to `address` on the current runtime.
+    fn connect_lazy(&self, address: &str) -> Result<Channel, Unroutable> {
+        let pin = self.pin(address);
+        self.cluster
+            .dialer()
+            .connect_lazy(address, pin, Duration::from_secs(1), RPC_DEADLINE)
+            .map_err(Unroutable)
+    }
+
+    /// The key of the member at `address`, if it is one.
+    fn pin(&self, address: &str) -> Option<crate::security::Fingerprint> {
+        self.cluster
+            .committed()
+            .members
+            .values()
+            .find(|m| m.address == address)
+            .and_then(|m| dial::pin(&m.id.0))
+    }
+
+    /// A client for grain calls to the member at `address`, on the calling
+    /// thread's own connection.
     pub fn grains_client(&self, address: &str) -> Result<GrainsClient<Channel>, Unroutable> {
-        Ok(GrainsClient::new(self.channel(address)?))
+        Ok(GrainsClient::new(self.thread_channel(address)?))
     }
 
     fn cluster_client(&self, member: &Member) -> Result<ClusterClient<Channel>, String> {
