@@ -76,6 +76,28 @@ pub struct GrainRouter {
     /// Names this router among the routers of the process (in-process
     /// tests run several nodes) in the per-thread channel caches.
     id: u64,
+    /// Thread-owned channels made so far, per channel key: bounded so
+    /// that what members open to a member stays well under its
+    /// connection cap (`security::tls::Limits`) whatever the core count
+    /// and cluster size.
+    thread_channels: Mutex<HashMap<String, usize>>,
+}
+
+/// Connections to its peers, over all of them, that a member may own on
+/// calling threads (beyond one on the gRPC runtime per peer): with 63
+/// peers and this budget a member receives at most 96 + 63 member
+/// connections, under the 256 it accepts.
+const THREAD_CHANNEL_BUDGET: usize = 96;
+
+/// Thread-owned channels to one peer, at most (more threads share the
+/// gRPC runtime's channel).
+const THREAD_CHANNELS_PER_PEER: usize = 8;
+
+/// How many thread-owned channels a member of a cluster of `members` may
+/// open to each peer.
+fn thread_channels_per_peer(members: usize) -> usize {
+    let peers = members.saturating_sub(1).max(1);
+    (THREAD_CHANNEL_BUDGET / peers).clamp(1, THREAD_CHANNELS_PER_PEER)
 }
 
 /// Routers made in this process so far.
@@ -121,6 +143,7 @@ impl GrainRouter {
             channels: Mutex::new(HashMap::new()),
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            thread_channels: Mutex::new(HashMap::new()),
         });
         let follower = router.clone();
         tokio::spawn(async move { follower.follow().await });
@@ -404,7 +427,8 @@ impl GrainRouter {
     /// call and its answer wake no other thread of this process: a grain
     /// call forwarded from a thread through the gRPC runtime's connection
     /// cost two more thread wake-ups each way, more than the network hop
-    /// itself on loopback. One connection per member per calling thread.
+    /// itself on loopback. One connection per member per calling thread,
+    /// up to a budget; threads beyond it use the gRPC runtime's.
     fn thread_channel(&self, address: &str) -> Result<Channel, Unroutable> {
         if tokio::runtime::Handle::try_current().is_err() {
             return self.channel(address);
@@ -427,10 +451,26 @@ impl GrainRouter {
             if let Some(channel) = channels.get(&key) {
                 return Ok(channel.clone());
             }
+            if !self.may_own_channel(&key.1) {
+                return self.channel(address);
+            }
             let channel = self.connect_lazy(address)?;
             channels.insert(key, channel.clone());
             Ok(channel)
         })
+    }
+
+    /// Counts one more thread-owned channel for `key`, if the budget
+    /// allows it.
+    fn may_own_channel(&self, key: &str) -> bool {
+        let per_peer = thread_channels_per_peer(self.cluster.committed().members.len());
+        let mut made = lock(&self.thread_channels);
+        let made = made.entry(key.to_owned()).or_default();
+        if *made >= per_peer {
+            return false;
+        }
+        *made += 1;
+        true
     }
 
     /// The name of `address`'s channels: the address and the key it is
@@ -569,4 +609,28 @@ impl Ownership for Placements {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the members of a cluster of any allowed size open to one
+    /// member (its peers' thread-owned channels plus one gRPC-runtime
+    /// channel each) leaves most of its connection cap to others.
+    #[test]
+    fn members_connections_stay_under_the_cap() {
+        let cap = crate::security::tls::Limits::default().max_connections;
+        for members in 1..=granary_cluster_core::MAX_MEMBERS {
+            let peers = members.saturating_sub(1);
+            let per_peer = thread_channels_per_peer(members);
+            assert!(per_peer >= 1, "{members} members");
+            assert!(
+                peers * (per_peer + 1) <= cap * 2 / 3,
+                "{members} members: {peers} peers x {} connections",
+                per_peer + 1
+            );
+        }
+        assert_eq!(thread_channels_per_peer(3), THREAD_CHANNELS_PER_PEER);
+    }
 }
