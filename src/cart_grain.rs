@@ -8,7 +8,8 @@
 //!   at its stock grain, under one reservation id derived from the cart and
 //!   its version (so a retried checkout reserves nothing twice). All held:
 //!   the cart is checked out, and its reminder confirms the reservations
-//!   (the units are sold) until they all are. Any refused or unanswered:
+//!   (the units are sold) until they all are; a confirmation after the hold
+//!   expired sells the units if they are still there. Any refused or unanswered:
 //!   every reservation is released and nothing is sold. A checkout that
 //!   dies half way (its member killed) leaves reservations the stock
 //!   grains' own reminders release when they expire.
@@ -178,15 +179,34 @@ impl Grain for CartGrain {
                 }))
             }
             CartRequest::Confirm { reservation } => {
-                let skus: Vec<String> = self.0.lines().iter().map(|l| l.sku.clone()).collect();
+                let lines: Vec<(String, u32)> = self
+                    .0
+                    .lines()
+                    .iter()
+                    .map(|l| (l.sku.clone(), l.quantity))
+                    .collect();
                 let reservation = reservation.clone();
                 Some(Box::pin(async move {
                     let mut all = true;
-                    for sku in &skus {
+                    for (sku, quantity) in &lines {
                         let confirm = StockCommand::Confirm {
                             reservation: reservation.clone(),
+                            quantity: *quantity,
                         };
-                        all &= stock(&calls, sku, confirm).await.is_ok();
+                        all &= match stock(&calls, sku, confirm).await {
+                            Ok(_) => true,
+                            // The hold expired and the units were sold to
+                            // someone else meanwhile: confirming again will
+                            // not bring them back.
+                            Err(CallError::Rejected(CartError::OutOfStock { available })) => {
+                                tracing::error!(
+                                    %sku, %reservation, quantity, available,
+                                    "oversold: the hold expired before the checkout was confirmed"
+                                );
+                                true
+                            }
+                            Err(_) => false,
+                        };
                     }
                     if all {
                         CartRequest::Confirmed

@@ -42,7 +42,9 @@ impl Grain for StockGrain {
                     reservation: reservation.clone(),
                 },
             }],
-            StockEvent::Confirmed { reservation } | StockEvent::Released { reservation } => {
+            StockEvent::Confirmed { reservation }
+            | StockEvent::Released { reservation }
+            | StockEvent::SoldLate { reservation, .. } => {
                 vec![Remind::Cancel {
                     id: reservation.clone(),
                 }]

@@ -6,8 +6,14 @@
 //! each step of a checkout can be retried after a crash. A reservation
 //! carries the time it expires; the stock grain's reminder releases it then
 //! if nobody confirmed it.
+//!
+//! A confirmation that comes after its reservation expired (the checked-out
+//! cart's member was down longer than the hold) sells the units if they are
+//! still there (`SoldLate`); if they are not, it is refused `OutOfStock`
+//! and the units are oversold. Confirmed reservation ids are remembered, so
+//! a confirmation delivered twice sells once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +31,9 @@ pub struct Reservation {
 pub struct Stock {
     on_hand: u64,
     reservations: BTreeMap<String, Reservation>,
+    /// Reservations whose units are sold.
+    #[serde(default)]
+    sold: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,9 +48,12 @@ pub enum StockCommand {
         quantity: u32,
         expires_at: u64,
     },
-    /// The checkout went through: the held units are sold.
+    /// The checkout went through: the held units are sold. `quantity`
+    /// is what the reservation was for, sold anyway if the hold expired.
     Confirm {
         reservation: String,
+        #[serde(default)]
+        quantity: u32,
     },
     /// The checkout did not: the held units go back.
     Release {
@@ -62,6 +74,11 @@ pub enum StockEvent {
     },
     Confirmed {
         reservation: String,
+    },
+    /// Confirmed after the hold had expired, with the units still there.
+    SoldLate {
+        reservation: String,
+        quantity: u32,
     },
     Released {
         reservation: String,
@@ -111,6 +128,11 @@ impl Stock {
             } => {
                 crate::validate::text("reservation", reservation, 200)?;
                 crate::validate::quantity(*quantity)?;
+                if self.sold.contains(reservation) {
+                    // A retried step arriving after its checkout sold the
+                    // units: they stay sold, nothing more is held.
+                    return Ok(Vec::new());
+                }
                 if let Some(held) = self.reservations.get(reservation) {
                     // Asked again (a retried step): the same hold stands.
                     return if held.quantity == *quantity {
@@ -134,11 +156,26 @@ impl Stock {
             }
             // Confirming or releasing what is not held (again, or after it
             // expired) changes nothing: every step may be retried.
-            StockCommand::Confirm { reservation }
+            StockCommand::Confirm { reservation, .. }
                 if self.reservations.contains_key(reservation) =>
             {
                 Ok(vec![StockEvent::Confirmed {
                     reservation: reservation.clone(),
+                }])
+            }
+            StockCommand::Confirm {
+                reservation,
+                quantity,
+            } if *quantity > 0 && !self.sold.contains(reservation) => {
+                crate::validate::text("reservation", reservation, 200)?;
+                crate::validate::quantity(*quantity)?;
+                let available = self.level().available;
+                if u64::from(*quantity) > available {
+                    return Err(CartError::OutOfStock { available });
+                }
+                Ok(vec![StockEvent::SoldLate {
+                    reservation: reservation.clone(),
+                    quantity: *quantity,
                 }])
             }
             StockCommand::Release { reservation }
@@ -172,6 +209,14 @@ impl Stock {
                 if let Some(held) = self.reservations.remove(reservation) {
                     self.on_hand = self.on_hand.saturating_sub(u64::from(held.quantity));
                 }
+                self.sold.insert(reservation.clone());
+            }
+            StockEvent::SoldLate {
+                reservation,
+                quantity,
+            } => {
+                self.on_hand = self.on_hand.saturating_sub(u64::from(*quantity));
+                self.sold.insert(reservation.clone());
             }
             StockEvent::Released { reservation } => {
                 self.reservations.remove(reservation);
@@ -215,6 +260,7 @@ mod tests {
             &mut stock,
             StockCommand::Confirm {
                 reservation: "a".into(),
+                quantity: 3,
             },
         )
         .unwrap();
@@ -230,7 +276,8 @@ mod tests {
             run(
                 &mut stock,
                 StockCommand::Confirm {
-                    reservation: "a".into()
+                    reservation: "a".into(),
+                    quantity: 3,
                 }
             ),
             Ok(0),
@@ -245,5 +292,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(stock.level().available, 2);
+    }
+
+    #[test]
+    fn a_confirmation_after_the_hold_expired_sells_what_is_still_there_once() {
+        let mut stock = Stock::default();
+        run(&mut stock, StockCommand::SetOnHand { quantity: 5 }).unwrap();
+        run(&mut stock, reserve("late", 2)).unwrap();
+        // The hold expires before the checked-out cart confirms.
+        run(
+            &mut stock,
+            StockCommand::Release {
+                reservation: "late".into(),
+            },
+        )
+        .unwrap();
+        let confirm = |quantity| StockCommand::Confirm {
+            reservation: "late".into(),
+            quantity,
+        };
+        assert_eq!(run(&mut stock, confirm(2)), Ok(1));
+        assert_eq!(stock.level().on_hand, 3);
+        assert_eq!(run(&mut stock, confirm(2)), Ok(0), "delivered twice");
+        assert_eq!(run(&mut stock, reserve("late", 2)), Ok(0), "a late retry");
+        assert_eq!(stock.level().on_hand, 3);
+        assert_eq!(stock.level().reserved, 0);
+        // Sold out meanwhile: refused, nothing changes.
+        run(&mut stock, reserve("other", 3)).unwrap();
+        let refused = StockCommand::Confirm {
+            reservation: "gone".into(),
+            quantity: 1,
+        };
+        assert_eq!(
+            run(&mut stock, refused),
+            Err(CartError::OutOfStock { available: 0 })
+        );
+        assert_eq!(stock.level().on_hand, 3);
     }
 }
