@@ -54,11 +54,15 @@ enum RelayCommand {
     Via { to: String, counter: String, n: i64 },
     /// Ask relay `to`, which will ask relay `back`, which is this one.
     Loop { to: String, back: String },
-    /// Add to a counter, but wait no longer than `millis`.
+    /// Ask `to` to wait for the test's gate, waiting no longer than
+    /// `millis` (with `to` empty: wait for the gate).
     Hurry { to: String, millis: u64 },
     /// What the calls answered (after `resolve`).
     Answered(String),
 }
+
+/// Held shut until a test lets a waiting relay through.
+static GATE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 impl Grain for Relay {
     const KIND: &'static str = "relay";
@@ -111,6 +115,12 @@ impl Grain for Relay {
                         .map(|o| o.reply.join(", "))
                         .map_err(|e| e.to_string()),
                 ),
+                // The callee's side: it answers only when the test opens
+                // the gate, surely after its caller's deadline passed.
+                RelayCommand::Hurry { to, .. } if to.is_empty() => {
+                    GATE.notified().await;
+                    answered(Ok("let through".into()))
+                }
                 RelayCommand::Hurry { to, millis } => answered(
                     calls
                         .call::<Relay>(
@@ -226,8 +236,8 @@ async fn a_call_chain_that_comes_back_fails_at_once_instead_of_hanging() {
 async fn a_call_past_its_deadline_is_an_unknown_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let grains = grains(&dir);
-    // b's own call takes 0 ms of patience, so it hurries and answers; a
-    // gives b no time at all and hears that the outcome is unknown.
+    // b answers only once the gate opens; a gives b no time at all and
+    // hears that the outcome is unknown.
     let answered = grains
         .call::<Relay>(
             "a",
@@ -243,4 +253,13 @@ async fn a_call_past_its_deadline_is_an_unknown_outcome() {
         "{:?}",
         answered.reply
     );
+    // Unknown indeed: b may be waiting at the gate, or may never have
+    // taken the call (a gave up before it did). Either way b answers the
+    // next caller.
+    GATE.notify_one();
+    let b = grains
+        .call::<Relay>("b", RelayCommand::Answered("asked again".into()))
+        .await
+        .expect("b answers");
+    assert_eq!(b.reply.last().map(String::as_str), Some("asked again"));
 }
