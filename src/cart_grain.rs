@@ -107,6 +107,12 @@ impl Grain for CartGrain {
         self.0.apply(event);
     }
 
+    /// `GET /carts/{id}` is answered from the committed cart on the HTTP
+    /// worker, also while the cart is busy (a checkout's calls, a write).
+    fn is_read(request: &CartRequest) -> bool {
+        matches!(request, CartRequest::Get)
+    }
+
     fn reply(&self, _: &CartRequest) -> Cart {
         self.0.clone()
     }

@@ -157,6 +157,12 @@ impl ClusterHandle {
         self.committed.borrow().clone()
     }
 
+    /// Reads the committed config in place (no copy: for the per-call
+    /// paths).
+    pub fn with_committed<T>(&self, read: impl FnOnce(&ClusterConfig) -> T) -> T {
+        read(&self.committed.borrow())
+    }
+
     /// Changes of the committed config.
     pub fn watch_committed(&self) -> tokio::sync::watch::Receiver<ClusterConfig> {
         self.committed.clone()

@@ -248,7 +248,7 @@ impl GrainRouter {
     /// plus a margin for the rebuild.
     pub fn placement_wait(&self) -> Duration {
         let timing = self.cluster.timing();
-        let members = self.cluster.committed().members.len();
+        let members = self.cluster.with_committed(|c| c.members.len());
         Duration::from_millis(timing.dead_after + timing.directory_hold(members.max(2)) + 500)
     }
 
@@ -463,7 +463,7 @@ impl GrainRouter {
     /// Counts one more thread-owned channel for `key`, if the budget
     /// allows it.
     fn may_own_channel(&self, key: &str) -> bool {
-        let per_peer = thread_channels_per_peer(self.cluster.committed().members.len());
+        let per_peer = thread_channels_per_peer(self.cluster.with_committed(|c| c.members.len()));
         let mut made = lock(&self.thread_channels);
         let made = made.entry(key.to_owned()).or_default();
         if *made >= per_peer {
@@ -497,12 +497,12 @@ impl GrainRouter {
 
     /// The key of the member at `address`, if it is one.
     fn pin(&self, address: &str) -> Option<crate::security::Fingerprint> {
-        self.cluster
-            .committed()
-            .members
-            .values()
-            .find(|m| m.address == address)
-            .and_then(|m| dial::pin(&m.id.0))
+        self.cluster.with_committed(|c| {
+            c.members
+                .values()
+                .find(|m| m.address == address)
+                .and_then(|m| dial::pin(&m.id.0))
+        })
     }
 
     /// A client for grain calls to the member at `address`, on the calling

@@ -23,6 +23,12 @@ impl Grain for ProductGrain {
         self.0.apply(event)
     }
 
+    /// A product read (every cart's add and checkout asks one) is answered
+    /// from the committed product, on the asking thread.
+    fn is_read(command: &ProductCommand) -> bool {
+        matches!(command, ProductCommand::Get)
+    }
+
     fn reply(&self, _: &ProductCommand) -> Option<ProductSpec> {
         self.0.spec().cloned()
     }

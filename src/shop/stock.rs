@@ -25,6 +25,10 @@ impl Grain for StockGrain {
         self.0.apply(event)
     }
 
+    fn is_read(command: &StockCommand) -> bool {
+        matches!(command, StockCommand::Get)
+    }
+
     fn reply(&self, _: &StockCommand) -> StockLevel {
         self.0.level()
     }

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::fut::{ActorFutureExt, LocalBoxActorFuture, WrapFuture};
@@ -65,11 +65,54 @@ impl Message for ReleaseIfEmpty {
     type Result = ();
 }
 
+/// An activation's state as readers on other threads see it (see
+/// [`Grain::is_read`]): only the activation writes it, and only with what
+/// is stored, before it answers the command that stored it.
+pub(crate) struct Published<G> {
+    /// The lease's fence count when the activation started: after a fence
+    /// nothing is read from it.
+    pub(crate) fences: u64,
+    pub(crate) view: RwLock<View<G>>,
+}
+
+pub(crate) struct View<G> {
+    pub(crate) state: G,
+    pub(crate) version: u64,
+    /// Loaded, sound, and not stopping: reads may be answered from it.
+    pub(crate) readable: bool,
+}
+
+impl<G: Grain> Published<G> {
+    pub(crate) fn new(fences: u64) -> Self {
+        Published {
+            fences,
+            view: RwLock::new(View {
+                state: G::default(),
+                version: 0,
+                readable: false,
+            }),
+        }
+    }
+
+    /// The view, even if a panic poisoned its lock (the activation reloads
+    /// after any panic in the grain's code, and reads wait for that).
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, View<G>> {
+        self.view.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, View<G>> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 pub(crate) struct GrainActor<G: Grain> {
     key: GrainKey,
     generation: u64,
     shared: Arc<Shared<G>>,
-    state: G,
+    /// The state, shared with readers (see `Published`).
+    published: Arc<Published<G>>,
+    /// The version of the state (the activation's own copy of the
+    /// published one).
     version: u64,
     snapshot_version: u64,
     /// Set when the state could not be rebuilt; every call gets this error.
@@ -98,16 +141,16 @@ impl<G: Grain> GrainActor<G> {
         shared: Arc<Shared<G>>,
         after: Option<oneshot::Receiver<()>>,
         tenure: Tenure,
-        fences: u64,
+        published: Arc<Published<G>>,
     ) -> Self {
         GrainActor {
             tenure,
-            fences,
+            fences: published.fences,
             retiring: false,
             key: GrainKey::new(G::KIND, id),
             generation,
             shared,
-            state: G::default(),
+            published,
             version: 0,
             snapshot_version: 0,
             broken: None,
@@ -120,6 +163,8 @@ impl<G: Grain> GrainActor<G> {
     /// Throws the in-memory state away and rebuilds it from the store
     /// before the next message is handled.
     fn reload(&mut self, ctx: &mut Context<Self>) {
+        // Reads wait in the mailbox until the state is rebuilt.
+        self.published.write().readable = false;
         let store = self.shared.store.clone();
         let key = self.key.clone();
         let after = self.after.take();
@@ -188,8 +233,12 @@ impl<G: Grain> GrainActor<G> {
             }
         }))
         .map_err(|panic| CallError::Panicked(panic_message(&panic)))?;
-        self.state = state;
         self.version = loaded.version;
+        *self.published.write() = View {
+            state,
+            version: loaded.version,
+            readable: true,
+        };
         self.snapshot_version = loaded.snapshot.map_or(0, |s| s.version);
         Ok(())
     }
@@ -207,7 +256,11 @@ impl<G: Grain> GrainActor<G> {
     fn restart(&mut self, ctx: &mut Context<Self>, panic: String) -> CallError<G::Rejection> {
         tracing::warn!(grain = %self.key, panic = %panic, "grain panicked; restarting it from the store");
         Counters::bump(&self.shared.counters.restarts);
-        self.state = G::default();
+        {
+            let mut view = self.published.write();
+            view.readable = false;
+            view.state = G::default();
+        }
         self.reload(ctx);
         CallError::Panicked(panic)
     }
@@ -298,9 +351,12 @@ impl<G: Grain> GrainActor<G> {
                 },
                 self.version,
             );
-            let resolution = catch_unwind(AssertUnwindSafe(|| {
-                self.state.resolve(&call.command, &calls)
-            }));
+            let resolution = {
+                let view = self.published.read();
+                catch_unwind(AssertUnwindSafe(|| {
+                    view.state.resolve(&call.command, &calls)
+                }))
+            };
             match resolution {
                 Ok(None) => {}
                 Ok(Some(future)) => {
@@ -326,7 +382,10 @@ impl<G: Grain> GrainActor<G> {
                 }
             }
         }
-        let decided = catch_unwind(AssertUnwindSafe(|| self.state.decide(&call.command)));
+        let decided = {
+            let view = self.published.read();
+            catch_unwind(AssertUnwindSafe(|| view.state.decide(&call.command)))
+        };
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => return GrainResponse::Ready(Err(CallError::Rejected(rejection))),
@@ -335,7 +394,10 @@ impl<G: Grain> GrainActor<G> {
             }
         };
         if events.is_empty() && call.options.idempotency.is_none() {
-            let reply = catch_unwind(AssertUnwindSafe(|| self.state.reply(&call.command)));
+            let reply = {
+                let view = self.published.read();
+                catch_unwind(AssertUnwindSafe(|| view.state.reply(&call.command)))
+            };
             return GrainResponse::Ready(match reply {
                 Ok(reply) => Ok(Outcome {
                     reply,
@@ -368,9 +430,10 @@ impl<G: Grain> GrainActor<G> {
         // answer is computed on a copy of the state before the write.
         let idempotency = match call.options.idempotency.clone() {
             Some((key, request_hash)) => {
+                let view = self.published.read();
                 let answer = catch_unwind(AssertUnwindSafe(
                     || -> Result<Vec<u8>, serde_json::Error> {
-                        let copy = serde_json::to_vec(&self.state)?;
+                        let copy = serde_json::to_vec(&view.state)?;
                         let mut next: G = serde_json::from_slice(&copy)?;
                         for event in &events {
                             next.apply(event);
@@ -381,6 +444,7 @@ impl<G: Grain> GrainActor<G> {
                         })
                     },
                 ));
+                drop(view);
                 let reply = match answer {
                     Ok(encoded) => encoded.map_err(encode_error)?,
                     Err(panic) => return Err(CallError::Panicked(panic_message(&panic))),
@@ -423,12 +487,22 @@ impl<G: Grain> GrainActor<G> {
             move |written, act, ctx| {
                 match written {
                     Ok(version) => {
+                        // Published before the caller hears of it: a read
+                        // that starts after the answer sees the change.
+                        let mut view = act.published.write();
                         let applied = catch_unwind(AssertUnwindSafe(|| {
                             for event in &events {
-                                act.state.apply(event);
+                                view.state.apply(event);
                             }
-                            act.state.reply(&call.command)
+                            view.version = version;
+                            view.state.reply(&call.command)
                         }));
+                        if applied.is_err() {
+                            // Half applied: nothing is read from it until
+                            // it is rebuilt (below).
+                            view.readable = false;
+                        }
+                        drop(view);
                         match applied {
                             Ok(reply) => {
                                 act.version = version;
@@ -458,6 +532,7 @@ impl<G: Grain> GrainActor<G> {
                         // stale one. Nothing was written; it stops, and the
                         // caller finds the owner.
                         tracing::warn!(grain = %act.key, error = %err, "stale owner fenced by the store");
+                        act.published.write().readable = false;
                         ctx.stop();
                         Err(CallError::NotOwner(err.to_string()))
                     }
@@ -486,7 +561,7 @@ impl<G: Grain> GrainActor<G> {
         if every == 0 || self.version < self.snapshot_version + every {
             return;
         }
-        let Ok(payload) = serde_json::to_vec(&self.state) else {
+        let Ok(payload) = serde_json::to_vec(&self.published.read().state) else {
             return;
         };
         self.snapshot_version = self.version;
@@ -518,6 +593,8 @@ impl<G: Grain> Actor for GrainActor<G> {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Nothing is read from it once its placement may go.
+        self.published.write().readable = false;
         self.shared
             .lock_registry()
             .remove_if(&self.key.id, self.generation);

@@ -12,7 +12,7 @@ use crate::calls::{Calls, Resolution};
 /// anything nondeterministic it needs (new ids, timestamps) it records in
 /// the events it returns, so replaying them rebuilds the same state.
 /// The state is serialized for snapshots, hence `Serialize`.
-pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
+pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + Send + Sync + 'static {
     /// The stream kind in the store, e.g. `"cart"`. Keep it stable.
     const KIND: &'static str;
     /// What callers send. Serializable: a call for a grain another member
@@ -47,6 +47,19 @@ pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + 'static {
     fn reminders(event: &Self::Event) -> Vec<Remind<Self::Command>> {
         let _ = event;
         Vec::new()
+    }
+
+    /// Whether `command` only reads: `decide` yields no events for it and
+    /// `resolve` no calls. The runtime may then answer it from the grain's
+    /// last committed state on the caller's own thread, without waiting its
+    /// turn in the mailbox: reads of a grain run alongside each other and
+    /// alongside a command in progress (whose changes they do not see until
+    /// they are stored). An answer never shows what was not stored, and a
+    /// change a caller saw acknowledged is in every read that starts after.
+    /// The default: no command is a read (each waits its turn).
+    fn is_read(command: &Self::Command) -> bool {
+        let _ = command;
+        false
     }
 
     /// A command that needs other grains first: the calls to make, through

@@ -6,17 +6,20 @@
 //! the cold end of the same order, so neither ever scans the whole map.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use lru::LruCache;
 use tokio::sync::oneshot;
 
-use crate::activation::{GrainActor, Passivate};
+use crate::activation::{GrainActor, Passivate, Published};
 use crate::grain::Grain;
 
 pub(crate) struct Entry<G: Grain> {
     pub(crate) addr: Addr<GrainActor<G>>,
+    /// Its state, for reads answered without the mailbox.
+    pub(crate) published: Arc<Published<G>>,
     /// Tells this activation from an earlier or later one of the same id.
     pub(crate) generation: u64,
     /// Milliseconds on the runtime's coarse clock (see `runtime.rs`).
@@ -42,10 +45,10 @@ impl<G: Grain> Registry<G> {
     }
 
     /// The live activation of `id`, marked as just used.
-    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<&Addr<GrainActor<G>>> {
+    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<&Entry<G>> {
         let entry = self.live.get_mut(id)?;
         entry.last_used = now;
-        Some(&entry.addr)
+        Some(entry)
     }
 
     pub(crate) fn next_generation(&mut self) -> u64 {
@@ -58,6 +61,7 @@ impl<G: Grain> Registry<G> {
         &mut self,
         id: String,
         addr: Addr<GrainActor<G>>,
+        published: Arc<Published<G>>,
         generation: u64,
         now: u64,
     ) {
@@ -65,6 +69,7 @@ impl<G: Grain> Registry<G> {
             id,
             Entry {
                 addr,
+                published,
                 generation,
                 last_used: now,
             },

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Arbiter, MailboxError};
 use granary_store::{EventStore, StoreError};
 
-use crate::activation::{Call, GrainActor};
+use crate::activation::{Call, CallResult, GrainActor, Published};
 use crate::config::{Placement, RuntimeConfig};
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
@@ -164,6 +164,13 @@ where
                 return Err(CallError::Cycle(chain.join(" → ")));
             }
         }
+        if options.idempotency.is_none()
+            && G::is_read(&command)
+            && let Some(answer) = self.read_committed(id, &command, &options)
+        {
+            Counters::bump(&self.shared.counters.reads);
+            return answer;
+        }
         let mut attempt = 0;
         loop {
             let call = Call {
@@ -206,6 +213,43 @@ where
         }
     }
 
+    /// Answers a read from `id`'s live activation's committed state, on
+    /// this thread (see [`Grain::is_read`]); `None` when the mailbox must
+    /// take it: no activation, or one loading, broken or stopping, a fence
+    /// or an expired lease (the mailbox refuses it properly), another
+    /// version expected, or a command that turned out not to be a read.
+    fn read_committed(
+        &self,
+        id: &str,
+        command: &G::Command,
+        options: &CallOptions,
+    ) -> Option<CallResult<G>> {
+        let published = {
+            let now = self.shared.clock_ms.load(Ordering::Relaxed);
+            self.lock_registry().touch(id, now)?.published.clone()
+        };
+        let view = published.read();
+        if !view.readable
+            || options.expected_version.is_some_and(|v| v != view.version)
+            // Right before answering, as the activation itself checks.
+            || self.shared.lease.check(published.fences).is_err()
+        {
+            return None;
+        }
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match view.state.decide(command) {
+                Ok(events) if events.is_empty() => Some(Ok(Outcome {
+                    reply: view.state.reply(command),
+                    version: view.version,
+                })),
+                Ok(_) => None,
+                Err(rejection) => Some(Err(CallError::Rejected(rejection))),
+            }
+        }));
+        // A panic: the mailbox runs it again, and restarts the grain.
+        answer.ok().flatten()
+    }
+
     /// Queues `call` in the mailbox of `id`'s live activation, started if
     /// there is none (and this member may host it). Queuing is a channel
     /// push, done under the registry lock so the hot path needs no `Addr`
@@ -213,8 +257,8 @@ where
     fn send(&self, id: &str, call: Call<G>) -> Result<Queued<G>, CallError<G::Rejection>> {
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         let mut registry = self.shared.lock_registry();
-        if let Some(addr) = registry.touch(id, now) {
-            return Ok(addr.send(call));
+        if let Some(entry) = registry.touch(id, now) {
+            return Ok(entry.addr.send(call));
         }
         let generation = registry.next_generation();
         // Read before asking for the tenure: a fence in between leaves the
@@ -232,13 +276,15 @@ where
         let after = registry.take_stopping(id);
         let shared = self.shared.clone();
         let owned_id = id.to_owned();
-        let start = move || GrainActor::new(owned_id, generation, shared, after, tenure, fences);
+        let published = Arc::new(Published::new(fences));
+        let mine = published.clone();
+        let start = move || GrainActor::new(owned_id, generation, shared, after, tenure, mine);
         let addr = match self.home_of(id) {
             None => start().start(),
             Some(arbiter) => GrainActor::start_in_arbiter(arbiter, move |_| start()),
         };
         let request = addr.send(call);
-        registry.insert(id.to_owned(), addr, generation, now);
+        registry.insert(id.to_owned(), addr, published, generation, now);
         Counters::bump(&self.shared.counters.activations);
         Ok(request)
     }

@@ -9,6 +9,7 @@ pub(crate) struct Counters {
     pub(crate) evictions: AtomicU64,
     pub(crate) restarts: AtomicU64,
     pub(crate) conflicts: AtomicU64,
+    pub(crate) reads: AtomicU64,
 }
 
 impl Counters {
@@ -30,6 +31,9 @@ pub struct RuntimeStats {
     pub restarts: u64,
     /// Appends refused because another writer got there first.
     pub conflicts: u64,
+    /// Reads answered from a live grain's committed state without its
+    /// mailbox (see [`Grain::is_read`](crate::Grain::is_read)).
+    pub reads: u64,
     /// Grains live in memory now.
     pub live: u64,
 }
@@ -42,6 +46,7 @@ impl Counters {
             evictions: self.evictions.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
             live: live as u64,
         }
     }

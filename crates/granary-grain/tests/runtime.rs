@@ -45,6 +45,10 @@ impl Grain for Counter {
         self.value += event;
     }
 
+    fn is_read(command: &Op) -> bool {
+        matches!(command, Op::Get)
+    }
+
     fn reply(&self, _: &Op) -> i64 {
         self.value
     }
@@ -749,7 +753,7 @@ async fn calls_queued_when_the_member_fences_are_refused_not_run() {
         rt.stats().activations == 1
     })
     .await;
-    let queued: Vec<_> = [Op::Add(10), Op::Get]
+    let queued: Vec<_> = [Op::Add(10), Op::Add(100)]
         .into_iter()
         .map(|op| {
             let rt = rt.clone();
@@ -760,7 +764,18 @@ async fn calls_queued_when_the_member_fences_are_refused_not_run() {
     // The member fences and, by the time the queue is taken, serves again.
     lease.fence();
     lease.extend_to(u64::MAX);
+    // A read is not answered from the activation that fenced either: it
+    // queues, and is refused with the rest.
+    let read = rt.clone();
+    let read = actix_rt::spawn(async move { read.call("g", Op::Get).await });
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
     gate.add_permits(10);
+    let refused = read.await.unwrap();
+    assert!(
+        matches!(refused, Err(CallError::Fenced(_))),
+        "a read after a fence must not come from the fenced activation: {refused:?}"
+    );
+    assert_eq!(rt.stats().reads, 0, "no read was answered off the mailbox");
     assert_eq!(
         first.await.unwrap().unwrap().reply,
         1,
@@ -797,4 +812,45 @@ async fn a_member_past_its_lease_answers_nothing_from_memory() {
     }
     lease.extend_to(u64::MAX);
     assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 3);
+}
+
+/// Reads are answered from the committed state without waiting for the
+/// mailbox: while a write is in flight they show the state before it
+/// (never a change the store has not taken), and once the write is
+/// acknowledged every read shows it.
+#[actix_rt::test]
+async fn reads_skip_a_busy_mailbox_and_show_only_what_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (gated, gate) = GatedStore::wrap(store(&dir));
+    let rt = runtime(gated, RuntimeConfig::default());
+    gate.add_permits(1);
+    assert_eq!(rt.call("g", Op::Add(1)).await.unwrap().reply, 1);
+    // The next write waits at the gate, holding the grain's mailbox.
+    let write = rt.clone();
+    let write = actix_rt::spawn(async move { write.call("g", Op::Add(5)).await });
+    for _ in 0..3 {
+        let read = rt.call("g", Op::Get).await.expect("a read");
+        assert_eq!((read.reply, read.version), (1, 1), "not the unstored write");
+    }
+    assert_eq!(rt.stats().reads, 3, "answered without the mailbox");
+    // A read that expects the version the write makes waits for it in the
+    // mailbox.
+    let next = rt.clone();
+    let next = actix_rt::spawn(async move {
+        next.call_with(
+            "g",
+            Op::Get,
+            CallOptions {
+                expected_version: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+    });
+    gate.add_permits(1);
+    assert_eq!(write.await.unwrap().unwrap().reply, 6);
+    let read = next.await.unwrap().expect("the read of version 2");
+    assert_eq!((read.reply, read.version), (6, 2));
+    let read = rt.call("g", Op::Get).await.unwrap();
+    assert_eq!((read.reply, read.version), (6, 2), "the acknowledged write");
 }

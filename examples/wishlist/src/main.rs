@@ -57,6 +57,10 @@ impl Grain for Wishlist {
     type Rejection = WishlistRefusal;
     type Reply = Vec<String>;
 
+    fn is_read(command: &WishlistCommand) -> bool {
+        matches!(command, WishlistCommand::Get)
+    }
+
     fn decide(&self, command: &WishlistCommand) -> Result<Vec<WishlistEvent>, WishlistRefusal> {
         match command {
             WishlistCommand::Get => Ok(Vec::new()),
