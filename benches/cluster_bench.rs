@@ -134,8 +134,40 @@ async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
     let seconds = Duration::from_secs(2);
     for in_flight in [1usize, 64] {
         let (mut reads, mut checks, mut echoes) = (0.0, 0.0, 0.0);
+        let (mut same, mut called) = (0.0, 0.0);
         // Two rounds of each, alternated, so drift hits all alike.
         for _ in 0..2 {
+            if in_flight == 1 {
+                // From the cart's own thread on A, about a second each: the
+                // echo on the channel the cart's call goes out on, and the
+                // product read a price check makes, called as the cart
+                // calls it.
+                let probe = |call: Option<cluster::ProbeCall>| {
+                    let request = cluster::RoundTripRequest {
+                        member: b.node_id.clone(),
+                        count: 5_000,
+                        kind: "cart".into(),
+                        id: carts[0].clone(),
+                        call,
+                    };
+                    let grpc = to_a.clone();
+                    async move {
+                        let reply = cluster::cluster_client::ClusterClient::new(grpc)
+                            .round_trip(request)
+                            .await
+                            .expect("round trips from A")
+                            .into_inner();
+                        reply.mean_us as f64 / 1e6
+                    }
+                };
+                same += probe(None).await;
+                called += probe(Some(cluster::ProbeCall {
+                    kind: "product".into(),
+                    id: "g2g".into(),
+                    command: rmp_serde::to_vec(&granary_cart::ProductCommand::Get).expect("encode"),
+                }))
+                .await;
+            }
             reads += {
                 let (grpc, empty, check) = (to_a.clone(), empty.clone(), check.clone());
                 rate(in_flight, seconds, move |n| {
@@ -161,16 +193,24 @@ async fn grain_to_grain(a: &NodeProcess, b: &NodeProcess, http: &Http) {
             };
         }
         let (reads, checks, echoes) = (reads / 2.0, checks / 2.0, echoes / 2.0);
+        let (same, called) = (same / 2.0, called / 2.0);
         if in_flight == 1 {
             // Sequential: what the onward call adds to a call's time,
             // against one echo's round trip.
             let hop = 1.0 / checks - 1.0 / reads;
             let echo = 1.0 / echoes;
             println!(
-                "grain-to-grain call A -> B, 1 in flight: adds {:.0} us to a call ({:.0}/s price checks vs {:.0}/s of an empty cart on A); bare tonic echo A -> B: {:.0} us; ratio {:.2}",
+                "grain-to-grain call A -> B from the cart's thread, sequential: {:.0} us; bare tonic echo A -> B on the same channel from the same thread: {:.0} us; ratio {:.2}",
+                called * 1e6,
+                same * 1e6,
+                same / called
+            );
+            println!(
+                "grain-to-grain call A -> B inside a price check, 1 in flight: adds {:.0} us to a call ({:.0}/s price checks vs {:.0}/s of an empty cart on A); ratio to the echo on the same channel {:.2}, to an echo from this process on its own channel ({:.0} us) {:.2}",
                 hop * 1e6,
                 checks,
                 reads,
+                same / hop,
                 echo * 1e6,
                 echo / hop
             );

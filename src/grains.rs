@@ -28,6 +28,9 @@ pub(crate) type WireResult = Result<(Vec<u8>, u64), CallError<Vec<u8>>>;
 /// A boxed future of a hosted call.
 pub(crate) type WireFuture = Pin<Box<dyn Future<Output = WireResult> + Send>>;
 
+/// Work for a grain's thread: made there (its future need not be `Send`).
+pub type Work = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
 /// Longest grain id: the placement key is `kind/id`, at most 256 bytes.
 pub const MAX_ID_LEN: usize = 190;
 
@@ -41,6 +44,9 @@ pub(crate) trait HostedKind: Send + Sync {
     fn call(&self, id: String, command: &[u8], options: CallOptions) -> WireFuture;
     fn stats(&self) -> RuntimeStats;
     fn passivate_all(&self);
+    fn spawn_beside(&self, id: &str, work: Work);
+    /// Whether an encoded command is one of the kind's reads.
+    fn is_read(&self, command: &[u8]) -> Result<bool, String>;
     /// Lets the kind's grains call other grains.
     fn set_caller(&self, caller: Arc<dyn Caller>);
 }
@@ -69,6 +75,16 @@ impl<G: Grain> HostedKind for GrainRuntime<G> {
 
     fn passivate_all(&self) {
         GrainRuntime::passivate_all(self)
+    }
+
+    fn spawn_beside(&self, id: &str, work: Work) {
+        GrainRuntime::spawn_beside(self, id, work)
+    }
+
+    fn is_read(&self, command: &[u8]) -> Result<bool, String> {
+        rmp_serde::from_slice::<G::Command>(command)
+            .map(|command| G::is_read(&command))
+            .map_err(|e| format!("not a {} command: {e}", G::KIND))
     }
 
     fn set_caller(&self, caller: Arc<dyn Caller>) {
@@ -255,6 +271,27 @@ impl Grains {
     /// The kind named `kind`, as calls from other members reach it.
     pub(crate) fn hosted(&self, kind: &str) -> Option<&Arc<dyn HostedKind>> {
         self.0.hosted.get(kind)
+    }
+
+    /// Runs `work` on the thread grain `kind`/`id` lives on (or would);
+    /// `false` if no such kind is registered here.
+    pub fn spawn_beside(&self, kind: &str, id: &str, work: Work) -> bool {
+        match self.hosted(kind) {
+            Some(hosted) => {
+                hosted.spawn_beside(id, work);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `command` (encoded) is one of kind `kind`'s reads; why not
+    /// if it is no command of a kind registered here.
+    pub fn is_read(&self, kind: &str, command: &[u8]) -> Result<bool, String> {
+        match self.hosted(kind) {
+            Some(hosted) => hosted.is_read(command),
+            None => Err(format!("no grain kind {kind:?} is registered here")),
+        }
     }
 
     /// The registered kinds and their counters.

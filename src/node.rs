@@ -279,6 +279,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
                 Arc::new(Tokens::open(&config.data_dir)?),
                 store.clone(),
                 router.clone(),
+                grains.clone(),
             ),
             grains: GrainsService::new(grains.clone(), remote),
         },

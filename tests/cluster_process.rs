@@ -1114,3 +1114,105 @@ async fn a_joining_node_refuses_an_address_answering_with_another_key() {
     c.terminate();
     tokio::task::block_in_place(|| c.wait_exit(Duration::from_secs(30)));
 }
+
+/// `Cluster/RoundTrip` measures, from a grain's thread, pings to another
+/// member on the grain-call connection and reads of a grain called as a
+/// grain would; it refuses bad probes, and never runs a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_from_a_grains_thread_are_measured_and_bad_probes_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, [a, b, c]) = formed_on_one_store(dir.path()).await;
+    let http = Http::new();
+    http.set_product(&c, "PROBE", 10).await;
+    let price = || async {
+        let read = http
+            .send("GET", &a.url("/products/PROBE"), None, &[])
+            .await
+            .expect("product");
+        assert_eq!(read.status, 200, "{read:?}");
+        read.json["unit_price"].clone()
+    };
+    let before = price().await;
+    let mut client = ClusterClient::new(support::cluster::channel(&a).await.expect("channel"));
+    let request =
+        |member: &str, count: u32, call: Option<cluster::ProbeCall>| cluster::RoundTripRequest {
+            member: member.to_owned(),
+            count,
+            kind: "cart".into(),
+            id: "some-cart".into(),
+            call,
+        };
+    let probe = |kind: &str, command: Vec<u8>| {
+        Some(cluster::ProbeCall {
+            kind: kind.into(),
+            id: "PROBE".into(),
+            command,
+        })
+    };
+    let read = rmp_serde::to_vec(&granary_cart::ProductCommand::Get).unwrap();
+
+    for (member, call) in [
+        (b.node_id.as_str(), None),
+        (&b.grpc.to_string(), None),
+        ("", probe("product", read.clone())),
+    ] {
+        let reply = client
+            .round_trip(request(member, 20, call))
+            .await
+            .expect("round trips")
+            .into_inner();
+        assert_eq!(reply.count, 20);
+        assert!(
+            0 < reply.min_us && reply.min_us <= reply.mean_us && reply.mean_us <= reply.max_us,
+            "{reply:?}"
+        );
+    }
+
+    let write = rmp_serde::to_vec(&granary_cart::ProductCommand::Set(
+        granary_cart::ProductSpec {
+            sku: "PROBE".into(),
+            name: "changed".into(),
+            unit_price: 1,
+            currency: "EUR".into(),
+            tax_rate_bp: None,
+        },
+    ))
+    .unwrap();
+    let mut unknown_kind = request(b.node_id.as_str(), 1, None);
+    unknown_kind.kind = "nope".into();
+    for (bad, code) in [
+        (request(&b.node_id, 0, None), tonic::Code::InvalidArgument),
+        (
+            request(&b.node_id, 10_001, None),
+            tonic::Code::InvalidArgument,
+        ),
+        (unknown_kind, tonic::Code::InvalidArgument),
+        (request("nobody", 1, None), tonic::Code::NotFound),
+        (request(&a.node_id, 1, None), tonic::Code::NotFound),
+        (
+            request("", 1, probe("product", write)),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request("", 1, probe("product", vec![0xc1])),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            request("", 1, probe("nope", read.clone())),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let err = client.round_trip(bad.clone()).await.unwrap_err();
+        assert_eq!(err.code(), code, "{bad:?}: {err:?}");
+    }
+    assert_eq!(price().await, before, "the write was not run");
+
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = granary::security::NodeKeys::load_or_create(stranger_dir.path()).unwrap();
+    let channel = support::cluster::channel_with(&stranger, &a).await.unwrap();
+    let err = ClusterClient::new(channel)
+        .round_trip(request(&b.node_id, 1, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}

@@ -1562,6 +1562,14 @@ impl Api {
         (id, reply)
     }
 
+    /// A new cart holding `quantity` of `sku`, then one of SKU-1 (added
+    /// as a client-priced line): the answer to the first add.
+    async fn two_line_cart(&self, sku: &str, quantity: u32) -> (String, Reply) {
+        let (id, added) = self.cart_of(sku, quantity).await;
+        self.add_ok(&id, &item("SKU-1", 1, 150)).await;
+        (id, added)
+    }
+
     async fn checkout(&self, id: &str) -> Reply {
         self.send(TestRequest::post().uri(&format!("/carts/{id}/checkout")))
             .await
@@ -1642,8 +1650,7 @@ async fn checkout_with_too_few_units_is_409_sold_out_naming_the_line_and_holds_n
     let env = Env::new();
     let api = Api::start(env.state()).await;
     api.stocked("POT", 4900, 1).await;
-    let (id, added) = api.cart_of("POT", 2).await;
-    api.add_ok(&id, &item("SKU-1", 1, 150)).await;
+    let (id, added) = api.two_line_cart("POT", 2).await;
     let before = api.cart(&id).await;
 
     let reply = api.checkout(&id).await;
@@ -1854,8 +1861,7 @@ async fn a_price_check_answers_the_cart_while_prices_hold_and_409_naming_the_lin
     let env = Env::new();
     let api = Api::start(env.state()).await;
     api.stocked("TEA", 450, 100).await;
-    let (id, added) = api.cart_of("TEA", 1).await;
-    api.add_ok(&id, &item("SKU-1", 1, 150)).await;
+    let (id, added) = api.two_line_cart("TEA", 1).await;
     let check = format!("/carts/{id}/price-check");
 
     let holds = api.get(&check).await;

@@ -117,6 +117,39 @@ struct ThreadChannels {
     channels: HashMap<(u64, String), Channel>,
 }
 
+/// This thread's channel named `key` on its current runtime; if it has
+/// none, `make`'s (kept for next time if it says so). A thread whose
+/// runtime ended makes its channels again on the next one. Call within a
+/// runtime.
+fn thread_cached(
+    key: (u64, String),
+    make: impl FnOnce() -> Result<(Channel, bool), Unroutable>,
+) -> Result<Channel, Unroutable> {
+    THREAD_CHANNELS.with_borrow_mut(|cache| {
+        if cache.as_ref().is_none_or(|c| c.runtime.strong_count() == 0) {
+            let runtime = Arc::new(());
+            let alive = Arc::downgrade(&runtime);
+            tokio::spawn(async move {
+                let _runtime = runtime;
+                std::future::pending::<()>().await
+            });
+            *cache = Some(ThreadChannels {
+                runtime: alive,
+                channels: HashMap::new(),
+            });
+        }
+        let channels = &mut cache.as_mut().expect("made above").channels;
+        if let Some(channel) = channels.get(&key) {
+            return Ok(channel.clone());
+        }
+        let (channel, keep) = make()?;
+        if keep {
+            channels.insert(key, channel.clone());
+        }
+        Ok(channel)
+    })
+}
+
 impl GrainRouter {
     /// Starts the router; the task that follows committed views and runs
     /// the placement's timers is spawned on the current runtime, RPCs on
@@ -434,29 +467,12 @@ impl GrainRouter {
             return self.channel(address);
         }
         let key = (self.id, self.channel_key(address)?);
-        THREAD_CHANNELS.with_borrow_mut(|cache| {
-            if cache.as_ref().is_none_or(|c| c.runtime.strong_count() == 0) {
-                let runtime = Arc::new(());
-                let alive = Arc::downgrade(&runtime);
-                tokio::spawn(async move {
-                    let _runtime = runtime;
-                    std::future::pending::<()>().await
-                });
-                *cache = Some(ThreadChannels {
-                    runtime: alive,
-                    channels: HashMap::new(),
-                });
+        let name = key.1.clone();
+        thread_cached(key, || {
+            if !self.may_own_channel(&name) {
+                return Ok((self.channel(address)?, false));
             }
-            let channels = &mut cache.as_mut().expect("made above").channels;
-            if let Some(channel) = channels.get(&key) {
-                return Ok(channel.clone());
-            }
-            if !self.may_own_channel(&key.1) {
-                return self.channel(address);
-            }
-            let channel = self.connect_lazy(address)?;
-            channels.insert(key, channel.clone());
-            Ok(channel)
+            Ok((self.connect_lazy(address)?, true))
         })
     }
 
@@ -503,6 +519,31 @@ impl GrainRouter {
                 .find(|m| m.address == address)
                 .and_then(|m| dial::pin(&m.id.0))
         })
+    }
+
+    /// Up to `count` sequential pings to the member at `address` on the
+    /// calling thread's grain-call connection (the one `grains_client`
+    /// gives), each one's round trip; stops early after `limit`.
+    pub async fn round_trips(
+        &self,
+        address: &str,
+        count: u32,
+        limit: Duration,
+    ) -> Result<Vec<Duration>, String> {
+        let mut client = ControlPlaneClient::new(self.thread_channel(address).map_err(|e| e.0)?);
+        let began = std::time::Instant::now();
+        let mut times = Vec::with_capacity(count as usize);
+        while times.len() < count as usize && began.elapsed() < limit {
+            let start = std::time::Instant::now();
+            client
+                .ping(crate::proto::messages::Empty {})
+                .await
+                .map_err(|status| {
+                    format!("{address} did not answer a ping: {}", status.message())
+                })?;
+            times.push(start.elapsed());
+        }
+        Ok(times)
     }
 
     /// A client for grain calls to the member at `address`, on the calling
@@ -632,5 +673,38 @@ mod tests {
             );
         }
         assert_eq!(thread_channels_per_peer(3), THREAD_CHANNELS_PER_PEER);
+    }
+
+    /// A thread keeps one channel per name while its runtime runs; once
+    /// that runtime is gone (its connections with it), the next runtime on
+    /// the thread makes them again instead of using dead ones. A channel
+    /// `make` says not to keep is made every time.
+    #[test]
+    fn a_thread_makes_its_channels_again_on_each_new_runtime() {
+        let made = std::cell::Cell::new(0);
+        let make = |keep: bool| {
+            made.set(made.get() + 1);
+            let channel =
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+            Ok((channel, keep))
+        };
+        // A router id no router of this process has.
+        let key = |name: &str| (u64::MAX, name.to_owned());
+        for runtime in 1..=2 {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tokio.block_on(async {
+                for _ in 0..3 {
+                    thread_cached(key("kept"), || make(true)).expect("a channel");
+                }
+            });
+            assert_eq!(made.get(), 2 * runtime - 1, "one per runtime");
+            tokio.block_on(async {
+                thread_cached(key("shared"), || make(false)).expect("a channel");
+            });
+            assert_eq!(made.get(), 2 * runtime, "not kept");
+        }
     }
 }

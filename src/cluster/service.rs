@@ -30,6 +30,8 @@ pub struct ClusterService {
     store: Arc<dyn EventStore>,
     /// Where grains are placed (claims, grain lists, releases).
     router: Arc<GrainRouter>,
+    /// The kinds hosted here (`RoundTrip` runs on their threads).
+    grains: crate::grains::Grains,
 }
 
 /// The stream (in the cluster's store) that records a revoked key.
@@ -45,6 +47,7 @@ impl ClusterService {
         tokens: Arc<Tokens>,
         store: Arc<dyn EventStore>,
         router: Arc<GrainRouter>,
+        grains: crate::grains::Grains,
     ) -> Self {
         ClusterService {
             handle,
@@ -53,6 +56,7 @@ impl ClusterService {
             tokens,
             store,
             router,
+            grains,
         }
     }
 
@@ -579,5 +583,142 @@ impl Cluster for ClusterService {
             live_grains: live.values().sum(),
             live_by_kind: live,
         }))
+    }
+
+    async fn round_trip(
+        &self,
+        request: Request<pb::RoundTripRequest>,
+    ) -> Result<Response<pb::RoundTripReply>, Status> {
+        self.member(&request)?;
+        let request = request.into_inner();
+        if !(1..=10_000).contains(&request.count) {
+            return Err(Status::invalid_argument("count: 1..=10000"));
+        }
+        let kind = if request.kind.is_empty() {
+            "cart"
+        } else {
+            request.kind.as_str()
+        };
+        if !self.grains.hosts(kind) {
+            return Err(Status::invalid_argument(format!(
+                "kind: no grain kind {:?} is registered here",
+                kind.chars().take(64).collect::<String>()
+            )));
+        }
+        if !request.id.is_empty() && !crate::grains::valid_id(&request.id) {
+            return Err(Status::invalid_argument(
+                "id: 1..=190 printable characters without spaces",
+            ));
+        }
+        let work = match request.call {
+            None => {
+                let me = self.handle.me().id.clone();
+                let address = self
+                    .handle
+                    .with_committed(|c| {
+                        c.members
+                            .values()
+                            .find(|m| m.id.0 == request.member || m.address == request.member)
+                            .filter(|m| m.id != me)
+                            .map(|m| m.address.clone())
+                    })
+                    .ok_or_else(|| {
+                        Status::not_found("member: no other member has this id or address")
+                    })?;
+                let router = self.router.clone();
+                Probe::Pings { router, address }
+            }
+            Some(call) => {
+                if !crate::grains::valid_id(&call.id) {
+                    return Err(Status::invalid_argument(
+                        "call.id: 1..=190 printable characters without spaces",
+                    ));
+                }
+                match self.grains.is_read(&call.kind, &call.command) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(Status::invalid_argument(
+                            "call.command: not one of the kind's reads (a probe changes nothing)",
+                        ));
+                    }
+                    Err(why) => return Err(Status::invalid_argument(format!("call: {why}"))),
+                }
+                Probe::Calls {
+                    grains: self.grains.clone(),
+                    from: crate::cluster::router::placement_key(kind, &request.id),
+                    call,
+                }
+            }
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let count = request.count;
+        self.grains.spawn_beside(
+            kind,
+            &request.id,
+            Box::new(move || {
+                Box::pin(async move {
+                    let _ = answer.send(work.run(count).await);
+                })
+            }),
+        );
+        let times = answered
+            .await
+            .map_err(|_| Status::unavailable("the grain thread stopped"))?
+            .map_err(Status::unavailable)?;
+        let micros = |d: &std::time::Duration| d.as_micros() as u64;
+        Ok(Response::new(pb::RoundTripReply {
+            count: times.len() as u32,
+            mean_us: times.iter().map(micros).sum::<u64>() / times.len().max(1) as u64,
+            min_us: times.iter().map(micros).min().unwrap_or(0),
+            max_us: times.iter().map(micros).max().unwrap_or(0),
+        }))
+    }
+}
+
+/// What `RoundTrip` repeats, on a grain's thread.
+enum Probe {
+    /// Pings to the member at `address` on this thread's grain-call
+    /// connection.
+    Pings {
+        router: Arc<GrainRouter>,
+        address: String,
+    },
+    /// A read of a grain, called as grain `from` would call it.
+    Calls {
+        grains: crate::grains::Grains,
+        from: String,
+        call: pb::ProbeCall,
+    },
+}
+
+/// How long a `RoundTrip` may run.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Probe {
+    /// Up to `count` sequential round trips (stopped after `PROBE_LIMIT`),
+    /// each one's time.
+    async fn run(self, count: u32) -> Result<Vec<std::time::Duration>, String> {
+        match self {
+            Probe::Pings { router, address } => {
+                router.round_trips(&address, count, PROBE_LIMIT).await
+            }
+            Probe::Calls { grains, from, call } => {
+                let began = std::time::Instant::now();
+                let mut times = Vec::with_capacity(count as usize);
+                while times.len() < count as usize && began.elapsed() < PROBE_LIMIT {
+                    let options = granary_grain::CallOptions {
+                        chain: vec![from.clone()],
+                        ..Default::default()
+                    };
+                    let start = std::time::Instant::now();
+                    grains
+                        .call_encoded(&call.kind, &call.id, call.command.clone(), options)
+                        .await
+                        .map_err(|e| format!("the probe call failed: {e}"))?;
+                    times.push(start.elapsed());
+                }
+                Ok(times)
+            }
+        }
     }
 }

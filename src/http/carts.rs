@@ -111,8 +111,18 @@ pub(crate) async fn get_cart(
     state: web::Data<ApiState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid("id", &path)?;
-    let outcome = call(&state, id, CartRequest::Get, CallOptions::default()).await?;
+    read_cart(&state, &path, CartRequest::Get).await
+}
+
+/// Sends `request` (one that changes nothing) to the cart `path` names:
+/// 200 with the cart.
+async fn read_cart(
+    state: &ApiState,
+    path: &str,
+    request: CartRequest,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_uuid("id", path)?;
+    let outcome = call(state, id, request, CallOptions::default()).await?;
     Ok(render(StatusCode::OK, id, &outcome))
 }
 
@@ -130,9 +140,7 @@ pub(crate) async fn price_check(
     state: web::Data<ApiState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_uuid("id", &path)?;
-    let outcome = call(&state, id, CartRequest::CheckPrices, CallOptions::default()).await?;
-    Ok(render(StatusCode::OK, id, &outcome))
+    read_cart(&state, &path, CartRequest::CheckPrices).await
 }
 
 /// Adds a product at the catalog's price; the same sku adds to its line's

@@ -126,8 +126,7 @@ impl Stock {
                 quantity,
                 expires_at,
             } => {
-                crate::validate::text("reservation", reservation, 200)?;
-                crate::validate::quantity(*quantity)?;
+                valid_step(reservation, *quantity)?;
                 if self.sold.contains(reservation) {
                     // A retried step arriving after its checkout sold the
                     // units: they stay sold, nothing more is held.
@@ -144,10 +143,7 @@ impl Stock {
                         })
                     };
                 }
-                let available = self.level().available;
-                if u64::from(*quantity) > available {
-                    return Err(CartError::OutOfStock { available });
-                }
+                self.ensure_available(*quantity)?;
                 Ok(vec![StockEvent::Reserved {
                     reservation: reservation.clone(),
                     quantity: *quantity,
@@ -167,12 +163,8 @@ impl Stock {
                 reservation,
                 quantity,
             } if *quantity > 0 && !self.sold.contains(reservation) => {
-                crate::validate::text("reservation", reservation, 200)?;
-                crate::validate::quantity(*quantity)?;
-                let available = self.level().available;
-                if u64::from(*quantity) > available {
-                    return Err(CartError::OutOfStock { available });
-                }
+                valid_step(reservation, *quantity)?;
+                self.ensure_available(*quantity)?;
                 Ok(vec![StockEvent::SoldLate {
                     reservation: reservation.clone(),
                     quantity: *quantity,
@@ -187,6 +179,15 @@ impl Stock {
             }
             StockCommand::Confirm { .. } | StockCommand::Release { .. } => Ok(Vec::new()),
         }
+    }
+
+    /// Refuses `out_of_stock` unless `quantity` units are there to take.
+    fn ensure_available(&self, quantity: u32) -> Result<(), CartError> {
+        let available = self.level().available;
+        if u64::from(quantity) > available {
+            return Err(CartError::OutOfStock { available });
+        }
+        Ok(())
     }
 
     pub fn apply(&mut self, event: &StockEvent) {
@@ -223,6 +224,12 @@ impl Stock {
             }
         }
     }
+}
+
+/// A checkout step's reservation id and quantity, checked.
+fn valid_step(reservation: &str, quantity: u32) -> Result<(), CartError> {
+    crate::validate::text("reservation", reservation, 200)?;
+    crate::validate::quantity(quantity)
 }
 
 #[cfg(test)]

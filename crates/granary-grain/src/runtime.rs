@@ -306,6 +306,25 @@ where
         }
     }
 
+    /// Runs the future `work` makes on the thread grain `id` lives on (or
+    /// would, once activated): e.g. to measure what a call made from there
+    /// costs.
+    pub fn spawn_beside<F>(&self, id: &str, work: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        match self.home_of(id) {
+            Some(arbiter) => {
+                arbiter.spawn_fn(move || {
+                    actix::spawn(work());
+                });
+            }
+            None => {
+                actix::spawn(work());
+            }
+        }
+    }
+
     /// The runtime's counters.
     pub fn stats(&self) -> RuntimeStats {
         let live = self.lock_registry().len();
