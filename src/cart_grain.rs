@@ -6,13 +6,15 @@
 //! - Checkout asks every line's product whether its price still holds
 //!   (refusing, naming the lines, if not), then reserves every line's units
 //!   at its stock grain, under one reservation id derived from the cart and
-//!   its version (so a retried checkout reserves nothing twice). All held:
-//!   the cart is checked out, and its reminder confirms the reservations
-//!   (the units are sold) until they all are; a confirmation after the hold
-//!   expired sells the units if they are still there. Any refused or unanswered:
-//!   every reservation is released and nothing is sold. A checkout that
-//!   dies half way (its member killed) leaves reservations the stock
-//!   grains' own reminders release when they expire.
+//!   its version (so a retried checkout reserves nothing twice), naming the
+//!   cart as the holder. All held within half the hold: the cart is checked
+//!   out, and its reminder confirms the reservations (the units are sold)
+//!   until they all are. Any refused or unanswered, or the reserving took
+//!   longer: every reservation is released and nothing is sold.
+//! - When a hold expires, its stock grain asks the cart (a read, answered
+//!   off the cart's mailbox): a cart that checked out under it gets the
+//!   units sold however late its own confirmation is; a cart that did not
+//!   (its checkout died half way, its member killed) gets them released.
 
 use std::time::Duration;
 
@@ -301,7 +303,8 @@ async fn checkout(
         Ok(changed) => return CartRequest::Refused(CartError::PriceChanged { lines: changed }),
         Err(refused) => return CartRequest::Refused(refused),
     }
-    let expires_at = now_unix_ms() + settings().reservation_hold.as_millis() as u64;
+    let hold = settings().reservation_hold;
+    let expires_at = now_unix_ms() + hold.as_millis() as u64;
     let mut sold_out = Vec::new();
     let mut failed = None;
     for line in &lines {
@@ -309,6 +312,7 @@ async fn checkout(
             reservation: reservation.clone(),
             quantity: line.quantity,
             expires_at,
+            holder: calls.me().to_owned(),
         };
         match stock(&calls, &line.sku, reserve).await {
             Ok(_) => {}
@@ -318,6 +322,15 @@ async fn checkout(
                 break;
             }
         }
+    }
+    // The stock asks this cart at expiry whether it checked out: a cart
+    // must record it well before then, or the stock may have asked first
+    // and released the units (the append that records it is bounded by
+    // the store's timeout, far below half a hold).
+    if failed.is_none() && now_unix_ms() + hold.as_millis() as u64 / 2 > expires_at {
+        failed = Some(format!(
+            "reserving the stock took longer than half the hold ({hold:?})"
+        ));
     }
     if sold_out.is_empty() && failed.is_none() {
         return CartRequest::CheckoutReserved { reservation };

@@ -1720,28 +1720,92 @@ async fn of_carts_racing_for_the_last_units_exactly_as_many_as_there_are_units_c
     assert_eq!(reserved + (3 - on_hand), 3, "held or sold: exactly 3");
 }
 
+/// Checkouts that died after holding units, before their cart recorded
+/// them: at expiry the stock's reminder asks each holder (a cart still
+/// open, a cart that never was, no holder at all) and releases the units.
 #[actix_web::test]
-async fn an_expired_hold_is_released_by_the_stock_grains_reminder() {
+async fn an_expired_hold_whose_cart_did_not_check_out_is_released() {
     let env = Env::new();
     let state = env.state();
     deliver_reminders(&state);
     let grains = state.grains.clone();
     let api = Api::start(state).await;
-    api.stocked("POT", 4900, 5).await;
+    api.stocked("POT", 4900, 9).await;
+    let (open, _) = api.cart_of("POT", 1).await;
 
-    // A checkout that died after holding 2 units: its hold expires.
-    let hold = granary_cart::StockCommand::Reserve {
-        reservation: "dead-checkout".into(),
-        quantity: 2,
-        expires_at: granary::reminders::now_unix_ms() + 300,
+    let expires_at = granary::reminders::now_unix_ms() + 300;
+    for (n, holder) in [
+        format!("cart/{open}"),
+        format!("cart/{}", Uuid::new_v4()),
+        String::new(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let hold = granary_cart::StockCommand::Reserve {
+            reservation: format!("dead-checkout-{n}"),
+            quantity: 2,
+            expires_at,
+            holder,
+        };
+        grains
+            .call::<StockGrain>("POT", hold)
+            .await
+            .expect("reserve");
+    }
+    assert_eq!(api.stock("POT").await, (9, 6, 3));
+
+    until_stock(&api, "POT", (9, 0, 9)).await;
+    assert_eq!(api.cart(&open).await.body["status"], "open");
+}
+
+/// A cart checked out under a hold whose own confirmation has not come
+/// (its member was down, say) when the hold expires: the stock asks the
+/// cart, sells the units, and the late confirmation sells nothing twice.
+#[actix_web::test]
+async fn an_expired_hold_of_a_checked_out_cart_is_sold_not_released() {
+    let env = Env::new();
+    let state = env.state();
+    let grains = state.grains.clone();
+    let api = Api::start(state.clone()).await;
+    api.stocked("MUG", 500, 10).await;
+    let (id, added) = api.cart_of("MUG", 3).await;
+    // No reminders run yet: the cart's confirmation waits.
+    let done = api.checkout(&id).await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text());
+    assert_eq!(api.stock("MUG").await, (10, 3, 7), "held, not sold");
+
+    // The stock's reminder, as it fires at expiry.
+    let reservation = format!("cart/{id}@{}", added.version());
+    let expire = granary_cart::StockCommand::Expire {
+        reservation: reservation.clone(),
     };
-    grains
-        .call::<StockGrain>("POT", hold)
+    let level = grains
+        .call::<StockGrain>("MUG", expire)
         .await
-        .expect("reserve");
-    assert_eq!(api.stock("POT").await.2, 3);
+        .expect("expire")
+        .reply;
+    assert_eq!(
+        (level.on_hand, level.reserved, level.available),
+        (7, 0, 7),
+        "sold to the checked-out cart"
+    );
 
-    until_stock(&api, "POT", (5, 0, 5)).await;
+    // Now the cart's own confirmation runs: sold once.
+    deliver_reminders(&state);
+    let confirmed = grains
+        .call::<StockGrain>(
+            "MUG",
+            granary_cart::StockCommand::Confirm {
+                reservation,
+                quantity: 3,
+            },
+        )
+        .await
+        .expect("confirm again")
+        .reply;
+    assert_eq!(confirmed.on_hand, 7);
+    until_stock(&api, "MUG", (7, 0, 7)).await;
 }
 
 #[actix_web::test]

@@ -1,10 +1,22 @@
 //! A SKU's stock as a grain: one per SKU, its id the SKU. A reservation
-//! sets a reminder at its expiry, which releases it unless a checkout
-//! confirmed (or released) it first.
+//! sets a reminder at its expiry (`Expire`) unless a checkout confirmed or
+//! released it first. The reminder asks the cart that holds it: checked
+//! out under it, the units are sold (its own confirmation is late, its
+//! member was down, say); not, they go back; no answer, it asks again a
+//! little later, keeping the units held meanwhile.
+
+use std::time::Duration;
 
 use granary_cart::{CartError, Stock, StockCommand, StockEvent, StockLevel};
-use granary_grain::{Grain, Remind};
+use granary_grain::{CallError, CallOptions, Calls, Grain, Remind, Resolution};
 use serde::{Deserialize, Serialize};
+
+use crate::cart_grain::{CartGrain, CartRequest};
+use crate::reminders::now_unix_ms;
+
+/// How long a hold whose cart did not answer stands before the stock asks
+/// again.
+const EXPIRE_AGAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -33,16 +45,56 @@ impl Grain for StockGrain {
         self.0.level()
     }
 
+    /// An expiring hold asks its cart first (see the module docs).
+    fn resolve(&self, command: &StockCommand, calls: &Calls) -> Option<Resolution<StockCommand>> {
+        let StockCommand::Expire { reservation } = command else {
+            return None;
+        };
+        let held = self.0.reservation(reservation)?;
+        let cart = held.holder.strip_prefix("cart/")?.to_owned();
+        let (reservation, quantity, calls) = (reservation.clone(), held.quantity, calls.clone());
+        Some(Box::pin(async move {
+            let asked = calls
+                .call::<CartGrain>(
+                    &cart,
+                    CartRequest::Get,
+                    CallOptions::default(),
+                    crate::shop::settings().call_deadline,
+                )
+                .await;
+            match asked {
+                Ok(read) if read.reply.checked_out_under(&reservation) => {
+                    tracing::info!(%reservation, "a hold expired before its checkout confirmed it; sold");
+                    StockCommand::Confirm {
+                        reservation,
+                        quantity,
+                    }
+                }
+                Ok(_) | Err(CallError::Rejected(CartError::NotFound)) => {
+                    StockCommand::Release { reservation }
+                }
+                Err(err) => {
+                    tracing::warn!(%reservation, %cart, error = %err, "the cart holding an expired reservation did not answer; asking again later");
+                    StockCommand::ExpireLater {
+                        reservation,
+                        due: now_unix_ms() + EXPIRE_AGAIN.as_millis() as u64,
+                    }
+                }
+            }
+        }))
+    }
+
     fn reminders(event: &StockEvent) -> Vec<Remind<StockCommand>> {
         match event {
             StockEvent::Reserved {
                 reservation,
-                expires_at,
+                expires_at: due,
                 ..
-            } => vec![Remind::At {
+            }
+            | StockEvent::ExpiryPostponed { reservation, due } => vec![Remind::At {
                 id: reservation.clone(),
-                due: *expires_at,
-                command: StockCommand::Release {
+                due: *due,
+                command: StockCommand::Expire {
                     reservation: reservation.clone(),
                 },
             }],

@@ -51,6 +51,9 @@ pub struct Cart {
     currency: Option<String>,
     status: CartStatus,
     order_id: Option<Uuid>,
+    /// The stock reservations the checkout holds (their common id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reservation: Option<String>,
 }
 
 impl Cart {
@@ -80,6 +83,12 @@ impl Cart {
 
     pub fn status(&self) -> CartStatus {
         self.status
+    }
+
+    /// Whether the cart checked out holding the stock reservations named
+    /// `reservation` (the stock asks when their hold expires).
+    pub fn checked_out_under(&self, reservation: &str) -> bool {
+        self.status == CartStatus::CheckedOut && self.reservation.as_deref() == Some(reservation)
     }
 
     /// Set once the cart is checked out.
@@ -140,9 +149,13 @@ impl Cart {
                 self.lines.clear();
                 self.delivery = None;
             }
-            CartEvent::CheckedOut { order_id, .. } => {
+            CartEvent::CheckedOut {
+                order_id,
+                reservation,
+            } => {
                 self.status = CartStatus::CheckedOut;
                 self.order_id = Some(*order_id);
+                self.reservation = reservation.clone();
             }
             CartEvent::ConfirmationPending { .. } => {}
         }

@@ -4,14 +4,18 @@
 //! Every reservation names itself (an id the checkout derives from its
 //! cart and attempt), so asking again with the same id changes nothing:
 //! each step of a checkout can be retried after a crash. A reservation
-//! carries the time it expires; the stock grain's reminder releases it then
-//! if nobody confirmed it.
+//! carries the time it expires and the cart whose checkout holds it; when
+//! it expires, the stock grain's reminder asks that cart (`Expire`): a cart
+//! that checked out under it gets the units sold, any other answer
+//! releases them, and no answer asks again later (`ExpireLater`), so a
+//! checked-out cart whose confirmation is late never loses its units.
 //!
-//! A confirmation that comes after its reservation expired (the checked-out
-//! cart's member was down longer than the hold) sells the units if they are
-//! still there (`SoldLate`); if they are not, it is refused `OutOfStock`
-//! and the units are oversold. Confirmed reservation ids are remembered, so
-//! a confirmation delivered twice sells once.
+//! A confirmation that comes after its reservation was released anyway
+//! (the cart checked out after the stock asked, which a checkout that
+//! takes longer than half its hold refuses to do) sells the units if they
+//! are still there (`SoldLate`); if they are not, it is refused
+//! `OutOfStock` and the units are oversold. Confirmed reservation ids are
+//! remembered, so a confirmation delivered twice sells once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +29,10 @@ pub struct Reservation {
     pub quantity: u32,
     /// When it is released if not confirmed: ms since the Unix epoch.
     pub expires_at: u64,
+    /// The grain whose checkout holds it (`cart/<id>`), asked at expiry;
+    /// empty: released at expiry without asking.
+    #[serde(default)]
+    pub holder: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +50,13 @@ pub enum StockCommand {
     SetOnHand {
         quantity: u64,
     },
-    /// Hold `quantity` units until `expires_at`.
+    /// Hold `quantity` units until `expires_at` for `holder`'s checkout.
     Reserve {
         reservation: String,
         quantity: u32,
         expires_at: u64,
+        #[serde(default)]
+        holder: String,
     },
     /// The checkout went through: the held units are sold. `quantity`
     /// is what the reservation was for, sold anyway if the hold expired.
@@ -58,6 +68,17 @@ pub enum StockCommand {
     /// The checkout did not: the held units go back.
     Release {
         reservation: String,
+    },
+    /// The hold's time is up (its reminder): decided as `Release`; the
+    /// stock grain first asks the holder, and may resolve it to `Confirm`
+    /// or `ExpireLater` instead.
+    Expire {
+        reservation: String,
+    },
+    /// The holder did not answer: ask again at `due`.
+    ExpireLater {
+        reservation: String,
+        due: u64,
     },
     Get,
 }
@@ -71,6 +92,8 @@ pub enum StockEvent {
         reservation: String,
         quantity: u32,
         expires_at: u64,
+        #[serde(default)]
+        holder: String,
     },
     Confirmed {
         reservation: String,
@@ -82,6 +105,11 @@ pub enum StockEvent {
     },
     Released {
         reservation: String,
+    },
+    /// The holder was not reachable at expiry: the hold stands until `due`.
+    ExpiryPostponed {
+        reservation: String,
+        due: u64,
     },
 }
 
@@ -125,6 +153,7 @@ impl Stock {
                 reservation,
                 quantity,
                 expires_at,
+                holder,
             } => {
                 valid_step(reservation, *quantity)?;
                 if self.sold.contains(reservation) {
@@ -143,11 +172,15 @@ impl Stock {
                         })
                     };
                 }
+                if !holder.is_empty() {
+                    crate::validate::text("holder", holder, 200)?;
+                }
                 self.ensure_available(*quantity)?;
                 Ok(vec![StockEvent::Reserved {
                     reservation: reservation.clone(),
                     quantity: *quantity,
                     expires_at: *expires_at,
+                    holder: holder.clone(),
                 }])
             }
             // Confirming or releasing what is not held (again, or after it
@@ -170,14 +203,25 @@ impl Stock {
                     quantity: *quantity,
                 }])
             }
-            StockCommand::Release { reservation }
+            StockCommand::Release { reservation } | StockCommand::Expire { reservation }
                 if self.reservations.contains_key(reservation) =>
             {
                 Ok(vec![StockEvent::Released {
                     reservation: reservation.clone(),
                 }])
             }
-            StockCommand::Confirm { .. } | StockCommand::Release { .. } => Ok(Vec::new()),
+            StockCommand::ExpireLater { reservation, due }
+                if self.reservations.contains_key(reservation) =>
+            {
+                Ok(vec![StockEvent::ExpiryPostponed {
+                    reservation: reservation.clone(),
+                    due: *due,
+                }])
+            }
+            StockCommand::Confirm { .. }
+            | StockCommand::Release { .. }
+            | StockCommand::Expire { .. }
+            | StockCommand::ExpireLater { .. } => Ok(Vec::new()),
         }
     }
 
@@ -197,12 +241,14 @@ impl Stock {
                 reservation,
                 quantity,
                 expires_at,
+                holder,
             } => {
                 self.reservations.insert(
                     reservation.clone(),
                     Reservation {
                         quantity: *quantity,
                         expires_at: *expires_at,
+                        holder: holder.clone(),
                     },
                 );
             }
@@ -221,6 +267,11 @@ impl Stock {
             }
             StockEvent::Released { reservation } => {
                 self.reservations.remove(reservation);
+            }
+            StockEvent::ExpiryPostponed { reservation, due } => {
+                if let Some(held) = self.reservations.get_mut(reservation) {
+                    held.expires_at = *due;
+                }
             }
         }
     }
@@ -249,6 +300,7 @@ mod tests {
             reservation: id.into(),
             quantity,
             expires_at: 1_000,
+            holder: String::new(),
         }
     }
 
@@ -335,5 +387,31 @@ mod tests {
             Err(CartError::OutOfStock { available: 0 })
         );
         assert_eq!(stock.level().on_hand, 3);
+    }
+
+    /// An expiry releases what is still held (as `Release`), and an
+    /// expiry postponed moves the hold's time without touching the units;
+    /// neither changes anything once the reservation is gone.
+    #[test]
+    fn an_expiry_releases_and_a_postponed_one_keeps_the_hold() {
+        let mut stock = Stock::default();
+        run(&mut stock, StockCommand::SetOnHand { quantity: 5 }).unwrap();
+        run(&mut stock, reserve("a", 2)).unwrap();
+        let later = |due| StockCommand::ExpireLater {
+            reservation: "a".into(),
+            due,
+        };
+        assert_eq!(run(&mut stock, later(5_000)), Ok(1));
+        assert_eq!(stock.reservation("a").map(|r| r.expires_at), Some(5_000));
+        assert_eq!(stock.level().available, 3, "still held");
+        let expire = StockCommand::Expire {
+            reservation: "a".into(),
+        };
+        assert_eq!(run(&mut stock, expire.clone()), Ok(1));
+        assert_eq!(stock.level().available, 5);
+        for again in [expire, later(9_000)] {
+            assert_eq!(run(&mut stock, again), Ok(0), "nothing held any more");
+        }
+        assert_eq!(stock.level().available, 5);
     }
 }
