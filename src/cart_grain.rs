@@ -200,6 +200,7 @@ impl Grain for CartGrain {
                         let confirm = StockCommand::Confirm {
                             reservation: reservation.clone(),
                             quantity: *quantity,
+                            at: now_unix_ms(),
                         };
                         all &= match stock(&calls, sku, confirm).await {
                             Ok(_) => true,

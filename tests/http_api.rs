@@ -1799,6 +1799,7 @@ async fn an_expired_hold_of_a_checked_out_cart_is_sold_not_released() {
             granary_cart::StockCommand::Confirm {
                 reservation,
                 quantity: 3,
+                at: granary::reminders::now_unix_ms(),
             },
         )
         .await

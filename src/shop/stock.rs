@@ -68,6 +68,7 @@ impl Grain for StockGrain {
                     StockCommand::Confirm {
                         reservation,
                         quantity,
+                        at: now_unix_ms(),
                     }
                 }
                 Ok(_) | Err(CallError::Rejected(CartError::NotFound)) => {
@@ -98,7 +99,7 @@ impl Grain for StockGrain {
                     reservation: reservation.clone(),
                 },
             }],
-            StockEvent::Confirmed { reservation }
+            StockEvent::Confirmed { reservation, .. }
             | StockEvent::Released { reservation }
             | StockEvent::SoldLate { reservation, .. } => {
                 vec![Remind::Cancel {

@@ -15,9 +15,12 @@
 //! takes longer than half its hold refuses to do) sells the units if they
 //! are still there (`SoldLate`); if they are not, it is refused
 //! `OutOfStock` and the units are oversold. Confirmed reservation ids are
-//! remembered, so a confirmation delivered twice sells once.
+//! remembered for a day after the sale (`SOLD_KEPT_MS`), so a confirmation
+//! delivered twice sells once; duplicates come within seconds (a reminder
+//! delivered by two members across a membership change), and forgetting
+//! keeps a popular SKU's state from growing with every checkout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +42,16 @@ pub struct Reservation {
 pub struct Stock {
     on_hand: u64,
     reservations: BTreeMap<String, Reservation>,
-    /// Reservations whose units are sold.
+    /// Reservations whose units are sold, for `SOLD_KEPT_MS` after.
     #[serde(default)]
     sold: BTreeSet<String>,
+    /// The same in the order sold, with the time of each sale.
+    #[serde(default)]
+    sold_order: VecDeque<(u64, String)>,
 }
+
+/// How long a sold reservation is remembered (ms): a day.
+pub const SOLD_KEPT_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StockCommand {
@@ -64,6 +73,9 @@ pub enum StockCommand {
         reservation: String,
         #[serde(default)]
         quantity: u32,
+        /// When the confirmation was made (ms since the Unix epoch).
+        #[serde(default)]
+        at: u64,
     },
     /// The checkout did not: the held units go back.
     Release {
@@ -97,11 +109,15 @@ pub enum StockEvent {
     },
     Confirmed {
         reservation: String,
+        #[serde(default)]
+        at: u64,
     },
     /// Confirmed after the hold had expired, with the units still there.
     SoldLate {
         reservation: String,
         quantity: u32,
+        #[serde(default)]
+        at: u64,
     },
     Released {
         reservation: String,
@@ -185,22 +201,23 @@ impl Stock {
             }
             // Confirming or releasing what is not held (again, or after it
             // expired) changes nothing: every step may be retried.
-            StockCommand::Confirm { reservation, .. }
-                if self.reservations.contains_key(reservation) =>
-            {
-                Ok(vec![StockEvent::Confirmed {
-                    reservation: reservation.clone(),
-                }])
-            }
+            StockCommand::Confirm {
+                reservation, at, ..
+            } if self.reservations.contains_key(reservation) => Ok(vec![StockEvent::Confirmed {
+                reservation: reservation.clone(),
+                at: *at,
+            }]),
             StockCommand::Confirm {
                 reservation,
                 quantity,
+                at,
             } if *quantity > 0 && !self.sold.contains(reservation) => {
                 valid_step(reservation, *quantity)?;
                 self.ensure_available(*quantity)?;
                 Ok(vec![StockEvent::SoldLate {
                     reservation: reservation.clone(),
                     quantity: *quantity,
+                    at: *at,
                 }])
             }
             StockCommand::Release { reservation } | StockCommand::Expire { reservation }
@@ -222,6 +239,22 @@ impl Stock {
             | StockCommand::Release { .. }
             | StockCommand::Expire { .. }
             | StockCommand::ExpireLater { .. } => Ok(Vec::new()),
+        }
+    }
+
+    /// Remembers `reservation` as sold at `at`, and forgets the sales
+    /// more than `SOLD_KEPT_MS` older (times from the events: replay forgets
+    /// the same).
+    fn remember_sold(&mut self, reservation: &str, at: u64) {
+        while let Some((sold_at, _)) = self.sold_order.front()
+            && sold_at.saturating_add(SOLD_KEPT_MS) < at
+        {
+            if let Some((_, old)) = self.sold_order.pop_front() {
+                self.sold.remove(&old);
+            }
+        }
+        if self.sold.insert(reservation.to_owned()) {
+            self.sold_order.push_back((at, reservation.to_owned()));
         }
     }
 
@@ -252,18 +285,19 @@ impl Stock {
                     },
                 );
             }
-            StockEvent::Confirmed { reservation } => {
+            StockEvent::Confirmed { reservation, at } => {
                 if let Some(held) = self.reservations.remove(reservation) {
                     self.on_hand = self.on_hand.saturating_sub(u64::from(held.quantity));
                 }
-                self.sold.insert(reservation.clone());
+                self.remember_sold(reservation, *at);
             }
             StockEvent::SoldLate {
                 reservation,
                 quantity,
+                at,
             } => {
                 self.on_hand = self.on_hand.saturating_sub(u64::from(*quantity));
-                self.sold.insert(reservation.clone());
+                self.remember_sold(reservation, *at);
             }
             StockEvent::Released { reservation } => {
                 self.reservations.remove(reservation);
@@ -320,6 +354,7 @@ mod tests {
             StockCommand::Confirm {
                 reservation: "a".into(),
                 quantity: 3,
+                at: 1_000,
             },
         )
         .unwrap();
@@ -337,6 +372,7 @@ mod tests {
                 StockCommand::Confirm {
                     reservation: "a".into(),
                     quantity: 3,
+                    at: 2_000,
                 }
             ),
             Ok(0),
@@ -369,6 +405,7 @@ mod tests {
         let confirm = |quantity| StockCommand::Confirm {
             reservation: "late".into(),
             quantity,
+            at: 2_000,
         };
         assert_eq!(run(&mut stock, confirm(2)), Ok(1));
         assert_eq!(stock.level().on_hand, 3);
@@ -381,6 +418,7 @@ mod tests {
         let refused = StockCommand::Confirm {
             reservation: "gone".into(),
             quantity: 1,
+            at: 2_000,
         };
         assert_eq!(
             run(&mut stock, refused),
@@ -413,5 +451,35 @@ mod tests {
             assert_eq!(run(&mut stock, again), Ok(0), "nothing held any more");
         }
         assert_eq!(stock.level().available, 5);
+    }
+
+    /// A sale is remembered for `SOLD_KEPT_MS`: within it a duplicate
+    /// confirmation sells nothing; sales older than that are forgotten as
+    /// later ones are made, so the state does not grow with every checkout.
+    #[test]
+    fn sold_reservations_are_forgotten_a_day_after_the_sale() {
+        let mut stock = Stock::default();
+        run(&mut stock, StockCommand::SetOnHand { quantity: 1_000 }).unwrap();
+        let sell = |stock: &mut Stock, id: &str, at: u64| {
+            run(stock, reserve(id, 1)).unwrap();
+            let confirm = StockCommand::Confirm {
+                reservation: id.into(),
+                quantity: 1,
+                at,
+            };
+            run(stock, confirm.clone()).unwrap();
+            confirm
+        };
+        let first = sell(&mut stock, "first", 1_000);
+        for n in 0..100 {
+            sell(&mut stock, &format!("within-{n}"), 1_000 + SOLD_KEPT_MS);
+        }
+        assert_eq!(run(&mut stock, first.clone()), Ok(0), "still remembered");
+        assert_eq!(stock.sold.len(), 101);
+        sell(&mut stock, "a-day-later", 1_001 + SOLD_KEPT_MS);
+        assert!(!stock.sold.contains("first"), "forgotten");
+        assert_eq!(stock.sold.len(), 101);
+        assert_eq!(stock.sold.len(), stock.sold_order.len());
+        assert_eq!(stock.level().on_hand, 1_000 - 102);
     }
 }
