@@ -72,6 +72,7 @@ fn state_on(db: &Path) -> ApiState {
             .build(),
         store,
         max_body_bytes: MAX_BODY_BYTES,
+        body_read_timeout: std::time::Duration::from_secs(5),
         ready: Arc::new(AtomicBool::new(true)),
         serving: Arc::new(AtomicBool::new(true)),
         admin_token: Some(ADMIN_TOKEN.into()),

@@ -37,6 +37,8 @@ pub struct ApiState {
     /// The event store, for its counters.
     pub store: Arc<dyn EventStore>,
     pub max_body_bytes: usize,
+    /// A body must arrive within this (408 otherwise).
+    pub body_read_timeout: std::time::Duration,
     /// Cleared when the node starts shutting down.
     pub ready: Arc<AtomicBool>,
     /// Whether this node may serve grains: cleared while it cannot see a

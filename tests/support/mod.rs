@@ -134,6 +134,12 @@ impl NodeProcess {
         }
     }
 
+    /// How many lines the node has logged so far that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        let lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().filter(|line| line.contains(needle)).count()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
