@@ -324,10 +324,10 @@ mod stateless {
                 tx.prepare_cached("SELECT body FROM baseline_products WHERE sku = ?1")
                     .and_then(|mut select| select.query_row(params![sku], |r| r.get(0)))
                     .optional()
-                .unwrap_or_else(|e| {
-                    failed = Some(e);
-                    None
-                })
+                    .unwrap_or_else(|e| {
+                        failed = Some(e);
+                        None
+                    })
             });
             if let Some(err) = failed {
                 return Err(err);

@@ -1810,6 +1810,40 @@ async fn an_expired_hold_of_a_checked_out_cart_is_sold_not_released() {
     until_stock(&api, "MUG", (7, 0, 7)).await;
 }
 
+/// A stock count past the server's limit is 400 naming `on_hand` and
+/// changes nothing; the spec states the same limit (the API fuzzer sent
+/// 2^63 units and got 200).
+#[actix_web::test]
+async fn more_units_than_the_limit_is_400_and_the_spec_says_the_limit() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    api.stocked("POT", 4900, 5).await;
+
+    let reply = api
+        .send(
+            json_request(
+                Method::PUT,
+                "/admin/stock/POT",
+                &json!({"on_hand": granary_cart::MAX_ON_HAND + 1}),
+            )
+            .insert_header((header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))),
+        )
+        .await;
+
+    assert_error(&reply, StatusCode::BAD_REQUEST, Some("on_hand"));
+    assert_eq!(api.stock("POT").await, (5, 0, 5));
+    let spec = api.get("/openapi.json").await;
+    let schemas = &spec.body["components"]["schemas"];
+    for (schema, field) in [("StockBody", "on_hand"), ("ProductBody", "stock")] {
+        assert_eq!(
+            schemas[schema]["properties"][field]["maximum"],
+            json!(granary_cart::MAX_ON_HAND),
+            "{schema}.{field} in {}",
+            spec.text()
+        );
+    }
+}
+
 #[actix_web::test]
 async fn the_admin_api_needs_the_token_and_is_off_without_one() {
     let env = Env::new();
