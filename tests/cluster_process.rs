@@ -1224,14 +1224,7 @@ async fn round_trips_from_a_grains_thread_are_measured_and_bad_probes_refused() 
 async fn half_open_connections_never_keep_members_out_nor_flood_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let a = NodeProcess::start(&dir.path().join("a"), &[]);
-    let mut flood = Vec::new();
-    for _ in 0..1_000 {
-        flood.push(
-            tokio::net::TcpStream::connect(a.grpc)
-                .await
-                .expect("connect"),
-        );
-    }
+    let flood = support::silent_connections(a.grpc, 1_000).await;
     let reply = status(&a).await.expect("status answers during the flood");
     assert_eq!(reply.members, 1);
     // The status call itself closed a pending connection to get in: the

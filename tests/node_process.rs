@@ -439,14 +439,7 @@ async fn a_stalled_body_is_408_and_connections_stay_under_the_cap() {
     let pid = node.child.id();
     let before = open_files(pid);
     // More idle connections than the cap: they send nothing at all.
-    let mut idle = Vec::new();
-    for _ in 0..24 {
-        idle.push(
-            tokio::net::TcpStream::connect(node.http)
-                .await
-                .expect("connect"),
-        );
-    }
+    let idle = support::silent_connections(node.http, 24).await;
     // The node takes connections up to its cap (the event awaited), and
     // no more while they are open. `before` may count a connection or two
     // of the requests above that the node is still closing: the bounds

@@ -453,3 +453,17 @@ pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String) {
     };
     (status, reader.join().expect("stderr reader"))
 }
+
+/// `count` TCP connections to `address` that never send anything (a
+/// half-open flood, idle clients).
+pub async fn silent_connections(address: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        connections.push(
+            tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect"),
+        );
+    }
+    connections
+}
