@@ -1465,6 +1465,42 @@ async fn a_known_route_with_a_wrong_method_is_answered_in_json() {
     );
 }
 
+/// `OPTIONS` names the methods a route takes (204 with `Allow`), the 405
+/// of a method it does not take names them too, and `HEAD` answers as
+/// `GET` does (the server sends no body for it; see `node_process`).
+#[actix_web::test]
+async fn options_names_the_methods_and_head_answers_as_get() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let (id, _) = api.cart_with_a_line().await;
+
+    for (path, allow) in [
+        (format!("/carts/{id}"), "GET, HEAD, OPTIONS"),
+        (format!("/carts/{id}/items"), "POST, OPTIONS"),
+        ("/admin/stock/POT".to_owned(), "GET, PUT, HEAD, OPTIONS"),
+    ] {
+        let options = api
+            .send(TestRequest::default().method(Method::OPTIONS).uri(&path))
+            .await;
+        assert_eq!(options.status, StatusCode::NO_CONTENT, "{path}");
+        assert_eq!(options.header("allow"), Some(allow), "{path}");
+    }
+    let wrong = api.get("/carts").await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.header("allow"), Some("POST, OPTIONS"));
+
+    let get = api.cart(&id).await;
+    let head = api
+        .send(
+            TestRequest::default()
+                .method(Method::HEAD)
+                .uri(&format!("/carts/{id}")),
+        )
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.etag(), get.etag());
+}
+
 // ---------------------------------------------------------------------------
 // Durability
 // ---------------------------------------------------------------------------

@@ -468,3 +468,24 @@ async fn a_stalled_body_is_408_and_connections_stay_under_the_cap() {
     assert_eq!(status, 200, "{answer}");
     drop(idle);
 }
+
+/// Over a real connection, `HEAD` gets `GET`'s status and headers and no
+/// body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_without_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let (status, answer) = raw_exchange(
+        &node,
+        b"HEAD /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(body, "", "no body for HEAD");
+}
