@@ -161,7 +161,7 @@ impl Default for NodeConfig {
             reservation_hold: Duration::from_secs(120),
             secure_cookies: false,
             body_read_timeout: Duration::from_secs(5),
-            max_connections: 1_024,
+            max_connections: default_max_connections(),
         }
     }
 }
