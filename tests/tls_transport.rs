@@ -273,10 +273,16 @@ fn closed_within(mut stream: std::net::TcpStream, limit: Duration) -> Option<Dur
         match stream.read(&mut buffer) {
             Ok(0) => return Some(started.elapsed()),
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Some(started.elapsed());
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
             }
-            Err(_) => return None,
+            // Reset, aborted: closed by the server.
+            Err(_) => return Some(started.elapsed()),
         }
     }
 }
@@ -301,7 +307,10 @@ async fn silent_from(source: [u8; 4], address: std::net::SocketAddr) -> std::net
     socket
         .bind(std::net::SocketAddr::from((source, 0)))
         .unwrap();
-    socket.connect(address).await.unwrap().into_std().unwrap()
+    let stream = socket.connect(address).await.unwrap().into_std().unwrap();
+    // tokio's sockets are non-blocking; the checks here read blocking.
+    stream.set_nonblocking(false).unwrap();
+    stream
 }
 
 /// Hundreds of half-open connections (a handshake never started) hold

@@ -347,8 +347,8 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
-            max_pending: 64,
-            max_pending_per_source: 16,
+            max_pending: 128,
+            max_pending_per_source: 32,
             max_strangers: 32,
         }
     }
