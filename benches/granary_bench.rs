@@ -856,6 +856,7 @@ fn http_comparison(
                     grains,
                     store,
                     max_body_bytes: 64 * 1024,
+                    body_read_timeout: Duration::from_secs(5),
                     ready: Arc::new(AtomicBool::new(true)),
                     serving: Arc::new(AtomicBool::new(true)),
                     admin_token: Some(support::ADMIN_TOKEN.into()),

@@ -149,6 +149,13 @@ struct ServeArgs {
     /// Mark the shop's cartid cookie Secure (HTTPS only).
     #[arg(long)]
     secure_cookies: bool,
+    /// A request body must arrive within this, or 408 [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    body_read_timeout: Option<String>,
+    /// Most HTTP connections open at once [default: half the open-file
+    /// limit, at most 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -299,6 +306,8 @@ fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) ->
         admin_token: args.admin_token,
         reservation_hold: args.reservation_hold,
         secure_cookies: args.secure_cookies.then_some(true),
+        body_read_timeout: args.body_read_timeout,
+        max_connections: args.max_connections,
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

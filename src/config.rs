@@ -74,6 +74,52 @@ pub struct NodeConfig {
     pub reservation_hold: Duration,
     /// The shop front's `cartid` cookie is `Secure` (sent over HTTPS only).
     pub secure_cookies: bool,
+    /// A request's body must arrive within this once its handler reads it
+    /// (408 otherwise); the headers within actix-web's own 5 s.
+    pub body_read_timeout: Duration,
+    /// Most HTTP connections open at once; beyond it new ones wait in the
+    /// listen backlog. Below the process's open-file limit.
+    pub max_connections: usize,
+}
+
+/// Files a node keeps for itself beyond its HTTP connections: the store,
+/// members' and clients' gRPC connections, logs.
+const FILES_KEPT: u64 = 512;
+
+/// The process's open-file limit (soft), raised to its hard limit (at most
+/// 65,536) the first time it is asked, as servers do.
+pub fn open_file_limit() -> u64 {
+    static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct
+        // passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return 1024;
+            }
+            let wanted = limit.rlim_max.min(65_536);
+            if wanted > limit.rlim_cur {
+                let raised = libc::rlimit {
+                    rlim_cur: wanted,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit.rlim_cur = wanted;
+                }
+            }
+        }
+        limit.rlim_cur
+    })
+}
+
+/// The default cap on HTTP connections: half the open-file limit (after
+/// what the node keeps for itself), at most 10,000.
+pub fn default_max_connections() -> usize {
+    (open_file_limit().saturating_sub(FILES_KEPT) / 2).clamp(16, 10_000) as usize
 }
 
 impl NodeConfig {
@@ -114,6 +160,8 @@ impl Default for NodeConfig {
             admin_token: None,
             reservation_hold: Duration::from_secs(120),
             secure_cookies: false,
+            body_read_timeout: Duration::from_secs(5),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -181,6 +229,8 @@ pub struct ConfigLayer {
     pub admin_token: Option<String>,
     pub reservation_hold: Option<String>,
     pub secure_cookies: Option<bool>,
+    pub body_read_timeout: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -205,6 +255,8 @@ pub const KEYS: &[&str] = &[
     "admin_token",
     "reservation_hold",
     "secure_cookies",
+    "body_read_timeout",
+    "max_connections",
 ];
 
 impl ConfigLayer {
@@ -284,6 +336,8 @@ impl ConfigLayer {
             admin_token: get("admin_token"),
             reservation_hold: get("reservation_hold"),
             secure_cookies: boolean("secure_cookies")?,
+            body_read_timeout: get("body_read_timeout"),
+            max_connections: number("max_connections")?,
         })
     }
 
@@ -309,6 +363,8 @@ impl ConfigLayer {
             admin_token: other.admin_token.or(self.admin_token),
             reservation_hold: other.reservation_hold.or(self.reservation_hold),
             secure_cookies: other.secure_cookies.or(self.secure_cookies),
+            body_read_timeout: other.body_read_timeout.or(self.body_read_timeout),
+            max_connections: other.max_connections.or(self.max_connections),
         }
     }
 
@@ -482,6 +538,36 @@ impl ConfigLayer {
                 hold
             },
             secure_cookies: self.secure_cookies.unwrap_or(false),
+            body_read_timeout: {
+                let limit = duration(
+                    "body_read_timeout",
+                    self.body_read_timeout,
+                    defaults.body_read_timeout,
+                )?;
+                if limit < Duration::from_millis(100) || limit > Duration::from_secs(300) {
+                    return Err(invalid(
+                        "body_read_timeout",
+                        "must be between 100ms and 5m".into(),
+                    ));
+                }
+                limit
+            },
+            max_connections: match self.max_connections {
+                None => default_max_connections(),
+                Some(n) if n < 16 => {
+                    return Err(invalid("max_connections", "must be at least 16".into()));
+                }
+                Some(n) if n.saturating_add(FILES_KEPT) > open_file_limit() => {
+                    return Err(invalid(
+                        "max_connections",
+                        format!(
+                            "must leave {FILES_KEPT} of the process's open-file limit ({}) to the node; raise the limit (ulimit -n) or lower this",
+                            open_file_limit()
+                        ),
+                    ));
+                }
+                Some(n) => n as usize,
+            },
         })
     }
 }
@@ -539,6 +625,8 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "admin_token" => layer.admin_token.is_some(),
         "reservation_hold" => layer.reservation_hold.is_some(),
         "secure_cookies" => layer.secure_cookies.is_some(),
+        "body_read_timeout" => layer.body_read_timeout.is_some(),
+        "max_connections" => layer.max_connections.is_some(),
         _ => false,
     }
 }

@@ -300,6 +300,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         grains: grains.clone(),
         store: store.clone(),
         max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout,
         ready: ready.clone(),
         serving: cluster.serving_flag(),
         admin_token: config.admin_token.clone(),
@@ -317,6 +318,9 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         app.default_service(actix_web::web::to(http::not_found))
     })
     .disable_signals()
+    // The cap is per worker in actix-web: the node's cap, shared out.
+    .workers(http_workers())
+    .max_connections(config.max_connections.div_ceil(http_workers()))
     .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
     .bind(config.http)
     .with_context(|| format!("cannot listen on {} (http)", config.http))?;
@@ -611,4 +615,9 @@ async fn wait_for_stop_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
     }
+}
+
+/// actix-web's worker threads (its default: one per core).
+fn http_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

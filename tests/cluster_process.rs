@@ -1216,3 +1216,25 @@ async fn round_trips_from_a_grains_thread_are_measured_and_bad_probes_refused() 
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 }
+
+/// A thousand half-open connections to a member's gRPC port (a handshake
+/// never started) do not keep the node's own `granary status` out, and
+/// the node logs them as a count at most every 10 s, not a line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_never_keep_members_out_nor_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProcess::start(&dir.path().join("a"), &[]);
+    let flood = support::silent_connections(a.grpc, 1_000).await;
+    let reply = status(&a).await.expect("status answers during the flood");
+    assert_eq!(reply.members, 1);
+    // The status call itself closed a pending connection to get in: the
+    // count of closed connections has been logged by now.
+    let line = a.wait_for_log(
+        &["connections closed for the limits"],
+        Duration::from_secs(10),
+    );
+    assert!(line.contains("closed="), "{line}");
+    let lines = a.log_count("connections closed for the limits");
+    assert!(lines <= 2, "{lines} log lines for one flood");
+    drop(flood);
+}

@@ -67,6 +67,16 @@ fn bad_configuration_is_refused_naming_the_key() {
     assert_eq!(code, 2);
     assert!(stderr.contains("max_live_grains"), "{stderr}");
 
+    for (flag, value) in [
+        ("--max-connections", "4"),
+        ("--max-connections", "100000000"),
+        ("--body-read-timeout", "1h"),
+    ] {
+        let (code, stderr) = serve_with(&[flag, value], &[]);
+        assert_eq!(code, 2, "{flag} {value}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+
     std::fs::write(&file, "grcp = \"127.0.0.1:1\"\n").unwrap();
     let (code, stderr) = serve_with(&[], &[("GRANARY_CONFIG", file.to_str().unwrap())]);
     assert_eq!(code, 2);
@@ -355,4 +365,127 @@ async fn catalog_import_sets_every_product_and_names_every_line_it_could_not() {
     assert_eq!(stdout.trim(), "set 1 product");
     let b = http.get(&node.url(&product("B"))).await.unwrap();
     assert_eq!(b.json["unit_price"], 250, "{b:?}");
+}
+
+/// Sends `request` on a new connection to `node` and reads until the
+/// server closes it or a whole response is in: its status and the rest.
+async fn raw_exchange(node: &NodeProcess, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(node.http)
+        .await
+        .expect("connect");
+    tcp.write_all(request).await.expect("send");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Bounded: a server that never answers fails the test.
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                });
+                if length.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 20 s");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Open file descriptors of process `pid`.
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A body that stalls half way is answered 408 with a JSON error once the
+/// body-read deadline passes (the connection and its buffer are let go),
+/// and connections past the cap wait in the listen backlog instead of each
+/// taking a file and memory: the node holds no more than its cap, and
+/// serves a normal request once idle ones are timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_408_and_connections_stay_under_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        &dir.path().join("data"),
+        &["--body-read-timeout", "1s", "--max-connections", "16"],
+    );
+    let cart = Http::new().create_cart(&node).await;
+
+    let stalled = format!(
+        "POST /carts/{cart}/items HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"sku\": "
+    );
+    let started = std::time::Instant::now();
+    let (status, answer) = raw_exchange(&node, stalled.as_bytes()).await;
+    assert_eq!(status, 408, "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+    eprintln!("stalled body answered after {:?}", started.elapsed());
+
+    let pid = node.child.id();
+    let before = open_files(pid);
+    // More idle connections than the cap: they send nothing at all.
+    let idle = support::silent_connections(node.http, 24).await;
+    // The node takes connections up to its cap (the event awaited), and
+    // no more while they are open. `before` may count a connection or two
+    // of the requests above that the node is still closing: the bounds
+    // allow for three either way, well short of the 24 opened.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_files(pid) + 3 < before + 16 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node took fewer than its cap: {} files open, {before} before",
+            open_files(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let held = open_files(pid);
+    assert!(
+        held <= before + 16 + 3,
+        "{held} files open, {before} before: over the cap"
+    );
+    // A normal request waits its turn and is served once the idle
+    // connections' header deadline (5 s) frees slots.
+    let (status, answer) = raw_exchange(
+        &node,
+        format!("GET /carts/{cart} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    drop(idle);
+}
+
+/// Over a real connection, `HEAD` gets `GET`'s status and headers and no
+/// body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_without_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let (status, answer) = raw_exchange(
+        &node,
+        b"HEAD /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(body, "", "no body for HEAD");
 }

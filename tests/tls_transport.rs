@@ -226,24 +226,11 @@ async fn unauthenticated_peers_get_bounded_time_and_connections() {
     let ((_a, server), (_b, member)) = (keys(), keys());
     let limits = Limits {
         handshake_timeout: Duration::from_millis(300),
-        max_connections: 4,
+        max_pending: 4,
+        max_pending_per_source: 4,
+        ..Limits::default()
     };
     let address = serve(&server, Trust::new([member.fingerprint]), limits).await;
-    let closed_within = |mut stream: std::net::TcpStream, limit: Duration| {
-        stream.set_read_timeout(Some(limit)).unwrap();
-        let started = Instant::now();
-        let mut buffer = [0u8; 1024];
-        loop {
-            match stream.read(&mut buffer) {
-                Ok(0) => return Some(started.elapsed()),
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                    return Some(started.elapsed());
-                }
-                Err(_) => return None,
-            }
-        }
-    };
     tokio::task::block_in_place(|| {
         // Silent: closed by the handshake deadline.
         let silent = std::net::TcpStream::connect(address).unwrap();
@@ -253,15 +240,14 @@ async fn unauthenticated_peers_get_bounded_time_and_connections() {
         garbage.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff]).unwrap();
         garbage.write_all(&[0u8; 512]).unwrap();
         assert!(closed_within(garbage, Duration::from_secs(3)).is_some());
-        // Over the cap: the fifth of five silent connections is closed at
-        // once, long before the handshake deadline.
-        let held: Vec<std::net::TcpStream> = (0..4)
+        // Past the cap on pending connections: the fifth of five silent
+        // connections closes the oldest at once, long before the deadline.
+        let mut held: Vec<std::net::TcpStream> = (0..5)
             .map(|_| std::net::TcpStream::connect(address).unwrap())
             .collect();
-        std::thread::sleep(Duration::from_millis(50));
-        let extra = std::net::TcpStream::connect(address).unwrap();
-        let closed = closed_within(extra, Duration::from_millis(250));
-        assert!(closed.is_some(), "a connection over the cap was kept");
+        let oldest = held.remove(0);
+        let closed = closed_within(oldest, Duration::from_millis(250));
+        assert!(closed.is_some(), "the oldest pending connection was kept");
         drop(held);
     });
     // Once the held connections are gone, a member is served again.
@@ -275,6 +261,127 @@ async fn unauthenticated_peers_get_bounded_time_and_connections() {
         assert!(Instant::now() < deadline, "the member was not served again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Reads from `stream` until the peer closes it (`Some(how long)`) or
+/// `limit` passes (`None`).
+fn closed_within(mut stream: std::net::TcpStream, limit: Duration) -> Option<Duration> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            // Reset, aborted: closed by the server.
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+}
+
+/// Whether the server has closed `stream` (without waiting).
+fn is_closed(stream: &std::net::TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 16];
+    let closed = match stream.peek(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// A silent connection to `address` from `source` (any 127.0.0.0/8
+/// address is this machine's).
+async fn silent_from(source: [u8; 4], address: std::net::SocketAddr) -> std::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from((source, 0)))
+        .unwrap();
+    let stream = socket.connect(address).await.unwrap().into_std().unwrap();
+    // tokio's sockets are non-blocking; the checks here read blocking.
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Hundreds of half-open connections (a handshake never started) hold
+/// every pending slot for the whole handshake deadline; a member still
+/// connects and is served at once: its connection closes the oldest of
+/// them, and the newest are still open afterwards (nobody waited for
+/// them to time out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_connections_never_keeps_a_member_out() {
+    let ((_a, server), (_b, member)) = (keys(), keys());
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(30),
+        max_pending: 16,
+        ..Limits::default()
+    };
+    let address = serve(&server, Trust::new([member.fingerprint]), limits).await;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(silent_from([127, 0, 0, 1], address).await);
+    }
+    let mut client = connect(&member, &[server.fingerprint], address)
+        .await
+        .expect("a member connects during the flood");
+    assert!(ping(&mut client).await.is_ok(), "and is served");
+    let still_open = tokio::task::block_in_place(|| {
+        flood[flood.len() - 8..]
+            .iter()
+            .filter(|stream| !is_closed(stream))
+            .count()
+    });
+    assert!(
+        still_open > 0,
+        "the member waited for the flood to time out"
+    );
+}
+
+/// One address cannot take the pending slots of others: past its own
+/// limit, a source's new connection closes that source's oldest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_pending_slot() {
+    let (_a, server) = keys();
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(30),
+        max_pending: 8,
+        max_pending_per_source: 3,
+        ..Limits::default()
+    };
+    let address = serve(&server, Trust::new([]), limits).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(silent_from([127, 0, 0, 3], address).await);
+    }
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(silent_from([127, 0, 0, 2], address).await);
+    }
+    tokio::task::block_in_place(|| {
+        let kept = flood.split_off(7);
+        for (n, stream) in flood.into_iter().enumerate() {
+            assert!(
+                closed_within(stream, Duration::from_secs(5)).is_some(),
+                "the flood's connection {n} was kept past its source's limit"
+            );
+        }
+        for stream in kept.iter().chain(&others) {
+            assert!(
+                !is_closed(stream),
+                "a connection within its source's limit was closed"
+            );
+        }
+    });
 }
 
 /// Accepts any server certificate (for the client that has none itself).

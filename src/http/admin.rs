@@ -60,6 +60,7 @@ fn authorize(state: &ApiState, req: &HttpRequest) -> Result<(), ApiError> {
         (status = 400, description = "Bad input; `field` names it", body = ErrorBody),
         (status = 401, description = "No or a wrong admin token", body = ErrorBody),
         (status = 403, description = "The admin API is off", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 503, description = "Unavailable; retry", body = ErrorBody)))]
@@ -70,7 +71,7 @@ pub(crate) async fn put_product(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let sku = path.into_inner();
     check_sku(&sku)?;
     let product: ProductBody = parse_json(&body)?;
@@ -154,7 +155,7 @@ pub(crate) async fn put_stock(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let sku = path.into_inner();
     check_sku(&sku)?;
     let stock: StockBody = parse_json(&body)?;

@@ -73,7 +73,7 @@ pub(crate) async fn create_cart(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let options = call_options(&req, &body)?;
     if options.expected_version.is_some() {
         return Err(ApiError::bad_request(
@@ -155,6 +155,7 @@ pub(crate) async fn price_check(
         (status = 404, description = "No such cart, or no product with this sku", body = ErrorBody),
         (status = 409, description = "Checked out, other currency, full, or the sku's price changed since it was added (`lines`)", body = ErrorBody),
         (status = 412, description = "If-Match does not match", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody)))]
@@ -164,7 +165,7 @@ pub(crate) async fn add_item(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let id = parse_uuid("id", &path)?;
     let request = add_sku_request(&body)?;
     let options = call_options(&req, &body)?;
@@ -234,7 +235,7 @@ pub(crate) async fn change_quantity(
 ) -> Result<HttpResponse, ApiError> {
     let (id, line_id) = path.into_inner();
     let line_id = parse_uuid("line_id", &line_id)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let change: ChangeQuantityBody = parse_json(&body)?;
     let cmd = CartCommand::ChangeQuantity {
         line_id,
@@ -278,7 +279,7 @@ pub(crate) async fn set_delivery(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let delivery: SetDeliveryBody = parse_json(&body)?;
     let cmd = CartCommand::SetDelivery {
         name: delivery.name,
@@ -321,7 +322,7 @@ pub(crate) async fn clear(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     command(&state, &req, &body, &path, CartCommand::Clear).await
 }
 
@@ -344,6 +345,6 @@ pub(crate) async fn checkout(
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     command(&state, &req, &body, &path, CartCommand::Checkout).await
 }

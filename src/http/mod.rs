@@ -37,6 +37,8 @@ pub struct ApiState {
     /// The event store, for its counters.
     pub store: Arc<dyn EventStore>,
     pub max_body_bytes: usize,
+    /// A body must arrive within this (408 otherwise).
+    pub body_read_timeout: std::time::Duration,
     /// Cleared when the node starts shutting down.
     pub ready: Arc<AtomicBool>,
     /// Whether this node may serve grains: cleared while it cannot see a
@@ -66,17 +68,17 @@ pub fn configure_ops(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::new(state.grains.clone()))
             .app_data(web::Data::new(state))
-            .service(resource("/healthz", "GET").route(web::get().to(healthz)))
-            .service(resource("/readyz", "GET").route(web::get().to(readyz)))
-            .service(resource("/stats", "GET").route(web::get().to(stats)))
-            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)));
+            .service(resource("/healthz", "GET").route(get_or_head().to(healthz)))
+            .service(resource("/readyz", "GET").route(get_or_head().to(readyz)))
+            .service(resource("/stats", "GET").route(get_or_head().to(stats)))
+            .service(resource("/openapi.json", "GET").route(get_or_head().to(openapi)));
     }
 }
 
 /// The cart API's routes (they need [`configure_ops`]'s state).
 pub fn carts_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/carts", "POST").route(web::post().to(carts::create_cart)))
-        .service(resource("/carts/{id}", "GET").route(web::get().to(carts::get_cart)))
+        .service(resource("/carts/{id}", "GET").route(get_or_head().to(carts::get_cart)))
         .service(resource("/carts/{id}/items", "POST").route(web::post().to(carts::add_item)))
         .service(
             resource("/carts/{id}/items/{line_id}", "PATCH, DELETE")
@@ -91,16 +93,16 @@ pub fn carts_routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
         .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)))
         .service(
-            resource("/carts/{id}/price-check", "GET").route(web::get().to(carts::price_check)),
+            resource("/carts/{id}/price-check", "GET").route(get_or_head().to(carts::price_check)),
         )
-        .service(resource("/products/{sku}", "GET").route(web::get().to(admin::get_product)))
+        .service(resource("/products/{sku}", "GET").route(get_or_head().to(admin::get_product)))
         .service(resource("/admin/products/{sku}", "PUT").route(web::put().to(admin::put_product)))
         .service(
             resource("/admin/stock/{sku}", "GET, PUT")
-                .route(web::get().to(admin::get_stock))
+                .route(get_or_head().to(admin::get_stock))
                 .route(web::put().to(admin::put_stock)),
         )
-        .service(resource("/cart", "GET").route(web::get().to(shop::get)))
+        .service(resource("/cart", "GET").route(get_or_head().to(shop::get)))
         .service(resource("/cart/items", "POST").route(web::post().to(shop::add)))
         .service(
             resource("/cart/items/{line_id}", "PATCH, DELETE")
@@ -158,21 +160,40 @@ pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
     }))
 }
 
-/// A resource whose unsupported methods get the API's JSON 405 with the
-/// `Allow` header naming the methods it takes.
+/// A route for `GET` that answers `HEAD` too (the same status and
+/// headers; actix-web sends no body for a `HEAD`).
+fn get_or_head() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// A resource that answers `OPTIONS` with 204 and the `Allow` header, and
+/// any other method it does not take with the API's JSON 405 and the same
+/// header. `allow` names the methods its routes take (`HEAD` is added
+/// where `GET` is).
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        let mut response = ApiError::new(
-            actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-            format!("method not allowed on this route; allowed: {allow}"),
-        )
-        .with_code("method_not_allowed")
-        .error_response();
-        response.headers_mut().insert(
-            actix_web::http::header::ALLOW,
-            actix_web::http::header::HeaderValue::from_static(allow),
-        );
-        response
+    let head = if allow.contains("GET") { ", HEAD" } else { "" };
+    let allow = format!("{allow}{head}, OPTIONS");
+    web::resource(path).default_service(web::to(move |req: actix_web::HttpRequest| {
+        let allow = allow.clone();
+        async move {
+            let mut response = if req.method() == actix_web::http::Method::OPTIONS {
+                HttpResponse::NoContent().finish()
+            } else {
+                ApiError::new(
+                    actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                    format!("method not allowed on this route; allowed: {allow}"),
+                )
+                .with_code("method_not_allowed")
+                .error_response()
+            };
+            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+                response
+                    .headers_mut()
+                    .insert(actix_web::http::header::ALLOW, value);
+            }
+            response
+        }
     }))
 }
 

@@ -15,9 +15,27 @@ use super::error::ApiError;
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// Reads the whole body, refusing (413) one longer than `limit` before
-/// buffering more than `limit` bytes of it.
+/// Reads the whole body, refusing (413) one longer than the node's limit
+/// before buffering more than that of it, and (408) one that has not all
+/// arrived within the node's body-read deadline: a body that trickles or
+/// stalls holds a connection and its buffer no longer than that.
 pub(crate) async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &super::ApiState,
+) -> Result<web::Bytes, ApiError> {
+    let deadline = state.body_read_timeout;
+    match tokio::time::timeout(deadline, read_bounded(req, payload, state.max_body_bytes)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {deadline:?}"),
+        )
+        .with_code("body_timeout")),
+    }
+}
+
+async fn read_bounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

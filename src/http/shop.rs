@@ -86,6 +86,7 @@ pub(crate) async fn get(
         (status = 400, description = "Bad input; `field` names it", body = ErrorBody),
         (status = 404, description = "No product has this sku", body = ErrorBody),
         (status = 409, description = "Checked out, full, or the price changed (`lines`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the deadline", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody)))]
 pub(crate) async fn add(
@@ -94,7 +95,7 @@ pub(crate) async fn add(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let request = add_sku_request(&body)?;
     let (cart, new) = match cart_of(&req) {
         Some(cart) => (cart, false),
@@ -135,7 +136,7 @@ pub(crate) async fn change(
     require_json(&req)?;
     let cart = cookie_cart(&req)?;
     let line_id = parse_uuid("line_id", &path)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let change: ChangeQuantityBody = parse_json(&body)?;
     let command = CartCommand::ChangeQuantity {
         line_id,
@@ -190,7 +191,7 @@ pub(crate) async fn checkout(
 ) -> Result<HttpResponse, ApiError> {
     require_json(&req)?;
     let cart = cookie_cart(&req)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
+    let body = read_body(&req, payload, &state).await?;
     let command = CartRequest::Command(CartCommand::Checkout);
     call(&state, cart, command, call_options(&req, &body)?).await
 }

@@ -125,6 +125,7 @@ pub struct ProductBody {
     pub tax_rate_bp: Option<u32>,
     /// Units on hand (sets the stock when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000_000_000_u64)]
     pub stock: Option<u64>,
 }
 
@@ -155,6 +156,7 @@ impl From<granary_cart::ProductSpec> for ProductView {
 #[serde(deny_unknown_fields)]
 pub struct StockBody {
     /// Units physically there.
+    #[schema(maximum = 1_000_000_000_000_u64)]
     pub on_hand: u64,
 }
 

@@ -319,14 +319,27 @@ pub struct PeerIdentity {
     pub address: SocketAddr,
 }
 
-/// Bounds on what a peer gets before it is authenticated.
+/// Bounds on what a peer gets before and after it is authenticated.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// The TLS handshake must finish within this.
     pub handshake_timeout: Duration,
-    /// Most connections open at once (authenticated or not); beyond it a
-    /// new connection is closed at once.
+    /// Most connections from members (trusted keys) open at once; beyond
+    /// it a new one is closed after its handshake.
     pub max_connections: usize,
+    /// Most connections still in their handshake at once. A new one past
+    /// it closes the oldest pending one instead of being refused, so a
+    /// flood of half-open connections cannot keep a member's quick
+    /// handshake out: it would have to open this many within the few
+    /// milliseconds the member's takes.
+    pub max_pending: usize,
+    /// Most connections in their handshake from one address (its oldest
+    /// is closed for a new one), so one source cannot take every pending
+    /// slot from the others.
+    pub max_pending_per_source: usize,
+    /// Most authenticated connections from keys that are not members'
+    /// (nodes asking to join) open at once.
+    pub max_strangers: usize,
 }
 
 impl Default for Limits {
@@ -334,12 +347,126 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(5),
             max_connections: 256,
+            max_pending: 128,
+            max_pending_per_source: 32,
+            max_strangers: 32,
         }
     }
 }
 
+/// How often, at most, connections closed for a limit are logged (as a
+/// count since the last line).
+const DROPS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// The connections in their handshake, oldest first, and what was closed
+/// for the limits since the last log line.
+struct Pending {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, std::net::IpAddr, tokio::task::AbortHandle)>,
+    per_source: std::collections::HashMap<std::net::IpAddr, usize>,
+    dropped: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            next: 0,
+            queue: std::collections::VecDeque::new(),
+            per_source: std::collections::HashMap::new(),
+            dropped: 0,
+            logged: None,
+        }
+    }
+
+    /// Makes room for a new pending connection from `source`: closes its
+    /// source's oldest pending one if that source is at its limit, or the
+    /// oldest of all if every slot is taken.
+    fn make_room(&mut self, source: std::net::IpAddr, limits: &Limits) {
+        let oldest = if self.per_source.get(&source).copied().unwrap_or(0)
+            >= limits.max_pending_per_source.max(1)
+        {
+            self.queue.iter().position(|(_, ip, _)| *ip == source)
+        } else if self.queue.len() >= limits.max_pending.max(1) {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(at) = oldest
+            && let Some((_, ip, task)) = self.queue.remove(at)
+        {
+            task.abort();
+            self.forget_source(ip);
+            self.dropped += 1;
+        }
+    }
+
+    fn forget_source(&mut self, source: std::net::IpAddr) {
+        if let Some(count) = self.per_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+    }
+
+    /// A pending connection ended (authenticated, refused or timed out).
+    fn done(&mut self, id: u64) {
+        if let Some(at) = self.queue.iter().position(|(pending, _, _)| *pending == id) {
+            let (_, ip, _) = self.queue.remove(at).expect("found");
+            self.forget_source(ip);
+        }
+    }
+
+    /// Counts a connection closed for a limit, and logs the count at most
+    /// every `DROPS_LOGGED_EVERY` (a flood must not flood the log).
+    fn dropped(&mut self, what: &str) {
+        self.dropped += 1;
+        self.log_drops(what);
+    }
+
+    fn log_drops(&mut self, what: &str) {
+        if self.dropped == 0
+            || self
+                .logged
+                .is_some_and(|at| at.elapsed() < DROPS_LOGGED_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            closed = self.dropped,
+            pending = self.queue.len(),
+            sources = self.per_source.len(),
+            "connections closed for the limits on peers ({what}); logged at most every {DROPS_LOGGED_EVERY:?}"
+        );
+        self.dropped = 0;
+        self.logged = Some(std::time::Instant::now());
+    }
+}
+
+/// Removes a pending connection from the registry however its task ends
+/// (done, failed, or aborted to make room).
+struct PendingGuard {
+    pending: Arc<std::sync::Mutex<Pending>>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        lock_pending(&self.pending).done(self.id);
+    }
+}
+
+fn lock_pending(pending: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Accepts TLS connections on `listener` for `tonic`'s
-/// `serve_with_incoming`: only authenticated ones come out.
+/// `serve_with_incoming`: only authenticated ones come out. Members' keys
+/// and other keys (nodes asking to join) have separate caps, and
+/// connections still in their handshake have their own, which makes room
+/// for a newcomer by closing the oldest (per source first): a flood of
+/// half-open connections from strangers never keeps members out.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
@@ -347,7 +474,9 @@ pub fn incoming(
     limits: Limits,
 ) -> impl Stream<Item = io::Result<PeerConnection>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let members = Arc::new(Semaphore::new(limits.max_connections));
+    let strangers = Arc::new(Semaphore::new(limits.max_strangers));
+    let pending = Arc::new(std::sync::Mutex::new(Pending::new()));
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         loop {
@@ -362,12 +491,20 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%address, "too many connections; closing a new one");
-                continue;
-            };
             let (acceptor, tx, trust) = (acceptor.clone(), tx.clone(), trust.clone());
-            tokio::spawn(async move {
+            let (members, strangers) = (members.clone(), strangers.clone());
+            // Registered under the lock it is spawned under, so the task's
+            // guard (which takes the lock) always finds its entry.
+            let mut registry = lock_pending(&pending);
+            registry.make_room(address.ip(), &limits);
+            registry.log_drops("too many in their handshake");
+            let id = registry.next;
+            registry.next += 1;
+            let guard = PendingGuard {
+                pending: pending.clone(),
+                id,
+            };
+            let task = tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
@@ -391,9 +528,22 @@ pub fn incoming(
                 else {
                     return;
                 };
+                let trusted = trust.admits(&fingerprint);
+                let permits = if trusted { members } else { strangers };
+                let Ok(permit) = permits.try_acquire_owned() else {
+                    let mut registry = lock_pending(&guard.pending);
+                    registry.dropped(if trusted {
+                        "too many from members"
+                    } else {
+                        "too many from keys that are not members'"
+                    });
+                    return;
+                };
+                // Authenticated: its pending slot goes now.
+                drop(guard);
                 let connection = PeerConnection {
                     changes: WatchStream::from_changes(trust.generation.subscribe()),
-                    trusted: trust.admits(&fingerprint),
+                    trusted,
                     stream: tls,
                     peer: PeerIdentity {
                         fingerprint,
@@ -405,6 +555,10 @@ pub fn incoming(
                 };
                 let _ = tx.send(Ok(connection)).await;
             });
+            registry
+                .queue
+                .push_back((id, address.ip(), task.abort_handle()));
+            *registry.per_source.entry(address.ip()).or_default() += 1;
         }
     });
     ReceiverStream::new(rx)

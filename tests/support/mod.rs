@@ -134,6 +134,12 @@ impl NodeProcess {
         }
     }
 
+    /// How many lines the node has logged so far that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        let lines = self.log.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().filter(|line| line.contains(needle)).count()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -446,4 +452,18 @@ pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(50));
     };
     (status, reader.join().expect("stderr reader"))
+}
+
+/// `count` TCP connections to `address` that never send anything (a
+/// half-open flood, idle clients).
+pub async fn silent_connections(address: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        connections.push(
+            tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect"),
+        );
+    }
+    connections
 }

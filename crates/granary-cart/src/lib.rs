@@ -59,4 +59,6 @@ pub use command::{CartCommand, NewItem};
 pub use error::{CartError, ErrorKind};
 pub use event::CartEvent;
 pub use money::Totals;
-pub use stock::{Reservation, Stock, StockCommand, StockEvent, StockLevel};
+pub use stock::{
+    MAX_ON_HAND, Reservation, SOLD_KEPT_MS, Stock, StockCommand, StockEvent, StockLevel,
+};

@@ -50,6 +50,10 @@ pub struct Stock {
     sold_order: VecDeque<(u64, String)>,
 }
 
+/// Most units a SKU's stock may count (a trillion: far beyond any shelf,
+/// far below where sums of them could overflow).
+pub const MAX_ON_HAND: u64 = 1_000_000_000_000;
+
 /// How long a sold reservation is remembered (ms): a day.
 pub const SOLD_KEPT_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -162,6 +166,12 @@ impl Stock {
     pub fn decide(&self, command: &StockCommand) -> Result<Vec<StockEvent>, CartError> {
         match command {
             StockCommand::Get => Ok(Vec::new()),
+            StockCommand::SetOnHand { quantity } if *quantity > MAX_ON_HAND => {
+                Err(CartError::Invalid {
+                    field: "on_hand".into(),
+                    reason: format!("at most {MAX_ON_HAND} units"),
+                })
+            }
             StockCommand::SetOnHand { quantity } => Ok(vec![StockEvent::OnHandSet {
                 quantity: *quantity,
             }]),
@@ -481,5 +491,28 @@ mod tests {
         assert_eq!(stock.sold.len(), 101);
         assert_eq!(stock.sold.len(), stock.sold_order.len());
         assert_eq!(stock.level().on_hand, 1_000 - 102);
+    }
+
+    #[test]
+    fn more_than_a_trillion_units_on_hand_is_refused_and_changes_nothing() {
+        let mut stock = Stock::default();
+        run(
+            &mut stock,
+            StockCommand::SetOnHand {
+                quantity: MAX_ON_HAND,
+            },
+        )
+        .unwrap();
+        let refused = run(
+            &mut stock,
+            StockCommand::SetOnHand {
+                quantity: MAX_ON_HAND + 1,
+            },
+        );
+        assert!(
+            matches!(refused, Err(CartError::Invalid { ref field, .. }) if field == "on_hand"),
+            "{refused:?}"
+        );
+        assert_eq!(stock.level().on_hand, MAX_ON_HAND);
     }
 }

@@ -633,6 +633,16 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
                         }
                         let result = Self::replay(&record, request_hash);
                         act.remember(record);
+                        if result
+                            .as_ref()
+                            .is_ok_and(|outcome| outcome.version > act.version)
+                        {
+                            // The store holds a write this activation has
+                            // not applied (one whose outcome it did not
+                            // know): catch up before anything is read from
+                            // it, since this answer acknowledges that write.
+                            act.reload(ctx);
+                        }
                         Box::pin(actix::fut::ready(result))
                     }
                     Ok(None) => match act.execute(call, ctx) {

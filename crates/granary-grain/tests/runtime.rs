@@ -335,7 +335,9 @@ async fn reads_of_ids_nobody_wrote_do_not_stay_in_memory() {
 }
 
 /// The real store behind a gate that holds appends until opened: lets a
-/// test keep a write in flight while something else happens.
+/// test keep a write in flight while something else happens. Like a real
+/// engine's queue, an append handed over goes ahead even if its caller
+/// stops waiting.
 struct GatedStore {
     inner: Arc<dyn EventStore>,
     open: Arc<tokio::sync::Semaphore>,
@@ -355,10 +357,15 @@ impl GatedStore {
 impl EventStore for GatedStore {
     fn append(&self, request: granary_store::AppendRequest) -> granary_store::StoreFuture<u64> {
         let (inner, open) = (self.inner.clone(), self.open.clone());
-        Box::pin(async move {
+        let queued = tokio::spawn(async move {
             let permit = open.acquire().await.expect("gate");
             permit.forget();
             inner.append(request).await
+        });
+        Box::pin(async move {
+            queued
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string())))
         })
     }
     fn load(&self, key: &GrainKey) -> granary_store::StoreFuture<granary_store::LoadedGrain> {
@@ -584,12 +591,14 @@ async fn a_write_the_store_does_not_answer_in_time_is_answered_unknown_and_never
         "{err:?}"
     );
     gate.add_permits(10);
-    // Nothing resent the call: the grain holds at most that one change, and
-    // it still takes new ones.
+    // Nothing resent the call: the store holds at most that one change (the
+    // held append may still commit, as a real engine's queued one would),
+    // and the grain still takes new ones.
     let before = rt.call("t", Op::Get).await.unwrap();
     assert!(before.version <= 1, "{before:?}");
     let after = rt.call("t", Op::Add(1)).await.unwrap();
-    assert_eq!(after.version, before.version + 1);
+    assert!(after.version <= 2, "{after:?}");
+    assert_eq!(after.reply, after.version as i64, "one change per event");
 }
 
 #[actix_rt::test]
@@ -851,6 +860,55 @@ async fn reads_skip_a_busy_mailbox_and_show_only_what_is_stored() {
     assert_eq!(write.await.unwrap().unwrap().reply, 6);
     let read = next.await.unwrap().expect("the read of version 2");
     assert_eq!((read.reply, read.version), (6, 2));
+    let read = rt.call("g", Op::Get).await.unwrap();
+    assert_eq!((read.reply, read.version), (6, 2), "the acknowledged write");
+}
+
+/// A write whose outcome the grain did not learn (the store answered too
+/// late) and that the store committed only after the grain had caught up:
+/// its retry, answered from the stored idempotency record, acknowledges
+/// the write, and from then on every read shows it.
+#[actix_rt::test]
+async fn a_replayed_write_the_grain_never_applied_is_read_back_after_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = store(&dir);
+    let (gated, gate) = GatedStore::wrap(inner.clone());
+    let config = RuntimeConfig {
+        store_timeout: Duration::from_millis(200),
+        ..RuntimeConfig::default()
+    };
+    let rt = runtime(gated, config);
+    gate.add_permits(1);
+    rt.call("g", Op::Add(1)).await.unwrap();
+    let keyed = CallOptions {
+        idempotency: Some(("add-five".into(), 5)),
+        ..Default::default()
+    };
+
+    // Held at the gate past the store timeout: the outcome is unknown, and
+    // the grain reloads what is stored (the write is not, yet).
+    let unknown = rt.call_with("g", Op::Add(5), keyed.clone()).await;
+    assert!(
+        matches!(unknown, Err(CallError::Store(StoreError::Indeterminate(_)))),
+        "{unknown:?}"
+    );
+    assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 1);
+    // Now the store commits it.
+    gate.add_permits(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inner
+        .load(&GrainKey::new("counter", "g"))
+        .await
+        .unwrap()
+        .version
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the late write never committed");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let replay = rt.call_with("g", Op::Add(5), keyed).await.unwrap();
+    assert_eq!((replay.reply, replay.version), (6, 2));
     let read = rt.call("g", Op::Get).await.unwrap();
     assert_eq!((read.reply, read.version), (6, 2), "the acknowledged write");
 }

@@ -72,18 +72,28 @@ pub trait EventStore: Send + Sync + 'static {
 }
 
 /// The future of a request handed to an engine's queue: `Unavailable` if
-/// the queue refused it (`refused` says why) or the engine dropped it
-/// unanswered, else the engine's answer.
+/// the queue refused it (`refused` says why: nothing was done), else the
+/// engine's answer. If the engine dropped it unanswered, a read is
+/// `Unavailable` and a write (`write`) `Indeterminate`: the engine may
+/// have committed it before it stopped.
 pub(crate) fn queued<T: Send + 'static>(
     refused: Option<&'static str>,
     answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    write: bool,
 ) -> StoreFuture<T> {
     Box::pin(async move {
         if let Some(why) = refused {
             return Err(StoreError::Unavailable(why.into()));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store engine stopped".into())))
+        answer.await.unwrap_or_else(|_| {
+            Err(if write {
+                StoreError::Indeterminate(
+                    "the store engine stopped before answering; the write may have been made"
+                        .into(),
+                )
+            } else {
+                StoreError::Unavailable("the store engine stopped".into())
+            })
+        })
     })
 }

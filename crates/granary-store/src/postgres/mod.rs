@@ -302,7 +302,7 @@ impl PostgresStore {
     fn read<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> ReadOp) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.reads.try_send(make(tx));
-        queued(sent.err().map(|_| "read queue is full"), rx)
+        queued(sent.err().map(|_| "read queue is full"), rx, false)
     }
 }
 
@@ -313,7 +313,7 @@ impl EventStore for PostgresStore {
         }
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.writes.try_send(Append { request, reply: tx });
-        queued(sent.err().map(|_| "write queue is full"), rx)
+        queued(sent.err().map(|_| "write queue is full"), rx, true)
     }
 
     fn load(&self, key: &GrainKey) -> StoreFuture<LoadedGrain> {

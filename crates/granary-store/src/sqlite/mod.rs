@@ -154,7 +154,7 @@ impl SqliteStore {
             Err(mpsc::TrySendError::Full(_)) => Some("write queue is full"),
             Err(mpsc::TrySendError::Disconnected(_)) => Some("store writer has stopped"),
         };
-        queued(refused, rx)
+        queued(refused, rx, true)
     }
 
     fn submit_read<T: Send + 'static>(
@@ -163,7 +163,7 @@ impl SqliteStore {
     ) -> StoreFuture<T> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.reads.try_send(make(tx));
-        queued(sent.err().map(|_| "read queue is full"), rx)
+        queued(sent.err().map(|_| "read queue is full"), rx, false)
     }
 }
 
