@@ -70,9 +70,325 @@ impl Modify for AdminToken {
     }
 }
 
-/// The OpenAPI document as JSON.
-pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}"))
+/// The OpenAPI document as JSON (made once: it never changes while the
+/// process runs).
+pub fn openapi_json() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return format!("{{\"error\": \"cannot render the OpenAPI document: {e}\"}}");
+            }
+        };
+        contract::complete(&mut doc);
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    })
+}
+
+/// What the handlers' annotations leave out, added to the document by
+/// rule so that it states every limit the server enforces and every status
+/// an operation can answer, from the same constants and the same
+/// structure the handlers have (a path segment parsed, a body read, a
+/// precondition header, a grain called, the admin token checked). An API
+/// fuzzer driven by the document finds no request the document calls
+/// valid that the server refuses, and none it calls invalid that the
+/// server takes (`tests/api_contract.rs`).
+mod contract {
+    use granary_cart::limits::{
+        MAX_NAME_CHARS, MAX_PRICE, MAX_QUANTITY, MAX_SKU_CHARS, MAX_TAX_RATE_BP,
+    };
+    use serde_json::{Value, json};
+
+    use crate::http::request::MAX_IDEMPOTENCY_KEY;
+    use crate::http::shop::CART_COOKIE;
+
+    /// Characters Rust's `char::is_control` or `char::is_whitespace` is
+    /// true of, as a regular-expression class body (ECMA 262 and Python
+    /// read it alike).
+    const CONTROL_OR_SPACE: &str =
+        r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+    /// Characters `char::is_control` is true of.
+    const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
+
+    /// A sku: 1..=64 characters, none a control character or a space.
+    fn sku() -> Value {
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_SKU_CHARS,
+            "pattern": format!("^[^{CONTROL_OR_SPACE}]+$"),
+        })
+    }
+
+    /// A name: 1..=200 characters, not all spaces, no control character.
+    fn name() -> Value {
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_NAME_CHARS,
+            "pattern": format!("^[^{CONTROL}]*[^{CONTROL_OR_SPACE}][^{CONTROL}]*$"),
+        })
+    }
+
+    fn currency() -> Value {
+        json!({"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217, e.g. `EUR`"})
+    }
+
+    fn quantity() -> Value {
+        json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_QUANTITY})
+    }
+
+    fn price() -> Value {
+        json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_PRICE})
+    }
+
+    fn on_hand(nullable: bool) -> Value {
+        let kind = if nullable {
+            json!(["integer", "null"])
+        } else {
+            json!("integer")
+        };
+        json!({"type": kind, "format": "int64", "minimum": 0, "maximum": granary_cart::MAX_ON_HAND})
+    }
+
+    pub(super) fn complete(doc: &mut Value) {
+        let tax_rate = json!({
+            "type": ["integer", "null"], "format": "int32", "minimum": 0, "maximum": MAX_TAX_RATE_BP,
+            "description": "Basis points (2000 = 20 %)",
+        });
+        let properties: [(&str, &str, Value); 12] = [
+            ("AddItemBody", "sku", sku()),
+            ("AddItemBody", "quantity", quantity()),
+            ("ChangeQuantityBody", "quantity", quantity()),
+            ("ProductBody", "name", name()),
+            ("ProductBody", "unit_price", price()),
+            ("ProductBody", "currency", currency()),
+            ("ProductBody", "tax_rate_bp", tax_rate),
+            ("ProductBody", "stock", on_hand(true)),
+            ("SetDeliveryBody", "name", name()),
+            ("SetDeliveryBody", "price", price()),
+            ("SetDeliveryBody", "currency", currency()),
+            ("StockBody", "on_hand", on_hand(false)),
+        ];
+        for (schema, property, value) in properties {
+            let pointer = format!("/components/schemas/{schema}/properties/{property}");
+            if let Some(slot) = doc.pointer_mut(&pointer) {
+                merge(slot, value);
+            }
+        }
+        for schema in [
+            "AddItemBody",
+            "ChangeQuantityBody",
+            "ProductBody",
+            "SetDeliveryBody",
+            "StockBody",
+        ] {
+            if let Some(slot) = doc.pointer_mut(&format!("/components/schemas/{schema}")) {
+                slot["additionalProperties"] = json!(false);
+            }
+        }
+        link(doc);
+        let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+            return;
+        };
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in item.iter_mut() {
+                complete_operation(path, method, operation);
+            }
+        }
+    }
+
+    fn complete_operation(path: &str, method: &str, operation: &mut Value) {
+        let ops = matches!(path, "/healthz" | "/readyz" | "/stats" | "/openapi.json");
+        let shop = path == "/cart" || path.starts_with("/cart/");
+        let writes = matches!(method, "post" | "put" | "patch");
+        if shop {
+            let parameters = operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut);
+            let cookie = json!({
+                "name": CART_COOKIE, "in": "cookie", "required": false,
+                "description": "The shopper's cart, as the first `POST /cart/items` set it; a value that names no cart is no cart",
+                "schema": {"type": "string"},
+            });
+            match parameters {
+                Some(parameters) => parameters.push(cookie),
+                None => operation["parameters"] = json!([cookie]),
+            }
+        }
+        if shop && writes && operation.get("requestBody").is_none() {
+            // The shop front's changes need `Content-Type: application/json`
+            // (no cross-site form can send it): a body `{}` at least.
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": false,
+                }}},
+            });
+        }
+        let mut headers = Vec::new();
+        let mut path_parameters = false;
+        if let Some(parameters) = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+        {
+            for parameter in parameters {
+                let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+                match (parameter["in"].as_str(), name.as_str()) {
+                    (Some("header"), "If-Match") => {
+                        parameter["schema"] = json!({
+                            "type": "string",
+                            "pattern": "^(|\\*|\"[0-9]{1,19}\")$",
+                            "description": "An ETag this API sent (`\"3\"`); `*` or empty: no precondition",
+                        });
+                        headers.push(name);
+                    }
+                    (Some("header"), "Idempotency-Key") => {
+                        parameter["schema"] = json!({
+                            "type": "string",
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                            "pattern": "^[!-~]*$",
+                            "description": "Visible ASCII; a retry with the same key gets the first answer. Empty: no key",
+                        });
+                        headers.push(name);
+                    }
+                    (Some("path"), "sku") => {
+                        parameter["schema"] = sku();
+                        path_parameters = true;
+                    }
+                    (Some("path"), _) => path_parameters = true,
+                    _ => {}
+                }
+            }
+        }
+        let admin = operation.get("security").is_some();
+        let mut add = |status: u16, description: &str| {
+            let responses = &mut operation["responses"];
+            let key = status.to_string();
+            if responses.get(&key).is_none() {
+                responses[key] = json!({
+                    "description": description,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                });
+            }
+        };
+        if path_parameters {
+            add(400, "A path segment is malformed (`field` names it)");
+        }
+        if writes {
+            add(400, "Bad input; `field` names it");
+            add(
+                408,
+                "The body did not arrive within the deadline (`body_timeout`)",
+            );
+            add(413, "The body is larger than the node takes");
+            add(415, "A body that is not `application/json`");
+        }
+        if headers.iter().any(|h| h == "If-Match") {
+            add(400, "Malformed `If-Match`");
+            add(
+                412,
+                "`If-Match` names another version (`ETag` has the current one)",
+            );
+        }
+        if headers.iter().any(|h| h == "Idempotency-Key") {
+            add(400, "Malformed `Idempotency-Key`");
+            add(
+                422,
+                "`Idempotency-Key` already used for a different request",
+            );
+        }
+        if admin {
+            add(401, "No or a wrong admin token");
+            add(403, "The admin API is off");
+        }
+        if !ops {
+            add(
+                503,
+                "Unavailable now (store, placement, or this node fenced): retry after `Retry-After`",
+            );
+        }
+    }
+
+    /// An operation's (path, method, status) answer and the operations its
+    /// links lead to, each with the link's parameters.
+    type Links<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a Value)>);
+
+    /// Links from the operations that make a cart or a line to those that
+    /// use it (the cart's id, its first line's id), for clients and for
+    /// the fuzzer's stateful phase.
+    fn link(doc: &mut Value) {
+        let cart = json!({"id": "$response.body#/id"});
+        let line =
+            json!({"id": "$response.body#/id", "line_id": "$response.body#/lines/0/line_id"});
+        let shop_cart = json!({"cookie.cartid": "$response.body#/id"});
+        let shop_line = json!({
+            "cookie.cartid": "$response.body#/id",
+            "line_id": "$response.body#/lines/0/line_id",
+        });
+        let on_cart = [
+            "get_cart",
+            "add_item",
+            "set_delivery",
+            "remove_delivery",
+            "clear",
+            "checkout",
+            "price_check",
+        ];
+        let links: [Links; 4] = [
+            (
+                "/carts",
+                "post",
+                "201",
+                on_cart.iter().map(|op| (*op, &cart)).collect(),
+            ),
+            (
+                "/carts/{id}/items",
+                "post",
+                "200",
+                vec![("change_quantity", &line), ("remove_line", &line)],
+            ),
+            (
+                "/cart/items",
+                "post",
+                "200",
+                vec![("shop_change", &shop_line), ("shop_remove", &shop_line)],
+            ),
+            (
+                "/cart/items",
+                "post",
+                "200",
+                vec![("shop_get", &shop_cart), ("shop_checkout", &shop_cart)],
+            ),
+        ];
+        for (path, method, status, targets) in links {
+            let pointer = format!(
+                "/paths/{}/{method}/responses/{status}",
+                path.replace('/', "~1")
+            );
+            let Some(response) = doc.pointer_mut(&pointer) else {
+                continue;
+            };
+            for (operation, parameters) in targets {
+                response["links"][operation] = json!({
+                    "operationId": operation,
+                    "parameters": parameters,
+                });
+            }
+        }
+    }
+
+    /// Sets `value`'s keys on `slot` (an object), keeping the others (a
+    /// description, say).
+    fn merge(slot: &mut Value, value: Value) {
+        if let (Some(slot), Value::Object(value)) = (slot.as_object_mut(), value) {
+            for (key, value) in value {
+                slot.insert(key, value);
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::error::ApiError;
 
 /// Longest idempotency key accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 255;
+pub(crate) const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Reads the whole body, refusing (413) one longer than the node's limit
 /// before buffering more than that of it, and (408) one that has not all
@@ -152,7 +152,8 @@ pub(crate) fn expected_version(req: &HttpRequest) -> Result<Option<u64>, ApiErro
         )
     };
     let value = value.to_str().map_err(|_| bad())?.trim();
-    if value == "*" {
+    // Empty is no precondition, as `*` is.
+    if value.is_empty() || value == "*" {
         return Ok(None);
     }
     if value.starts_with("W/") {
@@ -163,11 +164,14 @@ pub(crate) fn expected_version(req: &HttpRequest) -> Result<Option<u64>, ApiErro
             "If-Match needs a strong ETag like \"3\", not a weak one",
         ));
     }
-    let inner = value
+    // Quoted, as every ETag is (RFC 9110 8.8.3), digits only: no sign.
+    value
         .strip_prefix('"')
         .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or(value);
-    inner.parse::<u64>().map(Some).map_err(|_| bad())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(bad)
 }
 
 /// `Idempotency-Key`, if any, with a hash of the request it accompanies, so
@@ -176,7 +180,12 @@ pub(crate) fn idempotency(
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<Option<(String, u64)>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
+    // An empty header is no key (as an empty `If-Match` is no precondition).
+    let Some(value) = req
+        .headers()
+        .get("idempotency-key")
+        .filter(|v| !v.is_empty())
+    else {
         return Ok(None);
     };
     let key = value
@@ -298,5 +307,9 @@ mod tests {
         assert!(expected_version(&req("W/\"7\"")).is_err());
         assert_eq!(expected_version(&req("*")).unwrap(), None);
         assert!(expected_version(&req("seven")).is_err());
+        // Unquoted, signed or empty: not an ETag this API sent.
+        for bad in ["7", "\"+7\"", "\"\"", "\"7"] {
+            assert!(expected_version(&req(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -66,7 +66,7 @@ async fn call(
 }
 
 /// The shopper's cart.
-#[utoipa::path(get, path = "/cart", tag = "shop",
+#[utoipa::path(get, path = "/cart", tag = "shop", operation_id = "shop_get",
     responses(
         (status = 200, description = "The cart the cookie names", body = super::views::CartBody),
         (status = 404, description = "No cart yet (no cookie, or its cart is gone)", body = ErrorBody)))]
@@ -80,7 +80,7 @@ pub(crate) async fn get(
 
 /// Adds a product at the catalog's price; the first add makes the cart and
 /// sets the cookie.
-#[utoipa::path(post, path = "/cart/items", tag = "shop", request_body = super::views::AddItemBody,
+#[utoipa::path(post, path = "/cart/items", tag = "shop", operation_id = "shop_add", request_body = super::views::AddItemBody,
     responses(
         (status = 200, description = "The cart (and, if new, its cookie)", body = super::views::CartBody),
         (status = 400, description = "Bad input; `field` names it", body = ErrorBody),
@@ -119,7 +119,7 @@ pub(crate) async fn add(
 }
 
 /// Sets a line's quantity.
-#[utoipa::path(patch, path = "/cart/items/{line_id}", tag = "shop", request_body = ChangeQuantityBody,
+#[utoipa::path(patch, path = "/cart/items/{line_id}", tag = "shop", operation_id = "shop_change", request_body = ChangeQuantityBody,
     params(("line_id" = Uuid, Path, description = "Line id")),
     responses(
         (status = 200, description = "The cart", body = super::views::CartBody),
@@ -152,7 +152,7 @@ pub(crate) async fn change(
 }
 
 /// Removes a line.
-#[utoipa::path(delete, path = "/cart/items/{line_id}", tag = "shop",
+#[utoipa::path(delete, path = "/cart/items/{line_id}", tag = "shop", operation_id = "shop_remove",
     params(("line_id" = Uuid, Path, description = "Line id")),
     responses(
         (status = 200, description = "The cart", body = super::views::CartBody),
@@ -176,7 +176,7 @@ pub(crate) async fn remove(
 }
 
 /// Checks the shopper's cart out (prices re-checked, stock reserved).
-#[utoipa::path(post, path = "/cart/checkout", tag = "shop",
+#[utoipa::path(post, path = "/cart/checkout", tag = "shop", operation_id = "shop_checkout",
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first answer")),
     responses(
         (status = 200, description = "The checked-out cart with its order id", body = super::views::CartBody),
@@ -192,6 +192,10 @@ pub(crate) async fn checkout(
     require_json(&req)?;
     let cart = cookie_cart(&req)?;
     let body = read_body(&req, payload, &state).await?;
+    if !body.is_empty() {
+        // `{}` or nothing: a checkout takes no input.
+        parse_json::<super::views::NoInput>(&body)?;
+    }
     let command = CartRequest::Command(CartCommand::Checkout);
     call(&state, cart, command, call_options(&req, &body)?).await
 }

@@ -106,6 +106,7 @@ pub struct AddItemBody {
     /// A product's sku (1..=64 characters).
     pub sku: String,
     /// 1..=999.
+    #[serde(deserialize_with = "whole::number")]
     pub quantity: u32,
 }
 
@@ -117,15 +118,18 @@ pub struct ProductBody {
     /// 1..=200 characters.
     pub name: String,
     /// Net price of one unit, in minor units.
+    #[serde(deserialize_with = "whole::number")]
     pub unit_price: u64,
     /// ISO 4217, e.g. `EUR`.
     pub currency: String,
     /// Tax rate in basis points, 0..=10000.
     #[serde(default)]
+    #[serde(deserialize_with = "whole::option")]
     pub tax_rate_bp: Option<u32>,
     /// Units on hand (sets the stock when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 1_000_000_000_000_u64)]
+    #[serde(deserialize_with = "whole::option")]
     pub stock: Option<u64>,
 }
 
@@ -157,6 +161,7 @@ impl From<granary_cart::ProductSpec> for ProductView {
 pub struct StockBody {
     /// Units physically there.
     #[schema(maximum = 1_000_000_000_000_u64)]
+    #[serde(deserialize_with = "whole::number")]
     pub on_hand: u64,
 }
 
@@ -175,6 +180,7 @@ pub struct StockView {
 #[serde(deny_unknown_fields)]
 pub struct ChangeQuantityBody {
     /// 1..=999; remove a line with `DELETE`.
+    #[serde(deserialize_with = "whole::number")]
     pub quantity: u32,
 }
 
@@ -184,9 +190,15 @@ pub struct ChangeQuantityBody {
 pub struct SetDeliveryBody {
     pub name: String,
     /// In minor units of `currency`.
+    #[serde(deserialize_with = "whole::number")]
     pub price: u64,
     pub currency: String,
 }
+
+/// The body of a change that takes no input, if one is sent: `{}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoInput {}
 
 /// Every error answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -200,4 +212,80 @@ pub struct ErrorBody {
     /// The cart lines at fault (a changed price, no stock), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<Uuid>>,
+}
+
+/// Whole numbers in request bodies, however JSON writes them: `3`, `3.0`
+/// and `3e0` are all the integer 3 to JSON Schema (and to JavaScript, whose
+/// `JSON.stringify` may send any of them), so the API takes each.
+mod whole {
+    use serde::de::{Deserialize, Deserializer, Error, Unexpected};
+    use serde_json::Number;
+
+    pub fn number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        whole(&Number::deserialize(deserializer)?)
+    }
+
+    pub fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        Option::<Number>::deserialize(deserializer)?
+            .map(|number| whole(&number))
+            .transpose()
+    }
+
+    fn whole<T: TryFrom<u64>, E: Error>(number: &Number) -> Result<T, E> {
+        number
+            .as_u64()
+            .or_else(|| {
+                // Below 2^64, where the cast is exact for a whole value.
+                number
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(f))
+                    .map(|f| f as u64)
+            })
+            .and_then(|value| T::try_from(value).ok())
+            .ok_or_else(|| {
+                E::invalid_value(
+                    Unexpected::Other(&number.to_string()),
+                    &"a whole number in range",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse_json;
+
+    #[test]
+    fn whole_numbers_are_taken_however_json_writes_them() {
+        for body in [
+            r#"{"sku": "a", "quantity": 3}"#,
+            r#"{"sku": "a", "quantity": 3.0}"#,
+            r#"{"sku": "a", "quantity": 0.3e1}"#,
+        ] {
+            let item: AddItemBody = parse_json(body.as_bytes()).unwrap();
+            assert_eq!(item.quantity, 3, "{body}");
+        }
+        for quantity in ["2.5", "-1", "-1.0", "1e20", "4294967296", "\"3\""] {
+            let body = format!(r#"{{"sku": "a", "quantity": {quantity}}}"#);
+            let err = parse_json::<AddItemBody>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some("quantity"), "{quantity}");
+        }
+        let product: ProductBody = parse_json(
+            br#"{"name": "n", "unit_price": 5.0, "currency": "EUR", "tax_rate_bp": null, "stock": 7.0}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (product.unit_price, product.tax_rate_bp, product.stock),
+            (5, None, Some(7))
+        );
+    }
 }

@@ -82,12 +82,10 @@ impl Cart {
             // trusted to be within bounds.
             let quantity = line.quantity.saturating_add(item.quantity);
             if quantity > MAX_QUANTITY {
-                return Err(CartError::Invalid {
-                    field: "quantity".into(),
-                    reason: format!(
-                        "{} already in the cart plus {} exceeds the maximum of {MAX_QUANTITY}",
-                        line.quantity, item.quantity
-                    ),
+                return Err(CartError::LineFull {
+                    line_id: line.line_id,
+                    in_cart: line.quantity,
+                    max: MAX_QUANTITY,
                 });
             }
             let events = vec![CartEvent::QuantityChanged {

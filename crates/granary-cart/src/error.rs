@@ -32,6 +32,14 @@ pub enum CartError {
     CurrencyMismatch { cart: String, given: String },
     #[error("cart already holds the maximum of {max} lines")]
     TooManyLines { max: usize },
+    /// Adding to a line would take it past the most units a line holds
+    /// (the same add fits a line holding fewer).
+    #[error("the line holds {in_cart} units; with this add it would exceed the maximum of {max}")]
+    LineFull {
+        line_id: Uuid,
+        in_cart: u32,
+        max: u32,
+    },
     /// The change would push the cart's totals past `u64::MAX` minor units.
     #[error("{field} would make the cart totals exceed the representable amount")]
     Overflow { field: Cow<'static, str> },
@@ -90,6 +98,7 @@ impl CartError {
             CartError::CheckedOut { .. }
             | CartError::CurrencyMismatch { .. }
             | CartError::TooManyLines { .. }
+            | CartError::LineFull { .. }
             | CartError::Empty
             | CartError::OutOfStock { .. }
             | CartError::PriceChanged { .. }
@@ -114,6 +123,7 @@ impl CartError {
             CartError::Invalid { .. } => "invalid",
             CartError::CurrencyMismatch { .. } => "currency_mismatch",
             CartError::TooManyLines { .. } => "too_many_lines",
+            CartError::LineFull { .. } => "line_full",
             CartError::Overflow { .. } => "overflow",
             CartError::Empty => "empty",
             CartError::OutOfStock { .. } => "out_of_stock",
@@ -130,6 +140,7 @@ impl CartError {
             CartError::Invalid { field, .. } | CartError::Overflow { field } => Some(field),
             CartError::LineNotFound { .. } => Some("line_id"),
             CartError::CurrencyMismatch { .. } => Some("currency"),
+            CartError::LineFull { .. } => Some("quantity"),
             CartError::UnknownSku => Some("sku"),
             CartError::NotFound
             | CartError::CheckedOut { .. }
