@@ -206,8 +206,10 @@ where
         .name(name)
         .spawn(move || {
             actix_rt::System::new().block_on(async move {
+                // Nagle off, as the node's server has it.
                 let server = HttpServer::new(move || App::new().configure(factory.clone()))
                     .workers(2)
+                    .tcp_nodelay(true)
                     .disable_signals()
                     .bind("127.0.0.1:0")
                     .expect("bind");
@@ -862,14 +864,22 @@ fn http_comparison(
                     admin_token: Some(support::ADMIN_TOKEN.into()),
                     secure_cookies: false,
                 };
-                let server =
-                    HttpServer::new(move || App::new().configure(configure(state.clone())))
-                        .workers(2)
-                        .disable_signals()
-                        .bind("127.0.0.1:0")
-                        .expect("bind");
-                tx.send(server.addrs()[0]).expect("address");
-                server.run().await.expect("serve");
+                // The node's own HTTP server.
+                let listener = granary::http::listen("127.0.0.1:0".parse().unwrap()).expect("bind");
+                tx.send(listener.local_addr().expect("address"))
+                    .expect("address");
+                let limits = granary::http::ServeLimits {
+                    workers: 2,
+                    max_connections: 10_000,
+                    shutdown_timeout: Duration::from_secs(1),
+                };
+                let server = granary::http::serve(
+                    listener,
+                    move || App::new().configure(configure(state.clone())),
+                    limits,
+                )
+                .expect("serve");
+                server.await.expect("serve");
             })
         });
         rx.recv().expect("address")

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::{App, HttpServer};
+use actix_web::App;
 use anyhow::Context;
 use granary_grain::{Grain, GrainRuntime, Lease, RuntimeConfig};
 use granary_store::{EventStore, PostgresStore, SqliteStore};
@@ -306,7 +306,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         admin_token: config.admin_token.clone(),
         secure_cookies: config.secure_cookies,
     };
-    let server = HttpServer::new(move || {
+    let app = move || {
         let mut app = App::new().configure(http::configure_ops(state.clone()));
         if cart_api {
             app = app.configure(http::carts_routes);
@@ -316,20 +316,22 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
             app = app.configure(move |cfg| routes(cfg));
         }
         app.default_service(actix_web::web::to(http::not_found))
-    })
-    .disable_signals()
-    // The cap is per worker in actix-web: the node's cap, shared out.
-    .workers(http_workers())
-    .max_connections(config.max_connections.div_ceil(http_workers()))
-    .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
-    .bind(config.http)
+    };
+    let listener = http::listen(config.http)
+        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
+    let http_addr = listener
+        .local_addr()
+        .context("the HTTP listener has no address")?;
+    let server = http::serve(
+        listener,
+        app,
+        http::ServeLimits {
+            workers: http_workers(),
+            max_connections: config.max_connections,
+            shutdown_timeout: config.shutdown_timeout,
+        },
+    )
     .with_context(|| format!("cannot listen on {} (http)", config.http))?;
-    let http_addr = server
-        .addrs()
-        .first()
-        .copied()
-        .context("the HTTP server bound no address")?;
-    let server = server.run();
     let handle = server.handle();
     // Stop on SIGTERM/ctrl-c, or when this node can never be admitted.
     // Installed before the ready line, so an early SIGTERM is graceful too.

@@ -489,3 +489,55 @@ async fn head_is_answered_without_a_body() {
     );
     assert_eq!(body, "", "no body for HEAD");
 }
+
+/// The refusals actix-http sends before any handler runs carry the API's
+/// JSON error body too, over a real connection: a request that is not
+/// HTTP (400), a head with too many headers (431), a head that never
+/// finishes (408, after the 5 s head deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_app_have_json_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let many_headers: String = (0..200).map(|n| format!("X-{n}: a\r\n")).collect();
+    let too_many = format!("GET /healthz HTTP/1.1\r\nHost: node\r\n{many_headers}\r\n");
+    let cases = [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: node\r\nNot A Header\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (b"HELLO\r\n\r\n".to_vec(), 400, "bad_request"),
+        (too_many.into_bytes(), 431, "headers_too_large"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: node\r\n".to_vec(),
+            408,
+            "request_timeout",
+        ),
+    ];
+    let answers = futures_util::future::join_all(
+        cases
+            .iter()
+            .map(|(request, _, _)| raw_exchange(&node, request)),
+    )
+    .await;
+    for ((request, status, code), (got, answer)) in cases.iter().zip(answers) {
+        let request = String::from_utf8_lossy(&request[..request.len().min(40)]);
+        assert_eq!(got, *status, "{request}: {answer}");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{request}: {head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(body["code"], *code, "{request}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // And the server still serves.
+    let (status, answer) = raw_exchange(
+        &node,
+        b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -5,13 +5,19 @@
 //!   field that was wrong; `If-Match` and `Idempotency-Key` headers.
 //! - `error.rs`: every failure as a status code and `{"error", "field"}`.
 //! - `carts.rs`: the handlers; each turns a request into one grain call.
-//! - `openapi.rs`: the OpenAPI document, generated from the handlers.
+//! - `openapi.rs`: the OpenAPI document, generated from the handlers and
+//!   completed by rule with every limit and status.
+//! - `server.rs`, `refusals.rs`: the HTTP server, whose connections give
+//!   actix-http's own refusals (unparsable request, head too large or too
+//!   slow) the API's JSON error body.
 
 mod admin;
 mod carts;
 mod error;
 mod openapi;
+mod refusals;
 mod request;
+mod server;
 mod shop;
 mod views;
 
@@ -26,6 +32,7 @@ use crate::grains::Grains;
 pub use carts::valid_sku;
 pub use error::ApiError;
 pub use openapi::openapi_json;
+pub use server::{ServeLimits, listen, serve};
 pub use views::CartBody;
 
 /// What every handler shares.
