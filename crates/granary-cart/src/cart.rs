@@ -46,9 +46,12 @@ pub struct Delivery {
 pub struct Cart {
     created: bool,
     /// In the order the skus were first added, so clients see a stable list.
+    ///
+    /// Grown one line at a time (`Vec` would double to four at the first):
+    /// an idle live cart's memory is mostly this.
     lines: Vec<Line>,
-    delivery: Option<Delivery>,
-    currency: Option<String>,
+    /// Boxed: most carts have none, and it is the cart's widest field.
+    delivery: Option<Box<Delivery>>,
     status: CartStatus,
     order_id: Option<Uuid>,
     /// The stock reservations the checkout holds (their common id).
@@ -72,13 +75,18 @@ impl Cart {
     }
 
     pub fn delivery(&self) -> Option<&Delivery> {
-        self.delivery.as_ref()
+        self.delivery.as_deref()
     }
 
     /// The one currency of everything priced in the cart; `None` while the
-    /// cart holds neither lines nor a delivery.
+    /// cart holds neither lines nor a delivery. It is whatever the priced
+    /// contents are in, so an emptied cart (cleared, or its last line and
+    /// delivery removed) takes a new one, and replay cannot disagree.
     pub fn currency(&self) -> Option<&str> {
-        self.currency.as_deref()
+        self.lines
+            .first()
+            .map(|line| line.currency.as_str())
+            .or_else(|| self.delivery.as_ref().map(|d| d.currency.as_str()))
     }
 
     pub fn status(&self) -> CartStatus {
@@ -116,6 +124,7 @@ impl Cart {
                 tax_rate_bp,
             } => {
                 if self.line(*line_id).is_none() {
+                    self.lines.reserve_exact(1);
                     self.lines.push(Line {
                         line_id: *line_id,
                         sku: sku.clone(),
@@ -132,21 +141,24 @@ impl Cart {
                     line.quantity = *quantity;
                 }
             }
-            CartEvent::LineRemoved { line_id } => self.lines.retain(|l| l.line_id != *line_id),
+            CartEvent::LineRemoved { line_id } => {
+                self.lines.retain(|l| l.line_id != *line_id);
+                self.lines.shrink_to_fit();
+            }
             CartEvent::DeliverySet {
                 name,
                 price,
                 currency,
             } => {
-                self.delivery = Some(Delivery {
+                self.delivery = Some(Box::new(Delivery {
                     name: name.clone(),
                     price: *price,
                     currency: currency.clone(),
-                });
+                }));
             }
             CartEvent::DeliveryRemoved => self.delivery = None,
             CartEvent::Cleared => {
-                self.lines.clear();
+                self.lines = Vec::new();
                 self.delivery = None;
             }
             CartEvent::CheckedOut {
@@ -159,14 +171,5 @@ impl Cart {
             }
             CartEvent::ConfirmationPending { .. } => {}
         }
-        // The currency is whatever the priced contents are in. Deriving it
-        // after every event (rather than setting it once) means an emptied
-        // cart — by Clear, or by removing the last line and the delivery —
-        // accepts a new currency, and replay can never disagree with it.
-        self.currency = self
-            .lines
-            .first()
-            .map(|line| line.currency.clone())
-            .or_else(|| self.delivery.as_ref().map(|d| d.currency.clone()));
     }
 }

@@ -100,8 +100,36 @@ impl<G: Grain> Published<G> {
         self.view.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Nothing is read from it any more (a dormant activation passivated).
+    pub(crate) fn withdraw(&self) {
+        self.write().readable = false;
+    }
+
     fn write(&self) -> RwLockWriteGuard<'_, View<G>> {
         self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a dozing actor leaves in its registry entry so that the next call
+/// needing the mailbox can start a new actor that goes on without loading:
+/// the state itself stays in the entry's `Published`.
+pub(crate) struct Dormant {
+    version: u64,
+    snapshot_version: u64,
+    tenure: Tenure,
+    #[allow(clippy::box_collection)]
+    replies: Option<Box<VecDeque<IdempotencyRecord>>>,
+}
+
+impl Dormant {
+    /// What it holds, leaving it empty (its entry is about to be awake).
+    pub(crate) fn take(&mut self) -> Dormant {
+        Dormant {
+            version: self.version,
+            snapshot_version: self.snapshot_version,
+            tenure: self.tenure,
+            replies: self.replies.take(),
+        }
     }
 }
 
@@ -116,7 +144,8 @@ pub(crate) struct GrainActor<G: Grain> {
     version: u64,
     snapshot_version: u64,
     /// Set when the state could not be rebuilt; every call gets this error.
-    broken: Option<CallError<G::Rejection>>,
+    /// Boxed: almost never set, and wide.
+    broken: Option<Box<CallError<G::Rejection>>>,
     /// Boxed: most grains never see an idempotency key, and an idle grain's
     /// size is what bounds how many fit in memory.
     #[allow(clippy::box_collection)]
@@ -132,6 +161,13 @@ pub(crate) struct GrainActor<G: Grain> {
     fences: u64,
     /// It fenced and asked itself to stop after the calls queued.
     retiring: bool,
+    /// Woken from a dormant entry: its state is already published.
+    woken: bool,
+    /// It went dormant: it takes no call any more (each is resent, to its
+    /// successor) and leaves its placement alone when it stops.
+    dozed: bool,
+    /// When it last took a call.
+    last_call: tokio::time::Instant,
 }
 
 impl<G: Grain> GrainActor<G> {
@@ -143,6 +179,7 @@ impl<G: Grain> GrainActor<G> {
         tenure: Tenure,
         published: Arc<Published<G>>,
     ) -> Self {
+        let now = tokio::time::Instant::now();
         GrainActor {
             tenure,
             fences: published.fences,
@@ -157,6 +194,71 @@ impl<G: Grain> GrainActor<G> {
             replies: None,
             after,
             on_stop: None,
+            woken: false,
+            dozed: false,
+            last_call: now,
+        }
+    }
+
+    /// An actor for a dormant activation, going on from what its
+    /// predecessor left (see [`GrainActor::doze`]).
+    pub(crate) fn woken(
+        id: String,
+        generation: u64,
+        shared: Arc<Shared<G>>,
+        dormant: Dormant,
+        published: Arc<Published<G>>,
+    ) -> Self {
+        let mut actor = GrainActor::new(id, generation, shared, None, dormant.tenure, published);
+        actor.version = dormant.version;
+        actor.snapshot_version = dormant.snapshot_version;
+        actor.replies = dormant.replies;
+        actor.woken = true;
+        actor
+    }
+
+    /// Checks, once the activation has taken no call for the runtime's
+    /// `doze_after`, whether it can go dormant, and if so hands its
+    /// registry entry what it needs and stops: an idle live grain then
+    /// costs its state and entry, not an actor's task and mailbox. Never
+    /// during a write (timers wait while a write holds the mailbox), nor
+    /// when loading failed, nothing is stored, or it is retiring.
+    fn schedule_doze(&self, ctx: &mut Context<Self>, after: std::time::Duration) {
+        if self.shared.config.doze_after.is_zero() {
+            return;
+        }
+        ctx.run_later(after, |act, ctx| act.doze(ctx));
+    }
+
+    fn doze(&mut self, ctx: &mut Context<Self>) {
+        let doze_after = self.shared.config.doze_after;
+        let idle = self.last_call.elapsed();
+        if idle < doze_after {
+            self.schedule_doze(ctx, doze_after - idle);
+            return;
+        }
+        let readable = self.published.read().readable;
+        if self.dozed || self.retiring || self.broken.is_some() || self.version == 0 || !readable {
+            return;
+        }
+        let dormant = Dormant {
+            version: self.version,
+            snapshot_version: self.snapshot_version,
+            tenure: self.tenure,
+            replies: self.replies.take(),
+        };
+        let dozed = self
+            .shared
+            .lock_registry()
+            .doze(&self.key.id, self.generation, dormant);
+        match dozed {
+            Ok(()) => {
+                self.dozed = true;
+                Counters::bump(&self.shared.counters.dozes);
+                ctx.stop();
+            }
+            // No longer live: a passivation is on its way.
+            Err(dormant) => self.replies = dormant.replies,
         }
     }
 
@@ -188,12 +290,12 @@ impl<G: Grain> GrainActor<G> {
                         } else {
                             tracing::error!(grain = %act.key, error = %err, "grain state cannot be rebuilt");
                         }
-                        act.broken = Some(err);
+                        act.broken = Some(Box::new(err));
                     } else if act.version == 0 {
                         act.release_if_still_empty(ctx);
                     }
                 }
-                Err(err) => act.broken = Some(CallError::Store(err)),
+                Err(err) => act.broken = Some(Box::new(CallError::Store(err))),
             }
         }));
     }
@@ -314,7 +416,7 @@ impl<G: Grain> GrainActor<G> {
         if let Err(err) = self.may_serve(ctx) {
             return GrainResponse::Ready(Err(err));
         }
-        if let Some(err) = self.broken.clone() {
+        if let Some(err) = self.broken.as_deref().cloned() {
             // Let the next call try a fresh activation.
             ctx.stop();
             return GrainResponse::Ready(Err(err));
@@ -370,10 +472,7 @@ impl<G: Grain> GrainActor<G> {
                                 resolved: true,
                                 ..call
                             };
-                            match act.execute(call, ctx) {
-                                GrainResponse::Ready(result) => Box::pin(actix::fut::ready(result)),
-                                GrainResponse::Pending(future) => future,
-                            }
+                            act.execute(call, ctx).into_future()
                         },
                     )));
                 }
@@ -589,10 +688,17 @@ impl<G: Grain> Actor for GrainActor<G> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.reload(ctx);
+        if !self.woken {
+            self.reload(ctx);
+        }
+        self.schedule_doze(ctx, self.shared.config.doze_after);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if self.dozed {
+            // Still live, dormant: its entry, state and placement stay.
+            return;
+        }
         // Nothing is read from it once its placement may go.
         self.published.write().readable = false;
         self.shared
@@ -610,6 +716,11 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
     type Result = GrainResponse<G>;
 
     fn handle(&mut self, call: Call<G>, ctx: &mut Self::Context) -> Self::Result {
+        if self.dozed {
+            // Queued before it dozed: its successor takes it.
+            return GrainResponse::Resend;
+        }
+        self.last_call = tokio::time::Instant::now();
         let Some((key, request_hash)) = call.options.idempotency.clone() else {
             return self.execute(call, ctx);
         };
@@ -645,10 +756,7 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
                         }
                         Box::pin(actix::fut::ready(result))
                     }
-                    Ok(None) => match act.execute(call, ctx) {
-                        GrainResponse::Ready(result) => Box::pin(actix::fut::ready(result)),
-                        GrainResponse::Pending(future) => future,
-                    },
+                    Ok(None) => act.execute(call, ctx).into_future(),
                     Err(err) => Box::pin(actix::fut::ready(Err(CallError::Store(err)))),
                 }
             },
@@ -683,6 +791,25 @@ impl<G: Grain> Handler<ReleaseIfEmpty> for GrainActor<G> {
 pub(crate) enum GrainResponse<G: Grain> {
     Ready(CallResult<G>),
     Pending(LocalBoxActorFuture<GrainActor<G>, CallResult<G>>),
+    /// Not taken (the activation dozed): the reply sender is dropped, which
+    /// the caller sees as a mailbox closed before its call was taken, and
+    /// resends.
+    Resend,
+}
+
+impl<G: Grain> GrainResponse<G> {
+    /// The answer as a future, inside a step of a call already taken.
+    fn into_future(self) -> LocalBoxActorFuture<GrainActor<G>, CallResult<G>> {
+        match self {
+            GrainResponse::Ready(result) => Box::pin(actix::fut::ready(result)),
+            GrainResponse::Pending(future) => future,
+            // Only a call not yet taken is resent; a step of one taken
+            // never is (`execute` answers every call it runs).
+            GrainResponse::Resend => Box::pin(actix::fut::ready(Err(CallError::Unavailable(
+                "the activation stopped taking calls".into(),
+            )))),
+        }
+    }
 }
 
 impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
@@ -693,6 +820,7 @@ impl<G: Grain> MessageResponse<GrainActor<G>, Call<G>> for GrainResponse<G> {
                     let _ = tx.send(result);
                 }
             }
+            GrainResponse::Resend => drop(tx),
             GrainResponse::Pending(future) => {
                 // Like actix's AtomicResponse (the mailbox waits for the
                 // future), but the reply sender is guarded: if the actor

@@ -27,6 +27,12 @@ impl Default for Placement {
 pub struct RuntimeConfig {
     /// A grain with no call for this long is passivated.
     pub idle_timeout: Duration,
+    /// A live grain whose mailbox took no call for this long goes dormant:
+    /// its actor (task and mailbox) stops, its state, placement and entry
+    /// stay, reads are still answered from its state, and the next call
+    /// that needs the mailbox starts a new actor without loading. Zero
+    /// keeps actors until the grain is passivated.
+    pub doze_after: Duration,
     /// Most live activations; beyond it the least recently used is evicted.
     pub max_live: usize,
     /// A snapshot is written every this many events (0 disables snapshots).
@@ -50,6 +56,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             idle_timeout: Duration::from_secs(15 * 60),
+            doze_after: Duration::from_secs(10),
             max_live: 1_000_000,
             snapshot_every: 64,
             empty_linger: Duration::from_secs(5),

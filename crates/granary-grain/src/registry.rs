@@ -13,17 +13,35 @@ use actix::Addr;
 use lru::LruCache;
 use tokio::sync::oneshot;
 
-use crate::activation::{GrainActor, Passivate, Published};
+use crate::activation::{Dormant, GrainActor, Passivate, Published};
 use crate::grain::Grain;
 
 pub(crate) struct Entry<G: Grain> {
-    pub(crate) addr: Addr<GrainActor<G>>,
+    /// Its actor, or what the actor left when it dozed.
+    pub(crate) host: Host<G>,
     /// Its state, for reads answered without the mailbox.
     pub(crate) published: Arc<Published<G>>,
     /// Tells this activation from an earlier or later one of the same id.
     pub(crate) generation: u64,
     /// Milliseconds on the runtime's coarse clock (see `runtime.rs`).
     pub(crate) last_used: u64,
+}
+
+/// Where a live activation is: an actor with its mailbox and task, or,
+/// dormant, only its published state (this entry's) and what the actor
+/// needs to go on without loading, until a call that needs the mailbox
+/// wakes it (see `GrainActor::doze`). Reads are answered from the
+/// published state either way; the activation keeps its placement.
+pub(crate) enum Host<G: Grain> {
+    Awake(Addr<GrainActor<G>>),
+    Dormant(Dormant),
+}
+
+/// An activation passivated while dormant: its placement is the caller's
+/// to release (outside the registry's lock).
+pub(crate) struct Retired {
+    pub(crate) id: String,
+    pub(crate) generation: u64,
 }
 
 pub(crate) struct Registry<G: Grain> {
@@ -45,10 +63,24 @@ impl<G: Grain> Registry<G> {
     }
 
     /// The live activation of `id`, marked as just used.
-    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<&Entry<G>> {
+    pub(crate) fn touch(&mut self, id: &str, now: u64) -> Option<&mut Entry<G>> {
         let entry = self.live.get_mut(id)?;
         entry.last_used = now;
         Some(entry)
+    }
+
+    /// Makes activation `generation` of `id` dormant with what its actor
+    /// left (its actor then stops), unless it is no longer live (a
+    /// passivation took it first): then `dormant` comes back.
+    pub(crate) fn doze(&mut self, id: &str, generation: u64, dormant: Dormant) -> Result<(), Dormant> {
+        // `peek_mut`: dozing is not a use.
+        match self.live.peek_mut(id) {
+            Some(entry) if entry.generation == generation && matches!(entry.host, Host::Awake(_)) => {
+                entry.host = Host::Dormant(dormant);
+                Ok(())
+            }
+            _ => Err(dormant),
+        }
     }
 
     pub(crate) fn next_generation(&mut self) -> u64 {
@@ -68,7 +100,7 @@ impl<G: Grain> Registry<G> {
         self.live.put(
             id,
             Entry {
-                addr,
+                host: Host::Awake(addr),
                 published,
                 generation,
                 last_used: now,
@@ -110,22 +142,39 @@ impl<G: Grain> Registry<G> {
         }
     }
 
-    /// Retires every live activation; returns how many.
-    pub(crate) fn retire_all(&mut self) -> usize {
+    /// Retires every live activation; how many, and the dormant ones among
+    /// them whose placements are the caller's to release.
+    pub(crate) fn retire_all(&mut self) -> (usize, Vec<Retired>) {
         let mut count = 0;
+        let mut dormant = Vec::new();
         while let Some((id, entry)) = self.live.pop_lru() {
-            self.retire(id, entry);
+            dormant.extend(self.retire(id, entry));
             count += 1;
         }
-        count
+        (count, dormant)
     }
 
     /// Asks `entry`'s actor to stop after the calls already queued, and
-    /// records the signal its successor must wait for.
-    pub(crate) fn retire(&mut self, id: String, entry: Entry<G>) {
-        let (done, stopped) = oneshot::channel();
-        entry.addr.do_send(Passivate { done: Some(done) });
-        self.stopping.insert(id, stopped);
+    /// records the signal its successor must wait for. A dormant one has
+    /// no actor: nothing is read from it any more, and its placement is
+    /// returned for the caller to release.
+    #[must_use = "a dormant activation's placement must be released"]
+    pub(crate) fn retire(&mut self, id: String, entry: Entry<G>) -> Option<Retired> {
+        match entry.host {
+            Host::Awake(addr) => {
+                let (done, stopped) = oneshot::channel();
+                addr.do_send(Passivate { done: Some(done) });
+                self.stopping.insert(id, stopped);
+                None
+            }
+            Host::Dormant(_) => {
+                entry.published.withdraw();
+                Some(Retired {
+                    id,
+                    generation: entry.generation,
+                })
+            }
+        }
     }
 
     /// The stop signal of the previous activation of `id`, if it may still

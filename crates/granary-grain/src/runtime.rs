@@ -11,7 +11,7 @@ use crate::activation::{Call, CallResult, GrainActor, Published};
 use crate::config::{Placement, RuntimeConfig};
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
-use crate::registry::Registry;
+use crate::registry::{Host, Registry, Retired};
 use crate::stats::{Counters, RuntimeStats};
 use crate::tenure::{Lease, Ownership, Tenure};
 
@@ -258,7 +258,23 @@ where
         let now = self.shared.clock_ms.load(Ordering::Relaxed);
         let mut registry = self.shared.lock_registry();
         if let Some(entry) = registry.touch(id, now) {
-            return Ok(entry.addr.send(call));
+            let dormant = match &mut entry.host {
+                Host::Awake(addr) => return Ok(addr.send(call)),
+                Host::Dormant(dormant) => dormant.take(),
+            };
+            // A dormant activation: a new actor goes on from its state.
+            let shared = self.shared.clone();
+            let (owned_id, generation) = (id.to_owned(), entry.generation);
+            let published = entry.published.clone();
+            let wake = move || GrainActor::woken(owned_id, generation, shared, dormant, published);
+            let addr = match self.home_of(id) {
+                None => wake().start(),
+                Some(arbiter) => GrainActor::start_in_arbiter(arbiter, move |_| wake()),
+            };
+            let request = addr.send(call);
+            entry.host = Host::Awake(addr);
+            Counters::bump(&self.shared.counters.wakes);
+            return Ok(request);
         }
         let generation = registry.next_generation();
         // Read before asking for the tenure: a fence in between leaves the
@@ -268,10 +284,11 @@ where
             Some(ownership) => ownership.activate(G::KIND, id, generation)?,
             None => Tenure { epoch: 0 },
         };
+        let mut dormant = Vec::new();
         while let Some((victim, entry)) = registry.pop_over(self.shared.config.max_live.max(1)) {
             tracing::trace!(grain = %victim, "evicting least recently used grain");
             Counters::bump(&self.shared.counters.evictions);
-            registry.retire(victim, entry);
+            dormant.extend(registry.retire(victim, entry));
         }
         let after = registry.take_stopping(id);
         let shared = self.shared.clone();
@@ -285,7 +302,9 @@ where
         };
         let request = addr.send(call);
         registry.insert(id.to_owned(), addr, published, generation, now);
+        drop(registry);
         Counters::bump(&self.shared.counters.activations);
+        self.shared.release(dormant);
         Ok(request)
     }
 
@@ -339,7 +358,8 @@ where
     /// Passivates every live grain (after the messages already queued for
     /// it). Used at shutdown; calls made afterwards activate grains again.
     pub fn passivate_all(&self) {
-        let retired = self.lock_registry().retire_all();
+        let (retired, dormant) = self.lock_registry().retire_all();
+        self.shared.release(dormant);
         self.shared
             .counters
             .passivations
@@ -363,6 +383,17 @@ where
 }
 
 impl<G: Grain> Shared<G> {
+    /// Releases the placements of dormant activations passivated (an
+    /// awake one's actor does it when it stops). Outside the registry's
+    /// lock, as the actors do.
+    fn release(&self, retired: Vec<Retired>) {
+        if let Some(ownership) = &self.ownership {
+            for Retired { id, generation } in retired {
+                ownership.deactivated(G::KIND, &id, generation);
+            }
+        }
+    }
+
     /// The registry, even if a panic poisoned its lock: its data stays
     /// consistent because no code panics while holding it.
     pub(crate) fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry<G>> {
@@ -372,10 +403,13 @@ impl<G: Grain> Shared<G> {
 
 /// Passivates every grain idle for at least the configured timeout.
 fn sweep_idle<G: Grain>(shared: &Shared<G>, now: u64) {
+    let mut dormant = Vec::new();
     let mut registry = shared.lock_registry();
     while let Some((id, entry)) = registry.pop_idle(now, shared.config.idle_timeout) {
         tracing::trace!(grain = %id, "passivating idle grain");
         Counters::bump(&shared.counters.passivations);
-        registry.retire(id, entry);
+        dormant.extend(registry.retire(id, entry));
     }
+    drop(registry);
+    shared.release(dormant);
 }

@@ -10,6 +10,8 @@ pub(crate) struct Counters {
     pub(crate) restarts: AtomicU64,
     pub(crate) conflicts: AtomicU64,
     pub(crate) reads: AtomicU64,
+    pub(crate) dozes: AtomicU64,
+    pub(crate) wakes: AtomicU64,
 }
 
 impl Counters {
@@ -34,7 +36,12 @@ pub struct RuntimeStats {
     /// Reads answered from a live grain's committed state without its
     /// mailbox (see [`Grain::is_read`](crate::Grain::is_read)).
     pub reads: u64,
-    /// Grains live in memory now.
+    /// Live grains that went dormant (their actor stopped, their state and
+    /// placement kept) after taking no call for `doze_after`.
+    pub dozes: u64,
+    /// Dormant grains given an actor again by a call that needed one.
+    pub wakes: u64,
+    /// Grains live in memory now (awake or dormant).
     pub live: u64,
 }
 
@@ -47,6 +54,8 @@ impl Counters {
             restarts: self.restarts.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
+            dozes: self.dozes.load(Ordering::Relaxed),
+            wakes: self.wakes.load(Ordering::Relaxed),
             live: live as u64,
         }
     }

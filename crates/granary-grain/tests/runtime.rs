@@ -912,3 +912,124 @@ async fn a_replayed_write_the_grain_never_applied_is_read_back_after_its_answer(
     let read = rt.call("g", Op::Get).await.unwrap();
     assert_eq!((read.reply, read.version), (6, 2), "the acknowledged write");
 }
+
+/// A config whose grains doze after 20 ms without a call (the sweeper's
+/// clock ticks every 10 ms at this idle timeout).
+fn dozing(idle_timeout: Duration) -> RuntimeConfig {
+    RuntimeConfig {
+        doze_after: Duration::from_millis(20),
+        idle_timeout,
+        ..RuntimeConfig::default()
+    }
+}
+
+/// An idle grain goes dormant: its actor stops, its state, placement and
+/// entry stay. Reads are answered from its state meanwhile; a write wakes
+/// it without loading anything from the store, with its version and
+/// idempotent answers intact; its placement is released only when it is
+/// passivated, once.
+#[actix_rt::test]
+async fn an_idle_grain_dozes_answers_reads_and_wakes_without_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let ownership = placed(&[("g", 1)]);
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        store.clone(),
+        dozing(Duration::from_secs(3600)),
+        ownership.clone(),
+        Arc::new(granary_grain::Lease::unbounded()),
+    );
+    let keyed = CallOptions {
+        idempotency: Some(("k".into(), 1)),
+        ..CallOptions::default()
+    };
+    assert_eq!(rt.call_with("g", Op::Add(5), keyed.clone()).await.unwrap().reply, 5);
+    let loads = store.stats().loads;
+    eventually("the grain to doze", || rt.stats().dozes == 1).await;
+    assert_eq!(rt.stats().live, 1, "a dormant grain is still live");
+    // Reads: from the state, no actor.
+    assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 5);
+    assert_eq!((rt.stats().wakes, rt.stats().reads), (0, 1));
+    // A retry of the keyed write: the remembered answer, after a wake.
+    let retried = rt.call_with("g", Op::Add(5), keyed).await.unwrap();
+    assert_eq!((retried.reply, retried.version), (5, 1));
+    assert_eq!(rt.stats().wakes, 1);
+    // It dozes again; a new write wakes it and goes on from version 1.
+    eventually("the grain to doze again", || rt.stats().dozes == 2).await;
+    let written = rt.call("g", Op::Add(2)).await.unwrap();
+    assert_eq!((written.reply, written.version), (7, 2));
+    assert_eq!(rt.stats().wakes, 2);
+    assert_eq!(store.stats().loads, loads, "nothing was loaded to wake");
+    assert_eq!(rt.stats().activations, 1);
+    assert!(ownership.deactivated.lock().unwrap().is_empty());
+    // Passivated while dormant: its placement is released once.
+    eventually("the grain to doze a third time", || rt.stats().dozes == 3).await;
+    rt.passivate_all();
+    assert_eq!(*ownership.deactivated.lock().unwrap(), *ownership.activated.lock().unwrap());
+    assert_eq!(rt.stats().live, 0);
+    // And comes back from the store.
+    assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 7);
+    assert_eq!(rt.stats().activations, 2);
+}
+
+/// A dormant grain's member fences: nothing is read from its state, a
+/// call is refused by the actor that wakes, and a fresh activation serves.
+#[actix_rt::test]
+async fn a_dormant_grain_answers_nothing_after_a_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = Arc::new(granary_grain::Lease::unbounded());
+    let ownership = placed(&[("g", 1)]);
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        store(&dir),
+        dozing(Duration::from_secs(3600)),
+        ownership.clone(),
+        lease.clone(),
+    );
+    rt.call("g", Op::Add(3)).await.unwrap();
+    eventually("the grain to doze", || rt.stats().dozes == 1).await;
+    lease.fence();
+    lease.extend_to(u64::MAX);
+    let refused = rt.call("g", Op::Get).await;
+    assert!(matches!(refused, Err(CallError::Fenced(_))), "{refused:?}");
+    assert_eq!(rt.stats().reads, 0, "nothing was read from the dormant state");
+    // The actor that woke refused, and stops: its placement goes.
+    eventually("the fenced activation to stop", || rt.stats().live == 0).await;
+    assert_eq!(*ownership.deactivated.lock().unwrap(), *ownership.activated.lock().unwrap());
+    // A fresh activation (after the fence) loads and serves.
+    assert_eq!(rt.call("g", Op::Add(1)).await.unwrap().reply, 4);
+    assert_eq!(rt.stats().activations, 2);
+}
+
+/// Grains doze and wake under calls arriving at any moment (the doze
+/// period is shorter than the pauses between some of them): every call
+/// is answered once, none is lost or run twice, and each grain's writes
+/// apply in order.
+#[actix_rt::test]
+async fn calls_racing_dozes_are_each_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(store(&dir), dozing(Duration::from_secs(3600)));
+    let writers: Vec<_> = (0..20)
+        .map(|g| {
+            let rt = rt.clone();
+            actix_rt::spawn(async move {
+                let id = format!("g{g}");
+                for n in 1..=30_i64 {
+                    let written = rt.call(&id, Op::Add(1)).await.expect("write");
+                    assert_eq!((written.reply, written.version), (n, n as u64));
+                    // Pauses around the doze period, some longer.
+                    let pause = (g * 7 + n as usize * 13) % 45;
+                    actix_rt::time::sleep(Duration::from_millis(pause as u64)).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let stats = rt.stats();
+    assert!(stats.dozes > 20 && stats.wakes > 20, "{stats:?}");
+    assert_eq!(stats.activations, 20, "woken, never loaded again");
+    for g in 0..20 {
+        assert_eq!(rt.call(&format!("g{g}"), Op::Get).await.unwrap().reply, 30);
+    }
+}
