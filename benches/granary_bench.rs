@@ -665,18 +665,20 @@ where
 // ---------------------------------------------------------------------------
 // 3. Memory per live idle cart.
 
-async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64, f64) {
-    // Dozing sooner than the default 10 s only to keep the run short.
-    let config = RuntimeConfig {
-        doze_after: Duration::from_millis(500),
-        ..RuntimeConfig::default()
-    };
-    let runtime: GrainRuntime<CartGrain> = GrainRuntime::new(store, config);
+/// Creates carts `first..first + count` with one line each on `runtime`
+/// and returns the heap they hold per cart, after every one has dozed if
+/// `idle`.
+async fn heap_of_carts(
+    runtime: &GrainRuntime<CartGrain>,
+    first: usize,
+    count: usize,
+    idle: bool,
+) -> f64 {
     // Warm-up: the runtime's first allocations are not per-cart.
     for i in 0..100 {
         runtime
             .call(
-                &format!("warm-{i}"),
+                &format!("warm-{first}-{i}"),
                 CartRequest::Command(CartCommand::Create),
             )
             .await
@@ -684,10 +686,10 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64,
     }
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let batch = 512;
-    let mut next = 0;
-    while next < carts {
+    let mut next = first;
+    while next < first + count {
         let mut calls = Vec::new();
-        for i in next..(next + batch).min(carts) {
+        for i in next..(next + batch).min(first + count) {
             let runtime = runtime.clone();
             calls.push(actix_rt::spawn(async move {
                 let id = uuid::Uuid::from_u128(i as u128 + 1).to_string();
@@ -714,16 +716,38 @@ async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64,
         }
         next += batch;
     }
-    let after = LIVE_BYTES.load(Ordering::Relaxed);
-    assert_eq!(runtime.stats().live as usize, carts + 100);
-    let awake = (after - before) as f64 / carts as f64;
-    // Idle, every cart goes dormant (its actor stops; state, entry and
-    // placement stay): what an idle live cart costs.
-    while runtime.stats().dozes < (carts + 100) as u64 {
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(runtime.stats().live as usize, count + 100);
+    if idle {
+        // Every cart goes dormant (its actor stops; state, entry and
+        // placement stay): what an idle live cart costs.
+        while runtime.stats().dozes < (count + 100) as u64 {
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(runtime.stats().live as usize, count + 100);
+    } else {
+        assert_eq!(runtime.stats().dozes, 0);
     }
-    assert_eq!(runtime.stats().live as usize, carts + 100);
-    let per_cart = (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / carts as f64;
+    (LIVE_BYTES.load(Ordering::Relaxed) - before) as f64 / count as f64
+}
+
+/// Heap per cart: with its actor (over 10,000 carts that never doze), and
+/// idle (over `carts` carts, once every one has gone dormant).
+async fn memory_per_cart(store: Arc<dyn EventStore>, carts: usize) -> (f64, f64, f64) {
+    let never = RuntimeConfig {
+        doze_after: Duration::ZERO,
+        ..RuntimeConfig::default()
+    };
+    let awake_carts = carts.min(10_000);
+    // Kept until the end: nothing of it is freed while the other measures.
+    let never = GrainRuntime::new(store.clone(), never);
+    let awake = heap_of_carts(&never, 0, awake_carts, false).await;
+    // Dozing sooner than the default 10 s only to keep the run short.
+    let dozing = RuntimeConfig {
+        doze_after: Duration::from_millis(500),
+        ..RuntimeConfig::default()
+    };
+    let dozing = GrainRuntime::new(store, dozing);
+    let per_cart = heap_of_carts(&dozing, awake_carts, carts, true).await;
     // For scale: the same cart state alone (no actor around it).
     let bare_before = LIVE_BYTES.load(Ordering::Relaxed);
     let mut states = Vec::with_capacity(1000);

@@ -72,10 +72,17 @@ impl<G: Grain> Registry<G> {
     /// Makes activation `generation` of `id` dormant with what its actor
     /// left (its actor then stops), unless it is no longer live (a
     /// passivation took it first): then `dormant` comes back.
-    pub(crate) fn doze(&mut self, id: &str, generation: u64, dormant: Dormant) -> Result<(), Dormant> {
+    pub(crate) fn doze(
+        &mut self,
+        id: &str,
+        generation: u64,
+        dormant: Dormant,
+    ) -> Result<(), Dormant> {
         // `peek_mut`: dozing is not a use.
         match self.live.peek_mut(id) {
-            Some(entry) if entry.generation == generation && matches!(entry.host, Host::Awake(_)) => {
+            Some(entry)
+                if entry.generation == generation && matches!(entry.host, Host::Awake(_)) =>
+            {
                 entry.host = Host::Dormant(dormant);
                 Ok(())
             }

@@ -943,7 +943,13 @@ async fn an_idle_grain_dozes_answers_reads_and_wakes_without_loading() {
         idempotency: Some(("k".into(), 1)),
         ..CallOptions::default()
     };
-    assert_eq!(rt.call_with("g", Op::Add(5), keyed.clone()).await.unwrap().reply, 5);
+    assert_eq!(
+        rt.call_with("g", Op::Add(5), keyed.clone())
+            .await
+            .unwrap()
+            .reply,
+        5
+    );
     let loads = store.stats().loads;
     eventually("the grain to doze", || rt.stats().dozes == 1).await;
     assert_eq!(rt.stats().live, 1, "a dormant grain is still live");
@@ -965,7 +971,10 @@ async fn an_idle_grain_dozes_answers_reads_and_wakes_without_loading() {
     // Passivated while dormant: its placement is released once.
     eventually("the grain to doze a third time", || rt.stats().dozes == 3).await;
     rt.passivate_all();
-    assert_eq!(*ownership.deactivated.lock().unwrap(), *ownership.activated.lock().unwrap());
+    assert_eq!(
+        *ownership.deactivated.lock().unwrap(),
+        *ownership.activated.lock().unwrap()
+    );
     assert_eq!(rt.stats().live, 0);
     // And comes back from the store.
     assert_eq!(rt.call("g", Op::Get).await.unwrap().reply, 7);
@@ -991,10 +1000,17 @@ async fn a_dormant_grain_answers_nothing_after_a_fence() {
     lease.extend_to(u64::MAX);
     let refused = rt.call("g", Op::Get).await;
     assert!(matches!(refused, Err(CallError::Fenced(_))), "{refused:?}");
-    assert_eq!(rt.stats().reads, 0, "nothing was read from the dormant state");
+    assert_eq!(
+        rt.stats().reads,
+        0,
+        "nothing was read from the dormant state"
+    );
     // The actor that woke refused, and stops: its placement goes.
     eventually("the fenced activation to stop", || rt.stats().live == 0).await;
-    assert_eq!(*ownership.deactivated.lock().unwrap(), *ownership.activated.lock().unwrap());
+    assert_eq!(
+        *ownership.deactivated.lock().unwrap(),
+        *ownership.activated.lock().unwrap()
+    );
     // A fresh activation (after the fence) loads and serves.
     assert_eq!(rt.call("g", Op::Add(1)).await.unwrap().reply, 4);
     assert_eq!(rt.stats().activations, 2);
