@@ -22,16 +22,20 @@ use granary_cart::{
     Cart, CartCommand, CartError, CartEvent, CartStatus, ProductCommand, StockCommand,
 };
 use granary_grain::{CallError, CallOptions, Calls, Grain, Remind, Resolution};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::reminders::now_unix_ms;
 use crate::shop::{ProductGrain, StockGrain, settings};
 
-/// A cart grain's state: the domain cart, unchanged.
+/// A cart grain's state: the domain cart, shared with its answers. An
+/// answer is the cart as of the call (an `Arc` clone, not a copy of every
+/// line); an event applied while an answer is still held copies it first.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct CartGrain(Cart);
+pub struct CartGrain(Arc<Cart>);
 
 /// What callers send a cart grain (MessagePack on the wire between
 /// members). Clients send `Get`, `Command` and `AddSku`; the others are
@@ -69,7 +73,7 @@ impl Grain for CartGrain {
     type Command = CartRequest;
     type Event = CartEvent;
     type Rejection = CartError;
-    type Reply = Cart;
+    type Reply = Arc<Cart>;
 
     fn decide(&self, request: &CartRequest) -> Result<Vec<CartEvent>, CartError> {
         match request {
@@ -106,7 +110,7 @@ impl Grain for CartGrain {
     }
 
     fn apply(&mut self, event: &CartEvent) {
-        self.0.apply(event);
+        Arc::make_mut(&mut self.0).apply(event);
     }
 
     /// `GET /carts/{id}` is answered from the committed cart on the HTTP
@@ -115,7 +119,7 @@ impl Grain for CartGrain {
         matches!(request, CartRequest::Get)
     }
 
-    fn reply(&self, _: &CartRequest) -> Cart {
+    fn reply(&self, _: &CartRequest) -> Arc<Cart> {
         self.0.clone()
     }
 

@@ -21,12 +21,16 @@ const CREATE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_2f0e_8d4b_4e59_9a3c_5b7d_2
 pub(crate) fn render_cart(
     status: StatusCode,
     id: Uuid,
-    outcome: &Outcome<granary_cart::Cart>,
+    outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
 ) -> HttpResponse {
     render(status, id, outcome)
 }
 
-fn render(status: StatusCode, id: Uuid, outcome: &Outcome<granary_cart::Cart>) -> HttpResponse {
+fn render(
+    status: StatusCode,
+    id: Uuid,
+    outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
+) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header(("ETag", etag(outcome.version)))
         .insert_header(("Cache-Control", "no-store"))
@@ -38,7 +42,7 @@ async fn call(
     id: Uuid,
     request: CartRequest,
     options: CallOptions,
-) -> Result<Outcome<granary_cart::Cart>, ApiError> {
+) -> Result<Outcome<std::sync::Arc<granary_cart::Cart>>, ApiError> {
     // Placement, forwarding and waiting for a placement live in the
     // cluster layer: the handler only translates.
     Ok(state

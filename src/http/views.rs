@@ -6,56 +6,57 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// A cart as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartBody {
+/// A cart as the API shows it: borrowed from the cart, so an answer is
+/// written straight from the grain's state without copying its lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartBody<'a> {
     pub id: Uuid,
     /// Number of changes the cart has seen; also its `ETag`.
     pub version: u64,
     /// `open` or `checked_out`.
-    pub status: String,
+    pub status: &'static str,
     /// The cart's currency (ISO 4217), set by the first priced line or delivery.
-    pub currency: Option<String>,
-    pub lines: Vec<LineBody>,
-    pub delivery: Option<DeliveryBody>,
-    pub totals: TotalsBody,
+    pub currency: Option<&'a str>,
+    pub lines: Vec<LineBody<'a>>,
+    pub delivery: Option<DeliveryBody<'a>>,
+    pub totals: TotalsBody<'a>,
     /// Set by checkout.
     pub order_id: Option<Uuid>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct LineBody {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineBody<'a> {
     pub line_id: Uuid,
-    pub sku: String,
-    pub name: String,
+    pub sku: &'a str,
+    pub name: &'a str,
     pub quantity: u32,
     /// Net price of one unit, in minor units (cents).
     pub unit_price: u64,
-    pub currency: String,
+    pub currency: &'a str,
     /// Tax rate in basis points (2000 = 20%).
     pub tax_rate_bp: Option<u32>,
     pub line_total: u64,
     pub line_tax: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeliveryBody {
-    pub name: String,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryBody<'a> {
+    pub name: &'a str,
     pub price: u64,
-    pub currency: String,
+    pub currency: &'a str,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TotalsBody {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotalsBody<'a> {
     pub subtotal: u64,
     pub tax: u64,
     pub delivery: u64,
     pub total: u64,
-    pub currency: Option<String>,
+    pub currency: Option<&'a str>,
 }
 
-impl CartBody {
-    pub fn new(id: Uuid, version: u64, cart: &Cart) -> Self {
+impl<'a> CartBody<'a> {
+    pub fn new(id: Uuid, version: u64, cart: &'a Cart) -> Self {
         let totals = cart.totals();
         CartBody {
             id,
@@ -63,35 +64,34 @@ impl CartBody {
             status: match cart.status() {
                 CartStatus::Open => "open",
                 CartStatus::CheckedOut => "checked_out",
-            }
-            .to_owned(),
-            currency: cart.currency().map(str::to_owned),
+            },
+            currency: cart.currency(),
             lines: cart
                 .lines()
                 .iter()
                 .map(|line| LineBody {
                     line_id: line.line_id,
-                    sku: line.sku.clone(),
-                    name: line.name.clone(),
+                    sku: &line.sku,
+                    name: &line.name,
                     quantity: line.quantity,
                     unit_price: line.unit_price,
-                    currency: line.currency.clone(),
+                    currency: &line.currency,
                     tax_rate_bp: line.tax_rate_bp,
                     line_total: line.line_total().unwrap_or(u64::MAX),
                     line_tax: line.line_tax().unwrap_or(u64::MAX),
                 })
                 .collect(),
             delivery: cart.delivery().map(|d| DeliveryBody {
-                name: d.name.clone(),
+                name: &d.name,
                 price: d.price,
-                currency: d.currency.clone(),
+                currency: &d.currency,
             }),
             totals: TotalsBody {
                 subtotal: totals.subtotal,
                 tax: totals.tax,
                 delivery: totals.delivery,
                 total: totals.total,
-                currency: totals.currency,
+                currency: cart.currency(),
             },
             order_id: cart.order_id(),
         }
