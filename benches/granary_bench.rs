@@ -825,6 +825,11 @@ fn main() {
         );
     }
 
+    // The node's HTTP server against actix-web's own, on one trivial app.
+    if part("server") {
+        server_ab(seconds);
+    }
+
     // 4. The same on PostgreSQL.
     if part("postgres") {
         match granary_testpg::shared() {
@@ -853,6 +858,75 @@ fn main() {
     println!(
         "memory: {per_cart:.0} bytes of heap per live idle (dormant) cart over {carts} activations; \
          {awake:.0} bytes while each still has its actor (the cart state alone: {state_only:.0} bytes)"
+    );
+}
+
+/// The node's HTTP server (`granary::http::serve`: actix-server and
+/// actix-http with each connection wrapped for JSON refusals) against
+/// `actix_web::HttpServer`, both with two workers and Nagle off, serving
+/// the same one-route app; 64 clients, alternated twice.
+fn server_ab(seconds: u64) {
+    fn app() -> App<
+        impl actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        App::new().route(
+            "/healthz",
+            web::get()
+                .to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
+        )
+    }
+    let plain = start_server("plain", |cfg: &mut web::ServiceConfig| {
+        cfg.route(
+            "/healthz",
+            web::get()
+                .to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
+        );
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let listener = granary::http::listen("127.0.0.1:0".parse().unwrap()).expect("bind");
+            tx.send(listener.local_addr().expect("address"))
+                .expect("address");
+            let limits = granary::http::ServeLimits {
+                workers: 2,
+                max_connections: 10_000,
+                shutdown_timeout: Duration::from_secs(1),
+            };
+            granary::http::serve(listener, app, limits)
+                .expect("serve")
+                .await
+                .expect("serve");
+        })
+    });
+    let node = rx.recv().expect("address");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let half = Duration::from_secs(seconds) / 2;
+    let (ours, theirs) = tokio.block_on(async {
+        let a1 = get_load(format!("http://{node}/healthz"), 64, half).await;
+        let b1 = get_load(format!("http://{plain}/healthz"), 64, half).await;
+        let a2 = get_load(format!("http://{node}/healthz"), 64, half).await;
+        let b2 = get_load(format!("http://{plain}/healthz"), 64, half).await;
+        (merge(a1, a2), merge(b1, b2))
+    });
+    println!(
+        "HTTP server, 64 clients, GET /healthz on one trivial app: the node's {:.0}/s p99 {:.2} ms; \
+         actix_web::HttpServer {:.0}/s p99 {:.2} ms; ratio {:.2}",
+        ours.per_sec(),
+        ms(ours.quantile(0.99)),
+        theirs.per_sec(),
+        ms(theirs.quantile(0.99)),
+        ours.per_sec() / theirs.per_sec()
     );
 }
 
