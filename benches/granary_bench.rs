@@ -861,6 +861,31 @@ fn main() {
     );
 }
 
+/// Serves `app` on the node's own HTTP server (two workers) on a free
+/// loopback port, from inside an actix system; its address and server.
+fn node_server<F, T, B>(app: F) -> (std::net::SocketAddr, actix_web::dev::Server)
+where
+    F: Fn() -> App<T> + Send + Clone + 'static,
+    T: actix_web::dev::ServiceFactory<
+            actix_web::dev::ServiceRequest,
+            Config = (),
+            Response = actix_web::dev::ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    let listener = granary::http::listen("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let address = listener.local_addr().expect("address");
+    let limits = granary::http::ServeLimits {
+        workers: 2,
+        max_connections: 10_000,
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    let server = granary::http::serve(listener, app, limits).expect("serve");
+    (address, server)
+}
+
 /// The node's HTTP server (`granary::http::serve`: actix-server and
 /// actix-http with each connection wrapped for JSON refusals) against
 /// `actix_web::HttpServer`, both with two workers and Nagle off, serving
@@ -891,18 +916,9 @@ fn server_ab(seconds: u64) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let listener = granary::http::listen("127.0.0.1:0".parse().unwrap()).expect("bind");
-            tx.send(listener.local_addr().expect("address"))
-                .expect("address");
-            let limits = granary::http::ServeLimits {
-                workers: 2,
-                max_connections: 10_000,
-                shutdown_timeout: Duration::from_secs(1),
-            };
-            granary::http::serve(listener, app, limits)
-                .expect("serve")
-                .await
-                .expect("serve");
+            let (address, server) = node_server(app);
+            tx.send(address).expect("address");
+            server.await.expect("serve");
         })
     });
     let node = rx.recv().expect("address");
@@ -974,21 +990,9 @@ fn http_comparison(
                     admin_token: Some(support::ADMIN_TOKEN.into()),
                     secure_cookies: false,
                 };
-                // The node's own HTTP server.
-                let listener = granary::http::listen("127.0.0.1:0".parse().unwrap()).expect("bind");
-                tx.send(listener.local_addr().expect("address"))
-                    .expect("address");
-                let limits = granary::http::ServeLimits {
-                    workers: 2,
-                    max_connections: 10_000,
-                    shutdown_timeout: Duration::from_secs(1),
-                };
-                let server = granary::http::serve(
-                    listener,
-                    move || App::new().configure(configure(state.clone())),
-                    limits,
-                )
-                .expect("serve");
+                let (address, server) =
+                    node_server(move || App::new().configure(configure(state.clone())));
+                tx.send(address).expect("address");
                 server.await.expect("serve");
             })
         });

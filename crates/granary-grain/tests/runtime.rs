@@ -1049,3 +1049,45 @@ async fn calls_racing_dozes_are_each_run_once() {
         assert_eq!(rt.call(&format!("g{g}"), Op::Get).await.unwrap().reply, 30);
     }
 }
+
+/// A dormant grain leaves memory like an awake one: passivated by the idle
+/// sweeper, or evicted at the cap on live grains, its placement is
+/// released once (it has no actor to do it), and it comes back from the
+/// store.
+#[actix_rt::test]
+async fn dormant_grains_are_passivated_and_evicted_with_their_placements_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let ownership = placed(&[("a", 1), ("b", 1), ("c", 1)]);
+    let rt = GrainRuntime::<Counter>::in_cluster(
+        store.clone(),
+        RuntimeConfig {
+            max_live: 2,
+            ..dozing(Duration::from_millis(400))
+        },
+        ownership.clone(),
+        Arc::new(granary_grain::Lease::unbounded()),
+    );
+    rt.call("a", Op::Add(1)).await.unwrap();
+    rt.call("b", Op::Add(2)).await.unwrap();
+    eventually("both to doze", || rt.stats().dozes == 2).await;
+    // A third grain evicts the least recently used, dormant "a".
+    rt.call("c", Op::Add(3)).await.unwrap();
+    assert_eq!(rt.stats().evictions, 1);
+    let released = |id: &str| {
+        ownership
+            .deactivated
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, _)| d == id)
+            .count()
+    };
+    assert_eq!(released("a"), 1);
+    // Idle past the timeout, the dormant "b" (and "c") are passivated.
+    eventually("the idle grains to be passivated", || rt.stats().live == 0).await;
+    assert_eq!((released("a"), released("b"), released("c")), (1, 1, 1));
+    for (id, value) in [("a", 1), ("b", 2), ("c", 3)] {
+        assert_eq!(rt.call(id, Op::Get).await.unwrap().reply, value);
+    }
+}
