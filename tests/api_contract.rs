@@ -42,8 +42,12 @@ async fn the_api_answers_as_its_openapi_document_says() {
     let url = node.url("/openapi.json");
     let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
     let reports = dir.path().join("report");
+    // Its working directory gets its cache (`.schemathesis/`): the test's
+    // own, not the checkout.
+    let workdir = dir.path().to_owned();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&st)
+            .current_dir(&workdir)
             .arg("--config-file")
             .arg(&config)
             .args(["run", &url, "--checks", "all", "-H", &auth])
