@@ -229,18 +229,52 @@ impl Http {
         body: Option<serde_json::Value>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
+        let body = body.map(|json| Bytes::from(serde_json::to_vec(&json).expect("encode")));
+        let (status, etag, retry_after, bytes) = self.exchange(method, url, body, headers).await?;
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON from server: {e}"))?
+        };
+        Ok(Answer {
+            status,
+            etag,
+            retry_after,
+            json,
+        })
+    }
+
+    /// `method url` with an already encoded JSON body: the status and the
+    /// body's length, the body not parsed (a load generator's request: it
+    /// should cost the machine it shares with the server little).
+    pub async fn status_of(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, usize), String> {
+        let (status, _, _, bytes) = self.exchange(method, url, body, &[]).await?;
+        Ok((status, bytes.len()))
+    }
+
+    /// One exchange: status, ETag, Retry-After and the whole body.
+    async fn exchange(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Option<String>, Option<String>, Bytes), String> {
         let mut request = hyper::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let body = match body {
-            Some(json) => {
-                request = request.header("content-type", "application/json");
-                Bytes::from(serde_json::to_vec(&json).expect("encode"))
-            }
-            None => Bytes::new(),
-        };
-        let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| e.to_string())?;
         let exchange = async {
             let response = self
                 .client
@@ -262,17 +296,7 @@ impl Http {
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            let json = if bytes.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| format!("bad JSON from server: {e}"))?
-            };
-            Ok(Answer {
-                status,
-                etag,
-                retry_after,
-                json,
-            })
+            Ok((status, etag, retry_after, bytes))
         };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
