@@ -105,7 +105,8 @@ impl NodeBuilder {
     }
 
     /// Adds HTTP routes. Handlers reach grains through
-    /// `actix_web::web::Data<granary::grains::Grains>`.
+    /// `actix_web::web::Data<granary::grains::Grains>`. They are matched
+    /// before the node's own routes (which answer every path they leave).
     pub fn routes(
         mut self,
         routes: impl Fn(&mut actix_web::web::ServiceConfig) + Send + Sync + 'static,
@@ -307,15 +308,12 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         secure_cookies: config.secure_cookies,
     };
     let app = move || {
-        let mut app = App::new().configure(http::configure_ops(state.clone()));
-        if cart_api {
-            app = app.configure(http::carts_routes);
-        }
+        let mut app = App::new().configure(http::configure_state(state.clone()));
         for routes in &routes {
             let routes = routes.clone();
             app = app.configure(move |cfg| routes(cfg));
         }
-        app.default_service(actix_web::web::to(http::not_found))
+        app.default_service(http::api_router(cart_api))
     };
     let listener = http::listen(config.http)
         .with_context(|| format!("cannot listen on {} (http)", config.http))?;

@@ -7,6 +7,7 @@
 //! - `carts.rs`: the handlers; each turns a request into one grain call.
 //! - `openapi.rs`: the OpenAPI document, generated from the handlers and
 //!   completed by rule with every limit and status.
+//! - `router.rs`: the route table, matched segment by segment.
 //! - `server.rs`, `refusals.rs`: the HTTP server, whose connections give
 //!   actix-http's own refusals (unparsable request, head too large or too
 //!   slow) the API's JSON error body.
@@ -17,6 +18,7 @@ mod error;
 mod openapi;
 mod refusals;
 mod request;
+mod router;
 mod server;
 mod shop;
 mod views;
@@ -24,7 +26,7 @@ mod views;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use actix_web::{HttpResponse, ResponseError, web};
+use actix_web::{HttpResponse, web};
 use granary_store::EventStore;
 
 use crate::cart_grain::CartGrain;
@@ -32,6 +34,7 @@ use crate::grains::Grains;
 pub use carts::valid_sku;
 pub use error::ApiError;
 pub use openapi::openapi_json;
+pub use router::ApiRouter;
 pub use server::{ServeLimits, listen, serve};
 pub use views::CartBody;
 
@@ -57,66 +60,70 @@ pub struct ApiState {
     pub secure_cookies: bool,
 }
 
-/// Registers every route of the cart service: the operations routes and
-/// the cart API.
+/// Registers the shared state and every route of the cart service: the
+/// operations routes and the cart API.
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        let ops = configure_ops(state.clone());
-        ops(cfg);
-        carts_routes(cfg);
-        cfg.default_service(web::to(not_found));
+        configure_state(state)(cfg);
+        cfg.default_service(api_router(true));
     }
 }
 
-/// Registers the operations routes (`/healthz`, `/readyz`, `/stats`,
-/// `/openapi.json`) and the shared state, for a node that may host no
-/// carts; its own routes are added next to them.
-pub fn configure_ops(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Registers the state the API's handlers share, for an app whose routes
+/// come from [`api_router`] (installed as its default service, so routes
+/// the app registers with actix-web itself are matched first).
+pub fn configure_state(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::new(state.grains.clone()))
-            .app_data(web::Data::new(state))
-            .service(resource("/healthz", "GET").route(get_or_head().to(healthz)))
-            .service(resource("/readyz", "GET").route(get_or_head().to(readyz)))
-            .service(resource("/stats", "GET").route(get_or_head().to(stats)))
-            .service(resource("/openapi.json", "GET").route(get_or_head().to(openapi)));
+            .app_data(web::Data::new(state));
     }
 }
 
-/// The cart API's routes (they need [`configure_ops`]'s state).
-pub fn carts_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/carts", "POST").route(web::post().to(carts::create_cart)))
-        .service(resource("/carts/{id}", "GET").route(get_or_head().to(carts::get_cart)))
-        .service(resource("/carts/{id}/items", "POST").route(web::post().to(carts::add_item)))
-        .service(
-            resource("/carts/{id}/items/{line_id}", "PATCH, DELETE")
-                .route(web::patch().to(carts::change_quantity))
-                .route(web::delete().to(carts::remove_line)),
+/// The node's routes: the operations routes (`/healthz`, `/readyz`,
+/// `/stats`, `/openapi.json`) and, with `carts`, the cart API, the
+/// catalog and the shop front. Every other path is the JSON 404.
+pub fn api_router(carts: bool) -> ApiRouter {
+    use actix_web::http::Method;
+    let ops = ApiRouter::new()
+        .route(Method::GET, "/healthz", healthz)
+        .route(Method::GET, "/readyz", readyz)
+        .route(Method::GET, "/stats", stats)
+        .route(Method::GET, "/openapi.json", openapi);
+    if !carts {
+        return ops;
+    }
+    // The busiest routes first: the table is scanned in order.
+    ops.route(Method::POST, "/carts/{id}/items", carts::add_item)
+        .route(Method::GET, "/carts/{id}", carts::get_cart)
+        .route(Method::POST, "/carts", carts::create_cart)
+        .route(
+            Method::PATCH,
+            "/carts/{id}/items/{line_id}",
+            carts::change_quantity,
         )
-        .service(
-            resource("/carts/{id}/delivery", "PUT, DELETE")
-                .route(web::put().to(carts::set_delivery))
-                .route(web::delete().to(carts::remove_delivery)),
+        .route(
+            Method::DELETE,
+            "/carts/{id}/items/{line_id}",
+            carts::remove_line,
         )
-        .service(resource("/carts/{id}/clear", "POST").route(web::post().to(carts::clear)))
-        .service(resource("/carts/{id}/checkout", "POST").route(web::post().to(carts::checkout)))
-        .service(
-            resource("/carts/{id}/price-check", "GET").route(get_or_head().to(carts::price_check)),
+        .route(Method::PUT, "/carts/{id}/delivery", carts::set_delivery)
+        .route(
+            Method::DELETE,
+            "/carts/{id}/delivery",
+            carts::remove_delivery,
         )
-        .service(resource("/products/{sku}", "GET").route(get_or_head().to(admin::get_product)))
-        .service(resource("/admin/products/{sku}", "PUT").route(web::put().to(admin::put_product)))
-        .service(
-            resource("/admin/stock/{sku}", "GET, PUT")
-                .route(get_or_head().to(admin::get_stock))
-                .route(web::put().to(admin::put_stock)),
-        )
-        .service(resource("/cart", "GET").route(get_or_head().to(shop::get)))
-        .service(resource("/cart/items", "POST").route(web::post().to(shop::add)))
-        .service(
-            resource("/cart/items/{line_id}", "PATCH, DELETE")
-                .route(web::patch().to(shop::change))
-                .route(web::delete().to(shop::remove)),
-        )
-        .service(resource("/cart/checkout", "POST").route(web::post().to(shop::checkout)));
+        .route(Method::POST, "/carts/{id}/clear", carts::clear)
+        .route(Method::POST, "/carts/{id}/checkout", carts::checkout)
+        .route(Method::GET, "/carts/{id}/price-check", carts::price_check)
+        .route(Method::GET, "/products/{sku}", admin::get_product)
+        .route(Method::PUT, "/admin/products/{sku}", admin::put_product)
+        .route(Method::GET, "/admin/stock/{sku}", admin::get_stock)
+        .route(Method::PUT, "/admin/stock/{sku}", admin::put_stock)
+        .route(Method::GET, "/cart", shop::get)
+        .route(Method::POST, "/cart/items", shop::add)
+        .route(Method::PATCH, "/cart/items/{line_id}", shop::change)
+        .route(Method::DELETE, "/cart/items/{line_id}", shop::remove)
+        .route(Method::POST, "/cart/checkout", shop::checkout)
 }
 
 /// Liveness: the process answers.
@@ -167,53 +174,8 @@ pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
     }))
 }
 
-/// A route for `GET` that answers `HEAD` too (the same status and
-/// headers; actix-web sends no body for a `HEAD`).
-fn get_or_head() -> actix_web::Route {
-    use actix_web::guard;
-    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
-}
-
-/// A resource that answers `OPTIONS` with 204 and the `Allow` header, and
-/// any other method it does not take with the API's JSON 405 and the same
-/// header. `allow` names the methods its routes take (`HEAD` is added
-/// where `GET` is).
-fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    let head = if allow.contains("GET") { ", HEAD" } else { "" };
-    let allow = format!("{allow}{head}, OPTIONS");
-    web::resource(path).default_service(web::to(move |req: actix_web::HttpRequest| {
-        let allow = allow.clone();
-        async move {
-            let mut response = if req.method() == actix_web::http::Method::OPTIONS {
-                HttpResponse::NoContent().finish()
-            } else {
-                ApiError::new(
-                    actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-                    format!("method not allowed on this route; allowed: {allow}"),
-                )
-                .with_code("method_not_allowed")
-                .error_response()
-            };
-            if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
-                response
-                    .headers_mut()
-                    .insert(actix_web::http::header::ALLOW, value);
-            }
-            response
-        }
-    }))
-}
-
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(openapi_json())
-}
-
-/// The JSON 404 of every route nobody registered.
-pub(crate) async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "no such route",
-    ))
 }
