@@ -148,19 +148,26 @@ impl Grain for CartGrain {
         match request {
             CartRequest::AddSku { sku, quantity } => {
                 let (sku, quantity) = (sku.clone(), *quantity);
-                let line = self.0.lines().iter().find(|l| l.sku == sku).cloned();
+                // What the catalog's answer is checked against: the line's
+                // price (not the whole line).
+                let line = self
+                    .0
+                    .lines()
+                    .iter()
+                    .find(|l| l.sku == sku)
+                    .map(|l| (l.line_id, l.unit_price, l.tax_rate_bp, l.currency.clone()));
                 Some(Box::pin(async move {
                     let spec = match product(&calls, &sku).await {
                         Ok(spec) => spec,
                         Err(refused) => return CartRequest::Refused(refused),
                     };
-                    if let Some(line) = line
-                        && (line.unit_price != spec.unit_price
-                            || line.tax_rate_bp != spec.tax_rate_bp
-                            || line.currency != spec.currency)
+                    if let Some((line_id, unit_price, tax_rate_bp, currency)) = line
+                        && (unit_price != spec.unit_price
+                            || tax_rate_bp != spec.tax_rate_bp
+                            || currency != spec.currency)
                     {
                         return CartRequest::Refused(CartError::PriceChanged {
-                            lines: vec![line.line_id],
+                            lines: vec![line_id],
                         });
                     }
                     CartRequest::Command(CartCommand::AddItem(spec.item(quantity)))

@@ -56,6 +56,18 @@ pub struct TotalsBody<'a> {
 }
 
 impl<'a> CartBody<'a> {
+    /// About the length of this body in JSON (a little more, so the buffer
+    /// it is written to need not grow).
+    pub fn encoded_size_hint(&self) -> usize {
+        let strings = |line: &LineBody| line.sku.len() + line.name.len();
+        320 + self.delivery.as_ref().map_or(0, |d| 64 + d.name.len())
+            + self
+                .lines
+                .iter()
+                .map(|line| 240 + strings(line))
+                .sum::<usize>()
+    }
+
     pub fn new(id: Uuid, version: u64, cart: &'a Cart) -> Self {
         let totals = cart.totals();
         CartBody {

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cart::{Cart, Delivery, Line};
+use crate::event::CartEvent;
 
 /// The amounts of a cart, in minor units of `currency`.
 ///
@@ -39,10 +40,36 @@ impl Line {
     }
 
     fn wide_total(&self) -> u128 {
-        u128::from(self.quantity) * u128::from(self.unit_price)
+        self.priced().wide_total()
     }
 
     fn wide_tax(&self) -> u128 {
+        self.priced().wide_tax()
+    }
+
+    fn priced(&self) -> Priced {
+        Priced {
+            quantity: self.quantity,
+            unit_price: self.unit_price,
+            tax_rate_bp: self.tax_rate_bp,
+        }
+    }
+}
+
+/// The numbers of a line: all its totals depend on.
+#[derive(Clone, Copy)]
+struct Priced {
+    quantity: u32,
+    unit_price: u64,
+    tax_rate_bp: Option<u32>,
+}
+
+impl Priced {
+    fn wide_total(self) -> u128 {
+        u128::from(self.quantity) * u128::from(self.unit_price)
+    }
+
+    fn wide_tax(self) -> u128 {
         let Some(rate_bp) = self.tax_rate_bp else {
             return 0;
         };
@@ -72,6 +99,48 @@ impl Cart {
     pub fn try_totals(&self) -> Option<Totals> {
         Sums::of(self).narrow(self.currency())
     }
+
+    /// Whether the totals still fit in `u64` once `event` is applied,
+    /// worked out from the event's numbers without copying the cart (the
+    /// add-item path runs this on every call). An event that moves no
+    /// money is checked on a copy.
+    pub(crate) fn fits_after(&self, event: &CartEvent) -> bool {
+        let delivery = self.delivery().map_or(0, |d| u128::from(d.price));
+        let lines = self.lines().iter().map(Line::priced);
+        let sums = match event {
+            CartEvent::QuantityChanged { line_id, quantity } => Sums::over(
+                self.lines().iter().map(|line| Priced {
+                    quantity: if line.line_id == *line_id {
+                        *quantity
+                    } else {
+                        line.quantity
+                    },
+                    ..line.priced()
+                }),
+                delivery,
+            ),
+            CartEvent::ItemAdded {
+                quantity,
+                unit_price,
+                tax_rate_bp,
+                ..
+            } => Sums::over(
+                lines.chain(std::iter::once(Priced {
+                    quantity: *quantity,
+                    unit_price: *unit_price,
+                    tax_rate_bp: *tax_rate_bp,
+                })),
+                delivery,
+            ),
+            CartEvent::DeliverySet { price, .. } => Sums::over(lines, u128::from(*price)),
+            other => {
+                let mut next = self.clone();
+                next.apply(other);
+                Sums::of(&next)
+            }
+        };
+        sums.fit()
+    }
 }
 
 /// Exact amounts before narrowing to `u64`.
@@ -83,22 +152,30 @@ struct Sums {
 
 impl Sums {
     fn of(cart: &Cart) -> Self {
-        let (subtotal, tax) = cart
-            .lines()
-            .iter()
-            .fold((0u128, 0u128), |(subtotal, tax), line| {
-                (
-                    subtotal.saturating_add(line.wide_total()),
-                    tax.saturating_add(line.wide_tax()),
-                )
-            });
+        Sums::over(
+            cart.lines().iter().map(Line::priced),
+            cart.delivery()
+                .map_or(0, |d: &Delivery| u128::from(d.price)),
+        )
+    }
+
+    fn over(lines: impl Iterator<Item = Priced>, delivery: u128) -> Self {
+        let (subtotal, tax) = lines.fold((0u128, 0u128), |(subtotal, tax), line| {
+            (
+                subtotal.saturating_add(line.wide_total()),
+                tax.saturating_add(line.wide_tax()),
+            )
+        });
         Sums {
             subtotal,
             tax,
-            delivery: cart
-                .delivery()
-                .map_or(0, |d: &Delivery| u128::from(d.price)),
+            delivery,
         }
+    }
+
+    /// Whether every figure fits in `u64` (the total is the largest).
+    fn fit(&self) -> bool {
+        u64::try_from(self.total()).is_ok()
     }
 
     fn total(&self) -> u128 {
@@ -144,6 +221,77 @@ mod tests {
             currency: "EUR".into(),
             tax_rate_bp,
         }
+    }
+
+    fn added(sku: &str, quantity: u32, unit_price: u64, tax_rate_bp: Option<u32>) -> CartEvent {
+        CartEvent::ItemAdded {
+            line_id: Uuid::from_u128(u128::from(sku.as_bytes()[0])),
+            sku: sku.into(),
+            name: "n".into(),
+            quantity,
+            unit_price,
+            currency: "EUR".into(),
+            tax_rate_bp,
+        }
+    }
+
+    /// `fits_after` (no copy) says what applying the event to a copy and
+    /// narrowing its totals says, near the edge of `u64` and past it, for
+    /// every event kind that moves money.
+    #[test]
+    fn fits_after_agrees_with_applying_to_a_copy() {
+        let prices = [
+            0,
+            1,
+            999,
+            10u64.pow(12),
+            u64::MAX / 4000,
+            u64::MAX / 2,
+            u64::MAX,
+        ];
+        let quantities = [1u32, 2, 999, u32::MAX];
+        let rates = [None, Some(0), Some(1900), Some(10_000), Some(u32::MAX)];
+        let mut checked = 0;
+        let mut refused = 0;
+        for &base_price in &prices[..5] {
+            let mut cart = Cart::default();
+            cart.apply(&CartEvent::Created);
+            cart.apply(&added("a", 3, base_price, Some(1900)));
+            cart.apply(&added("b", 999, base_price / 3, None));
+            let line_a = cart.lines()[0].line_id;
+            let mut events = Vec::new();
+            for &price in &prices {
+                events.push(CartEvent::DeliverySet {
+                    name: "d".into(),
+                    price,
+                    currency: "EUR".into(),
+                });
+                for &quantity in &quantities {
+                    for &rate in &rates {
+                        events.push(added("c", quantity, price, rate));
+                    }
+                }
+            }
+            for &quantity in &quantities {
+                for line_id in [line_a, Uuid::nil()] {
+                    events.push(CartEvent::QuantityChanged { line_id, quantity });
+                }
+            }
+            events.push(CartEvent::Cleared);
+            for event in &events {
+                let mut copy = cart.clone();
+                copy.apply(event);
+                let expected = copy.try_totals().is_some();
+                assert_eq!(cart.fits_after(event), expected, "{event:?} on {cart:?}");
+                checked += 1;
+                refused += usize::from(!expected);
+            }
+        }
+        // Both answers were exercised.
+        assert!(
+            refused > 50 && refused < checked - 50,
+            "{refused} of {checked}"
+        );
     }
 
     #[test]
