@@ -385,6 +385,72 @@ mod tests {
         (dir, conn)
     }
 
+    /// An append that fills the file (it is at its page limit) makes
+    /// SQLite roll the whole transaction back: every append of the batch
+    /// fails (the one before it too, its insert undone), nothing of it is
+    /// written, and the writer's next batch runs (no transaction was left
+    /// open).
+    #[test]
+    fn a_batch_the_database_rolls_back_fails_whole_and_the_writer_goes_on() {
+        let (_dir, mut conn) = store();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .expect("page count");
+        conn.pragma_update(None, "max_page_count", pages + 16)
+            .expect("page limit");
+        let for_grain = |grain: &str, payload: Vec<u8>| AppendRequest {
+            key: GrainKey::new("cart", grain),
+            events: vec![payload],
+            ..request(0, 1)
+        };
+        let counters = Counters::default();
+        let mut replies = Vec::new();
+        let mut batch = Vec::new();
+        for request in [
+            for_grain("before", b"e".to_vec()),
+            for_grain("too-big", vec![7; 1 << 20]),
+            for_grain("after", b"e".to_vec()),
+        ] {
+            let (reply, answer) = oneshot::channel();
+            batch.push(WriteOp::Append { request, reply });
+            replies.push(answer);
+        }
+        write_batch(&mut conn, &mut batch, &counters);
+        let answers: Vec<_> = replies
+            .into_iter()
+            .map(|mut answer| answer.try_recv().expect("answered"))
+            .collect();
+        assert!(
+            matches!(&answers[1], Err(StoreError::Engine(why)) if why.contains("full")),
+            "{answers:?}"
+        );
+        for answer in [&answers[0], &answers[2]] {
+            assert!(
+                matches!(answer, Err(StoreError::Engine(why)) if why.contains("rolled the batch back")),
+                "{answers:?}"
+            );
+        }
+        assert!(conn.is_autocommit(), "a transaction was left open");
+
+        let (reply, mut answer) = oneshot::channel();
+        let mut next = vec![WriteOp::Append {
+            request: for_grain("later", b"e".to_vec()),
+            reply,
+        }];
+        write_batch(&mut conn, &mut next, &counters);
+        assert!(matches!(answer.try_recv(), Ok(Ok(1))));
+        let grains: Vec<String> = conn
+            .prepare("SELECT grain FROM events ORDER BY grain")
+            .expect("select")
+            .query_map([], |row| row.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("grains");
+        assert_eq!(grains, ["later"]);
+        assert_eq!(counters.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.appends.load(Ordering::Relaxed), 1);
+    }
+
     /// Appends at the stream's head never re-prepare a statement, and the
     /// head check's answers (conflict, fence) match the stream.
     #[test]
