@@ -88,18 +88,18 @@ impl Cart {
                     max: MAX_QUANTITY,
                 });
             }
-            let events = vec![CartEvent::QuantityChanged {
+            let event = CartEvent::QuantityChanged {
                 line_id: line.line_id,
                 quantity,
-            }];
-            self.ensure_fits(&events, "quantity")?;
-            return Ok(events);
+            };
+            self.ensure_fits(&event, "quantity")?;
+            return Ok(vec![event]);
         }
 
         if self.lines().len() >= MAX_LINES {
             return Err(CartError::TooManyLines { max: MAX_LINES });
         }
-        let events = vec![CartEvent::ItemAdded {
+        let event = CartEvent::ItemAdded {
             line_id: Uuid::new_v4(),
             sku: item.sku.clone(),
             name: item.name.clone(),
@@ -107,9 +107,9 @@ impl Cart {
             unit_price: item.unit_price,
             currency: item.currency.clone(),
             tax_rate_bp: item.tax_rate_bp,
-        }];
-        self.ensure_fits(&events, "unit_price")?;
-        Ok(events)
+        };
+        self.ensure_fits(&event, "unit_price")?;
+        Ok(vec![event])
     }
 
     fn decide_change_quantity(
@@ -125,9 +125,9 @@ impl Cart {
         if line.quantity == quantity {
             return Ok(Vec::new());
         }
-        let events = vec![CartEvent::QuantityChanged { line_id, quantity }];
-        self.ensure_fits(&events, "quantity")?;
-        Ok(events)
+        let event = CartEvent::QuantityChanged { line_id, quantity };
+        self.ensure_fits(&event, "quantity")?;
+        Ok(vec![event])
     }
 
     fn decide_remove_line(&self, line_id: Uuid) -> Result<Vec<CartEvent>, CartError> {
@@ -160,13 +160,13 @@ impl Cart {
         {
             return Ok(Vec::new());
         }
-        let events = vec![CartEvent::DeliverySet {
+        let event = CartEvent::DeliverySet {
             name: name.to_owned(),
             price,
             currency: currency.to_owned(),
-        }];
-        self.ensure_fits(&events, "price")?;
-        Ok(events)
+        };
+        self.ensure_fits(&event, "price")?;
+        Ok(vec![event])
     }
 
     fn decide_remove_delivery(&self) -> Result<Vec<CartEvent>, CartError> {
@@ -209,26 +209,16 @@ impl Cart {
         Ok(())
     }
 
-    /// Checks the totals still fit in `u64` once `events` are applied.
+    /// Checks the totals still fit in `u64` once `event` is applied.
     ///
     /// With today's limits a valid cart cannot overflow, but checking the
     /// would-be state keeps the invariant behind the infallible
     /// [`Cart::totals`] true even for carts replayed from events accepted
     /// under looser, older limits. (The would-be sums come from the
-    /// events' numbers, not from a copy of the cart; a test holds them to
+    /// event's numbers, not from a copy of the cart; a test holds them to
     /// what `apply` produces.)
-    fn ensure_fits(&self, events: &[CartEvent], field: &'static str) -> Result<(), CartError> {
-        let fits = match events {
-            [event] => self.fits_after(event),
-            _ => {
-                let mut next = self.clone();
-                for event in events {
-                    next.apply(event);
-                }
-                next.try_totals().is_some()
-            }
-        };
-        if fits {
+    fn ensure_fits(&self, event: &CartEvent, field: &'static str) -> Result<(), CartError> {
+        if self.fits_after(event) {
             Ok(())
         } else {
             Err(CartError::Overflow {
