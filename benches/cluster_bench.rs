@@ -1,7 +1,9 @@
 //! Cluster figures, each with its baseline measured in the same run.
 //!
 //! Run: `cargo bench --bench cluster_bench` (real node processes on
-//! loopback, release build); `-- --calls-only` stops after parts 1 and 1b.
+//! loopback, release build); `-- --calls-only` stops after parts 1 and 1b;
+//! `-- --forwarding-only` runs part 4 alone (add `--insecure-cluster` for
+//! plaintext between the members).
 //!
 //! 1. Remote grain call throughput: `Grains/Call` (a cart read, forwarded
 //!    form) against a member vs a bare tonic unary echo on the same server
@@ -355,8 +357,12 @@ async fn cluster(dir: &std::path::Path, extra: &[&str]) -> [NodeProcess; 3] {
     args.extend_from_slice(extra);
     let a = NodeProcess::start(&dir.join("a"), &args);
     let seed = a.grpc.to_string();
-    let token = support::token(&a);
-    args.extend_from_slice(&["--join", &seed, "--token", &token]);
+    // Plaintext members join without a token (there is no key to pin).
+    let token = (!extra.contains(&"--insecure-cluster")).then(|| support::token(&a));
+    args.extend_from_slice(&["--join", &seed]);
+    if let Some(token) = &token {
+        args.extend_from_slice(&["--token", token]);
+    }
     let b = NodeProcess::start(&dir.join("b"), &args);
     let c = NodeProcess::start(&dir.join("c"), &args);
     until_members(&a, 3).await;
@@ -370,9 +376,13 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        println!("# Granary cluster benchmark\n");
+        if std::env::args().any(|arg| arg == "--forwarding-only") {
+            forwarding().await;
+            return;
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let [a, b, mut c] = cluster(dir.path(), &[]).await;
-        println!("# Granary cluster benchmark\n");
 
         // 1. A cart owned by B, read through B's Grains service.
         let http = Http::new();
@@ -498,26 +508,42 @@ fn main() {
         drop(b);
         drop(a);
 
-        // 4. What forwarding costs: the same full load on a fresh cluster,
-        //    every request sent to the cart's owner vs spread over the
-        //    members (two in three forwarded), alternated twice.
-        let mut rates = [Vec::new(), Vec::new()];
-        for round in 0..2 {
-            for (slot, spread) in [false, true].into_iter().enumerate() {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let nodes = cluster(dir.path(), &[]).await;
-                let (rate, failed) =
-                    full_load([&nodes[0], &nodes[1], &nodes[2]], Duration::from_secs(5), spread).await;
-                assert_eq!(failed, 0, "failed requests (spread: {spread})");
-                println!("round {round}, spread {spread}: {rate:.0} adds/s");
-                rates[slot].push(rate);
-            }
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (to_owner, spread) = (mean(&rates[0]), mean(&rates[1]));
-        println!(
-            "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2}",
-            spread / to_owner
-        );
+        forwarding().await;
     });
+}
+
+/// 4. What forwarding costs: the same full load on a fresh cluster, every
+/// request sent to the cart's owner vs spread over the members (two in
+/// three forwarded), alternated twice.
+async fn forwarding() {
+    // `--insecure-cluster`: members speak plaintext HTTP/2 to each other
+    // (what TLS costs the hop).
+    let plaintext = std::env::args().any(|arg| arg == "--insecure-cluster");
+    let extra: &[&str] = if plaintext {
+        &["--insecure-cluster"]
+    } else {
+        &[]
+    };
+    let mut rates = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (slot, spread) in [false, true].into_iter().enumerate() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let nodes = cluster(dir.path(), extra).await;
+            let (rate, failed) = full_load(
+                [&nodes[0], &nodes[1], &nodes[2]],
+                Duration::from_secs(5),
+                spread,
+            )
+            .await;
+            assert_eq!(failed, 0, "failed requests (spread: {spread})");
+            println!("round {round}, spread {spread}: {rate:.0} adds/s");
+            rates[slot].push(rate);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (to_owner, spread) = (mean(&rates[0]), mean(&rates[1]));
+    println!(
+        "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2}",
+        spread / to_owner
+    );
 }
