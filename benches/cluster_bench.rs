@@ -512,9 +512,9 @@ fn main() {
     });
 }
 
-/// 4. What forwarding costs: the same full load on a fresh cluster, every
-/// request sent to the cart's owner vs spread over the members (two in
-/// three forwarded), alternated twice.
+/// Part 4, what forwarding costs: the same full load on a fresh cluster,
+/// every request sent to the cart's owner vs spread over the members (two
+/// in three forwarded), alternated twice.
 async fn forwarding() {
     // `--insecure-cluster`: members speak plaintext HTTP/2 to each other
     // (what TLS costs the hop).

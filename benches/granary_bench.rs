@@ -1000,9 +1000,13 @@ fn http_comparison(
                     .host(products)
                     .host(stock)
                     .build();
+                // Measured as a node runs: every request and commit observed.
+                let metrics = Arc::new(granary::metrics::Metrics::new());
+                metrics.attach(grains.clone(), store.clone());
                 let state = ApiState {
                     grains,
                     store,
+                    metrics,
                     max_body_bytes: 64 * 1024,
                     body_read_timeout: Duration::from_secs(5),
                     ready: Arc::new(AtomicBool::new(true)),

@@ -17,6 +17,7 @@
 //!     which reaches a grain of any kind wherever it lives in the cluster;
 //!   - [`reminders`]: delivering grains' durable reminders when due;
 //!   - [`http`]: the cart API on actix-web;
+//!   - [`metrics`]: what the node measures, served at `GET /metrics`;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind, and its checkout
 //!     across the catalog and the stock;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod control_plane;
 pub mod grains;
 pub mod http;
+pub mod metrics;
 pub mod node;
 mod proto;
 pub mod reminders;

@@ -26,6 +26,7 @@ use crate::config::{NodeConfig, StoreLocation};
 use crate::control_plane::ControlPlaneService;
 use crate::grains::{Grains, GrainsBuilder};
 use crate::http::{self, ApiState};
+use crate::metrics::Metrics;
 use crate::proto::cluster::cluster_server::ClusterServer;
 use crate::proto::grains::grains_server::GrainsServer;
 use crate::proto::messages::control_plane_server::ControlPlaneServer;
@@ -209,9 +210,15 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     let cluster_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.attach_cluster(cluster.clone());
     let router = {
         let _cluster = cluster_runtime.enter();
-        GrainRouter::start(cluster.clone(), grpc_runtime.handle().clone())
+        GrainRouter::start(
+            cluster.clone(),
+            grpc_runtime.handle().clone(),
+            metrics.clone(),
+        )
     };
     crate::shop::configure(crate::shop::ShopSettings {
         reservation_hold: config.reservation_hold,
@@ -224,7 +231,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         ..RuntimeConfig::default()
     };
     let ownership: Arc<dyn granary_grain::Ownership> = Arc::new(Placements(router.clone()));
-    let remote = Arc::new(Remote::new(router.clone()));
+    let remote = Arc::new(Remote::new(router.clone(), metrics.clone()));
     let grains = kinds
         .iter()
         .fold(Grains::builder(Some(remote.clone())), |grains, kind| {
@@ -237,6 +244,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
             )
         })
         .build();
+    metrics.attach(grains.clone(), store.clone());
     let live_grains = {
         let grains = grains.clone();
         Arc::new(move || {
@@ -290,10 +298,12 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     // Due reminders of the grains whose partitions this member holds.
     {
         let router = router.clone();
+        let metrics = metrics.clone();
         actix_rt::spawn(crate::reminders::deliver(
             store.clone(),
             grains.clone(),
             move |key| router.is_holder(key),
+            move || metrics.reminder_fired(),
         ));
     }
     let ready = Arc::new(AtomicBool::new(false));
@@ -306,6 +316,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         serving: cluster.serving_flag(),
         admin_token: config.admin_token.clone(),
         secure_cookies: config.secure_cookies,
+        metrics,
     };
     let app = move || {
         let mut app = App::new().configure(http::configure_state(state.clone()));

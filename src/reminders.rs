@@ -36,12 +36,15 @@ pub fn now_unix_ms() -> u64 {
 }
 
 /// Delivers due reminders for ever (run it on the node's actix system):
-/// those for which `delivers(kind/id)` holds.
+/// those for which `delivers(kind/id)` holds; `fired()` after each one its
+/// grain took (or refused).
 pub async fn deliver(
     store: Arc<dyn EventStore>,
     grains: Grains,
     delivers: impl Fn(&str) -> bool + 'static,
+    fired: impl Fn() + 'static,
 ) {
+    let fired = Rc::new(fired);
     let in_flight: Rc<RefCell<HashSet<(String, String)>>> = Rc::default();
     loop {
         actix_rt::time::sleep(LOOK_EVERY).await;
@@ -62,16 +65,20 @@ pub async fn deliver(
                 continue;
             }
             let (store, grains, in_flight) = (store.clone(), grains.clone(), in_flight.clone());
+            let fired = fired.clone();
             actix_rt::spawn(async move {
-                deliver_one(&store, &grains, due).await;
+                if deliver_one(&store, &grains, due).await {
+                    fired();
+                }
                 in_flight.borrow_mut().remove(&mark);
             });
         }
     }
 }
 
-/// Delivers one reminder: its grain takes the command once.
-async fn deliver_one(store: &Arc<dyn EventStore>, grains: &Grains, due: DueReminder) {
+/// Delivers one reminder: its grain takes the command once. Whether it
+/// was taken (or refused by the grain, or dropped as undeliverable).
+async fn deliver_one(store: &Arc<dyn EventStore>, grains: &Grains, due: DueReminder) -> bool {
     let DueReminder { key, reminder } = due;
     let options = CallOptions {
         idempotency: Some((
@@ -95,7 +102,7 @@ async fn deliver_one(store: &Arc<dyn EventStore>, grains: &Grains, due: DueRemin
     };
     if !taken {
         tracing::debug!(grain = %key, reminder = %reminder.id, ?delivered, "reminder not delivered yet");
-        return;
+        return false;
     }
     tracing::debug!(grain = %key, reminder = %reminder.id, "reminder delivered");
     if let Err(err) = store
@@ -105,6 +112,7 @@ async fn deliver_one(store: &Arc<dyn EventStore>, grains: &Grains, due: DueRemin
         // Delivered again at the next look; its key makes that harmless.
         tracing::debug!(grain = %key, error = %err, "reminder delivered but not finished");
     }
+    true
 }
 
 /// FNV-1a, 64 bit (stable across builds: the hash is stored with the

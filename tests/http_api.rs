@@ -77,6 +77,7 @@ fn state_on(db: &Path) -> ApiState {
         serving: Arc::new(AtomicBool::new(true)),
         admin_token: Some(ADMIN_TOKEN.into()),
         secure_cookies: false,
+        metrics: Arc::new(granary::metrics::Metrics::new()),
     }
 }
 
@@ -1620,6 +1621,10 @@ fn deliver_reminders(state: &ApiState) {
         state.store.clone(),
         state.grains.clone(),
         |_| true,
+        {
+            let metrics = state.metrics.clone();
+            move || metrics.reminder_fired()
+        },
     ));
 }
 

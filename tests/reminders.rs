@@ -130,8 +130,16 @@ async fn a_reminder_fires_at_its_time_once_even_with_two_deliverers() {
         "stored"
     );
     // Two deliverers race for it (two nodes around a view change).
-    actix_rt::spawn(deliver(store.clone(), grains.clone(), |_| true));
-    actix_rt::spawn(deliver(store.clone(), grains.clone(), |_| true));
+    let fired = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    for _ in 0..2 {
+        let fired = fired.clone();
+        actix_rt::spawn(deliver(
+            store.clone(),
+            grains.clone(),
+            |_| true,
+            move || fired.set(fired.get() + 1),
+        ));
+    }
     until_fired(&grains, "t", &["soon"]).await;
     assert!(now_unix_ms() >= due, "not before its time");
     // It is finished, and it fired once.
@@ -155,6 +163,20 @@ async fn a_reminder_fires_at_its_time_once_even_with_two_deliverers() {
         ["soon"],
         "once"
     );
+    // Each deliverer counts what it handed over (a second hand-over is the
+    // one its key deduplicates).
+    until(|| fired.get() >= 1).await;
+    assert!((1..=2).contains(&fired.get()), "fired {}", fired.get());
+}
+
+/// Waits (5 s at most, or the test fails) until `done()`: a deliverer
+/// counts a reminder just after it finished it in the store.
+async fn until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "never counted");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[actix_rt::test]
@@ -179,7 +201,12 @@ async fn a_reminder_survives_a_restart_of_everything_in_memory() {
     let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(&path).unwrap());
     let grains = grains(&store);
     // No deliverer is interested: nothing fires.
-    actix_rt::spawn(deliver(store.clone(), grains.clone(), |_| false));
+    let fired = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let counted = || {
+        let fired = fired.clone();
+        move || fired.set(fired.get() + 1)
+    };
+    actix_rt::spawn(deliver(store.clone(), grains.clone(), |_| false, counted()));
     actix_rt::time::sleep(Duration::from_millis(700)).await;
     assert!(
         grains
@@ -190,8 +217,14 @@ async fn a_reminder_survives_a_restart_of_everything_in_memory() {
             .is_empty(),
         "only the partition holder delivers"
     );
-    actix_rt::spawn(deliver(store.clone(), grains.clone(), |key| {
-        key == "timer/t"
-    }));
+    assert_eq!(fired.get(), 0, "nothing was handed over");
+    actix_rt::spawn(deliver(
+        store.clone(),
+        grains.clone(),
+        |key| key == "timer/t",
+        counted(),
+    ));
     until_fired(&grains, "t", &["later"]).await;
+    until(|| fired.get() >= 1).await;
+    assert_eq!(fired.get(), 1, "the one reminder counted once");
 }

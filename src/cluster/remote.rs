@@ -19,6 +19,7 @@ use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome, decode
 
 use super::router::{GrainRouter, Route, placement_key};
 use crate::grains::{HostedKind, encode};
+use crate::metrics::Metrics;
 use crate::proto::grains as pb;
 
 /// Deadline of a forwarded call (the callee's own store waits are bounded
@@ -32,11 +33,13 @@ const MOVES: u32 = 3;
 /// Placement and forwarding for a member's grain calls.
 pub struct Remote {
     router: Arc<GrainRouter>,
+    metrics: Arc<Metrics>,
 }
 
 impl Remote {
-    pub fn new(router: Arc<GrainRouter>) -> Self {
-        Remote { router }
+    /// Forwarded calls are observed into `metrics`.
+    pub fn new(router: Arc<GrainRouter>, metrics: Arc<Metrics>) -> Self {
+        Remote { router, metrics }
     }
 
     /// Runs `command` on grain `id` of kind `G` where it lives: on
@@ -189,13 +192,22 @@ impl Remote {
             chain: options.chain.clone(),
         });
         call.set_timeout(FORWARD_DEADLINE);
-        let answer = client.call(call).await.map_err(|status| {
-            CallError::Unreachable(format!(
+        let started = Instant::now();
+        let answer = match client.call(call).await {
+            Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
+            Err(status) => Err(CallError::Unreachable(format!(
                 "the member that hosts the grain did not answer ({})",
                 status.message()
-            ))
-        })?;
-        super::wire::grain_answer_from_wire(answer.into_inner())
+            ))),
+        };
+        let outcome = match &answer {
+            Err(CallError::NotOwner(_)) => "moved",
+            Err(CallError::Fenced(_) | CallError::Placing(_)) => "refused",
+            Err(CallError::Unreachable(_)) => "unreachable",
+            _ => "ok",
+        };
+        self.metrics.forwarded(kind, outcome, started.elapsed());
+        answer
     }
 
     /// A call from another member for grain `id` of `kind`, hosted here:

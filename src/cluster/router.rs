@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 use super::clock;
 use super::dial;
 use super::membership::ClusterHandle;
+use crate::metrics::Metrics;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::grains::grains_client::GrainsClient;
@@ -81,6 +82,8 @@ pub struct GrainRouter {
     /// connection cap (`security::tls::Limits`) whatever the core count
     /// and cluster size.
     thread_channels: Mutex<HashMap<String, usize>>,
+    /// Directory rebuilds and members removed are observed here.
+    metrics: Arc<Metrics>,
 }
 
 /// Connections to its peers, over all of them, that a member may own on
@@ -154,7 +157,11 @@ impl GrainRouter {
     /// Starts the router; the task that follows committed views and runs
     /// the placement's timers is spawned on the current runtime, RPCs on
     /// `io`.
-    pub fn start(cluster: ClusterHandle, io: tokio::runtime::Handle) -> Arc<GrainRouter> {
+    pub fn start(
+        cluster: ClusterHandle,
+        io: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+    ) -> Arc<GrainRouter> {
         let me = cluster.me().id.clone();
         // Grant ids start somewhere new in every run of the process.
         let seed = std::time::SystemTime::now()
@@ -177,6 +184,7 @@ impl GrainRouter {
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             thread_channels: Mutex::new(HashMap::new()),
+            metrics,
         });
         let follower = router.clone();
         tokio::spawn(async move { follower.follow().await });
@@ -236,22 +244,43 @@ impl GrainRouter {
         }
     }
 
-    /// Follows committed views and runs the placement's timers.
+    /// Follows committed views and runs the placement's timers. A view
+    /// that leaves the directory rebuilding is timed until every partition
+    /// is placeable again (to the tick).
     async fn follow(self: Arc<Self>) {
         let mut views = self.cluster.watch_committed();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut members: Vec<NodeId> = views.borrow().members.keys().cloned().collect();
+        let mut rebuilding: Option<std::time::Instant> = None;
         loop {
-            tokio::select! {
+            let ready = tokio::select! {
                 changed = views.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let view = views.borrow_and_update().clone();
                     tracing::debug!(stamp = ?view.stamp(), members = view.members.len(), "directory: new view");
-                    self.with(|p, now| p.view_committed(view, now));
+                    let removed = members.iter().filter(|id| !view.is_member(id)).count();
+                    self.metrics.members_removed(removed as u64);
+                    members = view.members.keys().cloned().collect();
+                    self.with(|p, now| {
+                        p.view_committed(view, now);
+                        p.is_ready(now)
+                    })
                 }
-                _ = tick.tick() => self.with(|p, now| p.tick(now)),
+                _ = tick.tick() => self.with(|p, now| {
+                    p.tick(now);
+                    p.is_ready(now)
+                }),
+            };
+            match (ready, rebuilding) {
+                (false, None) => rebuilding = Some(std::time::Instant::now()),
+                (true, Some(began)) => {
+                    self.metrics.rebuilt(began.elapsed());
+                    rebuilding = None;
+                }
+                _ => {}
             }
         }
     }

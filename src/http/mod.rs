@@ -58,6 +58,9 @@ pub struct ApiState {
     pub admin_token: Option<String>,
     /// The shop front's `cartid` cookie is `Secure` (HTTPS only).
     pub secure_cookies: bool,
+    /// What the node measures (`GET /metrics`); the router observes every
+    /// request into it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Registers the shared state and every route of the cart service: the
@@ -80,7 +83,7 @@ pub fn configure_state(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) 
 }
 
 /// The node's routes: the operations routes (`/healthz`, `/readyz`,
-/// `/stats`, `/openapi.json`) and, with `carts`, the cart API, the
+/// `/stats`, `/metrics`, `/openapi.json`) and, with `carts`, the cart API, the
 /// catalog and the shop front. Every other path is the JSON 404.
 pub fn api_router(carts: bool) -> ApiRouter {
     use actix_web::http::Method;
@@ -88,6 +91,7 @@ pub fn api_router(carts: bool) -> ApiRouter {
         .route(Method::GET, "/healthz", healthz)
         .route(Method::GET, "/readyz", readyz)
         .route(Method::GET, "/stats", stats)
+        .route(Method::GET, "/metrics", metrics)
         .route(Method::GET, "/openapi.json", openapi);
     if !carts {
         return ops;
@@ -172,6 +176,14 @@ pub(crate) async fn stats(state: web::Data<ApiState>) -> HttpResponse {
             "loads": store.loads,
         },
     }))
+}
+
+/// The node's metrics in the OpenMetrics text format, for Prometheus.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(state.metrics.render().await)
 }
 
 async fn openapi() -> HttpResponse {

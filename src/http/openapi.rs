@@ -29,6 +29,7 @@ use super::{admin, carts, shop};
         super::healthz,
         super::readyz,
         super::stats,
+        super::metrics,
         admin::get_product,
         admin::put_product,
         admin::put_stock,
@@ -203,7 +204,10 @@ mod contract {
     }
 
     fn complete_operation(path: &str, method: &str, operation: &mut Value) {
-        let ops = matches!(path, "/healthz" | "/readyz" | "/stats" | "/openapi.json");
+        let ops = matches!(
+            path,
+            "/healthz" | "/readyz" | "/stats" | "/metrics" | "/openapi.json"
+        );
         let shop = path == "/cart" || path.starts_with("/cart/");
         let writes = matches!(method, "post" | "put" | "patch");
         if shop {

@@ -15,6 +15,10 @@
 //! wherever `GET` is taken, and any other path with the JSON 404. It is
 //! installed as the app's default service, so routes an embedding
 //! application registers with actix-web itself are matched first.
+//!
+//! Every request it takes is observed into the node's metrics (the
+//! `ApiState`'s, when the app has one): method, the route's pattern (never
+//! the raw path), status and duration.
 
 use actix_service::{Service, ServiceFactory};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -23,7 +27,8 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{Error, HttpResponse, ResponseError};
 use futures_util::future::LocalBoxFuture;
 
-use super::ApiError;
+use super::{ApiError, ApiState};
+use crate::metrics::{HttpLabels, Metrics};
 
 /// The most parameters a pattern may have.
 const MAX_PARAMS: usize = 4;
@@ -92,6 +97,7 @@ fn matches(segments: &[Segment], path: &str) -> Option<([Captured; MAX_PARAMS], 
 
 /// One pattern and the handlers of the methods it takes.
 struct RouteDef {
+    pattern: &'static str,
     segments: Vec<Segment>,
     methods: Vec<(Method, actix_web::Route)>,
 }
@@ -126,6 +132,7 @@ impl ApiRouter {
                 existing.methods.push((method, route));
             }
             None => self.routes.push(RouteDef {
+                pattern,
                 segments,
                 methods: vec![(method, route)],
             }),
@@ -164,6 +171,7 @@ impl ServiceFactory<ServiceRequest> for ApiRouter {
                     .map(|(method, handler)| (method.clone(), handler.new_service(())))
                     .collect();
                 (
+                    route.pattern,
                     route.segments.clone(),
                     allow_header(&route.methods),
                     services,
@@ -172,12 +180,13 @@ impl ServiceFactory<ServiceRequest> for ApiRouter {
             .collect();
         Box::pin(async move {
             let mut routes = Vec::with_capacity(pending.len());
-            for (segments, allow, services) in pending {
+            for (pattern, segments, allow, services) in pending {
                 let mut methods = Vec::with_capacity(services.len());
                 for (method, service) in services {
                     methods.push((method, service.await?));
                 }
                 routes.push(Live {
+                    pattern,
                     segments,
                     allow,
                     methods,
@@ -193,6 +202,7 @@ type HandlerService = <actix_web::Route as ServiceFactory<ServiceRequest>>::Serv
 
 /// A route of a running worker: its handlers' services.
 struct Live {
+    pattern: &'static str,
     segments: Vec<Segment>,
     allow: HeaderValue,
     methods: Vec<(Method, HandlerService)>,
@@ -211,16 +221,22 @@ impl Service<ServiceRequest> for RouterService {
     actix_service::always_ready!();
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let metrics = req
+            .app_data::<actix_web::web::Data<ApiState>>()
+            .map(|state| state.metrics.clone());
+        let method_label = method_label(req.method());
         let path = req.match_info().unprocessed();
         let Some((route, params, count)) = self
             .routes
             .iter()
             .find_map(|route| matches(&route.segments, path).map(|(p, n)| (route, p, n)))
         else {
+            let refusal = ApiError::new(StatusCode::NOT_FOUND, "no such route");
             return refuse(
                 req,
-                ApiError::new(StatusCode::NOT_FOUND, "no such route"),
+                refusal,
                 None,
+                observe(metrics, method_label, "unmatched"),
             );
         };
         let method = if req.method() == Method::HEAD {
@@ -232,6 +248,9 @@ impl Service<ServiceRequest> for RouterService {
             if req.method() == Method::OPTIONS {
                 let mut response = HttpResponse::NoContent().finish();
                 response.headers_mut().insert(ALLOW, route.allow.clone());
+                if let Some(observe) = observe(metrics, method_label, route.pattern) {
+                    observe(response.status());
+                }
                 return Box::pin(std::future::ready(Ok(req.into_response(response))));
             }
             let allow = route.allow.to_str().unwrap_or_default();
@@ -240,7 +259,8 @@ impl Service<ServiceRequest> for RouterService {
                 format!("method not allowed on this route; allowed: {allow}"),
             )
             .with_code("method_not_allowed");
-            return refuse(req, refusal, Some(route.allow.clone()));
+            let observe = observe(metrics, method_label, route.pattern);
+            return refuse(req, refusal, Some(route.allow.clone()), observe);
         };
         let values: Vec<(&'static str, String)> = params[..count]
             .iter()
@@ -250,18 +270,67 @@ impl Service<ServiceRequest> for RouterService {
             // What actix's own router records for a `{name}` segment.
             req.match_info_mut().add_static(name, value);
         }
-        service.call(req)
+        let answer = service.call(req);
+        let Some(observe) = observe(metrics, method_label, route.pattern) else {
+            return answer;
+        };
+        Box::pin(async move {
+            let answer = answer.await;
+            observe(match &answer {
+                Ok(response) => response.status(),
+                Err(error) => error.as_response_error().status_code(),
+            });
+            answer
+        })
     }
+}
+
+/// A request's method as a metric label (the few the API knows; `other`
+/// for the rest, so a client cannot make new series).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Records a request of `method` on `route` into `metrics` once its status
+/// is known, timed from now.
+fn observe(
+    metrics: Option<std::sync::Arc<Metrics>>,
+    method: &'static str,
+    route: &'static str,
+) -> Option<impl FnOnce(StatusCode)> {
+    let metrics = metrics?;
+    let started = std::time::Instant::now();
+    Some(move |status: StatusCode| {
+        let labels = HttpLabels {
+            method,
+            route,
+            status: status.as_u16(),
+        };
+        metrics.http_request(&labels, started.elapsed());
+    })
 }
 
 fn refuse(
     req: ServiceRequest,
     refusal: ApiError,
     allow: Option<HeaderValue>,
+    observe: Option<impl FnOnce(StatusCode)>,
 ) -> LocalBoxFuture<'static, Result<ServiceResponse, Error>> {
     let mut response = refusal.error_response();
     if let Some(allow) = allow {
         response.headers_mut().insert(ALLOW, allow);
+    }
+    if let Some(observe) = observe {
+        observe(response.status());
     }
     Box::pin(std::future::ready(Ok(req.into_response(response))))
 }

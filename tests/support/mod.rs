@@ -230,7 +230,14 @@ impl Http {
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
         let body = body.map(|json| Bytes::from(serde_json::to_vec(&json).expect("encode")));
-        let (status, etag, retry_after, bytes) = self.exchange(method, url, body, headers).await?;
+        let (status, headers, bytes) = self.exchange(method, url, body, headers).await?;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (etag, retry_after) = (header("etag"), header("retry-after"));
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
@@ -253,18 +260,31 @@ impl Http {
         url: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, usize), String> {
-        let (status, _, _, bytes) = self.exchange(method, url, body, &[]).await?;
+        let (status, _, bytes) = self.exchange(method, url, body, &[]).await?;
         Ok((status, bytes.len()))
     }
 
-    /// One exchange: status, ETag, Retry-After and the whole body.
+    /// `GET url` answered as text: the status, the Content-Type and the
+    /// body.
+    pub async fn text(&self, url: &str) -> Result<(u16, String, String), String> {
+        let (status, headers, bytes) = self.exchange("GET", url, None, &[]).await?;
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())?;
+        Ok((status, content_type, text))
+    }
+
+    /// One exchange: status, headers and the whole body.
     async fn exchange(
         &self,
         method: &str,
         url: &str,
         body: Option<Bytes>,
         headers: &[(&str, &str)],
-    ) -> Result<(u16, Option<String>, Option<String>, Bytes), String> {
+    ) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
         let mut request = hyper::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -282,21 +302,9 @@ impl Http {
                 .await
                 .map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let (etag, retry_after) = (header("etag"), header("retry-after"));
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok((status, etag, retry_after, bytes))
+            let (parts, body) = response.into_parts();
+            let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok((status, parts.headers, bytes))
         };
         tokio::time::timeout(Duration::from_secs(10), exchange)
             .await

@@ -39,7 +39,7 @@ mod types;
 pub use error::StoreError;
 pub use postgres::{PostgresStore, PostgresStoreOptions};
 pub use sqlite::{SqliteStore, SqliteStoreOptions};
-pub use store::{EventStore, StoreFuture, StoreStats};
+pub use store::{CommitObserver, EventStore, StoreFuture, StoreStats};
 pub use types::{
     AppendRequest, DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, MAX_EPOCH,
     Reminder, ReminderChange, Snapshot,

@@ -2,6 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use crate::error::StoreError;
 use crate::types::{
@@ -69,6 +72,64 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The engine's counters.
     fn stats(&self) -> StoreStats;
+
+    /// Tells `observer` of every durable commit from now on (the node's
+    /// metrics). An engine takes one observer; `false` if it already has
+    /// one or does not report commits.
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        let _ = observer;
+        false
+    }
+}
+
+/// Told of each durable commit an engine makes: how many appends it made
+/// durable, and how long the commit took from the start of its
+/// transaction to the end of its sync. Called on the engine's writer, so
+/// it must be quick.
+pub trait CommitObserver: Send + Sync + 'static {
+    fn committed(&self, appends: u64, took: Duration);
+}
+
+/// The counters both engines keep, and their commit observer.
+#[derive(Default)]
+pub(crate) struct Counters {
+    appends: AtomicU64,
+    conflicts: AtomicU64,
+    commits: AtomicU64,
+    loads: AtomicU64,
+    observer: OnceLock<Arc<dyn CommitObserver>>,
+}
+
+impl Counters {
+    /// A durable commit of `appends` appends, `took` long.
+    pub(crate) fn committed(&self, appends: u64, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends, Ordering::Relaxed);
+        if let Some(observer) = self.observer.get() {
+            observer.committed(appends, took);
+        }
+    }
+
+    pub(crate) fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn loaded(&self) {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    pub(crate) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            appends: self.appends.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            loads: self.loads.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The future of a request handed to an engine's queue: `Unavailable` if

@@ -31,7 +31,6 @@ use tls::SslMode;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -39,7 +38,7 @@ use tokio_postgres::Config;
 use tokio_postgres::error::SqlState;
 
 use crate::error::StoreError;
-use crate::store::{EventStore, StoreFuture, StoreStats, queued};
+use crate::store::{CommitObserver, Counters, EventStore, StoreFuture, StoreStats, queued};
 use crate::types::{
     AppendRequest, DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Reminder,
     ReminderChange, Snapshot,
@@ -75,14 +74,6 @@ impl Default for PostgresStoreOptions {
             round_trip_timeout: Duration::from_secs(5),
         }
     }
-}
-
-#[derive(Default)]
-struct Counters {
-    appends: AtomicU64,
-    conflicts: AtomicU64,
-    commits: AtomicU64,
-    loads: AtomicU64,
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -349,13 +340,11 @@ impl EventStore for PostgresStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let c = &self.shared.counters;
-        StoreStats {
-            appends: c.appends.load(Ordering::Relaxed),
-            conflicts: c.conflicts.load(Ordering::Relaxed),
-            commits: c.commits.load(Ordering::Relaxed),
-            loads: c.loads.load(Ordering::Relaxed),
-        }
+        self.shared.counters.snapshot()
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.shared.counters.observe(observer)
     }
 }
 
@@ -392,6 +381,7 @@ async fn write_batch(
     options: &PostgresStoreOptions,
     counters: &Counters,
 ) {
+    let began = std::time::Instant::now();
     // Every batch writes its streams in one order (kind, grain; appends to
     // one stream keep their order), so two batches that share streams
     // wait for each other instead of deadlocking.
@@ -496,7 +486,6 @@ async fn write_batch(
             return;
         }
     };
-    counters.commits.fetch_add(1, Ordering::Relaxed);
     let mut outcomes: Vec<Option<(String, i64)>> = vec![None; n];
     for row in rows {
         let index: i32 = row.get(0);
@@ -504,14 +493,16 @@ async fn write_batch(
             *slot = Some((row.get(1), row.get(2)));
         }
     }
+    let appended = outcomes
+        .iter()
+        .filter(|o| o.as_ref().is_some_and(|(outcome, _)| outcome == "ok"))
+        .count();
+    counters.committed(appended as u64, began.elapsed());
     for (Append { request, reply }, outcome) in batch.drain(..).zip(outcomes) {
         let answer = match outcome {
-            Some((outcome, version)) if outcome == "ok" => {
-                counters.appends.fetch_add(1, Ordering::Relaxed);
-                Ok(version as u64)
-            }
+            Some((outcome, version)) if outcome == "ok" => Ok(version as u64),
             Some((outcome, version)) if outcome == "conflict" => {
-                counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                counters.conflict();
                 Err(StoreError::Conflict {
                     key: request.key,
                     expected: request.expected_version,
@@ -575,7 +566,7 @@ async fn read_loop(
                 })
                 .await;
                 if answer.is_ok() {
-                    counters.loads.fetch_add(1, Ordering::Relaxed);
+                    counters.loaded();
                 }
                 let _ = reply.send(answer);
             }

@@ -12,7 +12,6 @@ mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
-use crate::store::{EventStore, StoreFuture, StoreStats, queued};
+use crate::store::{CommitObserver, Counters, EventStore, StoreFuture, StoreStats, queued};
 use crate::types::{
     AppendRequest, DueReminder, GrainKey, IdempotencyRecord, LoadedGrain, Snapshot,
 };
@@ -53,14 +52,6 @@ impl Default for SqliteStoreOptions {
             busy_timeout: Duration::from_secs(5),
         }
     }
-}
-
-#[derive(Default)]
-struct Counters {
-    appends: AtomicU64,
-    conflicts: AtomicU64,
-    commits: AtomicU64,
-    loads: AtomicU64,
 }
 
 struct Shared {
@@ -256,13 +247,11 @@ impl EventStore for SqliteStore {
     }
 
     fn stats(&self) -> StoreStats {
-        let c = &self.shared.counters;
-        StoreStats {
-            appends: c.appends.load(Ordering::Relaxed),
-            conflicts: c.conflicts.load(Ordering::Relaxed),
-            commits: c.commits.load(Ordering::Relaxed),
-            loads: c.loads.load(Ordering::Relaxed),
-        }
+        self.shared.counters.snapshot()
+    }
+
+    fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.shared.counters.observe(observer)
     }
 }
 

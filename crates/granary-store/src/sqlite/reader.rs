@@ -1,13 +1,12 @@
 //! Reader threads: activation loads and idempotency look-ups.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::Counters;
 use crate::error::StoreError;
+use crate::store::Counters;
 use crate::types::{
     DueReminder, EventRecord, GrainKey, IdempotencyRecord, LoadedGrain, Reminder, Snapshot,
 };
@@ -45,7 +44,7 @@ pub(crate) fn run(
         match op {
             ReadOp::Load { key, reply } => {
                 let result = load(&mut conn, &key);
-                counters.loads.fetch_add(1, Ordering::Relaxed);
+                counters.loaded();
                 let _ = reply.send(result);
             }
             ReadOp::FindIdempotent {

@@ -6,14 +6,13 @@
 //! request runs in its own savepoint: a version conflict or a failed insert
 //! undoes that request only, never its neighbours in the batch.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::Counters;
 use crate::error::StoreError;
+use crate::store::Counters;
 use crate::types::{AppendRequest, GrainKey, ReminderChange, Snapshot};
 
 pub(crate) enum WriteOp {
@@ -89,6 +88,7 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 }
 
 fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Counters) {
+    let began = std::time::Instant::now();
     if let Err(err) = run_cached(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::from(err);
         fail_all(batch.drain(..), &err);
@@ -106,7 +106,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
                 }
                 Err(err) => {
                     if matches!(err, StoreError::Conflict { .. }) {
-                        counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                        counters.conflict();
                     }
                     outcomes.push(Outcome::Refused(WriteReply::Append(reply), err));
                 }
@@ -154,8 +154,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, counters: &Count
     drop(ops);
     match run_cached(conn, "COMMIT") {
         Ok(()) => {
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-            counters.appends.fetch_add(appended, Ordering::Relaxed);
+            counters.committed(appended, began.elapsed());
             for outcome in outcomes {
                 match outcome {
                     Outcome::Appended(reply, version) => {
@@ -447,8 +446,8 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("grains");
         assert_eq!(grains, ["later"]);
-        assert_eq!(counters.commits.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.appends.load(Ordering::Relaxed), 1);
+        let stats = counters.snapshot();
+        assert_eq!((stats.commits, stats.appends), (1, 1));
     }
 
     /// Appends at the stream's head never re-prepare a statement, and the

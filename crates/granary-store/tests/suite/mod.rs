@@ -31,6 +31,7 @@ macro_rules! every_suite_test {
             cluster_id_is_recorded_once,
             an_append_from_an_older_owner_epoch_is_refused_and_writes_nothing,
             reminders_are_set_and_cancelled_with_their_appends_and_come_due_in_order,
+            a_commit_observer_hears_every_commit_with_its_appends,
         );
     };
 }
@@ -511,6 +512,72 @@ pub async fn concurrent_appends_to_different_grains_all_succeed_and_share_commit
     assert!(
         stats.commits < stats.appends,
         "no commit carried two appends: {stats:?}"
+    );
+}
+
+/// An observer told of each commit (the node's metrics): the commits it
+/// hears add up to the engine's counters, a refused append is in none of
+/// them, and an engine takes one observer only.
+pub async fn a_commit_observer_hears_every_commit_with_its_appends(store: Arc<dyn EventStore>) {
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<(u64, std::time::Duration)>>);
+    impl granary_store::CommitObserver for Heard {
+        fn committed(&self, appends: u64, took: std::time::Duration) {
+            self.0.lock().expect("lock").push((appends, took));
+        }
+    }
+    let heard = Arc::new(Heard::default());
+    assert!(
+        store.observe_commits(heard.clone()),
+        "the first observer is taken"
+    );
+    assert!(
+        !store.observe_commits(Arc::new(Heard::default())),
+        "a second observer is refused"
+    );
+    let before = store.stats();
+    const WRITERS: usize = 24;
+    let start = Arc::new(Barrier::new(WRITERS));
+    let mut tasks = Vec::with_capacity(WRITERS);
+    for n in 0..WRITERS {
+        let (store, start) = (store.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = cart(&format!("observed-{n}"));
+            start.wait().await;
+            store
+                .append(append_request(&key, 0, payloads(&key.id, 1, 1)))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer").expect("append");
+    }
+    // Refused: stale expected version.
+    let refused = store
+        .append(append_request(
+            &cart("observed-0"),
+            0,
+            payloads("late", 1, 1),
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict { .. })),
+        "{refused:?}"
+    );
+    let after = store.stats();
+    let heard = heard.0.lock().expect("lock").clone();
+    let appends: u64 = heard.iter().map(|(appends, _)| appends).sum();
+    assert_eq!(appends, WRITERS as u64, "{heard:?}");
+    assert_eq!(after.appends - before.appends, WRITERS as u64, "{after:?}");
+    assert_eq!(
+        heard.len() as u64,
+        after.commits - before.commits,
+        "every commit counted is heard: {before:?} -> {after:?}"
+    );
+    assert!(
+        heard
+            .iter()
+            .all(|(_, took)| *took > std::time::Duration::ZERO)
     );
 }
 

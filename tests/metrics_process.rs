@@ -1,0 +1,242 @@
+//! `GET /metrics` of real node processes in a 3-member cluster: the
+//! exposition parses, and its values move with the traffic the members
+//! take and with a member's death.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::cluster::formed_on_one_store;
+use support::{Http, NodeProcess};
+
+/// One sample: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of an OpenMetrics text exposition; panics on a line that
+/// is neither a comment nor a sample.
+fn parse(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let labels = rest
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (key, value) =
+                            pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                        (key.to_owned(), value.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), BTreeMap::new()),
+        };
+        samples.push((name, labels, value));
+    }
+    samples
+}
+
+/// The sum of `name`'s samples whose labels include `labels`.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+async fn scrape(http: &Http, node: &NodeProcess) -> Vec<Sample> {
+    let (status, content_type, text) = http.text(&node.url("/metrics")).await.expect("scrape");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    parse(&text)
+}
+
+/// Scrapes `node` until `done` holds (30 s at most, or the test fails).
+async fn until(http: &Http, node: &NodeProcess, what: &str, done: impl Fn(&[Sample]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&scrape(http, node).await) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_metrics_move_with_its_traffic_and_a_members_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, [a, b, mut c]) = formed_on_one_store(dir.path()).await;
+    let http = Http::new();
+    http.stock(&a, ["sku-1"]).await;
+
+    // The cluster as each member reports it: one leader, three live.
+    let mut leaders = 0.0;
+    for node in [&a, &b, &c] {
+        let samples = scrape(&http, node).await;
+        leaders += value(&samples, "granary_cluster_role", &[("role", "leader")]);
+        assert_eq!(value(&samples, "granary_cluster_members", &[]), 3.0);
+        assert_eq!(value(&samples, "granary_cluster_members_live", &[]), 3.0);
+        assert_eq!(value(&samples, "granary_cluster_fenced", &[]), 0.0);
+        assert!(value(&samples, "granary_cluster_term", &[]) >= 1.0);
+    }
+    assert_eq!(leaders, 1.0, "exactly one member is the leader");
+
+    let a_before = scrape(&http, &a).await;
+    let b_before = scrape(&http, &b).await;
+    // A cart B owns (it created it), changed and read through A.
+    let cart = http.create_cart(&b).await;
+    let items = a.url(&format!("/carts/{cart}/items"));
+    let added = http
+        .post(&items, support::item("sku-1"))
+        .await
+        .expect("add");
+    assert_eq!(added.status, 200, "{added:?}");
+    let read = http
+        .get(&a.url(&format!("/carts/{cart}")))
+        .await
+        .expect("get");
+    assert_eq!(read.status, 200, "{read:?}");
+    let missing = http.get(&a.url("/no/such/route")).await.expect("404");
+    assert_eq!(missing.status, 404);
+    let a_after = scrape(&http, &a).await;
+    let b_after = scrape(&http, &b).await;
+
+    let moved = |before: &[Sample], after: &[Sample], name: &str, labels: &[(&str, &str)]| {
+        value(after, name, labels) - value(before, name, labels)
+    };
+    let requests = "granary_http_request_duration_seconds_count";
+    assert_eq!(
+        moved(
+            &a_before,
+            &a_after,
+            requests,
+            &[
+                ("method", "POST"),
+                ("route", "/carts/{id}/items"),
+                ("status", "200")
+            ]
+        ),
+        1.0,
+        "the add, by its route's pattern"
+    );
+    assert_eq!(
+        moved(
+            &a_before,
+            &a_after,
+            requests,
+            &[
+                ("method", "GET"),
+                ("route", "/carts/{id}"),
+                ("status", "200")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            &a_before,
+            &a_after,
+            requests,
+            &[("route", "unmatched"), ("status", "404")]
+        ),
+        1.0,
+        "a path no route takes is one series, not its path"
+    );
+    assert!(
+        !a_after
+            .iter()
+            .any(|(_, labels, _)| labels.values().any(|v| v.contains(&cart))),
+        "no series names a cart"
+    );
+    assert!(
+        moved(
+            &a_before,
+            &a_after,
+            "granary_grain_forwarded_call_duration_seconds_count",
+            &[("kind", "cart"), ("outcome", "ok")]
+        ) >= 2.0,
+        "the add and the read went to B"
+    );
+    assert!(
+        moved(
+            &a_before,
+            &a_after,
+            "granary_grain_forwarded_call_duration_seconds_sum",
+            &[("kind", "cart")]
+        ) > 0.0
+    );
+    // B ran them: its grain, its store.
+    assert!(
+        moved(
+            &b_before,
+            &b_after,
+            "granary_grain_activations_total",
+            &[("kind", "cart")]
+        ) >= 1.0
+    );
+    assert!(value(&b_after, "granary_grains_live", &[("kind", "cart")]) >= 1.0);
+    assert!(
+        moved(&b_before, &b_after, "granary_store_appends_total", &[]) >= 2.0,
+        "created and added"
+    );
+    assert!(
+        moved(
+            &b_before,
+            &b_after,
+            "granary_store_commit_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(
+        moved(
+            &b_before,
+            &b_after,
+            "granary_store_appends_per_commit_sum",
+            &[]
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(&b_after, "granary_store_commits_total", &[]),
+        value(&b_after, "granary_store_commit_duration_seconds_count", &[]),
+        "every commit counted is timed"
+    );
+
+    // C dies: A's view drops it, the directory rebuilds, both counted.
+    let rebuilds = value(
+        &a_after,
+        "granary_directory_rebuild_duration_seconds_count",
+        &[],
+    );
+    c.kill9();
+    until(&http, &a, "C removed from A's view", |s| {
+        value(s, "granary_cluster_members", &[]) == 2.0
+            && value(s, "granary_cluster_members_removed_total", &[]) == 1.0
+    })
+    .await;
+    until(&http, &a, "the directory rebuilt after the removal", |s| {
+        value(s, "granary_directory_rebuild_duration_seconds_count", &[]) > rebuilds
+    })
+    .await;
+    let samples = scrape(&http, &a).await;
+    assert_eq!(value(&samples, "granary_cluster_members_live", &[]), 2.0);
+    assert_eq!(value(&samples, "granary_cluster_fenced", &[]), 0.0);
+}
