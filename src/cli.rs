@@ -1,5 +1,5 @@
 //! The command line of a node: `serve`, `status`, `token create`, `node
-//! remove`, `catalog import`, `openapi`. The `granary` binary runs it with the cart service;
+//! remove`, `catalog import`, `load`, `openapi`. The `granary` binary runs it with the cart service;
 //! a binary of one's own runs it with its own grain kinds:
 //!
 //! ```no_run
@@ -45,6 +45,40 @@ enum Command {
     /// The shop's catalog.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Shop traffic against running nodes (create, add, read, checkout):
+    /// throughput and a latency histogram at the end.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// A node's HTTP base URL; repeat it to spread requests over members.
+    #[arg(
+        long = "node",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    nodes: Vec<String>,
+    /// Carts in progress at a time (each created, filled, read, checked out,
+    /// then replaced by a new one).
+    #[arg(long, default_value_t = 100)]
+    carts: usize,
+    /// How long to run, e.g. `30s`, `2m`.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    duration: String,
+    /// Concurrent connections [default: the smaller of 32 and --carts].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Products the tool shops from (`load-sku-0` ..).
+    #[arg(long, default_value_t = 20)]
+    skus: usize,
+    /// The admin token, to put the tool's products in the catalog
+    /// [default: $GRANARY_ADMIN_TOKEN]; without it they must exist.
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// Print the report as JSON (no progress bar).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +291,7 @@ pub fn run(customize: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
                 }
             }
         }
+        Command::Load(args) => load(args),
         Command::Status(args) => {
             match crate::status::run(&args.node, &args.data_dir, args.insecure_cluster, args.json) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -265,6 +300,78 @@ pub fn run(customize: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn load(args: LoadArgs) -> ExitCode {
+    let duration = match config::parse_duration(&args.duration) {
+        Ok(duration) => duration,
+        Err(err) => {
+            eprintln!("granary: --duration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = crate::load::LoadOptions {
+        clients: args.clients.unwrap_or(args.carts.clamp(1, 32)),
+        nodes: args.nodes,
+        carts: args.carts,
+        duration,
+        skus: args.skus,
+        admin_token: args
+            .admin_token
+            .or_else(|| std::env::var("GRANARY_ADMIN_TOKEN").ok()),
+    };
+    if let Err(err) = options.check() {
+        eprintln!("granary: {err:#}");
+        return ExitCode::from(2);
+    }
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(duration.as_millis() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+            .expect("a valid template"),
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("granary: cannot start a runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(crate::load::run(&options, |done, elapsed| {
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!(
+            "{done} requests, {:.0}/s",
+            done as f64 / elapsed.as_secs_f64().max(0.001)
+        ));
+    }));
+    bar.finish_and_clear();
+    match report {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report encodes")
+                );
+            } else {
+                print!("{}", crate::load::render(&report));
+            }
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("granary: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   - [`reminders`]: delivering grains' durable reminders when due;
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`metrics`]: what the node measures, served at `GET /metrics`;
+//!   - [`load`]: `granary load`, shop traffic and its latency histogram;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind, and its checkout
 //!     across the catalog and the stock;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control_plane;
 pub mod grains;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod node;
 mod proto;

@@ -1,10 +1,12 @@
-//! `GET /metrics` of real node processes in a 3-member cluster: the
-//! exposition parses, and its values move with the traffic the members
-//! take and with a member's death.
+//! Seeing the cluster, with real node processes: `GET /metrics` of a
+//! 3-member cluster (the exposition parses, its values move with the
+//! traffic the members take and with a member's death), and `granary
+//! load` (its report adds up and agrees with the node's own counts).
 
 mod support;
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::cluster::formed_on_one_store;
@@ -239,4 +241,141 @@ async fn a_clusters_metrics_move_with_its_traffic_and_a_members_death() {
     let samples = scrape(&http, &a).await;
     assert_eq!(value(&samples, "granary_cluster_members_live", &[]), 2.0);
     assert_eq!(value(&samples, "granary_cluster_fenced", &[]), 0.0);
+}
+
+/// `granary load` with `args` (stdin closed); its exit code, stdout and
+/// stderr.
+fn granary_load(args: &[&str], admin_token: Option<&str>) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_granary"));
+    command.arg("load").args(args).stdin(Stdio::null());
+    command.env_remove("GRANARY_ADMIN_TOKEN");
+    if let Some(token) = admin_token {
+        command.env("GRANARY_ADMIN_TOKEN", token);
+    }
+    let output = command.output().expect("run granary load");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granary_load_reports_what_the_node_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &[]);
+    let url = node.url("");
+    let http = Http::new();
+
+    // Without the admin token the tool's products must exist: they do not.
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| granary_load(&["--node", &url, "--duration", "1s"], None));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("load-sku-0") && stderr.contains("--admin-token"),
+        "{stderr}"
+    );
+    // Bad flags: exit 2, the flag named, nothing sent.
+    for (args, flag) in [
+        (vec!["--node", "localhost:1", "--duration", "1s"], "--node"),
+        (vec!["--node", &url, "--carts", "0"], "--carts"),
+        (vec!["--node", &url, "--duration", "soon"], "--duration"),
+        (vec!["--node", &url, "--clients", "0"], "--clients"),
+    ] {
+        let (code, _, stderr) = tokio::task::block_in_place(|| granary_load(&args, None));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    let before = scrape(&http, &node).await;
+
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        granary_load(
+            &[
+                "--node",
+                &url,
+                "--carts",
+                "8",
+                "--clients",
+                "4",
+                "--duration",
+                "2s",
+                "--json",
+            ],
+            Some(support::ADMIN_TOKEN),
+        )
+    });
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    let count = |v: &serde_json::Value| v.as_u64().expect("a count");
+    assert_eq!(count(&report["failed"]), 0, "{report}");
+    assert_eq!((count(&report["carts"]), count(&report["clients"])), (8, 4));
+    let mut sum = 0;
+    for op in ["create", "add", "read", "checkout"] {
+        let figures = &report["ops"][op];
+        assert!(count(&figures["ok"]) > 0, "{op}: {report}");
+        sum += count(&figures["ok"]);
+        let at = |q: &str| figures[q].as_f64().expect("a latency");
+        assert!(
+            0.0 < at("p50_ms")
+                && at("p50_ms") <= at("p90_ms")
+                && at("p90_ms") <= at("p99_ms")
+                && at("p99_ms") <= at("p999_ms")
+                && at("p999_ms") <= at("max_ms"),
+            "{op}: {figures}"
+        );
+    }
+    assert_eq!(sum, count(&report["requests"]), "{report}");
+    let bars: u64 = report["histogram"]
+        .as_array()
+        .expect("bars")
+        .iter()
+        .map(|bar| count(&bar["count"]))
+        .sum();
+    assert_eq!(bars, count(&report["requests"]), "every request in one bar");
+    // Each journey adds three items before its checkout.
+    assert!(count(&report["ops"]["add"]["ok"]) >= 3 * count(&report["checkouts"]));
+
+    // The node saw exactly what the tool says it sent.
+    let after = scrape(&http, &node).await;
+    let served = |method: &str, route: &str, status: &str| {
+        let labels = [("method", method), ("route", route), ("status", status)];
+        let name = "granary_http_request_duration_seconds_count";
+        (value(&after, name, &labels) - value(&before, name, &labels)) as u64
+    };
+    assert_eq!(
+        served("POST", "/carts", "201"),
+        count(&report["ops"]["create"]["ok"])
+    );
+    assert_eq!(
+        served("POST", "/carts/{id}/items", "200"),
+        count(&report["ops"]["add"]["ok"])
+    );
+    assert_eq!(
+        served("GET", "/carts/{id}", "200"),
+        count(&report["ops"]["read"]["ok"])
+    );
+    assert_eq!(
+        served("POST", "/carts/{id}/checkout", "200"),
+        count(&report["checkouts"])
+    );
+
+    // Its table, for a person: every operation and the histogram.
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        granary_load(
+            &["--node", &url, "--carts", "2", "--duration", "1s"],
+            Some(support::ADMIN_TOKEN),
+        )
+    });
+    assert_eq!(code, 0, "{stderr}");
+    for needle in [
+        "create",
+        "add",
+        "read",
+        "checkout",
+        "p99 ms",
+        "latency, all requests",
+        "<=",
+    ] {
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
 }
