@@ -1007,6 +1007,7 @@ fn http_comparison(
                     grains,
                     store,
                     metrics,
+                    dashboard: None,
                     max_body_bytes: 64 * 1024,
                     body_read_timeout: Duration::from_secs(5),
                     ready: Arc::new(AtomicBool::new(true)),

@@ -4,12 +4,15 @@
 # doc tests, the API contract test. On a fresh machine it first installs
 # what the tests need: Debian's `postgresql` package (the tests start
 # throwaway servers from its initdb and pg_ctl; set GRANARY_TEST_PG=
-# postgres://… to use a server of your own instead), and the API fuzzer
-# schemathesis from PyPI in a virtual environment under target/.
+# postgres://… to use a server of your own instead), the API fuzzer
+# schemathesis from PyPI in a virtual environment under target/, and for
+# the dashboard's browser test Debian's chromium and chromium-driver with
+# selenium from PyPI (another virtual environment under target/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-postgres.sh
 ./scripts/install-schemathesis.sh
+./scripts/install-chromium.sh
 # cargo-nextest runs each test in a process of its own, with the time
 # limits of .config/nextest.toml: a test that hangs fails by name instead
 # of stalling the run. Without it, plain cargo test runs the same tests.

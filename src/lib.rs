@@ -18,6 +18,7 @@
 //!   - [`reminders`]: delivering grains' durable reminders when due;
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`metrics`]: what the node measures, served at `GET /metrics`;
+//!   - [`dashboard`]: the live page at `GET /dashboard`;
 //!   - [`load`]: `granary load`, shop traffic and its latency histogram;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind, and its checkout
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control_plane;
+pub mod dashboard;
 pub mod grains;
 pub mod http;
 pub mod load;

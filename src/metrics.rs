@@ -10,6 +10,8 @@
 //! kind, the store's, and the cluster's status (role, term, members live,
 //! fenced). Every name starts `granary_`; durations are in seconds.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use crate::grains::Grains;
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets, seconds: 100 µs to 10 s.
-const LATENCY_BUCKETS: [f64; 16] = [
+pub const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -69,6 +71,24 @@ pub struct Metrics {
     reminders_fired: Counter,
     members_removed: Counter,
     sources: Arc<Sources>,
+    /// Every HTTP request whatever its route, and how many fell in each of
+    /// [`LATENCY_BUCKETS`] (the last slot: slower than the last bound):
+    /// what the dashboard shows of this member.
+    requests: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// What happened to the cluster lately, newest last.
+    events: Mutex<VecDeque<Event>>,
+}
+
+/// How many cluster events a member keeps.
+const EVENTS: usize = 50;
+
+/// Something that happened to the cluster, as this member saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub text: String,
 }
 
 /// What is read at scrape time, attached once the node has started it.
@@ -158,6 +178,9 @@ impl Metrics {
             reminders_fired,
             members_removed,
             sources,
+            requests: AtomicU64::new(0),
+            latency: Default::default(),
+            events: Mutex::new(VecDeque::with_capacity(EVENTS)),
         }
     }
 
@@ -175,7 +198,43 @@ impl Metrics {
     }
 
     pub fn http_request(&self, labels: &HttpLabels, took: Duration) {
-        self.http.get_or_create(labels).observe(took.as_secs_f64());
+        let seconds = took.as_secs_f64();
+        self.http.get_or_create(labels).observe(seconds);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < seconds);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// HTTP requests served so far, and how many fell in each bucket of
+    /// [`LATENCY_BUCKETS`] (one more slot: slower than the last bound).
+    pub fn http_summary(&self) -> (u64, Vec<u64>) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.latency
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// Records a cluster event (a member joined or left the view, this
+    /// member fenced itself, ...).
+    pub fn event(&self, text: impl Into<String>) {
+        let at_ms = crate::reminders::now_unix_ms();
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() == EVENTS {
+            events.pop_front();
+        }
+        events.push_back(Event {
+            at_ms,
+            text: text.into(),
+        });
+    }
+
+    /// The events this member kept, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().cloned().collect()
     }
 
     pub fn forwarded(&self, kind: &str, outcome: &'static str, took: Duration) {
@@ -444,5 +503,30 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // The dashboard's summary: both requests, 3 ms and 30 ms, in the
+        // buckets bounded by 5 ms and 50 ms.
+        let (requests, buckets) = metrics.http_summary();
+        assert_eq!(requests, 2);
+        assert_eq!(buckets.len(), LATENCY_BUCKETS.len() + 1);
+        let at = |bound: f64| {
+            LATENCY_BUCKETS
+                .iter()
+                .position(|b| *b == bound)
+                .expect("a bound")
+        };
+        assert_eq!((buckets[at(0.005)], buckets[at(0.05)]), (1, 1));
+        assert_eq!(buckets.iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn events_are_kept_newest_last_and_bounded() {
+        let metrics = Metrics::new();
+        for n in 0..EVENTS + 5 {
+            metrics.event(format!("event {n}"));
+        }
+        let events = metrics.events();
+        assert_eq!(events.len(), EVENTS);
+        assert_eq!(events[0].text, "event 5");
+        assert_eq!(events[EVENTS - 1].text, format!("event {}", EVENTS + 4));
     }
 }

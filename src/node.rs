@@ -245,16 +245,6 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         })
         .build();
     metrics.attach(grains.clone(), store.clone());
-    let live_grains = {
-        let grains = grains.clone();
-        Arc::new(move || {
-            grains
-                .stats()
-                .into_iter()
-                .map(|(kind, stats)| (kind.to_owned(), stats.live))
-                .collect()
-        }) as crate::cluster::LiveGrains
-    };
     if let Some(trust) = &trust {
         cluster_runtime.spawn(trust_the_members(
             cluster.clone(),
@@ -283,7 +273,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
             ),
             cluster: ClusterService::new(
                 cluster.clone(),
-                live_grains,
+                metrics.clone(),
                 trust.clone(),
                 Arc::new(Tokens::open(&config.data_dir)?),
                 store.clone(),
@@ -316,6 +306,12 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         serving: cluster.serving_flag(),
         admin_token: config.admin_token.clone(),
         secure_cookies: config.secure_cookies,
+        dashboard: Some(Arc::new(crate::dashboard::Dashboard::new(
+            cluster.clone(),
+            router.clone(),
+            grains.clone(),
+            metrics.clone(),
+        ))),
         metrics,
     };
     let app = move || {

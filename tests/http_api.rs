@@ -78,6 +78,7 @@ fn state_on(db: &Path) -> ApiState {
         admin_token: Some(ADMIN_TOKEN.into()),
         secure_cookies: false,
         metrics: Arc::new(granary::metrics::Metrics::new()),
+        dashboard: None,
     }
 }
 

@@ -38,4 +38,5 @@ pub use grains_service::GrainsService;
 pub use membership::{ClusterHandle, ClusterStatus, Membership, PeerView, start};
 pub use remote::Remote;
 pub use router::{GrainRouter, Placements, Route, Unroutable, placement_key};
-pub use service::{ClusterService, LiveGrains};
+pub use service::ClusterService;
+pub(crate) use service::status_reply;

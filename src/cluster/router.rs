@@ -49,6 +49,11 @@ pub fn placement_key(kind: &str, id: &str) -> String {
     format!("{kind}/{id}")
 }
 
+/// A member's id as people read it: its first 12 hex digits.
+fn short(id: &NodeId) -> &str {
+    id.0.get(..12).unwrap_or(&id.0)
+}
+
 /// Where a call for a grain goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -261,8 +266,14 @@ impl GrainRouter {
                     }
                     let view = views.borrow_and_update().clone();
                     tracing::debug!(stamp = ?view.stamp(), members = view.members.len(), "directory: new view");
-                    let removed = members.iter().filter(|id| !view.is_member(id)).count();
-                    self.metrics.members_removed(removed as u64);
+                    let removed: Vec<&NodeId> = members.iter().filter(|id| !view.is_member(id)).collect();
+                    self.metrics.members_removed(removed.len() as u64);
+                    for id in removed {
+                        self.metrics.event(format!("member {} left the view (version {})", short(id), view.version));
+                    }
+                    for member in view.members.values().filter(|m| !members.contains(&m.id)) {
+                        self.metrics.event(format!("member {} at {} joined the view (version {})", short(&member.id), member.address, view.version));
+                    }
                     members = view.members.keys().cloned().collect();
                     self.with(|p, now| {
                         p.view_committed(view, now);
@@ -468,7 +479,27 @@ impl GrainRouter {
 
     /// This member lost its majority: it gives up every claim and route.
     pub fn fenced(self: &Arc<Self>) {
+        self.metrics
+            .event("this member fenced itself: it sees no majority");
         self.with(|p, _| p.fenced());
+    }
+
+    /// The status of the member at `address` (`Cluster/Status`), asked
+    /// over its pinned channel; an error if it does not answer within
+    /// `limit`.
+    pub(crate) async fn status_at(
+        &self,
+        address: &str,
+        limit: Duration,
+    ) -> Result<pb::StatusReply, String> {
+        let mut client = ClusterClient::new(self.channel(address).map_err(|e| e.0)?);
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(limit);
+        match tokio::time::timeout(limit, client.status(request)).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(status.message().to_owned()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
     }
 
     /// A channel to the member at `address`, pinned to its key, on the

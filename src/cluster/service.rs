@@ -5,12 +5,10 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use super::membership::ClusterHandle;
-
-/// The grains live in memory on this member, per kind.
-pub type LiveGrains = Arc<dyn Fn() -> std::collections::HashMap<String, u64> + Send + Sync>;
+use super::membership::{ClusterHandle, ClusterStatus};
 use super::router::GrainRouter;
 use super::wire;
+use crate::metrics::Metrics;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::cluster::cluster_server::Cluster;
@@ -20,7 +18,8 @@ use granary_store::{AppendRequest, EventStore, GrainKey, StoreError};
 
 pub struct ClusterService {
     handle: ClusterHandle,
-    live_grains: LiveGrains,
+    /// Its HTTP figures go into `Status` (the dashboard shows them).
+    metrics: Arc<Metrics>,
     /// With mutual TLS: the members' keys. `None` under `--insecure-cluster`.
     trust: Option<Arc<Trust>>,
     /// The join tokens this node made.
@@ -42,7 +41,7 @@ fn revocation(id: &str) -> GrainKey {
 impl ClusterService {
     pub fn new(
         handle: ClusterHandle,
-        live_grains: LiveGrains,
+        metrics: Arc<Metrics>,
         trust: Option<Arc<Trust>>,
         tokens: Arc<Tokens>,
         store: Arc<dyn EventStore>,
@@ -51,7 +50,7 @@ impl ClusterService {
     ) -> Self {
         ClusterService {
             handle,
-            live_grains,
+            metrics,
             trust,
             tokens,
             store,
@@ -554,35 +553,16 @@ impl Cluster for ClusterService {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         self.member(&request)?;
-        let live = (self.live_grains)();
         let status = self
             .handle
             .status()
             .await
             .ok_or_else(|| Status::unavailable("the cluster task has stopped"))?;
-        Ok(Response::new(pb::StatusReply {
-            node_id: status.node_id,
-            role: status.role,
-            term: status.term,
-            leader: status.leader.unwrap_or_default(),
-            quorum: status.quorum,
-            quorum_size: status.quorum_size as u32,
-            members: status.members as u32,
-            config_version: status.config_version,
-            committed_version: status.committed_version,
-            peers: status
-                .peers
-                .into_iter()
-                .map(|p| pb::PeerStatus {
-                    id: p.id,
-                    address: p.address,
-                    live: p.live,
-                    last_seen_ms_ago: p.last_seen_ms_ago,
-                })
-                .collect(),
-            live_grains: live.values().sum(),
-            live_by_kind: live,
-        }))
+        Ok(Response::new(status_reply(
+            status,
+            &self.grains,
+            &self.metrics,
+        )))
     }
 
     async fn round_trip(
@@ -720,5 +700,45 @@ impl Probe {
                 Ok(times)
             }
         }
+    }
+}
+
+/// This member's `Status` answer: the cluster as `status` saw it, the
+/// grains live here per kind and the HTTP figures of `metrics`.
+pub(crate) fn status_reply(
+    status: ClusterStatus,
+    grains: &crate::grains::Grains,
+    metrics: &Metrics,
+) -> pb::StatusReply {
+    let live: std::collections::HashMap<String, u64> = grains
+        .stats()
+        .into_iter()
+        .map(|(kind, stats)| (kind.to_owned(), stats.live))
+        .collect();
+    let (http_requests, http_latency_buckets) = metrics.http_summary();
+    pb::StatusReply {
+        node_id: status.node_id,
+        role: status.role,
+        term: status.term,
+        leader: status.leader.unwrap_or_default(),
+        quorum: status.quorum,
+        quorum_size: status.quorum_size as u32,
+        members: status.members as u32,
+        config_version: status.config_version,
+        committed_version: status.committed_version,
+        peers: status
+            .peers
+            .into_iter()
+            .map(|p| pb::PeerStatus {
+                id: p.id,
+                address: p.address,
+                live: p.live,
+                last_seen_ms_ago: p.last_seen_ms_ago,
+            })
+            .collect(),
+        live_grains: live.values().sum(),
+        live_by_kind: live,
+        http_requests,
+        http_latency_buckets,
     }
 }

@@ -61,6 +61,9 @@ pub struct ApiState {
     /// What the node measures (`GET /metrics`); the router observes every
     /// request into it.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What `GET /dashboard/state` shows; `None` without a cluster (an app
+    /// embedding the API alone), where it answers 404.
+    pub dashboard: Option<Arc<crate::dashboard::Dashboard>>,
 }
 
 /// Registers the shared state and every route of the cart service: the
@@ -83,7 +86,7 @@ pub fn configure_state(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) 
 }
 
 /// The node's routes: the operations routes (`/healthz`, `/readyz`,
-/// `/stats`, `/metrics`, `/openapi.json`) and, with `carts`, the cart API, the
+/// `/stats`, `/metrics`, `/dashboard`, `/openapi.json`) and, with `carts`, the cart API, the
 /// catalog and the shop front. Every other path is the JSON 404.
 pub fn api_router(carts: bool) -> ApiRouter {
     use actix_web::http::Method;
@@ -92,6 +95,8 @@ pub fn api_router(carts: bool) -> ApiRouter {
         .route(Method::GET, "/readyz", readyz)
         .route(Method::GET, "/stats", stats)
         .route(Method::GET, "/metrics", metrics)
+        .route(Method::GET, "/dashboard", dashboard)
+        .route(Method::GET, "/dashboard/state", dashboard_state)
         .route(Method::GET, "/openapi.json", openapi);
     if !carts {
         return ops;
@@ -184,6 +189,41 @@ pub(crate) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(state.metrics.render().await)
+}
+
+/// The live dashboard: one page, polling `/dashboard/state`.
+#[utoipa::path(get, path = "/dashboard", tag = "ops", responses((status = 200, description = "The dashboard page", content_type = "text/html")))]
+pub(crate) async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-store"))
+        .body(crate::dashboard::PAGE)
+}
+
+/// The cluster as this member sees it, each member as it sees itself.
+#[utoipa::path(get, path = "/dashboard/state", tag = "ops", responses(
+    (status = 200, description = "Members, their state, grains and HTTP figures; recent cluster events"),
+    (status = 404, description = "This node runs no cluster", body = views::ErrorBody),
+    (status = 503, description = "The node is stopping", body = views::ErrorBody)))]
+pub(crate) async fn dashboard_state(state: web::Data<ApiState>) -> HttpResponse {
+    use actix_web::ResponseError;
+    let Some(dashboard) = &state.dashboard else {
+        return ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "this node runs no cluster to show",
+        )
+        .error_response();
+    };
+    match dashboard.state().await {
+        Some(state) => HttpResponse::Ok()
+            .insert_header(("cache-control", "no-store"))
+            .json(state),
+        None => ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the node is stopping",
+        )
+        .error_response(),
+    }
 }
 
 async fn openapi() -> HttpResponse {

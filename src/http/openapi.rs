@@ -30,6 +30,8 @@ use super::{admin, carts, shop};
         super::readyz,
         super::stats,
         super::metrics,
+        super::dashboard,
+        super::dashboard_state,
         admin::get_product,
         admin::put_product,
         admin::put_stock,
@@ -206,7 +208,13 @@ mod contract {
     fn complete_operation(path: &str, method: &str, operation: &mut Value) {
         let ops = matches!(
             path,
-            "/healthz" | "/readyz" | "/stats" | "/metrics" | "/openapi.json"
+            "/healthz"
+                | "/readyz"
+                | "/stats"
+                | "/metrics"
+                | "/dashboard"
+                | "/dashboard/state"
+                | "/openapi.json"
         );
         let shop = path == "/cart" || path.starts_with("/cart/");
         let writes = matches!(method, "post" | "put" | "patch");
