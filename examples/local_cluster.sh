@@ -74,4 +74,5 @@ echo
 echo
 echo "admin token: $GRANARY_ADMIN_TOKEN"
 echo "HTTP on 127.0.0.1:8081, :8082, :8083; logs in $dir. ctrl-c stops the cluster."
+echo "dashboard: http://127.0.0.1:8081/dashboard; metrics: http://127.0.0.1:8081/metrics"
 wait

@@ -23,3 +23,7 @@ else
     cargo test --workspace --locked --examples --tests --lib --bins
 fi
 cargo test --workspace --locked --doc
+# The OTLP exporter is behind a cargo feature: its test builds the node
+# with it (tests/otlp.rs: two members exporting to a collector the test
+# runs).
+cargo test --locked --features otlp --test otlp

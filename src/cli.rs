@@ -377,15 +377,16 @@ fn load(args: LoadArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal; plain text for a log file or
-        // a process supervisor.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Colours for a person at a terminal; plain text for a log file or a
+    // process supervisor.
+    let _telemetry =
+        match crate::telemetry::init(std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("granary: {err}");
+                return ExitCode::from(2);
+            }
+        };
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("GRANARY_"))
         .collect();

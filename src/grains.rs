@@ -191,7 +191,8 @@ impl Grains {
         })
     }
 
-    /// Sends `command` to grain `id` of kind `G`, wherever it lives.
+    /// Sends `command` to grain `id` of kind `G`, wherever it lives (the
+    /// `grain.call` span; see [`crate::telemetry`]).
     pub async fn call<G: Grain>(
         &self,
         id: &str,
@@ -220,10 +221,13 @@ impl Grains {
                 "grain id: 1..={MAX_ID_LEN} printable characters without spaces"
             )));
         }
-        match &self.0.cluster {
-            None => runtime.call_with(id, command, options).await,
-            Some(cluster) => cluster.call(runtime, id, command, options).await,
-        }
+        let call = async move {
+            match &self.0.cluster {
+                None => runtime.call_with(id, command, options).await,
+                Some(cluster) => cluster.call(runtime, id, command, options).await,
+            }
+        };
+        tracing::Instrument::instrument(call, call_span(G::KIND, id)).await
     }
 
     /// An encoded call to grain `kind`/`id`, wherever it lives (what a
@@ -245,14 +249,17 @@ impl Grains {
                 "grain id: 1..={MAX_ID_LEN} printable characters without spaces"
             )));
         }
-        match &self.0.cluster {
-            None => hosted.call(id.to_owned(), &command, options).await,
-            Some(cluster) => {
-                cluster
-                    .call_encoded(kind, hosted.as_ref(), id, &command, options)
-                    .await
+        let call = async move {
+            match &self.0.cluster {
+                None => hosted.call(id.to_owned(), &command, options).await,
+                Some(cluster) => {
+                    cluster
+                        .call_encoded(kind, hosted.as_ref(), id, &command, options)
+                        .await
+                }
             }
-        }
+        };
+        tracing::Instrument::instrument(call, call_span(kind, id)).await
     }
 
     /// The local runtime of kind `G`, if it is registered.
@@ -334,4 +341,15 @@ impl Caller for GrainsCaller {
             }
         })
     }
+}
+
+/// The span of a call to grain `kind`/`id`; the cluster records where it
+/// ran (`grain.placement`: `local` or `remote`).
+fn call_span(kind: &str, id: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "grain.call",
+        grain.kind = kind,
+        grain.id = id,
+        grain.placement = tracing::field::Empty,
+    )
 }

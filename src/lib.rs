@@ -19,6 +19,7 @@
 //!   - [`http`]: the cart API on actix-web;
 //!   - [`metrics`]: what the node measures, served at `GET /metrics`;
 //!   - [`dashboard`]: the live page at `GET /dashboard`;
+//!   - [`telemetry`]: logs, spans and (feature `otlp`) their export;
 //!   - [`load`]: `granary load`, shop traffic and its latency histogram;
 //!   - [`control_plane`]: the seed-compatible gRPC service;
 //!   - [`cart_grain`]: the cart domain as a grain kind, and its checkout
@@ -43,3 +44,4 @@ pub mod reminders;
 pub mod security;
 pub mod shop;
 pub mod status;
+pub mod telemetry;

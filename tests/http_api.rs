@@ -2021,3 +2021,127 @@ async fn a_price_check_answers_the_cart_while_prices_hold_and_409_naming_the_lin
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, None);
 }
+
+// ---------------------------------------------------------------------------
+// Tracing
+// ---------------------------------------------------------------------------
+
+/// A span as it closed: its name, its parent's name, its fields.
+type ClosedSpan = (
+    String,
+    Option<String>,
+    std::collections::BTreeMap<String, String>,
+);
+
+/// Records every span that closes on the thread it is the default
+/// subscriber of.
+struct Spans(Arc<std::sync::Mutex<Vec<ClosedSpan>>>);
+
+struct Fields(std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            format!("{value:?}").trim_matches('"').to_owned(),
+        );
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attributes: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Fields(Default::default());
+        attributes.record(&mut fields);
+        if let Some(span) = context.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = context.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
+        {
+            values.record(fields);
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, context: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(span) = context.span(&id) else {
+            return;
+        };
+        let fields = span
+            .extensions()
+            .get::<Fields>()
+            .map(|f| f.0.clone())
+            .unwrap_or_default();
+        let parent = span.parent().map(|p| p.name().to_owned());
+        self.0
+            .lock()
+            .expect("spans")
+            .push((span.name().to_owned(), parent, fields));
+    }
+}
+
+/// Each request the router takes is an `http.request` span (method,
+/// route pattern, status), and the grain call it makes a `grain.call`
+/// span inside it (kind, id).
+#[actix_rt::test]
+async fn requests_and_their_grain_calls_are_spans() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let closed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Spans(closed.clone()));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    let added = api
+        .add(&id, &json!({"sku": CATALOG[0].0, "quantity": 2}))
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text());
+    let missing = api.get("/carts/not-a-uuid").await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+
+    let closed = closed.lock().expect("spans").clone();
+    let field = |fields: &std::collections::BTreeMap<String, String>, name: &str| {
+        fields.get(name).cloned().unwrap_or_default()
+    };
+    let request = |route: &str, status: &str| {
+        closed.iter().any(|(name, _, fields)| {
+            name == "http.request"
+                && field(fields, "http.route") == route
+                && field(fields, "http.status_code") == status
+        })
+    };
+    assert!(request("/carts", "201"), "{closed:?}");
+    assert!(request("/carts/{id}/items", "200"), "{closed:?}");
+    assert!(request("/carts/{id}", "400"), "{closed:?}");
+    assert!(
+        closed
+            .iter()
+            .any(|(name, parent, fields)| name == "grain.call"
+                && parent.as_deref() == Some("http.request")
+                && field(fields, "grain.kind") == "cart"
+                && field(fields, "grain.id") == id),
+        "the add's grain call, inside its request: {closed:?}"
+    );
+    assert!(
+        !closed.iter().any(
+            |(_, _, fields)| fields.values().any(|v| v.contains("not-a-uuid"))
+                && fields.contains_key("http.route")
+        ),
+        "no request span names a raw path: {closed:?}"
+    );
+}

@@ -222,6 +222,34 @@ async fn a_clusters_metrics_move_with_its_traffic_and_a_members_death() {
         "every commit counted is timed"
     );
 
+    // Every series the Grafana dashboard in docs/ queries is one a node
+    // serves.
+    let grafana = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-dashboard.json"),
+    )
+    .expect("docs/grafana-dashboard.json");
+    let grafana: serde_json::Value = serde_json::from_str(&grafana).expect("valid JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in grafana["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (at, _) in expr.match_indices("granary_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    for name in &queried {
+        assert!(
+            a_after.iter().any(|(n, _, _)| n == name),
+            "the dashboard queries {name}, which the node does not serve"
+        );
+    }
+
     // C dies: A's view drops it, the directory rebuilds, both counted.
     let rebuilds = value(
         &a_after,

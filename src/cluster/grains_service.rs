@@ -31,6 +31,12 @@ impl GrainsRpc for GrainsService {
         &self,
         request: Request<pb::GrainCall>,
     ) -> Result<Response<pb::GrainAnswer>, Status> {
+        let span = tracing::debug_span!(
+            "grain.serve",
+            grain.kind = tracing::field::Empty,
+            grain.id = tracing::field::Empty,
+        );
+        crate::telemetry::extract(request.metadata(), &span);
         let call = request.into_inner();
         let Some(hosted) = self.grains.hosted(&call.kind) else {
             return Err(Status::invalid_argument(format!(
@@ -64,10 +70,14 @@ impl GrainsRpc for GrainsService {
                 .then_some((call.idempotency_key, call.request_hash)),
             chain: call.chain,
         };
-        let answer = self
-            .remote
-            .serve(&call.kind, hosted.as_ref(), call.id, &call.command, options)
-            .await;
+        span.record("grain.kind", call.kind.as_str());
+        span.record("grain.id", call.id.as_str());
+        let answer = tracing::Instrument::instrument(
+            self.remote
+                .serve(&call.kind, hosted.as_ref(), call.id, &call.command, options),
+            span,
+        )
+        .await;
         Ok(Response::new(answer))
     }
 }

@@ -113,7 +113,15 @@ impl Remote {
         let mut moved = 0;
         loop {
             let attempt = Instant::now();
-            let refusal = match router.route(&key).await {
+            let route = router.route(&key).await;
+            if let Ok(route) = &route {
+                let placement = match route {
+                    Route::Local => "local",
+                    Route::Remote { .. } => "remote",
+                };
+                tracing::Span::current().record("grain.placement", placement);
+            }
+            let refusal = match route {
                 Ok(Route::Local) => match local().await {
                     // Released between routing and activation (it had just
                     // passivated): nothing ran; place it again.
@@ -192,8 +200,10 @@ impl Remote {
             chain: options.chain.clone(),
         });
         call.set_timeout(FORWARD_DEADLINE);
+        let span = tracing::debug_span!("grain.forward", peer.address = address);
+        crate::telemetry::inject(&span, call.metadata_mut());
         let started = Instant::now();
-        let answer = match client.call(call).await {
+        let answer = match tracing::Instrument::instrument(client.call(call), span).await {
             Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
             Err(status) => Err(CallError::Unreachable(format!(
                 "the member that hosts the grain did not answer ({})",

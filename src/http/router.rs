@@ -270,18 +270,35 @@ impl Service<ServiceRequest> for RouterService {
             // What actix's own router records for a `{name}` segment.
             req.match_info_mut().add_static(name, value);
         }
-        let answer = service.call(req);
-        let Some(observe) = observe(metrics, method_label, route.pattern) else {
-            return answer;
+        let span = tracing::debug_span!(
+            "http.request",
+            http.method = method_label,
+            http.route = route.pattern,
+            http.status_code = tracing::field::Empty,
+        );
+        let answer = {
+            let _entered = span.enter();
+            service.call(req)
         };
-        Box::pin(async move {
-            let answer = answer.await;
-            observe(match &answer {
-                Ok(response) => response.status(),
-                Err(error) => error.as_response_error().status_code(),
-            });
-            answer
-        })
+        let observe = observe(metrics, method_label, route.pattern);
+        if observe.is_none() && span.is_disabled() {
+            return answer;
+        }
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let answer = answer.await;
+                let status = match &answer {
+                    Ok(response) => response.status(),
+                    Err(error) => error.as_response_error().status_code(),
+                };
+                tracing::Span::current().record("http.status_code", status.as_u16());
+                if let Some(observe) = observe {
+                    observe(status);
+                }
+                answer
+            },
+            span,
+        ))
     }
 }
 

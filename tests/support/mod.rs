@@ -46,6 +46,21 @@ impl NodeProcess {
     /// Starts a node on the given HTTP and gRPC addresses (e.g. to restart
     /// one where its clients and peers expect it).
     pub fn start_at(data_dir: &Path, http: &str, grpc: &str, extra: &[&str]) -> NodeProcess {
+        Self::launch(data_dir, http, grpc, extra, &[])
+    }
+
+    /// [`NodeProcess::start`] with `env` set for the node.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        Self::launch(data_dir, "127.0.0.1:0", "127.0.0.1:0", extra, env)
+    }
+
+    fn launch(
+        data_dir: &Path,
+        http: &str,
+        grpc: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
             .arg("serve")
             .arg("--data-dir")
@@ -57,6 +72,7 @@ impl NodeProcess {
                 "RUST_LOG",
                 std::env::var("GRANARY_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
