@@ -22,13 +22,4 @@ fi
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM')" 2>/dev/null; then
     exit 0
 fi
-if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-    as_root=()
-    [ "$(id -u)" = 0 ] || as_root=(sudo -n)
-    export DEBIAN_FRONTEND=noninteractive
-    "${as_root[@]}" apt-get update -qq
-    "${as_root[@]}" apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-fi
-rm -rf "$VENV"
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "selenium==$SELENIUM"
+./scripts/python-venv.sh "$VENV" "selenium==$SELENIUM"

@@ -38,7 +38,7 @@ pub struct Dashboard {
 }
 
 /// One member as the page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MemberState {
     pub id: String,
     pub address: String,
@@ -59,7 +59,7 @@ pub struct MemberState {
 }
 
 /// What `GET /dashboard/state` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct State {
     pub node_id: String,
     /// Milliseconds since the Unix epoch, when this was put together.

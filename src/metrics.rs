@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use granary_grain::RuntimeStats;
 use granary_store::{CommitObserver, EventStore};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -84,7 +85,7 @@ pub struct Metrics {
 const EVENTS: usize = 50;
 
 /// Something that happened to the cluster, as this member saw it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -286,6 +287,37 @@ impl CommitObserver for Commits {
     }
 }
 
+/// The grain runtimes' counters, per kind: name, help, which counter.
+type GrainCounter = (&'static str, &'static str, fn(&RuntimeStats) -> u64);
+
+const GRAIN_COUNTERS: [GrainCounter; 5] = [
+    (
+        "grain_activations",
+        "Grains activated (loaded from the store)",
+        |s| s.activations,
+    ),
+    (
+        "grain_passivations",
+        "Grains passivated for being idle",
+        |s| s.passivations,
+    ),
+    (
+        "grain_evictions",
+        "Grains evicted to stay under the cap on live grains",
+        |s| s.evictions,
+    ),
+    (
+        "grain_restarts",
+        "Grains restarted from the store after their code panicked",
+        |s| s.restarts,
+    ),
+    (
+        "grain_conflicts",
+        "Grain appends refused because another writer got there first",
+        |s| s.conflicts,
+    ),
+];
+
 /// One metric of the scrape-time values: name, help, and its samples.
 fn counter_family<'a>(
     encoder: &mut DescriptorEncoder,
@@ -325,43 +357,11 @@ impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(grains) = self.grains.get() {
             let stats = grains.stats();
-            let each = |read: fn(&granary_grain::RuntimeStats) -> u64| {
-                stats
-                    .iter()
-                    .map(move |(kind, s)| (*kind, read(s)))
-                    .collect::<Vec<_>>()
-            };
             let e = &mut encoder;
-            counter_family(
-                e,
-                "grain_activations",
-                "Grains activated (loaded from the store)",
-                each(|s| s.activations),
-            )?;
-            counter_family(
-                e,
-                "grain_passivations",
-                "Grains passivated for being idle",
-                each(|s| s.passivations),
-            )?;
-            counter_family(
-                e,
-                "grain_evictions",
-                "Grains evicted to stay under the cap on live grains",
-                each(|s| s.evictions),
-            )?;
-            counter_family(
-                e,
-                "grain_restarts",
-                "Grains restarted from the store after their code panicked",
-                each(|s| s.restarts),
-            )?;
-            counter_family(
-                e,
-                "grain_conflicts",
-                "Grain appends refused because another writer got there first",
-                each(|s| s.conflicts),
-            )?;
+            for (name, help, read) in GRAIN_COUNTERS {
+                let samples = stats.iter().map(|(kind, s)| (*kind, read(s)));
+                counter_family(e, name, help, samples)?;
+            }
             let mut live = e.encode_descriptor(
                 "grains_live",
                 "Grains live in memory here now",
@@ -374,25 +374,22 @@ impl Collector for Sources {
         }
         if let Some(store) = self.store.get() {
             let s = store.stats();
-            counter(
-                &mut encoder,
-                "store_appends",
-                "Appends made durable",
-                s.appends,
-            )?;
-            counter(
-                &mut encoder,
-                "store_commits",
-                "Durable commits (one sync each)",
-                s.commits,
-            )?;
-            counter(
-                &mut encoder,
-                "store_conflicts",
-                "Appends refused with a version conflict",
-                s.conflicts,
-            )?;
-            counter(&mut encoder, "store_loads", "Grain streams read", s.loads)?;
+            for (name, help, value) in [
+                ("store_appends", "Appends made durable", s.appends),
+                (
+                    "store_commits",
+                    "Durable commits (one sync each)",
+                    s.commits,
+                ),
+                (
+                    "store_conflicts",
+                    "Appends refused with a version conflict",
+                    s.conflicts,
+                ),
+                ("store_loads", "Grain streams read", s.loads),
+            ] {
+                counter(&mut encoder, name, help, value)?;
+            }
         }
         let status = self
             .status

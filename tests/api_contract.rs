@@ -18,10 +18,7 @@ fn schemathesis() -> PathBuf {
     if let Ok(path) = std::env::var("GRANARY_SCHEMATHESIS") {
         return PathBuf::from(path);
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("contract-venv/bin/st")
+    support::target_dir().join("contract-venv/bin/st")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

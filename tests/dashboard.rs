@@ -24,13 +24,7 @@ fn python() -> PathBuf {
     if let Ok(path) = std::env::var("GRANARY_BROWSER_PYTHON") {
         return PathBuf::from(path);
     }
-    target().join("browser-venv/bin/python")
-}
-
-fn target() -> PathBuf {
-    std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+    support::target_dir().join("browser-venv/bin/python")
 }
 
 /// Adds items to `carts` through every member in turn until `stop`.
@@ -101,7 +95,7 @@ async fn the_dashboard_shows_the_members_and_a_killed_one_leaving() {
         state.json
     );
 
-    let shots = target().join("dashboard-screenshots");
+    let shots = support::target_dir().join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot directory");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/browse.py");
     let mut browser = Command::new(&python)

@@ -202,7 +202,7 @@ pub(crate) async fn dashboard() -> HttpResponse {
 
 /// The cluster as this member sees it, each member as it sees itself.
 #[utoipa::path(get, path = "/dashboard/state", tag = "ops", responses(
-    (status = 200, description = "Members, their state, grains and HTTP figures; recent cluster events"),
+    (status = 200, description = "Members, their state, grains and HTTP figures; recent cluster events", body = crate::dashboard::State),
     (status = 404, description = "This node runs no cluster", body = views::ErrorBody),
     (status = 503, description = "The node is stopping", body = views::ErrorBody)))]
 pub(crate) async fn dashboard_state(state: web::Data<ApiState>) -> HttpResponse {

@@ -409,6 +409,14 @@ impl Http {
     }
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, or `target/` in the
+/// checkout): where the install scripts put the tests' tools.
+pub fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
 /// The admin token every test node runs with (`GRANARY_ADMIN_TOKEN`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
