@@ -44,6 +44,24 @@ async fn a_member_resumed_after_sigstop_answers_nothing_from_stale_memory() {
 
     let stopped_at = Instant::now();
     c.signal(libc::SIGSTOP);
+    // A change through A goes to C, which will not answer: it fails as
+    // soon as the majority removes C (503, its outcome unknown), not at
+    // the forwarded call's 10 s deadline; or, sent after the removal, it
+    // reaches the cart's new home.
+    let first = http
+        .post(&a.url(&items), support::item("after"))
+        .await
+        .unwrap();
+    let answered_in = stopped_at.elapsed();
+    assert!(matches!(first.status, 200 | 503), "{first:?}");
+    assert!(
+        answered_in < Duration::from_secs(9),
+        "the call waited out its deadline ({answered_in:?}) instead of failing when C left"
+    );
+    println!(
+        "first change through A answered {} after {answered_in:?}",
+        first.status
+    );
     // The majority removes C, re-homes the cart and changes it.
     let after = http
         .send_past_503(

@@ -185,6 +185,13 @@ impl Remote {
         command: &[u8],
         options: &CallOptions,
     ) -> Result<(Vec<u8>, u64), CallError<Vec<u8>>> {
+        if !self.router.is_member_at(address) {
+            // A route from before a view change: nothing was sent, so the
+            // call is placed again.
+            return Err(CallError::Placing(format!(
+                "{address} left the cluster; placing the grain again"
+            )));
+        }
         let mut client = self
             .router
             .grains_client(address)
@@ -203,12 +210,22 @@ impl Remote {
         let span = tracing::debug_span!("grain.forward", peer.address = address);
         crate::telemetry::inject(&span, call.metadata_mut());
         let started = Instant::now();
-        let answer = match tracing::Instrument::instrument(client.call(call), span).await {
-            Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
-            Err(status) => Err(CallError::Unreachable(format!(
-                "the member that hosts the grain did not answer ({})",
-                status.message()
-            ))),
+        // A member that leaves the view while the call is on its way (it
+        // was removed: stopped, cut off) will not answer; the call fails
+        // then rather than at its deadline. Its outcome is unknown either
+        // way: the member may have run it before it went.
+        let answer = tokio::select! {
+            biased;
+            answer = tracing::Instrument::instrument(client.call(call), span) => match answer {
+                Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
+                Err(status) => Err(CallError::Unreachable(format!(
+                    "the member that hosts the grain did not answer ({})",
+                    status.message()
+                ))),
+            },
+            () = self.router.departed(address) => Err(CallError::Unreachable(
+                "the member that hosts the grain left the cluster before it answered; the call may or may not have run".into(),
+            )),
         };
         let outcome = match &answer {
             Err(CallError::NotOwner(_)) => "moved",

@@ -336,6 +336,32 @@ impl GrainRouter {
         self.with(|p, _| p.forget_route(grain));
     }
 
+    /// Whether a member of the committed view is at `address`.
+    pub fn is_member_at(&self, address: &str) -> bool {
+        self.cluster
+            .with_committed(|view| view.members.values().any(|m| m.address == address))
+    }
+
+    /// Resolves once no member of the committed view is at `address` (at
+    /// once if none is): the member a call went to has left the cluster.
+    pub async fn departed(&self, address: &str) {
+        let mut views = self.cluster.watch_committed();
+        loop {
+            let member = views
+                .borrow_and_update()
+                .members
+                .values()
+                .any(|m| m.address == address);
+            if !member {
+                return;
+            }
+            if views.changed().await.is_err() {
+                // The cluster task stopped: the call's own deadline rules.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Whether this member holds the claim for `grain`.
     pub fn owns(&self, grain: &str) -> bool {
         lock(&self.placement).owns(grain)
