@@ -2145,3 +2145,48 @@ async fn requests_and_their_grain_calls_are_spans() {
         "no request span names a raw path: {closed:?}"
     );
 }
+
+/// The operations pages of an app with no cluster: `/metrics` counts the
+/// requests the router took by route pattern, `/dashboard` is the page,
+/// and `/dashboard/state`, with no cluster to show, is a JSON 404.
+#[actix_rt::test]
+async fn metrics_count_requests_and_the_dashboard_needs_a_cluster() {
+    let env = Env::new();
+    let api = Api::start(env.state()).await;
+    let id = api.new_cart().await;
+    api.cart(&id).await;
+    let metrics = api.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        metrics.headers
+    );
+    let text = metrics.text();
+    assert!(
+        text.contains(
+            r#"granary_http_request_duration_seconds_count{method="GET",route="/carts/{id}",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(&id), "no series names a cart: {text}");
+
+    let page = api.get("/dashboard").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html"))
+    );
+    assert!(page.text().contains("<title>Granary cluster</title>"));
+    let state = api.get("/dashboard/state").await;
+    assert_eq!(state.status, StatusCode::NOT_FOUND, "{}", state.text());
+    assert!(
+        state.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no cluster")),
+        "{}",
+        state.text()
+    );
+}

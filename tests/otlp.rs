@@ -177,3 +177,16 @@ async fn a_forwarded_request_is_one_trace_across_both_members() {
         "the root has no parent"
     );
 }
+
+/// A collector address that is not a URL stops the node at start, naming
+/// the variable.
+#[test]
+fn a_bad_collector_address_is_a_start_error_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exit, stderr) = support::serve_expecting_failure_with_env(
+        &["--data-dir", dir.path().to_str().unwrap()],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+    );
+    assert_eq!(exit.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{stderr}");
+}

@@ -480,11 +480,20 @@ pub fn token_with(node: &NodeProcess, options: &[&str]) -> String {
 /// Runs `granary serve` with `args` expecting it to fail by itself within
 /// 30 s; its exit status and what it wrote to stderr.
 pub fn serve_expecting_failure(args: &[&str]) -> (ExitStatus, String) {
+    serve_expecting_failure_with_env(args, &[])
+}
+
+/// [`serve_expecting_failure`] with `env` set for the node.
+pub fn serve_expecting_failure_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_granary"))
         .arg("serve")
         .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
