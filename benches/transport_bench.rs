@@ -77,6 +77,19 @@ fn runtime(name: &str) -> tokio::runtime::Handle {
     handle
 }
 
+/// The next whole frame at the front of `input`, taken off it: its call id
+/// and payload; `None` until one has arrived whole.
+fn next_frame(input: &mut BytesMut) -> Option<(u64, BytesMut)> {
+    let length = u32::from_be_bytes(input.get(..4)?.try_into().expect("4 bytes")) as usize;
+    if input.len() < 4 + length {
+        return None;
+    }
+    input.advance(4);
+    let mut frame = input.split_to(length);
+    let id = frame.get_u64();
+    Some((id, frame))
+}
+
 /// The lean server: frames in, the same ids out with the reply.
 async fn lean_server(listener: TcpListener, reply: Bytes) {
     loop {
@@ -93,14 +106,7 @@ async fn lean_server(listener: TcpListener, reply: Bytes) {
                 if read.read_buf(&mut input).await.unwrap_or(0) == 0 {
                     return;
                 }
-                while input.len() >= 4 {
-                    let length = u32::from_be_bytes(input[..4].try_into().expect("4")) as usize;
-                    if input.len() < 4 + length {
-                        break;
-                    }
-                    input.advance(4);
-                    let mut frame = input.split_to(length);
-                    let id = frame.get_u64();
+                while let Some((id, frame)) = next_frame(&mut input) {
                     // What a real server would do: read the call.
                     let first = frame.first().copied().unwrap_or_default();
                     output.put_u32((8 + reply.len()) as u32);
@@ -157,16 +163,9 @@ impl LeanClient {
                 if read.read_buf(&mut input).await.unwrap_or(0) == 0 {
                     return;
                 }
-                while input.len() >= 4 {
-                    let length = u32::from_be_bytes(input[..4].try_into().expect("4")) as usize;
-                    if input.len() < 4 + length {
-                        break;
-                    }
-                    input.advance(4);
-                    let mut frame = input.split_to(length).freeze();
-                    let id = frame.get_u64();
+                while let Some((id, frame)) = next_frame(&mut input) {
                     if let Some(answer) = waiting.lock().expect("waiting").remove(&id) {
-                        let _ = answer.send(frame);
+                        let _ = answer.send(frame.freeze());
                     }
                 }
             }

@@ -36,24 +36,22 @@ pub fn init(ansi: bool) -> Result<Telemetry, String> {
         .with_ansi(ansi)
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
     #[cfg(feature = "otlp")]
-    {
+    let (exporter, spans) = {
         let exporter = otlp::Exporter::from_env()?;
-        let layer = exporter.as_ref().map(|e| e.layer());
-        tracing_subscriber::registry()
-            .with(logs)
-            .with(layer)
-            .try_init()
-            .map_err(|e| e.to_string())?;
-        Ok(Telemetry { otlp: exporter })
-    }
+        let spans = exporter.as_ref().map(|e| e.layer());
+        (exporter, spans)
+    };
     #[cfg(not(feature = "otlp"))]
-    {
-        tracing_subscriber::registry()
-            .with(logs)
-            .try_init()
-            .map_err(|e| e.to_string())?;
-        Ok(Telemetry {})
-    }
+    let spans: Option<tracing_subscriber::layer::Identity> = None;
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(Telemetry {
+        #[cfg(feature = "otlp")]
+        otlp: exporter,
+    })
 }
 
 impl Drop for Telemetry {
