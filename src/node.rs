@@ -16,7 +16,6 @@ use anyhow::Context;
 use granary_grain::{Grain, GrainRuntime, Lease, RuntimeConfig};
 use granary_store::{EventStore, PostgresStore, SqliteStore};
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::cart_grain::CartGrain;
 use crate::cluster::ClusterHandle;
@@ -471,6 +470,9 @@ fn start_grpc(
     let members_only = members_only(tls.as_ref().map(|(_, trust)| trust.clone()));
     let serve = move || -> anyhow::Result<()> {
         runtime.block_on(async move {
+            // Grain calls between members come on links beside the gRPC
+            // services (`cluster::link`); the same service answers both.
+            let grains = Arc::new(services.grains);
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let router = Server::builder()
                 .timeout(GRPC_TIMEOUT)
@@ -489,7 +491,7 @@ fn start_grpc(
                         .max_encoding_message_size(GRPC_MAX_MESSAGE),
                 )
                 .add_service(InterceptedService::new(
-                    GrainsServer::new(services.grains)
+                    GrainsServer::from_arc(grains.clone())
                         .max_decoding_message_size(GRPC_MAX_MESSAGE)
                         .max_encoding_message_size(GRPC_MAX_MESSAGE),
                     members_only,
@@ -508,12 +510,29 @@ fn start_grpc(
                     )?;
                     let incoming =
                         crate::security::tls::incoming(listener, config, trust, Limits::default());
+                    let incoming = tokio_stream::StreamExt::filter_map(incoming, move |accepted| {
+                        match accepted {
+                            Ok(connection) if connection.is_link() => {
+                                if connection.is_member() {
+                                    tokio::spawn(cluster::link::serve(connection, grains.clone()));
+                                } else {
+                                    tracing::debug!("a grain-call link from a key that is not a member's; closed");
+                                }
+                                None
+                            }
+                            other => Some(other),
+                        }
+                    });
                     router
                         .serve_with_incoming_shutdown(incoming, stopped)
                         .await?;
                 }
                 None => {
-                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    let incoming = cluster::link::plaintext_incoming(
+                        listener,
+                        grains,
+                        Limits::default().handshake_timeout,
+                    );
                     router
                         .serve_with_incoming_shutdown(incoming, stopped)
                         .await?;

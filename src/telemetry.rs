@@ -81,6 +81,26 @@ pub fn extract(metadata: &tonic::metadata::MetadataMap, span: &tracing::Span) {
     let _ = (metadata, span);
 }
 
+/// Writes `span`'s trace context into `fields` (a call on the grain-call
+/// link carries it). Nothing without `otlp`.
+pub fn inject_fields(span: &tracing::Span, fields: &mut std::collections::HashMap<String, String>) {
+    #[cfg(feature = "otlp")]
+    otlp::inject_fields(span, fields);
+    #[cfg(not(feature = "otlp"))]
+    let _ = (span, fields);
+}
+
+/// Makes `span` continue the trace `fields` carry, if they carry one.
+/// Nothing without `otlp`.
+pub fn extract_fields(fields: &std::collections::HashMap<String, String>, span: &tracing::Span) {
+    #[cfg(feature = "otlp")]
+    if !fields.is_empty() {
+        otlp::extract_fields(fields, span);
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = (fields, span);
+}
+
 #[cfg(feature = "otlp")]
 mod otlp {
     use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -205,6 +225,21 @@ mod otlp {
 
     pub fn extract(metadata: &tonic::metadata::MetadataMap, span: &tracing::Span) {
         let context = TraceContextPropagator::new().extract(&Reading(metadata));
+        let _ = span.set_parent(context);
+    }
+
+    pub fn inject_fields(
+        span: &tracing::Span,
+        fields: &mut std::collections::HashMap<String, String>,
+    ) {
+        TraceContextPropagator::new().inject_context(&span.context(), fields);
+    }
+
+    pub fn extract_fields(
+        fields: &std::collections::HashMap<String, String>,
+        span: &tracing::Span,
+    ) {
+        let context = TraceContextPropagator::new().extract(fields);
         let _ = span.set_parent(context);
     }
 }

@@ -361,6 +361,28 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // The grain-call link (ALPN `granary-call/1` on the same port): a
+    // member's key is answered; a stranger's connection is closed after
+    // its handshake.
+    let link_as = |keys: granary::security::NodeKeys| {
+        let expected: granary::security::Fingerprint = a.node_id.parse().unwrap();
+        let address = a.grpc.to_string();
+        let connect = granary::cluster::dial::Dialer::tls(std::sync::Arc::new(keys))
+            .link(&address, Some(expected), Duration::from_secs(2))
+            .unwrap();
+        granary::cluster::link::Link::new(&address, connect)
+    };
+    let member = link_as(granary::security::NodeKeys::load(&a.data_dir).unwrap());
+    member
+        .ping(Duration::from_secs(5))
+        .await
+        .expect("a member's ping on the link");
+    let stranger_link = link_as(stranger);
+    let err = stranger_link
+        .ping(Duration::from_secs(5))
+        .await
+        .expect_err("a stranger's link is closed");
+    assert!(err.to_string().contains("closed"), "{err}");
     // Plaintext: no TLS, no answer.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
         .unwrap()

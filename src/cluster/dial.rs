@@ -109,6 +109,61 @@ impl Dialer {
     }
 }
 
+use super::link::Opened;
+
+impl Dialer {
+    /// How a grain-call link to `address` connects: TCP, then pinned
+    /// mutual TLS offering the link's ALPN protocol first and HTTP/2's
+    /// (a member that chose HTTP/2 does not speak the link), or under
+    /// `--insecure-cluster` the link's preface. `expected`: the key the
+    /// node there must hold.
+    pub fn link(
+        &self,
+        address: &str,
+        expected: Option<Fingerprint>,
+        connect: Duration,
+    ) -> Result<super::link::Connect, String> {
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse().ok()?)))
+            .ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
+        let host: Arc<str> = host.into();
+        let config = self
+            .tls_config(expected.map(|f| vec![f]))?
+            .map(|config| tls::for_link(&config));
+        Ok(Arc::new(move || {
+            let (host, config) = (host.clone(), config.clone());
+            Box::pin(async move {
+                let opened = async {
+                    Ok::<_, std::io::Error>(match config {
+                        Some(config) => {
+                            let tls = tls::connect(config, &host, port).await?;
+                            // A member from before the link chooses HTTP/2.
+                            if tls.get_ref().1.alpn_protocol() == Some(super::link::PROTOCOL) {
+                                Opened::Link(Box::new(tls))
+                            } else {
+                                Opened::NotSpoken
+                            }
+                        }
+                        None => {
+                            use tokio::io::AsyncWriteExt;
+                            let mut tcp = tokio::net::TcpStream::connect((&*host, port)).await?;
+                            tcp.set_nodelay(true)?;
+                            tcp.write_all(super::link::PREFACE).await?;
+                            Opened::Link(Box::new(tcp))
+                        }
+                    })
+                };
+                match tokio::time::timeout(connect, opened).await {
+                    Ok(Ok(io)) => Ok(io),
+                    Ok(Err(err)) => Err(format!("cannot reach {host}:{port}: {err}")),
+                    Err(_) => Err(format!("cannot reach {host}:{port} within {connect:?}")),
+                }
+            })
+        }))
+    }
+}
+
 /// The key a member id pins (ids are key fingerprints).
 pub fn pin(id: &str) -> Option<Fingerprint> {
     id.parse().ok()

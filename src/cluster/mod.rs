@@ -19,6 +19,8 @@
 //! - `remote.rs`: calls to grains wherever they live: placement,
 //!   forwarding (MessagePack), typed errors back.
 //! - `grains_service.rs`: calls forwarded by other members.
+//! - `link.rs`: the grain-call link forwarded calls travel on (framed,
+//!   matched by call id, on the member port beside gRPC).
 //! - `dial.rs`: every outgoing channel, pinned mutual TLS by default.
 //!
 //! With mutual TLS the sender of a message is the authenticated peer
@@ -27,6 +29,7 @@
 pub mod clock;
 pub mod dial;
 mod grains_service;
+pub mod link;
 mod membership;
 pub(crate) mod persist;
 mod remote;

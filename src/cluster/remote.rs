@@ -3,7 +3,7 @@
 //!
 //! A call asks the router where its grain is. Placed here, it runs on the
 //! local runtime; placed elsewhere, it goes to that member over
-//! `granary.grains.v2.Grains/Call` with the kind's command in MessagePack,
+//! the grain-call link (`link.rs`) with the kind's command in MessagePack,
 //! and comes back as the reply or the runtime's own error
 //! ([`CallError`]), whatever the transport on top (HTTP, a user's API).
 //! While the grain cannot be placed (its partition is rebuilding after a
@@ -192,12 +192,12 @@ impl Remote {
                 "{address} left the cluster; placing the grain again"
             )));
         }
-        let mut client = self
+        let link = self
             .router
-            .grains_client(address)
+            .link(address)
             .map_err(|e| CallError::Unreachable(e.0))?;
         let (idempotency_key, request_hash) = options.idempotency.clone().unwrap_or_default();
-        let mut call = tonic::Request::new(pb::GrainCall {
+        let call = pb::GrainCall {
             kind: kind.to_owned(),
             id: id.to_owned(),
             command: command.to_vec(),
@@ -205,10 +205,9 @@ impl Remote {
             idempotency_key,
             request_hash,
             chain: options.chain.clone(),
-        });
-        call.set_timeout(FORWARD_DEADLINE);
+            trace_context: Default::default(),
+        };
         let span = tracing::debug_span!("grain.forward", peer.address = address);
-        crate::telemetry::inject(&span, call.metadata_mut());
         let started = Instant::now();
         // A member that leaves the view while the call is on its way (it
         // was removed: stopped, cut off) will not answer; the call fails
@@ -216,13 +215,7 @@ impl Remote {
         // way: the member may have run it before it went.
         let answer = tokio::select! {
             biased;
-            answer = tracing::Instrument::instrument(client.call(call), span) => match answer {
-                Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
-                Err(status) => Err(CallError::Unreachable(format!(
-                    "the member that hosts the grain did not answer ({})",
-                    status.message()
-                ))),
-            },
+            answer = tracing::Instrument::instrument(self.send(address, &link, call, &span), span.clone()) => answer,
             () = self.router.departed(address) => Err(CallError::Unreachable(
                 "the member that hosts the grain left the cluster before it answered; the call may or may not have run".into(),
             )),
@@ -235,6 +228,41 @@ impl Remote {
         };
         self.metrics.forwarded(kind, outcome, started.elapsed());
         answer
+    }
+
+    /// Sends `call` on `link`, or as `Grains/Call` over gRPC to a member
+    /// that does not speak the link (a version from before it, during an
+    /// upgrade).
+    async fn send(
+        &self,
+        address: &str,
+        link: &super::link::Link,
+        mut call: pb::GrainCall,
+        span: &tracing::Span,
+    ) -> Result<(Vec<u8>, u64), CallError<Vec<u8>>> {
+        let unanswered = |why: &dyn std::fmt::Display| {
+            CallError::Unreachable(format!(
+                "the member that hosts the grain did not answer ({why})"
+            ))
+        };
+        crate::telemetry::inject_fields(span, &mut call.trace_context);
+        match link.call(&call, FORWARD_DEADLINE).await {
+            Ok(answer) => return super::wire::grain_answer_from_wire(answer),
+            Err(super::link::LinkError::Failed(why)) => return Err(unanswered(&why)),
+            Err(super::link::LinkError::NotSpoken) => {}
+        }
+        let mut client = self
+            .router
+            .grains_client(address)
+            .map_err(|e| CallError::Unreachable(e.0))?;
+        call.trace_context.clear();
+        let mut request = tonic::Request::new(call);
+        request.set_timeout(FORWARD_DEADLINE);
+        crate::telemetry::inject(span, request.metadata_mut());
+        match client.call(request).await {
+            Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),
+            Err(status) => Err(unanswered(&status.message())),
+        }
     }
 
     /// A call from another member for grain `id` of `kind`, hosted here:

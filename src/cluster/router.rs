@@ -22,12 +22,12 @@ use tonic::transport::Channel;
 
 use super::clock;
 use super::dial;
+use super::link::Link;
 use super::membership::ClusterHandle;
 use crate::metrics::Metrics;
 use crate::proto::cluster as pb;
 use crate::proto::cluster::cluster_client::ClusterClient;
 use crate::proto::grains::grains_client::GrainsClient;
-use crate::proto::messages::control_plane_client::ControlPlaneClient;
 
 /// Deadline of a forwarded call's channel and of a page of a grain list.
 const RPC_DEADLINE: Duration = Duration::from_secs(5);
@@ -76,6 +76,9 @@ pub struct GrainRouter {
     /// rather than sleep out a backoff.
     placeable: tokio::sync::Notify,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Grain-call links on the gRPC runtime, for threads past the budget
+    /// of links of their own.
+    links: Mutex<HashMap<String, Link>>,
     /// The runtime channels and RPCs live on (the gRPC runtime), whichever
     /// thread asks.
     io: tokio::runtime::Handle,
@@ -91,10 +94,10 @@ pub struct GrainRouter {
     metrics: Arc<Metrics>,
 }
 
-/// Connections to its peers, over all of them, that a member may own on
-/// calling threads (beyond one on the gRPC runtime per peer): with 63
-/// peers and this budget a member receives at most 96 + 63 member
-/// connections, under the 256 it accepts.
+/// Grain-call links to its peers, over all of them, that a member may own
+/// on calling threads (beyond a shared link and a gRPC channel on the gRPC
+/// runtime per peer): with 63 peers and this budget a member receives at
+/// most 96 + 2 × 63 member connections, under the 256 it accepts.
 const THREAD_CHANNEL_BUDGET: usize = 96;
 
 /// Thread-owned channels to one peer, at most (more threads share the
@@ -112,28 +115,27 @@ fn thread_channels_per_peer(members: usize) -> usize {
 static ROUTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 thread_local! {
-    /// Grain-call channels whose connection lives on this thread's runtime.
-    static THREAD_CHANNELS: std::cell::RefCell<Option<ThreadChannels>> =
+    /// Grain-call links whose connection lives on this thread's runtime.
+    static THREAD_LINKS: std::cell::RefCell<Option<ThreadLinks>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Channels made on one thread's runtime, usable while it runs.
-struct ThreadChannels {
+/// Links made on one thread's runtime, usable while it runs.
+struct ThreadLinks {
     /// Dropped with the runtime (it is held by a task that never ends), so
-    /// a thread that outlives its runtime makes new channels.
+    /// a thread that outlives its runtime makes new links.
     runtime: std::sync::Weak<()>,
-    channels: HashMap<(u64, String), Channel>,
+    links: HashMap<(u64, String), Link>,
 }
 
-/// This thread's channel named `key` on its current runtime; if it has
-/// none, `make`'s (kept for next time if it says so). A thread whose
-/// runtime ended makes its channels again on the next one. Call within a
-/// runtime.
+/// This thread's link named `key` on its current runtime; if it has none,
+/// `make`'s (kept for next time if it says so). A thread whose runtime
+/// ended makes its links again on the next one. Call within a runtime.
 fn thread_cached(
     key: (u64, String),
-    make: impl FnOnce() -> Result<(Channel, bool), Unroutable>,
-) -> Result<Channel, Unroutable> {
-    THREAD_CHANNELS.with_borrow_mut(|cache| {
+    make: impl FnOnce() -> Result<(Link, bool), Unroutable>,
+) -> Result<Link, Unroutable> {
+    THREAD_LINKS.with_borrow_mut(|cache| {
         if cache.as_ref().is_none_or(|c| c.runtime.strong_count() == 0) {
             let runtime = Arc::new(());
             let alive = Arc::downgrade(&runtime);
@@ -141,20 +143,20 @@ fn thread_cached(
                 let _runtime = runtime;
                 std::future::pending::<()>().await
             });
-            *cache = Some(ThreadChannels {
+            *cache = Some(ThreadLinks {
                 runtime: alive,
-                channels: HashMap::new(),
+                links: HashMap::new(),
             });
         }
-        let channels = &mut cache.as_mut().expect("made above").channels;
-        if let Some(channel) = channels.get(&key) {
-            return Ok(channel.clone());
+        let links = &mut cache.as_mut().expect("made above").links;
+        if let Some(link) = links.get(&key) {
+            return Ok(link.clone());
         }
-        let (channel, keep) = make()?;
+        let (link, keep) = make()?;
         if keep {
-            channels.insert(key, channel.clone());
+            links.insert(key, link.clone());
         }
-        Ok(channel)
+        Ok(link)
     })
 }
 
@@ -186,6 +188,7 @@ impl GrainRouter {
             placement: Mutex::new(placement),
             placeable: tokio::sync::Notify::new(),
             channels: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             thread_channels: Mutex::new(HashMap::new()),
@@ -397,7 +400,7 @@ impl GrainRouter {
                 let mut request =
                     tonic::Request::new(crate::proto::messages::ClosingNotice { host });
                 request.set_timeout(Duration::from_secs(1));
-                ControlPlaneClient::new(channel)
+                crate::proto::messages::control_plane_client::ControlPlaneClient::new(channel)
                     .closing(request)
                     .await
                     .is_ok()
@@ -541,25 +544,45 @@ impl GrainRouter {
         Ok(channel)
     }
 
-    /// A channel to the member at `address` whose connection runs on the
-    /// calling thread's runtime (a grain's arbiter, an HTTP worker), so a
-    /// call and its answer wake no other thread of this process: a grain
-    /// call forwarded from a thread through the gRPC runtime's connection
-    /// cost two more thread wake-ups each way, more than the network hop
-    /// itself on loopback. One connection per member per calling thread,
-    /// up to a budget; threads beyond it use the gRPC runtime's.
-    fn thread_channel(&self, address: &str) -> Result<Channel, Unroutable> {
+    /// The grain-call link to the member at `address` whose connection
+    /// runs on the calling thread's runtime (a grain's arbiter, an HTTP
+    /// worker), so a call and its answer wake no other thread of this
+    /// process: a grain call forwarded from a thread through the gRPC
+    /// runtime's connection cost two more thread wake-ups each way, more
+    /// than the network hop itself on loopback. One connection per member
+    /// per calling thread, up to a budget; threads beyond it share one on
+    /// the gRPC runtime.
+    pub fn link(&self, address: &str) -> Result<Link, Unroutable> {
+        let key = self.channel_key(address)?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return self.channel(address);
+            return self.shared_link(address, key);
         }
-        let key = (self.id, self.channel_key(address)?);
-        let name = key.1.clone();
-        thread_cached(key, || {
+        let name = key.clone();
+        thread_cached((self.id, key), || {
             if !self.may_own_channel(&name) {
-                return Ok((self.channel(address)?, false));
+                return Ok((self.shared_link(address, name.clone())?, false));
             }
-            Ok((self.connect_lazy(address)?, true))
+            Ok((Link::new(address, self.link_connect(address)?), true))
         })
+    }
+
+    /// The link to `address` on the gRPC runtime, named `key`.
+    fn shared_link(&self, address: &str, key: String) -> Result<Link, Unroutable> {
+        if let Some(link) = lock(&self.links).get(&key) {
+            return Ok(link.clone());
+        }
+        let _io = self.io.enter();
+        let link = Link::new(address, self.link_connect(address)?);
+        lock(&self.links).insert(key, link.clone());
+        Ok(link)
+    }
+
+    /// How a link to `address` connects.
+    fn link_connect(&self, address: &str) -> Result<super::link::Connect, Unroutable> {
+        self.cluster
+            .dialer()
+            .link(address, self.pin(address), Duration::from_secs(1))
+            .map_err(Unroutable)
     }
 
     /// Counts one more thread-owned channel for `key`, if the budget
@@ -588,6 +611,12 @@ impl GrainRouter {
         ))
     }
 
+    /// A client for `Grains/Call` to the member at `address`, on the gRPC
+    /// runtime's channel: for a member that does not speak the link.
+    pub fn grains_client(&self, address: &str) -> Result<GrainsClient<Channel>, Unroutable> {
+        Ok(GrainsClient::new(self.channel(address)?))
+    }
+
     /// A new channel to `address` on the current runtime.
     fn connect_lazy(&self, address: &str) -> Result<Channel, Unroutable> {
         let pin = self.pin(address);
@@ -608,34 +637,25 @@ impl GrainRouter {
     }
 
     /// Up to `count` sequential pings to the member at `address` on the
-    /// calling thread's grain-call connection (the one `grains_client`
-    /// gives), each one's round trip; stops early after `limit`.
+    /// calling thread's grain-call link (the one forwarded calls take),
+    /// each one's round trip; stops early after `limit`.
     pub async fn round_trips(
         &self,
         address: &str,
         count: u32,
         limit: Duration,
     ) -> Result<Vec<Duration>, String> {
-        let mut client = ControlPlaneClient::new(self.thread_channel(address).map_err(|e| e.0)?);
+        let link = self.link(address).map_err(|e| e.0)?;
         let began = std::time::Instant::now();
         let mut times = Vec::with_capacity(count as usize);
         while times.len() < count as usize && began.elapsed() < limit {
-            let start = std::time::Instant::now();
-            client
-                .ping(crate::proto::messages::Empty {})
+            let took = link
+                .ping(RPC_DEADLINE)
                 .await
-                .map_err(|status| {
-                    format!("{address} did not answer a ping: {}", status.message())
-                })?;
-            times.push(start.elapsed());
+                .map_err(|why| format!("{address} did not answer a ping on the link: {why}"))?;
+            times.push(took);
         }
         Ok(times)
-    }
-
-    /// A client for grain calls to the member at `address`, on the calling
-    /// thread's own connection.
-    pub fn grains_client(&self, address: &str) -> Result<GrainsClient<Channel>, Unroutable> {
-        Ok(GrainsClient::new(self.thread_channel(address)?))
     }
 
     fn cluster_client(&self, member: &Member) -> Result<ClusterClient<Channel>, String> {
@@ -752,27 +772,29 @@ mod tests {
             let peers = members.saturating_sub(1);
             let per_peer = thread_channels_per_peer(members);
             assert!(per_peer >= 1, "{members} members");
+            // Per peer: its threads' links, its shared link and its
+            // gRPC channel.
             assert!(
-                peers * (per_peer + 1) <= cap * 2 / 3,
+                peers * (per_peer + 2) <= cap * 3 / 4,
                 "{members} members: {peers} peers x {} connections",
-                per_peer + 1
+                per_peer + 2
             );
         }
         assert_eq!(thread_channels_per_peer(3), THREAD_CHANNELS_PER_PEER);
     }
 
-    /// A thread keeps one channel per name while its runtime runs; once
-    /// that runtime is gone (its connections with it), the next runtime on
-    /// the thread makes them again instead of using dead ones. A channel
-    /// `make` says not to keep is made every time.
+    /// A thread keeps one link per name while its runtime runs; once that
+    /// runtime is gone (its connections with it), the next runtime on the
+    /// thread makes them again instead of using dead ones. A link `make`
+    /// says not to keep is made every time.
     #[test]
-    fn a_thread_makes_its_channels_again_on_each_new_runtime() {
+    fn a_thread_makes_its_links_again_on_each_new_runtime() {
         let made = std::cell::Cell::new(0);
         let make = |keep: bool| {
             made.set(made.get() + 1);
-            let channel =
-                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-            Ok((channel, keep))
+            let connect: super::super::link::Connect =
+                Arc::new(|| Box::pin(async { Err("never connects".to_owned()) }));
+            Ok((Link::new("127.0.0.1:9", connect), keep))
         };
         // A router id no router of this process has.
         let key = |name: &str| (u64::MAX, name.to_owned());
@@ -783,12 +805,12 @@ mod tests {
                 .expect("runtime");
             tokio.block_on(async {
                 for _ in 0..3 {
-                    thread_cached(key("kept"), || make(true)).expect("a channel");
+                    thread_cached(key("kept"), || make(true)).expect("a link");
                 }
             });
             assert_eq!(made.get(), 2 * runtime - 1, "one per runtime");
             tokio.block_on(async {
-                thread_cached(key("shared"), || make(false)).expect("a channel");
+                thread_cached(key("shared"), || make(false)).expect("a link");
             });
             assert_eq!(made.get(), 2 * runtime, "not kept");
         }

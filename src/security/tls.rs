@@ -241,7 +241,10 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // A server chooses the first of its protocols the client offers: a
+    // link offers both (so a member from before the link answers it with
+    // HTTP/2), gRPC clients only HTTP/2.
+    config.alpn_protocols = vec![crate::cluster::link::PROTOCOL.to_vec(), b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -278,6 +281,29 @@ fn client_config_for(
     Ok(Arc::new(config))
 }
 
+/// The client side of a grain-call link (`cluster::link`): `config`
+/// offering the link's ALPN protocol, then HTTP/2's (which a member from
+/// before the link chooses: the caller then knows to speak gRPC).
+pub fn for_link(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![crate::cluster::link::PROTOCOL.to_vec(), b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// TCP to `host`:`port`, then TLS with `config`.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
 /// A connector for `tonic::transport::Endpoint::connect_with_connector`:
 /// TCP to the URI's host and port, then TLS with `config`.
 pub fn connector(
@@ -300,12 +326,7 @@ pub fn connector(
                 .trim_matches(|c| c == '[' || c == ']')
                 .to_owned();
             let port = uri.port_u16().unwrap_or(7070);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let tls = connect(config, &host, port).await?;
             Ok(hyper_util::rt::TokioIo::new(tls))
         }
     })
@@ -580,6 +601,17 @@ pub struct PeerConnection {
 }
 
 impl PeerConnection {
+    /// Whether the peer chose the grain-call link (`cluster::link`) rather
+    /// than HTTP/2 in the handshake.
+    pub fn is_link(&self) -> bool {
+        self.stream.get_ref().1.alpn_protocol() == Some(crate::cluster::link::PROTOCOL)
+    }
+
+    /// Whether the peer held a member's key when it connected.
+    pub fn is_member(&self) -> bool {
+        self.trusted
+    }
+
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while let Poll::Ready(change) = Pin::new(&mut self.changes).poll_next(cx) {
             let trusted_now = self.trust.admits(&self.peer.fingerprint);

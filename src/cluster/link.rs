@@ -1,0 +1,869 @@
+//! The grain-call link: how members forward grain calls to each other.
+//!
+//! A forwarded call used to be a tonic request (`Grains/Call`): through a
+//! tower buffer, hyper's dispatch and h2's connection task on each side,
+//! HTTP/2 framing and HPACK, about 20 µs of CPU per side per call. The link
+//! carries the same messages (`GrainCall` out, `GrainAnswer` back, protobuf)
+//! in length-prefixed frames matched by call id, on a connection owned by
+//! the calling thread's runtime:
+//!
+//! ```text
+//! call:   [u32 length][u64 call id][u8 type][u32 deadline ms][GrainCall]
+//! answer: [u32 length][u64 call id][GrainAnswer]
+//! ```
+//!
+//! `length` counts the bytes after itself. Types: `CALL` (a grain call) and
+//! `PING` (answered at once with an empty answer; the probe of the
+//! transport alone). A call's deadline travels with it; the callee stops
+//! waiting for the grain when it passes.
+//!
+//! The link runs on the member port, beside the gRPC services: with mutual
+//! TLS a link is a connection whose handshake chose the ALPN protocol
+//! [`PROTOCOL`] (only members' keys may open one: it is refused after the
+//! handshake otherwise, and cut when the key stops being trusted, like any
+//! member connection); in plaintext (`--insecure-cluster`) a connection
+//! that starts with [`PREFACE`] instead of HTTP/2's.
+//!
+//! Bounds: a frame is at most [`MAX_FRAME`] bytes (a larger length closes
+//! the connection before anything is buffered); at most [`IN_FLIGHT`] calls
+//! run at once per connection on the callee (it stops reading past that,
+//! so TCP pushes back) and wait for an answer per link on the caller (a
+//! call beyond waits for a slot, within its deadline).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::proto::grains as pb;
+
+/// The ALPN protocol of a link under mutual TLS.
+pub const PROTOCOL: &[u8] = b"granary-call/1";
+
+/// What a plaintext link sends first (HTTP/2's preface starts `PRI`).
+pub const PREFACE: &[u8; 16] = b"GRANARY-CALL/1\r\n";
+
+/// Largest frame either side sends or accepts (the gRPC services' message
+/// bound, plus the header).
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Calls at once per connection (the gRPC server's per-connection bound).
+pub const IN_FLIGHT: usize = 256;
+
+/// A grain call.
+const CALL: u8 = 1;
+/// A ping: answered at once, empty.
+const PING: u8 = 2;
+
+/// Bytes of a call frame after its length and before its message.
+const CALL_HEADER: usize = 8 + 1 + 4;
+
+/// A connection a link runs on: TLS or plain TCP.
+pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
+
+/// What opening a link's connection gave.
+pub enum Opened {
+    /// A connection that speaks the link.
+    Link(Box<dyn LinkIo>),
+    /// The member answered but does not speak the link (a version from
+    /// before it: its TLS handshake chose HTTP/2).
+    NotSpoken,
+}
+
+/// Opens a link's connection (see `dial::Dialer::link`).
+pub type Connect = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Opened, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why a call on a link got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// The member does not speak the link: nothing was sent (use
+    /// `Grains/Call` over gRPC).
+    NotSpoken,
+    /// The call was not sent, or its answer did not come: its outcome is
+    /// unknown unless it never left.
+    Failed(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::NotSpoken => f.write_str("the member does not speak the grain-call link"),
+            LinkError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How long a link remembers that its member does not speak it before it
+/// dials again (the member may have been upgraded meanwhile).
+const NOT_SPOKEN_FOR: Duration = Duration::from_secs(10);
+
+/// The next whole frame in `input`, if it holds one: its call id and the
+/// rest. A length past `MAX_FRAME` (or too short for an id) is an error.
+fn next_frame(input: &mut BytesMut) -> io::Result<Option<(u64, Bytes)>> {
+    let Some(head) = input.get(..4) else {
+        return Ok(None);
+    };
+    let length = u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
+    if !(8..=MAX_FRAME).contains(&length) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {length} bytes (8..={MAX_FRAME})"),
+        ));
+    }
+    if input.len() < 4 + length {
+        input.reserve(4 + length - input.len());
+        return Ok(None);
+    }
+    input.advance(4);
+    let mut frame = input.split_to(length).freeze();
+    let id = frame.get_u64();
+    Ok(Some((id, frame)))
+}
+
+/// Writes the frames `frames` yields, as many per write as have gathered,
+/// until the stream fails, every sender is gone, or `stop` fires.
+async fn write_frames(
+    mut write: impl AsyncWrite + Unpin,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            biased;
+            frame = frames.recv() => frame,
+            _ = &mut stop => None,
+        };
+        let Some(first) = first else { break };
+        out.extend_from_slice(&first);
+        while out.len() < 256 * 1024
+            && let Ok(frame) = frames.try_recv()
+        {
+            out.extend_from_slice(&frame);
+        }
+        if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
+            break;
+        }
+        out.clear();
+    }
+    let _ = write.shutdown().await;
+}
+
+/// The caller's side of links to one member: one connection at a time,
+/// opened on first use and again after it fails, on the runtime the link
+/// was made on. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<LinkInner>,
+}
+
+struct LinkInner {
+    /// Who is at the other end, for messages.
+    address: String,
+    connect: Connect,
+    /// The runtime the connection's tasks run on.
+    runtime: tokio::runtime::Handle,
+    live: Mutex<Option<Arc<Connection>>>,
+    /// Until when the member is taken not to speak the link.
+    not_spoken: Mutex<Option<Instant>>,
+    /// One connection attempt at a time.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+/// One connection of a link.
+struct Connection {
+    frames: mpsc::UnboundedSender<Bytes>,
+    /// Calls sent and not answered, by id. `None` once the connection has
+    /// closed: nothing waits on it any more.
+    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<Bytes>>>>,
+    next: AtomicU64,
+    slots: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+impl Connection {
+    /// Starts the tasks of a connection on `io`, on the current runtime.
+    fn start(io: Box<dyn LinkIo>) -> Arc<Connection> {
+        let (read, write) = tokio::io::split(io);
+        let (frames, queued) = mpsc::unbounded_channel();
+        let connection = Arc::new(Connection {
+            frames,
+            waiting: Mutex::new(Some(HashMap::new())),
+            next: AtomicU64::new(1),
+            slots: Arc::new(Semaphore::new(IN_FLIGHT)),
+            closed: AtomicBool::new(false),
+        });
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(write_frames(write, queued, stopped));
+        tokio::spawn(connection.clone().read_answers(read, stop));
+        connection
+    }
+
+    /// Hands each answer to its call until the connection ends; then
+    /// every call still waiting hears that it closed, and the writer stops.
+    async fn read_answers(
+        self: Arc<Self>,
+        mut read: impl AsyncRead + Unpin,
+        _stop: oneshot::Sender<()>,
+    ) {
+        let mut input = BytesMut::with_capacity(64 * 1024);
+        'read: loop {
+            match read.read_buf(&mut input).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            loop {
+                match next_frame(&mut input) {
+                    Ok(Some((id, answer))) => {
+                        let waiter = lock(&self.waiting).as_mut().and_then(|w| w.remove(&id));
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(answer);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "link: a bad frame; closing the connection");
+                        break 'read;
+                    }
+                }
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders wakes every waiting call.
+        lock(&self.waiting).take();
+    }
+
+    /// Sends one frame of `kind` and waits for its answer until `deadline`.
+    async fn exchange(
+        &self,
+        kind: u8,
+        deadline: Instant,
+        message: Option<&pb::GrainCall>,
+        address: &str,
+    ) -> Result<Bytes, String> {
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned()).await
+        else {
+            return Err(format!("{address}: no free call slot on the link in time"));
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let size = message.map_or(0, Message::encoded_len);
+        let mut frame = BytesMut::with_capacity(4 + CALL_HEADER + size);
+        frame.put_u32((CALL_HEADER + size) as u32);
+        frame.put_u64(id);
+        frame.put_u8(kind);
+        let left = deadline.saturating_duration_since(Instant::now());
+        frame.put_u32(left.as_millis().min(u128::from(u32::MAX)) as u32);
+        if let Some(message) = message {
+            message
+                .encode(&mut frame)
+                .map_err(|e| format!("cannot encode the call: {e}"))?;
+        }
+        if frame.len() > 4 + MAX_FRAME {
+            return Err(format!("the call is larger than {MAX_FRAME} bytes"));
+        }
+        let (answer, answered) = oneshot::channel();
+        match lock(&self.waiting).as_mut() {
+            Some(waiting) => waiting.insert(id, answer),
+            None => return Err(format!("the link to {address} closed")),
+        };
+        if self.frames.send(frame.freeze()).is_err() {
+            return Err(format!("the link to {address} closed"));
+        }
+        match tokio::time::timeout_at(deadline.into(), answered).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(format!(
+                "the link to {address} closed before the answer came"
+            )),
+            Err(_) => {
+                if let Some(waiting) = lock(&self.waiting).as_mut() {
+                    waiting.remove(&id);
+                }
+                Err(format!("{address} did not answer in time"))
+            }
+        }
+    }
+}
+
+impl Link {
+    /// A link whose connections `connect` opens, run on the current
+    /// runtime. Call within a runtime.
+    pub fn new(address: &str, connect: Connect) -> Link {
+        Link {
+            inner: Arc::new(LinkInner {
+                address: address.to_owned(),
+                connect,
+                runtime: tokio::runtime::Handle::current(),
+                live: Mutex::new(None),
+                not_spoken: Mutex::new(None),
+                dialing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Sends `call` and waits for its answer, for at most `timeout`. An
+    /// error is the transport's (the call's outcome is unknown unless it
+    /// was never sent); the grain's own errors are in the answer.
+    pub async fn call(
+        &self,
+        call: &pb::GrainCall,
+        timeout: Duration,
+    ) -> Result<pb::GrainAnswer, LinkError> {
+        let deadline = Instant::now() + timeout;
+        let connection = self.connection(deadline).await?;
+        let answer = connection
+            .exchange(CALL, deadline, Some(call), &self.inner.address)
+            .await
+            .map_err(LinkError::Failed)?;
+        pb::GrainAnswer::decode(answer).map_err(|e| {
+            LinkError::Failed(format!(
+                "{}: an answer that does not decode: {e}",
+                self.inner.address
+            ))
+        })
+    }
+
+    /// One ping's round trip, for at most `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, LinkError> {
+        let deadline = Instant::now() + timeout;
+        let connection = self.connection(deadline).await?;
+        let started = Instant::now();
+        connection
+            .exchange(PING, deadline, None, &self.inner.address)
+            .await
+            .map_err(LinkError::Failed)?;
+        Ok(started.elapsed())
+    }
+
+    /// The live connection, opened now if there is none.
+    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, LinkError> {
+        if lock(&self.inner.not_spoken).is_some_and(|until| Instant::now() < until) {
+            return Err(LinkError::NotSpoken);
+        }
+        self.open(deadline)
+            .await
+            .map_err(LinkError::Failed)?
+            .ok_or_else(|| {
+                *lock(&self.inner.not_spoken) = Some(Instant::now() + NOT_SPOKEN_FOR);
+                LinkError::NotSpoken
+            })
+    }
+
+    /// The live connection, opened now if there is none; `None` if the
+    /// member does not speak the link.
+    async fn open(&self, deadline: Instant) -> Result<Option<Arc<Connection>>, String> {
+        let current = || {
+            lock(&self.inner.live)
+                .as_ref()
+                .filter(|c| !c.closed.load(Ordering::Acquire))
+                .cloned()
+        };
+        if let Some(connection) = current() {
+            return Ok(Some(connection));
+        }
+        let too_late = || format!("{}: could not connect in time", self.inner.address);
+        let _dialing = tokio::time::timeout_at(deadline.into(), self.inner.dialing.lock())
+            .await
+            .map_err(|_| too_late())?;
+        if let Some(connection) = current() {
+            return Ok(Some(connection));
+        }
+        // The connection's socket and tasks belong to the link's runtime,
+        // whichever thread asks.
+        let connect = self.inner.connect.clone();
+        let opened = self.inner.runtime.spawn(async move {
+            Ok::<_, String>(match connect().await? {
+                Opened::Link(io) => Some(Connection::start(io)),
+                Opened::NotSpoken => None,
+            })
+        });
+        let connection = tokio::time::timeout_at(deadline.into(), opened)
+            .await
+            .map_err(|_| too_late())?
+            .map_err(|e| format!("{}: {e}", self.inner.address))??;
+        if let Some(connection) = &connection {
+            *lock(&self.inner.live) = Some(connection.clone());
+        }
+        Ok(connection)
+    }
+}
+
+/// What answers the calls a link carries (the `Grains` service).
+pub trait Answer: Send + Sync + 'static {
+    /// The answer to `call`; `Err` names a malformed call (nothing ran).
+    fn answer(
+        &self,
+        call: pb::GrainCall,
+    ) -> impl Future<Output = Result<pb::GrainAnswer, String>> + Send;
+}
+
+/// Serves the calls of one link connection until it closes.
+pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
+    let (mut read, write) = tokio::io::split(io);
+    let (frames, queued) = mpsc::unbounded_channel::<Bytes>();
+    // The writer ends when the reader and every call it started are done.
+    let (_keep, never) = oneshot::channel();
+    tokio::spawn(write_frames(write, queued, never));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut input = BytesMut::with_capacity(64 * 1024);
+    'read: loop {
+        match read.read_buf(&mut input).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            let (id, mut frame) = match next_frame(&mut input) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(error = %err, "link: a bad frame; closing the connection");
+                    break 'read;
+                }
+            };
+            if frame.len() < 5 {
+                tracing::debug!("link: a frame without its header; closing the connection");
+                break 'read;
+            }
+            let kind = frame.get_u8();
+            let timeout = Duration::from_millis(u64::from(frame.get_u32()));
+            match kind {
+                PING => {
+                    let _ = frames.send(answer_frame(id, None));
+                }
+                CALL => {
+                    // Past `IN_FLIGHT` calls the reading waits: the caller's
+                    // writes back up into its socket.
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        break 'read;
+                    };
+                    let (answers, frames) = (answers.clone(), frames.clone());
+                    tokio::spawn(async move {
+                        let answer = match pb::GrainCall::decode(frame) {
+                            Ok(call) => {
+                                match tokio::time::timeout(timeout, answers.answer(call)).await {
+                                    Ok(Ok(answer)) => answer,
+                                    Ok(Err(invalid)) => {
+                                        error(pb::grain_error::Error::Invalid(invalid))
+                                    }
+                                    Err(_) => error(pb::grain_error::Error::OutcomeUnknown(
+                                        "the call's deadline passed before the grain answered"
+                                            .into(),
+                                    )),
+                                }
+                            }
+                            Err(e) => error(pb::grain_error::Error::Invalid(format!(
+                                "the call does not decode: {e}"
+                            ))),
+                        };
+                        let answer = if answer.encoded_len() + 8 > MAX_FRAME {
+                            error(pb::grain_error::Error::Invalid(format!(
+                                "the answer is larger than {MAX_FRAME} bytes"
+                            )))
+                        } else {
+                            answer
+                        };
+                        let _ = frames.send(answer_frame(id, Some(&answer)));
+                        drop(slot);
+                    });
+                }
+                other => {
+                    tracing::debug!(
+                        kind = other,
+                        "link: a frame of no known type; closing the connection"
+                    );
+                    break 'read;
+                }
+            }
+        }
+    }
+}
+
+fn error(error: pb::grain_error::Error) -> pb::GrainAnswer {
+    pb::GrainAnswer {
+        result: Some(pb::grain_answer::Result::Error(pb::GrainError {
+            error: Some(error),
+        })),
+    }
+}
+
+fn answer_frame(id: u64, answer: Option<&pb::GrainAnswer>) -> Bytes {
+    let size = answer.map_or(0, Message::encoded_len);
+    let mut frame = BytesMut::with_capacity(4 + 8 + size);
+    frame.put_u32((8 + size) as u32);
+    frame.put_u64(id);
+    if let Some(answer) = answer {
+        answer.encode(&mut frame).expect("the buffer has room");
+    }
+    frame.freeze()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Accepts plaintext connections (`--insecure-cluster`) on `listener`:
+/// those that begin with [`PREFACE`] are served as links by `answers`, the
+/// rest come out for the gRPC server. A connection that sends nothing
+/// within `first_bytes` is closed (an HTTP/2 client speaks first too).
+pub fn plaintext_incoming<A: Answer>(
+    listener: tokio::net::TcpListener,
+    answers: Arc<A>,
+    first_bytes: Duration,
+) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
+    let (found, incoming) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(err) => {
+                    tracing::debug!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if found.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let (found, answers) = (found.clone(), answers.clone());
+            tokio::spawn(async move {
+                let mut tcp = tcp;
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == PREFACE[0] => {
+                        let mut preface = [0u8; PREFACE.len()];
+                        let read = tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
+                        if matches!(read.await, Ok(Ok(_))) && &preface == PREFACE {
+                            serve(tcp, answers).await;
+                        }
+                    }
+                    Ok(Ok(1)) => {
+                        let _ = found.send(Ok(tcp)).await;
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// Answers a call with its command and its id as the version; `bad`
+    /// is malformed, `never` never answers, `wait` waits for the gate.
+    struct Echo {
+        running: AtomicUsize,
+        most: AtomicUsize,
+        gate: Semaphore,
+        reached: tokio::sync::Notify,
+        reach: AtomicUsize,
+    }
+
+    impl Default for Echo {
+        fn default() -> Self {
+            Echo {
+                running: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+                gate: Semaphore::new(0),
+                reached: tokio::sync::Notify::new(),
+                reach: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl Answer for Echo {
+        async fn answer(&self, call: pb::GrainCall) -> Result<pb::GrainAnswer, String> {
+            if call.kind == "bad" {
+                return Err("kind: bad".into());
+            }
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            if now == self.reach.load(Ordering::SeqCst) {
+                self.reached.notify_one();
+            }
+            match call.kind.as_str() {
+                "never" => std::future::pending::<()>().await,
+                "wait" => drop(self.gate.acquire().await),
+                _ => {}
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(pb::GrainAnswer {
+                result: Some(pb::grain_answer::Result::Ok(pb::GrainReply {
+                    reply: call.command,
+                    version: call.id.parse().unwrap_or_default(),
+                })),
+            })
+        }
+    }
+
+    fn call(kind: &str, id: u64) -> pb::GrainCall {
+        pb::GrainCall {
+            kind: kind.into(),
+            id: id.to_string(),
+            command: id.to_be_bytes().repeat(3),
+            ..Default::default()
+        }
+    }
+
+    fn reply(answer: pb::GrainAnswer) -> (Vec<u8>, u64) {
+        match answer.result {
+            Some(pb::grain_answer::Result::Ok(reply)) => (reply.reply, reply.version),
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    /// A plaintext member port serving `echo`, and what it passes on.
+    async fn port(
+        echo: Arc<Echo>,
+    ) -> (
+        String,
+        impl tokio_stream::Stream<Item = io::Result<TcpStream>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let passed = plaintext_incoming(listener, echo, Duration::from_secs(5));
+        (address, passed)
+    }
+
+    fn link(address: &str) -> Link {
+        let connect = crate::cluster::dial::Dialer::plaintext()
+            .link(address, None, Duration::from_secs(2))
+            .expect("an address");
+        Link::new(address, connect)
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_together_each_get_their_own_answer() {
+        let (address, _passed) = port(Arc::default()).await;
+        let link = link(&address);
+        let calls = (0..600u64).map(|id| {
+            let link = link.clone();
+            async move {
+                let answer = link.call(&call("echo", id), Duration::from_secs(20)).await;
+                (id, answer.expect("an answer"))
+            }
+        });
+        for (id, answer) in futures_util::future::join_all(calls).await {
+            assert_eq!(reply(answer), (id.to_be_bytes().repeat(3), id));
+        }
+        link.ping(Duration::from_secs(5)).await.expect("a ping");
+        // A malformed call is answered as such; the link goes on.
+        let answer = link
+            .call(&call("bad", 1), Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        assert!(
+            matches!(
+                answer.result,
+                Some(pb::grain_answer::Result::Error(pb::GrainError {
+                    error: Some(pb::grain_error::Error::Invalid(ref why))
+                })) if why == "kind: bad"
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(
+            reply(
+                link.call(&call("echo", 7), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            )
+            .1,
+            7
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_is_not_a_link_is_passed_on() {
+        let (address, mut passed) = port(Arc::default()).await;
+        let mut http2 = TcpStream::connect(&address).await.unwrap();
+        http2
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut accepted = passed.next().await.expect("passed on").unwrap();
+        // Nothing of it was read: the gRPC server sees the whole preface.
+        let mut preface = [0u8; 24];
+        accepted.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_frame_past_the_bound_closes_the_connection_unread() {
+        let (address, _passed) = port(Arc::default()).await;
+        for length in [MAX_FRAME as u32 + 1, u32::MAX, 3] {
+            let mut tcp = TcpStream::connect(&address).await.unwrap();
+            tcp.write_all(PREFACE).await.unwrap();
+            tcp.write_all(&length.to_be_bytes()).await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest));
+            assert!(
+                matches!(read.await, Ok(Ok(0)) | Ok(Err(_))),
+                "length {length}: the connection was not closed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_fails_and_the_link_goes_on() {
+        let (address, _passed) = port(Arc::default()).await;
+        let link = link(&address);
+        // The caller stops waiting at its deadline, and the callee stops
+        // waiting for the grain at the deadline the call carried: which
+        // one speaks first is a race, and both say the outcome is unknown.
+        match link
+            .call(&call("never", 1), Duration::from_millis(200))
+            .await
+        {
+            Err(err) => assert!(err.to_string().contains("did not answer in time"), "{err}"),
+            Ok(answer) => assert!(
+                matches!(
+                    answer.result,
+                    Some(pb::grain_answer::Result::Error(pb::GrainError {
+                        error: Some(pb::grain_error::Error::OutcomeUnknown(_))
+                    }))
+                ),
+                "{answer:?}"
+            ),
+        }
+        assert_eq!(
+            reply(
+                link.call(&call("echo", 2), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            )
+            .1,
+            2
+        );
+    }
+
+    /// A connection that closes fails the calls waiting on it at once
+    /// (not at their deadline), and the next call opens a new one.
+    #[tokio::test]
+    async fn calls_on_a_connection_that_closes_fail_then_the_link_reconnects() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            // The first connection is dropped once a call arrived.
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; PREFACE.len() + 4];
+            first.read_exact(&mut head).await.unwrap();
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; PREFACE.len()];
+            second.read_exact(&mut preface).await.unwrap();
+            serve(second, Arc::new(Echo::default())).await;
+        });
+        let link = link(&address);
+        let first = call("echo", 1);
+        let waited = tokio::time::timeout(
+            Duration::from_secs(30),
+            link.call(&first, Duration::from_secs(60)),
+        );
+        let err = waited
+            .await
+            .expect("failed before its deadline")
+            .unwrap_err();
+        assert!(err.to_string().contains("closed"), "{err}");
+        assert_eq!(
+            reply(
+                link.call(&call("echo", 3), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            )
+            .1,
+            3
+        );
+        server.abort();
+    }
+
+    /// Past `IN_FLIGHT` calls the callee stops reading: a caller that
+    /// sends more at once gets the rest run as slots free up.
+    #[tokio::test]
+    async fn the_callee_runs_at_most_in_flight_calls_per_connection() {
+        let echo = Arc::new(Echo::default());
+        echo.reach.store(IN_FLIGHT, Ordering::SeqCst);
+        let (address, _passed) = port(echo.clone()).await;
+        let mut tcp = TcpStream::connect(&address).await.unwrap();
+        let mut frames = BytesMut::from(&PREFACE[..]);
+        let sent = IN_FLIGHT + 20;
+        for id in 0..sent as u64 {
+            let call = call("wait", id);
+            frames.put_u32((CALL_HEADER + call.encoded_len()) as u32);
+            frames.put_u64(id);
+            frames.put_u8(CALL);
+            frames.put_u32(60_000);
+            call.encode(&mut frames).unwrap();
+        }
+        tcp.write_all(&frames).await.unwrap();
+        echo.reached.notified().await;
+        echo.gate.add_permits(sent);
+        let mut input = BytesMut::new();
+        let mut answered = std::collections::BTreeSet::new();
+        while answered.len() < sent {
+            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
+            while let Some((id, answer)) = next_frame(&mut input).unwrap() {
+                assert_eq!(reply(pb::GrainAnswer::decode(answer).unwrap()).1, id);
+                answered.insert(id);
+            }
+        }
+        assert_eq!(echo.most.load(Ordering::SeqCst), IN_FLIGHT);
+    }
+
+    /// Under mutual TLS a link offers its protocol and HTTP/2: a member
+    /// from before the link chooses HTTP/2, and the link says so (the
+    /// caller then speaks gRPC) and remembers it rather than dialling
+    /// for every call.
+    #[tokio::test]
+    async fn a_member_that_chooses_http2_does_not_speak_the_link() {
+        use crate::security::{NodeKeys, tls};
+        let dir = tempfile::tempdir().unwrap();
+        let server = NodeKeys::load_or_create(&dir.path().join("server")).unwrap();
+        let client = NodeKeys::load_or_create(&dir.path().join("client")).unwrap();
+        let trust = tls::Trust::new([client.fingerprint]);
+        let mut config =
+            (*tls::server_config(&server, trust, tls::Admission::Trusted).unwrap()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let server_task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(acceptor.accept(tcp).await.unwrap());
+            }
+        });
+        let connect = crate::cluster::dial::Dialer::tls(Arc::new(client))
+            .link(&address, Some(server.fingerprint), Duration::from_secs(2))
+            .unwrap();
+        let link = Link::new(&address, connect);
+        for _ in 0..3 {
+            let err = link.call(&call("echo", 1), Duration::from_secs(5)).await;
+            assert_eq!(err.unwrap_err(), LinkError::NotSpoken);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "dialled once");
+        server_task.abort();
+    }
+}
