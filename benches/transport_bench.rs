@@ -1,34 +1,26 @@
-//! What the grain-call transport costs, apart from everything else: the
-//! node's `Grains/Call` over tonic (HTTP/2) against a lean framed protocol
-//! on the same kind of connection, both echoing a call the size of a
-//! forwarded add (a cart id, a MessagePack command of ~60 bytes; a reply
-//! of ~3 KB, a cart of a dozen lines).
+//! What the grain-call transport costs, apart from everything else:
+//! `Grains/Call` over tonic (HTTP/2) against the node's grain-call link
+//! (`granary::cluster::link`, the code members forward calls on), both
+//! echoing a call the size of a forwarded add (a cart id, a MessagePack
+//! command of ~60 bytes; a reply of ~3 KB, a cart of a dozen lines).
 //!
 //! Run: `cargo bench --bench transport_bench` (release build, loopback,
 //! plaintext: TLS is not where the hop's cost is, see BENCHMARKS.md).
 //!
-//! The server runs on one current-thread runtime of its own (as a node's
-//! gRPC runtime does), the client on another (as an HTTP worker does),
-//! 1, 8 and 64 calls in flight on one connection. The lean protocol:
-//! each frame is `[u32 length][u64 call id][payload]`; the client's calls
-//! go through a
-//! queue to one writer task that writes whatever has gathered in one
-//! syscall, one reader task hands each answer to its caller by id; the
-//! server reads frames, answers each in order, and flushes when its read
-//! buffer is empty. This is an experiment for the forwarding goal, not
-//! the product: it says how much of the hop a leaner transport could
-//! save. The lean side's deep batching at 64 in flight flatters it (a
-//! real server does work between reads); 1 in flight is the fair row.
+//! Each server runs on one current-thread runtime of its own (as a node's
+//! gRPC runtime does), the clients on another (as an HTTP worker does),
+//! 1, 8 and 64 calls in flight on one connection. Both servers answer
+//! through the same echo; the link's server is the node's own
+//! (`plaintext_incoming` + `serve`: a task per call, answers gathered by a
+//! writer task), its client the node's `Link`.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use bytes::Bytes;
+use granary::cluster::link::{self, Link, messages};
+use tokio::net::TcpListener;
 
 pub mod grains {
     tonic::include_proto!("granary.grains.v2");
@@ -77,110 +69,19 @@ fn runtime(name: &str) -> tokio::runtime::Handle {
     handle
 }
 
-/// The next whole frame at the front of `input`, taken off it: its call id
-/// and payload; `None` until one has arrived whole.
-fn next_frame(input: &mut BytesMut) -> Option<(u64, BytesMut)> {
-    let length = u32::from_be_bytes(input.get(..4)?.try_into().expect("4 bytes")) as usize;
-    if input.len() < 4 + length {
-        return None;
-    }
-    input.advance(4);
-    let mut frame = input.split_to(length);
-    let id = frame.get_u64();
-    Some((id, frame))
-}
+/// The same echo for the link.
+struct LinkEcho(Bytes);
 
-/// The lean server: frames in, the same ids out with the reply.
-async fn lean_server(listener: TcpListener, reply: Bytes) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        stream.set_nodelay(true).expect("nodelay");
-        let reply = reply.clone();
-        tokio::spawn(async move {
-            let (mut read, mut write) = stream.into_split();
-            let mut input = BytesMut::with_capacity(64 * 1024);
-            let mut output = BytesMut::with_capacity(256 * 1024);
-            loop {
-                if read.read_buf(&mut input).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                while let Some((id, frame)) = next_frame(&mut input) {
-                    // What a real server would do: read the call.
-                    let first = frame.first().copied().unwrap_or_default();
-                    output.put_u32((8 + reply.len()) as u32);
-                    output.put_u64(id);
-                    output.put_u8(first);
-                    output.put_slice(&reply[1..]);
-                }
-                if write.write_all(&output).await.is_err() {
-                    return;
-                }
-                output.clear();
-            }
-        });
-    }
-}
-
-/// The lean client: one connection, calls matched to answers by id.
-#[derive(Clone)]
-struct LeanClient {
-    queue: mpsc::UnboundedSender<(u64, Bytes, oneshot::Sender<Bytes>)>,
-    ids: Arc<AtomicU64>,
-}
-
-impl LeanClient {
-    async fn connect(address: std::net::SocketAddr) -> LeanClient {
-        let stream = TcpStream::connect(address).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let (mut read, mut write) = stream.into_split();
-        let waiting: Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>> = Arc::default();
-        let (queue, mut calls) = mpsc::unbounded_channel::<(u64, Bytes, oneshot::Sender<Bytes>)>();
-        {
-            let waiting = waiting.clone();
-            tokio::spawn(async move {
-                let mut output = BytesMut::with_capacity(64 * 1024);
-                while let Some(first) = calls.recv().await {
-                    let mut next = Some(first);
-                    while let Some((id, payload, answer)) = next {
-                        waiting.lock().expect("waiting").insert(id, answer);
-                        output.put_u32((8 + payload.len()) as u32);
-                        output.put_u64(id);
-                        output.put_slice(&payload);
-                        next = calls.try_recv().ok();
-                    }
-                    if write.write_all(&output).await.is_err() {
-                        return;
-                    }
-                    output.clear();
-                }
-            });
-        }
-        tokio::spawn(async move {
-            let mut input = BytesMut::with_capacity(256 * 1024);
-            loop {
-                if read.read_buf(&mut input).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                while let Some((id, frame)) = next_frame(&mut input) {
-                    if let Some(answer) = waiting.lock().expect("waiting").remove(&id) {
-                        let _ = answer.send(frame.freeze());
-                    }
-                }
-            }
-        });
-        LeanClient {
-            queue,
-            ids: Arc::default(),
-        }
-    }
-
-    async fn call(&self, payload: Bytes) -> Option<Bytes> {
-        let id = self.ids.fetch_add(1, Ordering::Relaxed);
-        let (answer, answered) = oneshot::channel();
-        self.queue.send((id, payload, answer)).ok()?;
-        answered.await.ok()
+impl link::Answer for LinkEcho {
+    async fn answer(&self, call: messages::GrainCall) -> Result<messages::GrainAnswer, String> {
+        let mut reply = self.0.to_vec();
+        reply[0] = call.command.first().copied().unwrap_or_default();
+        Ok(messages::GrainAnswer {
+            result: Some(messages::grain_answer::Result::Ok(messages::GrainReply {
+                reply,
+                version: 1,
+            })),
+        })
     }
 }
 
@@ -253,7 +154,16 @@ fn main() {
                 lean.local_addr().expect("addr"),
             ))
             .expect("send");
-            tokio::spawn(lean_server(lean, reply.clone()));
+            let links = link::plaintext_incoming(
+                lean,
+                Arc::new(LinkEcho(reply.clone())),
+                Duration::from_secs(5),
+            );
+            // Every connection to it is a link: nothing is passed on.
+            tokio::spawn(async move {
+                let mut links = std::pin::pin!(links);
+                while tokio_stream::StreamExt::next(&mut links).await.is_some() {}
+            });
             // Nagle off on the accepted connections, as the node's server.
             let incoming =
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
@@ -274,12 +184,19 @@ fn main() {
             .connect()
             .await
             .expect("connect");
-        let lean = LeanClient::connect(lean_address).await;
+        let address = lean_address.to_string();
+        let connect = granary::cluster::dial::Dialer::plaintext()
+            .link(&address, None, Duration::from_secs(2))
+            .expect("an address");
+        let lean = Link::new(&address, connect);
+        lean.ping(Duration::from_secs(5))
+            .await
+            .expect("the link answers");
         tx.send((channel, lean)).expect("send");
     });
     let (channel, lean) = rx.recv().expect("clients");
 
-    println!("# Grain-call transport: tonic vs a lean framed protocol\n");
+    println!("# Grain-call transport: tonic vs the grain-call link\n");
     let seconds = Duration::from_secs(2);
     for in_flight in IN_FLIGHT {
         let mut runs = Vec::new();
@@ -306,19 +223,17 @@ fn main() {
                 let (lean, cart, command) = (lean.clone(), cart.clone(), command.clone());
                 rate(&client_rt, in_flight, seconds, move || {
                     let lean = lean.clone();
-                    // The same call, encoded as the lean protocol would carry
-                    // it: kind, id and command, length-prefixed.
-                    let mut frame = BytesMut::with_capacity(8 + cart.len() + command.len());
-                    frame.put_u8(4);
-                    frame.put_slice(b"cart");
-                    frame.put_u8(cart.len() as u8);
-                    frame.put_slice(cart.as_bytes());
-                    frame.put_slice(&command);
-                    let frame = frame.freeze();
+                    let call = messages::GrainCall {
+                        kind: "cart".into(),
+                        id: cart.clone(),
+                        command: command.to_vec(),
+                        ..Default::default()
+                    };
                     async move {
-                        lean.call(frame)
-                            .await
-                            .is_some_and(|reply| reply.len() == REPLY_BYTES)
+                        matches!(
+                            lean.call(&call, Duration::from_secs(10)).await.map(|a| a.result),
+                            Ok(Some(messages::grain_answer::Result::Ok(r))) if r.reply.len() == REPLY_BYTES
+                        )
                     }
                 })
             };
@@ -327,7 +242,7 @@ fn main() {
         let mean = |f: fn(&(f64, f64)) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
         let (tonic_rate, lean_rate) = (mean(|r| r.0), mean(|r| r.1));
         println!(
-            "{in_flight:>2} in flight, one connection: tonic {tonic_rate:.0} calls/s ({:.1} µs a call), lean {lean_rate:.0} calls/s ({:.1} µs); lean/tonic {:.2} (runs: {runs:.0?})",
+            "{in_flight:>2} in flight, one connection: tonic {tonic_rate:.0} calls/s ({:.1} µs a call), link {lean_rate:.0} calls/s ({:.1} µs); link/tonic {:.2} (runs: {runs:.0?})",
             in_flight as f64 * 1e6 / tonic_rate,
             in_flight as f64 * 1e6 / lean_rate,
             lean_rate / tonic_rate

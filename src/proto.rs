@@ -13,8 +13,9 @@ pub(crate) mod cluster {
     tonic::include_proto!("granary.cluster.v1");
 }
 
-/// Remote grain calls (package `granary.grains.v2`).
-pub(crate) mod grains {
+/// Remote grain calls (package `granary.grains.v2`); public as the
+/// messages of the grain-call link (`cluster::link::messages`).
+pub mod grains {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("granary.grains.v2");
 }

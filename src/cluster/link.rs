@@ -43,6 +43,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::proto::grains as pb;
 
+/// The messages a link carries (`proto/grains.proto`).
+pub use crate::proto::grains as messages;
+
 /// The ALPN protocol of a link under mutual TLS.
 pub const PROTOCOL: &[u8] = b"granary-call/1";
 
@@ -631,6 +634,15 @@ mod tests {
         }
     }
 
+    /// A call on `link` is answered (with `id` back).
+    async fn assert_echoes(link: &Link, id: u64) {
+        let answer = link.call(&call("echo", id), Duration::from_secs(5)).await;
+        assert_eq!(
+            reply(answer.expect("an answer")),
+            (id.to_be_bytes().repeat(3), id)
+        );
+    }
+
     /// A plaintext member port serving `echo`, and what it passes on.
     async fn port(
         echo: Arc<Echo>,
@@ -680,15 +692,7 @@ mod tests {
             ),
             "{answer:?}"
         );
-        assert_eq!(
-            reply(
-                link.call(&call("echo", 7), Duration::from_secs(5))
-                    .await
-                    .unwrap()
-            )
-            .1,
-            7
-        );
+        assert_echoes(&link, 7).await;
     }
 
     #[tokio::test]
@@ -744,15 +748,7 @@ mod tests {
                 "{answer:?}"
             ),
         }
-        assert_eq!(
-            reply(
-                link.call(&call("echo", 2), Duration::from_secs(5))
-                    .await
-                    .unwrap()
-            )
-            .1,
-            2
-        );
+        assert_echoes(&link, 2).await;
     }
 
     /// A connection that closes fails the calls waiting on it at once
@@ -783,15 +779,7 @@ mod tests {
             .expect("failed before its deadline")
             .unwrap_err();
         assert!(err.to_string().contains("closed"), "{err}");
-        assert_eq!(
-            reply(
-                link.call(&call("echo", 3), Duration::from_secs(5))
-                    .await
-                    .unwrap()
-            )
-            .1,
-            3
-        );
+        assert_echoes(&link, 3).await;
         server.abort();
     }
 
