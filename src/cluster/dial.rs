@@ -115,7 +115,8 @@ impl Dialer {
     /// How a grain-call link to `address` connects: TCP, then pinned
     /// mutual TLS offering the link's ALPN protocol first and HTTP/2's
     /// (a member that chose HTTP/2 does not speak the link), or under
-    /// `--insecure-cluster` the link's preface. `expected`: the key the
+    /// `--insecure-cluster` the link's preface (a member that does not
+    /// send it back does not speak the link). `expected`: the key the
     /// node there must hold.
     pub fn link(
         &self,
@@ -146,11 +147,23 @@ impl Dialer {
                             }
                         }
                         None => {
-                            use tokio::io::AsyncWriteExt;
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
                             let mut tcp = tokio::net::TcpStream::connect((&*host, port)).await?;
                             tcp.set_nodelay(true)?;
                             tcp.write_all(super::link::PREFACE).await?;
-                            Opened::Link(Box::new(tcp))
+                            // A member that speaks the link sends the
+                            // preface back; one from before it closes.
+                            let mut answer = [0u8; super::link::PREFACE.len()];
+                            match tcp.read_exact(&mut answer).await {
+                                Ok(_) if &answer == super::link::PREFACE => {
+                                    Opened::Link(Box::new(tcp))
+                                }
+                                Ok(_) => Opened::NotSpoken,
+                                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                    Opened::NotSpoken
+                                }
+                                Err(err) => return Err(err),
+                            }
                         }
                     })
                 };

@@ -22,7 +22,10 @@
 //! [`PROTOCOL`] (only members' keys may open one: it is refused after the
 //! handshake otherwise, and cut when the key stops being trusted, like any
 //! member connection); in plaintext (`--insecure-cluster`) a connection
-//! that starts with [`PREFACE`] instead of HTTP/2's.
+//! that starts with [`PREFACE`] instead of HTTP/2's, and is answered with
+//! it. A member from before the link answers neither (it chooses HTTP/2
+//! in the handshake, or closes on the preface): the caller then sends the
+//! call as `Grains/Call` over gRPC.
 //!
 //! Bounds: a frame is at most [`MAX_FRAME`] bytes (a larger length closes
 //! the connection before anything is buffered); at most [`IN_FLIGHT`] calls
@@ -516,8 +519,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts plaintext connections (`--insecure-cluster`) on `listener`:
-/// those that begin with [`PREFACE`] are served as links by `answers`, the
-/// rest come out for the gRPC server. A connection that sends nothing
+/// those that begin with [`PREFACE`] get it back and are served as links
+/// by `answers`, the rest come out for the gRPC server. A connection that sends nothing
 /// within `first_bytes` is closed (an HTTP/2 client speaks first too).
 pub fn plaintext_incoming<A: Answer>(
     listener: tokio::net::TcpListener,
@@ -548,7 +551,11 @@ pub fn plaintext_incoming<A: Answer>(
                         let mut preface = [0u8; PREFACE.len()];
                         let read = tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
                         if matches!(read.await, Ok(Ok(_))) && &preface == PREFACE {
-                            serve(tcp, answers).await;
+                            // The preface back says "I speak the link"; a
+                            // member from before it would close instead.
+                            if tcp.write_all(PREFACE).await.is_ok() {
+                                serve(tcp, answers).await;
+                            }
                         }
                     }
                     Ok(Ok(1)) => {
@@ -717,6 +724,8 @@ mod tests {
             let mut tcp = TcpStream::connect(&address).await.unwrap();
             tcp.write_all(PREFACE).await.unwrap();
             tcp.write_all(&length.to_be_bytes()).await.unwrap();
+            let mut preface = [0u8; PREFACE.len()];
+            tcp.read_exact(&mut preface).await.unwrap();
             let mut rest = Vec::new();
             let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest));
             assert!(
@@ -759,13 +768,15 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
             // The first connection is dropped once a call arrived.
+            let mut preface = [0u8; PREFACE.len()];
             let (mut first, _) = listener.accept().await.unwrap();
-            let mut head = [0u8; PREFACE.len() + 4];
-            first.read_exact(&mut head).await.unwrap();
+            first.read_exact(&mut preface).await.unwrap();
+            first.write_all(PREFACE).await.unwrap();
+            first.read_exact(&mut [0u8; 4]).await.unwrap();
             drop(first);
             let (mut second, _) = listener.accept().await.unwrap();
-            let mut preface = [0u8; PREFACE.len()];
             second.read_exact(&mut preface).await.unwrap();
+            second.write_all(PREFACE).await.unwrap();
             serve(second, Arc::new(Echo::default())).await;
         });
         let link = link(&address);
@@ -802,6 +813,9 @@ mod tests {
             call.encode(&mut frames).unwrap();
         }
         tcp.write_all(&frames).await.unwrap();
+        let mut preface = [0u8; PREFACE.len()];
+        tcp.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE, "the preface comes back");
         echo.reached.notified().await;
         echo.gate.add_permits(sent);
         let mut input = BytesMut::new();
@@ -853,5 +867,27 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "dialled once");
         server_task.abort();
+    }
+
+    /// In plaintext a member from before the link closes on the preface
+    /// (HTTP/2 expected): the link says it is not spoken there.
+    #[tokio::test]
+    async fn a_plaintext_member_that_closes_on_the_preface_does_not_speak_the_link() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; PREFACE.len()];
+                let _ = tcp.read_exact(&mut preface).await;
+                // What an HTTP/2 server sends before it gives up: a
+                // SETTINGS frame, then it closes.
+                let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+            }
+        });
+        let link = link(&address);
+        let answer = link.call(&call("echo", 1), Duration::from_secs(5)).await;
+        assert_eq!(answer.unwrap_err(), LinkError::NotSpoken);
+        server.abort();
     }
 }
