@@ -284,6 +284,12 @@ impl Connection {
             Some(waiting) => waiting.insert(id, answer),
             None => return Err(format!("the link to {address} closed")),
         };
+        // However this call ends (answered, timed out, or dropped by its
+        // caller), nothing is left waiting for its id.
+        let _forget = Forget {
+            waiting: &self.waiting,
+            id,
+        };
         if self.frames.send(frame.freeze()).is_err() {
             return Err(format!("the link to {address} closed"));
         }
@@ -292,12 +298,27 @@ impl Connection {
             Ok(Err(_)) => Err(format!(
                 "the link to {address} closed before the answer came"
             )),
-            Err(_) => {
-                if let Some(waiting) = lock(&self.waiting).as_mut() {
-                    waiting.remove(&id);
-                }
-                Err(format!("{address} did not answer in time"))
-            }
+            Err(_) => Err(format!("{address} did not answer in time")),
+        }
+    }
+
+    /// How many calls wait for an answer (none once it closed).
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.waiting).as_ref().map_or(0, HashMap::len)
+    }
+}
+
+/// Removes a call's entry from a connection's waiting calls when dropped.
+struct Forget<'a> {
+    waiting: &'a Mutex<Option<HashMap<u64, oneshot::Sender<Bytes>>>>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = lock(self.waiting).as_mut() {
+            waiting.remove(&self.id);
         }
     }
 }
@@ -758,6 +779,16 @@ mod tests {
             ),
         }
         assert_echoes(&link, 2).await;
+        // A call its caller drops (a client gone) leaves nothing waiting.
+        // (Polled once: far enough to send it and wait.)
+        let connection = lock(&link.inner.live).clone().expect("a connection");
+        let never = call("never", 3);
+        let mut dropped = Box::pin(link.call(&never, Duration::from_secs(60)));
+        let once = std::future::poll_fn(|cx| std::task::Poll::Ready(dropped.as_mut().poll(cx)));
+        assert!(once.await.is_pending());
+        assert_eq!(connection.waiting(), 1, "sent and waiting");
+        drop(dropped);
+        assert_eq!(connection.waiting(), 0);
     }
 
     /// A connection that closes fails the calls waiting on it at once
