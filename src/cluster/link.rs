@@ -439,9 +439,13 @@ pub trait Answer: Send + Sync + 'static {
 pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
     let (mut read, write) = tokio::io::split(io);
     let (frames, queued) = mpsc::unbounded_channel::<Bytes>();
-    // The writer ends when the reader and every call it started are done.
-    let (_keep, never) = oneshot::channel();
-    tokio::spawn(write_frames(write, queued, never));
+    // The writer ends when the reader and every call it started are done
+    // (every sender of `frames` is gone): its stop never fires.
+    let (keep, never) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _keep = keep;
+        write_frames(write, queued, never).await;
+    });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut input = BytesMut::with_capacity(64 * 1024);
     'read: loop {
@@ -920,5 +924,43 @@ mod tests {
         let answer = link.call(&call("echo", 1), Duration::from_secs(5)).await;
         assert_eq!(answer.unwrap_err(), LinkError::NotSpoken);
         server.abort();
+    }
+
+    /// A caller that stops sending (half-closes) still gets the answers
+    /// of the calls it sent: the callee writes until every call is done.
+    #[tokio::test]
+    async fn calls_running_when_the_caller_stops_sending_are_still_answered() {
+        let echo = Arc::new(Echo::default());
+        echo.reach.store(1, Ordering::SeqCst);
+        let (address, _passed) = port(echo.clone()).await;
+        let mut tcp = TcpStream::connect(&address).await.unwrap();
+        let mut frames = BytesMut::from(&PREFACE[..]);
+        let waiting = call("wait", 9);
+        frames.put_u32((CALL_HEADER + waiting.encoded_len()) as u32);
+        frames.put_u64(9);
+        frames.put_u8(CALL);
+        frames.put_u32(60_000);
+        waiting.encode(&mut frames).unwrap();
+        tcp.write_all(&frames).await.unwrap();
+        echo.reached.notified().await;
+        tcp.shutdown().await.unwrap();
+        echo.gate.add_permits(1);
+        let mut input = BytesMut::new();
+        tcp.read_buf(&mut input).await.unwrap();
+        while input.len() < PREFACE.len() + 4 {
+            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed early");
+        }
+        input.advance(PREFACE.len());
+        loop {
+            if let Some((id, answer)) = next_frame(&mut input).unwrap() {
+                assert_eq!(id, 9);
+                assert_eq!(reply(pb::GrainAnswer::decode(answer).unwrap()).1, 9);
+                break;
+            }
+            assert!(
+                tcp.read_buf(&mut input).await.unwrap() > 0,
+                "closed unanswered"
+            );
+        }
     }
 }
