@@ -129,6 +129,10 @@ impl Dialer {
             .and_then(|(host, port)| Some((host.trim_matches(['[', ']']), port.parse().ok()?)))
             .ok_or_else(|| format!("{address:?} is not HOST:PORT"))?;
         let host: Arc<str> = host.into();
+        if self.is_tls() && expected.is_none() {
+            // Links go to members only, whose keys are known.
+            return Err(format!("{address}: no member's key to pin a link to"));
+        }
         let config = self
             .tls_config(expected.map(|f| vec![f]))?
             .map(|config| tls::for_link(&config));

@@ -110,6 +110,14 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+/// Why an exchange on a connection got no answer.
+enum Exchange {
+    /// The connection had closed: nothing was sent.
+    Unsent,
+    /// Sent (or past its deadline): the outcome is unknown.
+    Failed(String),
+}
+
 /// How long a link remembers that its member does not speak it before it
 /// dials again (the member may have been upgraded meanwhile).
 const NOT_SPOKEN_FOR: Duration = Duration::from_secs(10);
@@ -137,14 +145,23 @@ fn next_frame(input: &mut BytesMut) -> io::Result<Option<(u64, Bytes)>> {
     Ok(Some((id, frame)))
 }
 
+/// A frame to write, and the call slot it holds until it is written (an
+/// answer the peer does not read keeps its slot, so the callee stops
+/// reading calls rather than queueing answers without bound).
+struct Outgoing {
+    frame: Bytes,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Writes the frames `frames` yields, as many per write as have gathered,
 /// until the stream fails, every sender is gone, or `stop` fires.
 async fn write_frames(
     mut write: impl AsyncWrite + Unpin,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut written = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -152,16 +169,19 @@ async fn write_frames(
             _ = &mut stop => None,
         };
         let Some(first) = first else { break };
-        out.extend_from_slice(&first);
+        out.extend_from_slice(&first.frame);
+        written.push(first);
         while out.len() < 256 * 1024
-            && let Ok(frame) = frames.try_recv()
+            && let Ok(next) = frames.try_recv()
         {
-            out.extend_from_slice(&frame);
+            out.extend_from_slice(&next.frame);
+            written.push(next);
         }
         if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
             break;
         }
         out.clear();
+        written.clear();
     }
     let _ = write.shutdown().await;
 }
@@ -183,13 +203,15 @@ struct LinkInner {
     live: Mutex<Option<Arc<Connection>>>,
     /// Until when the member is taken not to speak the link.
     not_spoken: Mutex<Option<Instant>>,
+    /// The last connection attempt that failed: when, and why.
+    failed: Mutex<Option<(Instant, String)>>,
     /// One connection attempt at a time.
-    dialing: tokio::sync::Mutex<()>,
+    dialing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One connection of a link.
 struct Connection {
-    frames: mpsc::UnboundedSender<Bytes>,
+    frames: mpsc::UnboundedSender<Outgoing>,
     /// Calls sent and not answered, by id. `None` once the connection has
     /// closed: nothing waits on it any more.
     waiting: Mutex<Option<HashMap<u64, oneshot::Sender<Bytes>>>>,
@@ -211,9 +233,22 @@ impl Connection {
             closed: AtomicBool::new(false),
         });
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(write_frames(write, queued, stopped));
+        // A write that fails closes the connection too (the reader may not
+        // hear of it until much later).
+        let writing = connection.clone();
+        tokio::spawn(async move {
+            write_frames(write, queued, stopped).await;
+            writing.close();
+        });
         tokio::spawn(connection.clone().read_answers(read, stop));
         connection
+    }
+
+    /// Marks the connection closed and wakes every call waiting on it.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders wakes every waiting call.
+        lock(&self.waiting).take();
     }
 
     /// Hands each answer to its call until the connection ends; then
@@ -245,9 +280,7 @@ impl Connection {
                 }
             }
         }
-        self.closed.store(true, Ordering::Release);
-        // Dropping the senders wakes every waiting call.
-        lock(&self.waiting).take();
+        self.close();
     }
 
     /// Sends one frame of `kind` and waits for its answer until `deadline`.
@@ -257,11 +290,13 @@ impl Connection {
         deadline: Instant,
         message: Option<&pb::GrainCall>,
         address: &str,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, Exchange> {
         let Ok(Ok(_slot)) =
             tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned()).await
         else {
-            return Err(format!("{address}: no free call slot on the link in time"));
+            return Err(Exchange::Failed(format!(
+                "{address}: no free call slot on the link in time"
+            )));
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let size = message.map_or(0, Message::encoded_len);
@@ -274,15 +309,17 @@ impl Connection {
         if let Some(message) = message {
             message
                 .encode(&mut frame)
-                .map_err(|e| format!("cannot encode the call: {e}"))?;
+                .map_err(|e| Exchange::Failed(format!("cannot encode the call: {e}")))?;
         }
         if frame.len() > 4 + MAX_FRAME {
-            return Err(format!("the call is larger than {MAX_FRAME} bytes"));
+            return Err(Exchange::Failed(format!(
+                "the call is larger than {MAX_FRAME} bytes"
+            )));
         }
         let (answer, answered) = oneshot::channel();
         match lock(&self.waiting).as_mut() {
             Some(waiting) => waiting.insert(id, answer),
-            None => return Err(format!("the link to {address} closed")),
+            None => return Err(Exchange::Unsent),
         };
         // However this call ends (answered, timed out, or dropped by its
         // caller), nothing is left waiting for its id.
@@ -290,15 +327,21 @@ impl Connection {
             waiting: &self.waiting,
             id,
         };
-        if self.frames.send(frame.freeze()).is_err() {
-            return Err(format!("the link to {address} closed"));
+        let outgoing = Outgoing {
+            frame: frame.freeze(),
+            _slot: None,
+        };
+        if self.frames.send(outgoing).is_err() {
+            return Err(Exchange::Unsent);
         }
         match tokio::time::timeout_at(deadline.into(), answered).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(format!(
+            Ok(Err(_)) => Err(Exchange::Failed(format!(
                 "the link to {address} closed before the answer came"
-            )),
-            Err(_) => Err(format!("{address} did not answer in time")),
+            ))),
+            Err(_) => Err(Exchange::Failed(format!(
+                "{address} did not answer in time"
+            ))),
         }
     }
 
@@ -334,7 +377,8 @@ impl Link {
                 runtime: tokio::runtime::Handle::current(),
                 live: Mutex::new(None),
                 not_spoken: Mutex::new(None),
-                dialing: tokio::sync::Mutex::new(()),
+                failed: Mutex::new(None),
+                dialing: Arc::new(tokio::sync::Mutex::new(())),
             }),
         }
     }
@@ -348,11 +392,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<pb::GrainAnswer, LinkError> {
         let deadline = Instant::now() + timeout;
-        let connection = self.connection(deadline).await?;
-        let answer = connection
-            .exchange(CALL, deadline, Some(call), &self.inner.address)
-            .await
-            .map_err(LinkError::Failed)?;
+        let answer = self.exchange(CALL, deadline, Some(call)).await?;
         pb::GrainAnswer::decode(answer).map_err(|e| {
             LinkError::Failed(format!(
                 "{}: an answer that does not decode: {e}",
@@ -363,14 +403,31 @@ impl Link {
 
     /// One ping's round trip, for at most `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, LinkError> {
-        let deadline = Instant::now() + timeout;
-        let connection = self.connection(deadline).await?;
         let started = Instant::now();
-        connection
-            .exchange(PING, deadline, None, &self.inner.address)
-            .await
-            .map_err(LinkError::Failed)?;
+        self.exchange(PING, started + timeout, None).await?;
         Ok(started.elapsed())
+    }
+
+    /// One exchange on the live connection. A connection found closed
+    /// before anything was sent on it is replaced once.
+    async fn exchange(
+        &self,
+        kind: u8,
+        deadline: Instant,
+        message: Option<&pb::GrainCall>,
+    ) -> Result<Bytes, LinkError> {
+        let address = &self.inner.address;
+        for _ in 0..2 {
+            let connection = self.connection(deadline).await?;
+            match connection.exchange(kind, deadline, message, address).await {
+                Ok(answer) => return Ok(answer),
+                Err(Exchange::Unsent) => continue,
+                Err(Exchange::Failed(why)) => return Err(LinkError::Failed(why)),
+            }
+        }
+        Err(LinkError::Failed(format!(
+            "the link to {address} closed before the call was sent"
+        )))
     }
 
     /// The live connection, opened now if there is none.
@@ -388,10 +445,13 @@ impl Link {
     }
 
     /// The live connection, opened now if there is none; `None` if the
-    /// member does not speak the link.
+    /// member does not speak the link. One attempt at a time: callers
+    /// that waited for one that failed hear its failure rather than try
+    /// again each in turn.
     async fn open(&self, deadline: Instant) -> Result<Option<Arc<Connection>>, String> {
+        let inner = &self.inner;
         let current = || {
-            lock(&self.inner.live)
+            lock(&inner.live)
                 .as_ref()
                 .filter(|c| !c.closed.load(Ordering::Acquire))
                 .cloned()
@@ -399,30 +459,44 @@ impl Link {
         if let Some(connection) = current() {
             return Ok(Some(connection));
         }
-        let too_late = || format!("{}: could not connect in time", self.inner.address);
-        let _dialing = tokio::time::timeout_at(deadline.into(), self.inner.dialing.lock())
+        let asked = Instant::now();
+        let too_late = || format!("{}: could not connect in time", inner.address);
+        let dialing = tokio::time::timeout_at(deadline.into(), inner.dialing.clone().lock_owned())
             .await
             .map_err(|_| too_late())?;
         if let Some(connection) = current() {
             return Ok(Some(connection));
         }
-        // The connection's socket and tasks belong to the link's runtime,
-        // whichever thread asks.
-        let connect = self.inner.connect.clone();
-        let opened = self.inner.runtime.spawn(async move {
-            Ok::<_, String>(match connect().await? {
-                Opened::Link(io) => Some(Connection::start(io)),
-                Opened::NotSpoken => None,
-            })
+        if let Some((at, why)) = lock(&inner.failed).as_ref()
+            && *at >= asked
+        {
+            return Err(why.clone());
+        }
+        // The attempt runs to its end on the link's runtime (the
+        // connection's socket and tasks belong there, whichever thread
+        // asks), holding the turn, even if this caller stops waiting: what
+        // it opens is kept for the next call.
+        let (link, connect) = (inner.clone(), inner.connect.clone());
+        let attempt = inner.runtime.spawn(async move {
+            let _turn = dialing;
+            let opened = match connect().await {
+                Ok(Opened::Link(io)) => {
+                    let connection = Connection::start(io);
+                    *lock(&link.live) = Some(connection.clone());
+                    Ok(Some(connection))
+                }
+                Ok(Opened::NotSpoken) => Ok(None),
+                Err(why) => Err(format!("{}: {why}", link.address)),
+            };
+            if let Err(why) = &opened {
+                *lock(&link.failed) = Some((Instant::now(), why.clone()));
+            }
+            opened
         });
-        let connection = tokio::time::timeout_at(deadline.into(), opened)
+        tokio::time::timeout_at(deadline.into(), attempt)
             .await
             .map_err(|_| too_late())?
-            .map_err(|e| format!("{}: {e}", self.inner.address))??;
-        if let Some(connection) = &connection {
-            *lock(&self.inner.live) = Some(connection.clone());
-        }
-        Ok(connection)
+            .map_err(|e| format!("{}: {e}", inner.address))?
     }
 }
 
@@ -438,7 +512,7 @@ pub trait Answer: Send + Sync + 'static {
 /// Serves the calls of one link connection until it closes.
 pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
     let (mut read, write) = tokio::io::split(io);
-    let (frames, queued) = mpsc::unbounded_channel::<Bytes>();
+    let (frames, queued) = mpsc::unbounded_channel::<Outgoing>();
     // The writer ends when the reader and every call it started are done
     // (every sender of `frames` is gone): its stop never fires.
     let (keep, never) = oneshot::channel::<()>();
@@ -446,6 +520,7 @@ pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
         let _keep = keep;
         write_frames(write, queued, never).await;
     });
+    // A slot is held from a frame's arrival until its answer is written.
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut input = BytesMut::with_capacity(64 * 1024);
     'read: loop {
@@ -467,57 +542,67 @@ pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
                 break 'read;
             }
             let kind = frame.get_u8();
-            let timeout = Duration::from_millis(u64::from(frame.get_u32()));
-            match kind {
-                PING => {
-                    let _ = frames.send(answer_frame(id, None));
-                }
-                CALL => {
-                    // Past `IN_FLIGHT` calls the reading waits: the caller's
-                    // writes back up into its socket.
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        break 'read;
-                    };
-                    let (answers, frames) = (answers.clone(), frames.clone());
-                    tokio::spawn(async move {
-                        let answer = match pb::GrainCall::decode(frame) {
-                            Ok(call) => {
-                                match tokio::time::timeout(timeout, answers.answer(call)).await {
-                                    Ok(Ok(answer)) => answer,
-                                    Ok(Err(invalid)) => {
-                                        error(pb::grain_error::Error::Invalid(invalid))
-                                    }
-                                    Err(_) => error(pb::grain_error::Error::OutcomeUnknown(
-                                        "the call's deadline passed before the grain answered"
-                                            .into(),
-                                    )),
-                                }
-                            }
-                            Err(e) => error(pb::grain_error::Error::Invalid(format!(
-                                "the call does not decode: {e}"
-                            ))),
-                        };
-                        let answer = if answer.encoded_len() + 8 > MAX_FRAME {
-                            error(pb::grain_error::Error::Invalid(format!(
-                                "the answer is larger than {MAX_FRAME} bytes"
-                            )))
-                        } else {
-                            answer
-                        };
-                        let _ = frames.send(answer_frame(id, Some(&answer)));
-                        drop(slot);
-                    });
-                }
-                other => {
-                    tracing::debug!(
-                        kind = other,
-                        "link: a frame of no known type; closing the connection"
-                    );
-                    break 'read;
-                }
+            let deadline = Instant::now()
+                + Duration::from_millis(u64::from(frame.get_u32())).min(MAX_DEADLINE);
+            if kind != PING && kind != CALL {
+                tracing::debug!(
+                    kind,
+                    "link: a frame of no known type; closing the connection"
+                );
+                break 'read;
             }
+            // Past `IN_FLIGHT` the reading waits: the caller's writes back
+            // up into its socket.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break 'read;
+            };
+            if kind == PING {
+                let _ = frames.send(Outgoing {
+                    frame: answer_frame(id, None),
+                    _slot: Some(slot),
+                });
+                continue;
+            }
+            let (answers, frames) = (answers.clone(), frames.clone());
+            tokio::spawn(async move {
+                let answer = answer_call(answers.as_ref(), frame, deadline).await;
+                let _ = frames.send(Outgoing {
+                    frame: answer_frame(id, Some(&answer)),
+                    _slot: Some(slot),
+                });
+            });
         }
     }
+}
+
+/// Longest deadline a call may carry (the gRPC services' own bound).
+const MAX_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The answer to the call `frame` holds, given by `deadline`.
+async fn answer_call<A: Answer>(answers: &A, frame: Bytes, deadline: Instant) -> pb::GrainAnswer {
+    use pb::grain_error::Error;
+    if Instant::now() >= deadline {
+        // Its caller has stopped waiting: it does not run.
+        return error(Error::Unavailable(
+            "the call's deadline passed before it could run; it did not run".into(),
+        ));
+    }
+    let answer = match pb::GrainCall::decode(frame) {
+        Ok(call) => match tokio::time::timeout_at(deadline.into(), answers.answer(call)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(invalid)) => error(Error::Invalid(invalid)),
+            Err(_) => error(Error::OutcomeUnknown(
+                "the call's deadline passed before the grain answered".into(),
+            )),
+        },
+        Err(e) => error(Error::Invalid(format!("the call does not decode: {e}"))),
+    };
+    if answer.encoded_len() + 8 > MAX_FRAME {
+        return error(Error::Invalid(format!(
+            "the answer is larger than {MAX_FRAME} bytes"
+        )));
+    }
+    answer
 }
 
 fn error(error: pb::grain_error::Error) -> pb::GrainAnswer {
@@ -962,5 +1047,76 @@ mod tests {
                 "closed unanswered"
             );
         }
+    }
+
+    /// A connection that opens after its caller gave up is kept for the
+    /// next call, not left open and unused on both sides.
+    #[tokio::test]
+    async fn a_connection_opened_after_its_caller_gave_up_serves_the_next_call() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (opened, counted) = (gate.clone(), accepted.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut preface = [0u8; PREFACE.len()];
+                tcp.read_exact(&mut preface).await.unwrap();
+                // The preface comes back only when the test says so.
+                opened.notified().await;
+                tcp.write_all(PREFACE).await.unwrap();
+                tokio::spawn(serve(tcp, Arc::new(Echo::default())));
+            }
+        });
+        let link = link(&address);
+        let err = link
+            .call(&call("echo", 1), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("in time"), "{err}");
+        gate.notify_one();
+        assert_echoes(&link, 2).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection");
+        server.abort();
+    }
+
+    /// A call that arrives past its deadline does not run.
+    #[tokio::test]
+    async fn a_call_arriving_past_its_deadline_does_not_run() {
+        let echo = Arc::new(Echo::default());
+        let (address, _passed) = port(echo.clone()).await;
+        let mut tcp = TcpStream::connect(&address).await.unwrap();
+        let mut frames = BytesMut::from(&PREFACE[..]);
+        let late = call("echo", 5);
+        frames.put_u32((CALL_HEADER + late.encoded_len()) as u32);
+        frames.put_u64(5);
+        frames.put_u8(CALL);
+        frames.put_u32(0);
+        late.encode(&mut frames).unwrap();
+        tcp.write_all(&frames).await.unwrap();
+        let mut input = BytesMut::new();
+        while input.len() < PREFACE.len() + 4 {
+            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
+        }
+        input.advance(PREFACE.len());
+        let answer = loop {
+            if let Some((id, answer)) = next_frame(&mut input).unwrap() {
+                assert_eq!(id, 5);
+                break pb::GrainAnswer::decode(answer).unwrap();
+            }
+            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
+        };
+        assert!(
+            matches!(
+                answer.result,
+                Some(pb::grain_answer::Result::Error(pb::GrainError {
+                    error: Some(pb::grain_error::Error::Unavailable(_))
+                }))
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(echo.most.load(Ordering::SeqCst), 0, "it did not run");
     }
 }

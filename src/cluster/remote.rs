@@ -246,6 +246,7 @@ impl Remote {
             ))
         };
         crate::telemetry::inject_fields(span, &mut call.trace_context);
+        let started = Instant::now();
         match link.call(&call, FORWARD_DEADLINE).await {
             Ok(answer) => return super::wire::grain_answer_from_wire(answer),
             Err(super::link::LinkError::Failed(why)) => return Err(unanswered(&why)),
@@ -257,7 +258,9 @@ impl Remote {
             .map_err(|e| CallError::Unreachable(e.0))?;
         call.trace_context.clear();
         let mut request = tonic::Request::new(call);
-        request.set_timeout(FORWARD_DEADLINE);
+        // What is left of the call's deadline (finding out took a moment).
+        let left = FORWARD_DEADLINE.saturating_sub(started.elapsed());
+        request.set_timeout(left.max(Duration::from_millis(1)));
         crate::telemetry::inject(span, request.metadata_mut());
         match client.call(request).await {
             Ok(answer) => super::wire::grain_answer_from_wire(answer.into_inner()),

@@ -534,12 +534,13 @@ impl GrainRouter {
     /// A channel to the member at `address`, pinned to its key, on the
     /// gRPC runtime.
     pub fn channel(&self, address: &str) -> Result<Channel, Unroutable> {
-        let key = self.channel_key(address)?;
+        let pin = self.pin(address);
+        let key = self.key_pinned(address, pin)?;
         if let Some(channel) = lock(&self.channels).get(&key) {
             return Ok(channel.clone());
         }
         let _io = self.io.enter();
-        let channel = self.connect_lazy(address)?;
+        let channel = self.connect_lazy(address, pin)?;
         lock(&self.channels).insert(key, channel.clone());
         Ok(channel)
     }
@@ -553,35 +554,48 @@ impl GrainRouter {
     /// per calling thread, up to a budget; threads beyond it share one on
     /// the gRPC runtime.
     pub fn link(&self, address: &str) -> Result<Link, Unroutable> {
-        let key = self.channel_key(address)?;
+        // The key is looked up once: the link is named by the key it is
+        // pinned to.
+        let pin = self.pin(address);
+        let key = self.key_pinned(address, pin)?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return self.shared_link(address, key);
+            return self.shared_link(address, pin, key);
         }
         let name = key.clone();
         thread_cached((self.id, key), || {
             if !self.may_own_channel(&name) {
-                return Ok((self.shared_link(address, name.clone())?, false));
+                return Ok((self.shared_link(address, pin, name.clone())?, false));
             }
-            Ok((Link::new(address, self.link_connect(address)?), true))
+            Ok((Link::new(address, self.link_connect(address, pin)?), true))
         })
     }
 
-    /// The link to `address` on the gRPC runtime, named `key`.
-    fn shared_link(&self, address: &str, key: String) -> Result<Link, Unroutable> {
+    /// The link to `address` (pinned to `pin`) on the gRPC runtime, named
+    /// `key`.
+    fn shared_link(
+        &self,
+        address: &str,
+        pin: Option<crate::security::Fingerprint>,
+        key: String,
+    ) -> Result<Link, Unroutable> {
         if let Some(link) = lock(&self.links).get(&key) {
             return Ok(link.clone());
         }
         let _io = self.io.enter();
-        let link = Link::new(address, self.link_connect(address)?);
+        let link = Link::new(address, self.link_connect(address, pin)?);
         lock(&self.links).insert(key, link.clone());
         Ok(link)
     }
 
-    /// How a link to `address` connects.
-    fn link_connect(&self, address: &str) -> Result<super::link::Connect, Unroutable> {
+    /// How a link to `address`, whose member holds `pin`, connects.
+    fn link_connect(
+        &self,
+        address: &str,
+        pin: Option<crate::security::Fingerprint>,
+    ) -> Result<super::link::Connect, Unroutable> {
         self.cluster
             .dialer()
-            .link(address, self.pin(address), Duration::from_secs(1))
+            .link(address, pin, Duration::from_secs(1))
             .map_err(Unroutable)
     }
 
@@ -598,10 +612,14 @@ impl GrainRouter {
         true
     }
 
-    /// The name of `address`'s channels: the address and the key it is
-    /// pinned to (a member that comes back with a new key gets new ones).
-    fn channel_key(&self, address: &str) -> Result<String, Unroutable> {
-        let pin = self.pin(address);
+    /// The name of `address`'s channels and links: the address and the
+    /// key `pin` it is pinned to (a member that comes back with a new key
+    /// gets new ones).
+    fn key_pinned(
+        &self,
+        address: &str,
+        pin: Option<crate::security::Fingerprint>,
+    ) -> Result<String, Unroutable> {
         if self.cluster.dialer().is_tls() && pin.is_none() {
             return Err(Unroutable(format!("{address} is not a member's address")));
         }
@@ -617,9 +635,12 @@ impl GrainRouter {
         Ok(GrainsClient::new(self.channel(address)?))
     }
 
-    /// A new channel to `address` on the current runtime.
-    fn connect_lazy(&self, address: &str) -> Result<Channel, Unroutable> {
-        let pin = self.pin(address);
+    /// A new channel to `address`, pinned to `pin`, on the current runtime.
+    fn connect_lazy(
+        &self,
+        address: &str,
+        pin: Option<crate::security::Fingerprint>,
+    ) -> Result<Channel, Unroutable> {
         self.cluster
             .dialer()
             .connect_lazy(address, pin, Duration::from_secs(1), RPC_DEADLINE)
