@@ -154,6 +154,7 @@ impl Dialer {
                             use tokio::io::{AsyncReadExt, AsyncWriteExt};
                             let mut tcp = tokio::net::TcpStream::connect((&*host, port)).await?;
                             tcp.set_nodelay(true)?;
+                            super::link::keep_alive(&tcp);
                             tcp.write_all(super::link::PREFACE).await?;
                             // A member that speaks the link sends the
                             // preface back; one from before it closes.

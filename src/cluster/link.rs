@@ -70,6 +70,24 @@ const PING: u8 = 2;
 /// Bytes of a call frame after its length and before its message.
 const CALL_HEADER: usize = 8 + 1 + 4;
 
+/// Sets keepalive probes and a user timeout on a member connection, so a
+/// peer that vanished without closing (a host gone, a path cut) is found
+/// within about half a minute and the connection replaced, rather than
+/// after the kernel's retransmissions give up (many minutes).
+pub fn keep_alive(tcp: &tokio::net::TcpStream) {
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    let socket = socket2::SockRef::from(tcp);
+    let set = socket
+        .set_tcp_keepalive(&probes)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(Duration::from_secs(20))));
+    if let Err(err) = set {
+        tracing::debug!(error = %err, "cannot set keepalive on a member connection");
+    }
+}
+
 /// A connection a link runs on: TLS or plain TCP.
 pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
@@ -652,6 +670,7 @@ pub fn plaintext_incoming<A: Answer>(
                 return;
             }
             let _ = tcp.set_nodelay(true);
+            keep_alive(&tcp);
             let (found, answers) = (found.clone(), answers.clone());
             tokio::spawn(async move {
                 let mut tcp = tcp;
@@ -1118,5 +1137,25 @@ mod tests {
             "{answer:?}"
         );
         assert_eq!(echo.most.load(Ordering::SeqCst), 0, "it did not run");
+    }
+
+    #[tokio::test]
+    async fn member_connections_probe_a_silent_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        keep_alive(&tcp);
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(20))
+        );
     }
 }

@@ -298,6 +298,7 @@ pub async fn connect(
 ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect((host, port)).await?;
     tcp.set_nodelay(true)?;
+    crate::cluster::link::keep_alive(&tcp);
     let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -527,6 +528,7 @@ pub fn incoming(
             };
             let task = tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
+                crate::cluster::link::keep_alive(&tcp);
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
                 let tls = match handshake.await {
