@@ -163,6 +163,40 @@ fn next_frame(input: &mut BytesMut) -> io::Result<Option<(u64, Bytes)>> {
     Ok(Some((id, frame)))
 }
 
+/// The frames a connection reads, one at a time.
+struct FrameReader<R> {
+    read: R,
+    input: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    fn new(read: R) -> Self {
+        FrameReader {
+            read,
+            input: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The next frame (its call id and the rest); `None` once the
+    /// connection ended or sent a frame out of bounds.
+    async fn next(&mut self) -> Option<(u64, Bytes)> {
+        loop {
+            match next_frame(&mut self.input) {
+                Ok(Some(frame)) => return Some(frame),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, "link: a bad frame; closing the connection");
+                    return None;
+                }
+            }
+            match self.read.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 /// A frame to write, and the call slot it holds until it is written (an
 /// answer the peer does not read keeps its slot, so the callee stops
 /// reading calls rather than queueing answers without bound).
@@ -273,29 +307,14 @@ impl Connection {
     /// every call still waiting hears that it closed, and the writer stops.
     async fn read_answers(
         self: Arc<Self>,
-        mut read: impl AsyncRead + Unpin,
+        read: impl AsyncRead + Unpin,
         _stop: oneshot::Sender<()>,
     ) {
-        let mut input = BytesMut::with_capacity(64 * 1024);
-        'read: loop {
-            match read.read_buf(&mut input).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            loop {
-                match next_frame(&mut input) {
-                    Ok(Some((id, answer))) => {
-                        let waiter = lock(&self.waiting).as_mut().and_then(|w| w.remove(&id));
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(answer);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        tracing::debug!(error = %err, "link: a bad frame; closing the connection");
-                        break 'read;
-                    }
-                }
+        let mut frames = FrameReader::new(read);
+        while let Some((id, answer)) = frames.next().await {
+            let waiter = lock(&self.waiting).as_mut().and_then(|w| w.remove(&id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(answer);
             }
         }
         self.close();
@@ -529,7 +548,7 @@ pub trait Answer: Send + Sync + 'static {
 
 /// Serves the calls of one link connection until it closes.
 pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
-    let (mut read, write) = tokio::io::split(io);
+    let (read, write) = tokio::io::split(io);
     let (frames, queued) = mpsc::unbounded_channel::<Outgoing>();
     // The writer ends when the reader and every call it started are done
     // (every sender of `frames` is gone): its stop never fires.
@@ -540,56 +559,42 @@ pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
     });
     // A slot is held from a frame's arrival until its answer is written.
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut input = BytesMut::with_capacity(64 * 1024);
-    'read: loop {
-        match read.read_buf(&mut input).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+    let mut incoming = FrameReader::new(read);
+    while let Some((id, mut frame)) = incoming.next().await {
+        if frame.len() < 5 {
+            tracing::debug!("link: a frame without its header; closing the connection");
+            break;
         }
-        loop {
-            let (id, mut frame) = match next_frame(&mut input) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::debug!(error = %err, "link: a bad frame; closing the connection");
-                    break 'read;
-                }
-            };
-            if frame.len() < 5 {
-                tracing::debug!("link: a frame without its header; closing the connection");
-                break 'read;
-            }
-            let kind = frame.get_u8();
-            let deadline = Instant::now()
-                + Duration::from_millis(u64::from(frame.get_u32())).min(MAX_DEADLINE);
-            if kind != PING && kind != CALL {
-                tracing::debug!(
-                    kind,
-                    "link: a frame of no known type; closing the connection"
-                );
-                break 'read;
-            }
-            // Past `IN_FLIGHT` the reading waits: the caller's writes back
-            // up into its socket.
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                break 'read;
-            };
-            if kind == PING {
-                let _ = frames.send(Outgoing {
-                    frame: answer_frame(id, None),
-                    _slot: Some(slot),
-                });
-                continue;
-            }
-            let (answers, frames) = (answers.clone(), frames.clone());
-            tokio::spawn(async move {
-                let answer = answer_call(answers.as_ref(), frame, deadline).await;
-                let _ = frames.send(Outgoing {
-                    frame: answer_frame(id, Some(&answer)),
-                    _slot: Some(slot),
-                });
+        let kind = frame.get_u8();
+        let deadline =
+            Instant::now() + Duration::from_millis(u64::from(frame.get_u32())).min(MAX_DEADLINE);
+        if kind != PING && kind != CALL {
+            tracing::debug!(
+                kind,
+                "link: a frame of no known type; closing the connection"
+            );
+            break;
+        }
+        // Past `IN_FLIGHT` the reading waits: the caller's writes back up
+        // into its socket.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        if kind == PING {
+            let _ = frames.send(Outgoing {
+                frame: answer_frame(id, None),
+                _slot: Some(slot),
             });
+            continue;
         }
+        let (answers, frames) = (answers.clone(), frames.clone());
+        tokio::spawn(async move {
+            let answer = answer_call(answers.as_ref(), frame, deadline).await;
+            let _ = frames.send(Outgoing {
+                frame: answer_frame(id, Some(&answer)),
+                _slot: Some(slot),
+            });
+        });
     }
 }
 
@@ -799,6 +804,37 @@ mod tests {
         Link::new(address, connect)
     }
 
+    /// A raw connection to a plaintext member port, past the preface
+    /// (sent, and back).
+    async fn raw_link(address: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(address).await.unwrap();
+        tcp.write_all(PREFACE).await.unwrap();
+        let mut preface = [0u8; PREFACE.len()];
+        tcp.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE, "the preface comes back");
+        tcp
+    }
+
+    /// Appends call `id` of `kind` to `frames`, as a link sends it.
+    fn put_call(frames: &mut BytesMut, kind: &str, id: u64, deadline_ms: u32) {
+        let call = call(kind, id);
+        frames.put_u32((CALL_HEADER + call.encoded_len()) as u32);
+        frames.put_u64(id);
+        frames.put_u8(CALL);
+        frames.put_u32(deadline_ms);
+        call.encode(frames).unwrap();
+    }
+
+    /// The next answer on a raw link, read into `input`.
+    async fn next_answer(tcp: &mut TcpStream, input: &mut BytesMut) -> (u64, pb::GrainAnswer) {
+        loop {
+            if let Some((id, answer)) = next_frame(input).unwrap() {
+                return (id, pb::GrainAnswer::decode(answer).unwrap());
+            }
+            assert!(tcp.read_buf(input).await.unwrap() > 0, "closed unanswered");
+        }
+    }
+
     #[tokio::test]
     async fn calls_in_flight_together_each_get_their_own_answer() {
         let (address, _passed) = port(Arc::default()).await;
@@ -850,11 +886,8 @@ mod tests {
     async fn a_frame_past_the_bound_closes_the_connection_unread() {
         let (address, _passed) = port(Arc::default()).await;
         for length in [MAX_FRAME as u32 + 1, u32::MAX, 3] {
-            let mut tcp = TcpStream::connect(&address).await.unwrap();
-            tcp.write_all(PREFACE).await.unwrap();
+            let mut tcp = raw_link(&address).await;
             tcp.write_all(&length.to_be_bytes()).await.unwrap();
-            let mut preface = [0u8; PREFACE.len()];
-            tcp.read_exact(&mut preface).await.unwrap();
             let mut rest = Vec::new();
             let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest));
             assert!(
@@ -940,31 +973,21 @@ mod tests {
         let echo = Arc::new(Echo::default());
         echo.reach.store(IN_FLIGHT, Ordering::SeqCst);
         let (address, _passed) = port(echo.clone()).await;
-        let mut tcp = TcpStream::connect(&address).await.unwrap();
-        let mut frames = BytesMut::from(&PREFACE[..]);
+        let mut tcp = raw_link(&address).await;
+        let mut frames = BytesMut::new();
         let sent = IN_FLIGHT + 20;
         for id in 0..sent as u64 {
-            let call = call("wait", id);
-            frames.put_u32((CALL_HEADER + call.encoded_len()) as u32);
-            frames.put_u64(id);
-            frames.put_u8(CALL);
-            frames.put_u32(60_000);
-            call.encode(&mut frames).unwrap();
+            put_call(&mut frames, "wait", id, 60_000);
         }
         tcp.write_all(&frames).await.unwrap();
-        let mut preface = [0u8; PREFACE.len()];
-        tcp.read_exact(&mut preface).await.unwrap();
-        assert_eq!(&preface, PREFACE, "the preface comes back");
         echo.reached.notified().await;
         echo.gate.add_permits(sent);
         let mut input = BytesMut::new();
         let mut answered = std::collections::BTreeSet::new();
         while answered.len() < sent {
-            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
-            while let Some((id, answer)) = next_frame(&mut input).unwrap() {
-                assert_eq!(reply(pb::GrainAnswer::decode(answer).unwrap()).1, id);
-                answered.insert(id);
-            }
+            let (id, answer) = next_answer(&mut tcp, &mut input).await;
+            assert_eq!(reply(answer).1, id);
+            answered.insert(id);
         }
         assert_eq!(echo.most.load(Ordering::SeqCst), IN_FLIGHT);
     }
@@ -1037,35 +1060,15 @@ mod tests {
         let echo = Arc::new(Echo::default());
         echo.reach.store(1, Ordering::SeqCst);
         let (address, _passed) = port(echo.clone()).await;
-        let mut tcp = TcpStream::connect(&address).await.unwrap();
-        let mut frames = BytesMut::from(&PREFACE[..]);
-        let waiting = call("wait", 9);
-        frames.put_u32((CALL_HEADER + waiting.encoded_len()) as u32);
-        frames.put_u64(9);
-        frames.put_u8(CALL);
-        frames.put_u32(60_000);
-        waiting.encode(&mut frames).unwrap();
+        let mut tcp = raw_link(&address).await;
+        let mut frames = BytesMut::new();
+        put_call(&mut frames, "wait", 9, 60_000);
         tcp.write_all(&frames).await.unwrap();
         echo.reached.notified().await;
         tcp.shutdown().await.unwrap();
         echo.gate.add_permits(1);
-        let mut input = BytesMut::new();
-        tcp.read_buf(&mut input).await.unwrap();
-        while input.len() < PREFACE.len() + 4 {
-            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed early");
-        }
-        input.advance(PREFACE.len());
-        loop {
-            if let Some((id, answer)) = next_frame(&mut input).unwrap() {
-                assert_eq!(id, 9);
-                assert_eq!(reply(pb::GrainAnswer::decode(answer).unwrap()).1, 9);
-                break;
-            }
-            assert!(
-                tcp.read_buf(&mut input).await.unwrap() > 0,
-                "closed unanswered"
-            );
-        }
+        let (id, answer) = next_answer(&mut tcp, &mut BytesMut::new()).await;
+        assert_eq!((id, reply(answer).1), (9, 9));
     }
 
     /// A connection that opens after its caller gave up is kept for the
@@ -1106,27 +1109,12 @@ mod tests {
     async fn a_call_arriving_past_its_deadline_does_not_run() {
         let echo = Arc::new(Echo::default());
         let (address, _passed) = port(echo.clone()).await;
-        let mut tcp = TcpStream::connect(&address).await.unwrap();
-        let mut frames = BytesMut::from(&PREFACE[..]);
-        let late = call("echo", 5);
-        frames.put_u32((CALL_HEADER + late.encoded_len()) as u32);
-        frames.put_u64(5);
-        frames.put_u8(CALL);
-        frames.put_u32(0);
-        late.encode(&mut frames).unwrap();
+        let mut tcp = raw_link(&address).await;
+        let mut frames = BytesMut::new();
+        put_call(&mut frames, "echo", 5, 0);
         tcp.write_all(&frames).await.unwrap();
-        let mut input = BytesMut::new();
-        while input.len() < PREFACE.len() + 4 {
-            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
-        }
-        input.advance(PREFACE.len());
-        let answer = loop {
-            if let Some((id, answer)) = next_frame(&mut input).unwrap() {
-                assert_eq!(id, 5);
-                break pb::GrainAnswer::decode(answer).unwrap();
-            }
-            assert!(tcp.read_buf(&mut input).await.unwrap() > 0, "closed");
-        };
+        let (id, answer) = next_answer(&mut tcp, &mut BytesMut::new()).await;
+        assert_eq!(id, 5);
         assert!(
             matches!(
                 answer.result,
