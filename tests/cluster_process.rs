@@ -2,6 +2,8 @@
 //! a killed member removed by the majority, a lone survivor fencing itself,
 //! and `granary status`.
 
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::process::Command;
@@ -1259,4 +1261,56 @@ async fn half_open_connections_never_keep_members_out_nor_flood_the_log() {
     let lines = a.log_count("connections closed for the limits");
     assert!(lines <= 2, "{lines} log lines for one flood");
     drop(flood);
+}
+
+/// A member that does not speak the grain-call link (a version from before
+/// it, during a rolling upgrade) still gets the calls forwarded to it,
+/// over gRPC. Here A sits behind a proxy that closes link connections as
+/// such a member does under `--insecure-cluster` (on the link's preface).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_speak_the_link_gets_forwarded_calls_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db").to_str().unwrap().to_owned();
+    let grpc_a = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let proxy = proxy::Proxy::start(grpc_a.parse().unwrap()).await;
+    proxy.refuse_links();
+    let behind = proxy.addr.to_string();
+    let plain = "--insecure-cluster";
+    let a = NodeProcess::start_at(
+        &dir.path().join("a"),
+        "127.0.0.1:0",
+        &grpc_a,
+        &["--store", &store, "--advertise", &behind, plain],
+    );
+    let b = NodeProcess::start(
+        &dir.path().join("b"),
+        &["--store", &store, "--join", &grpc_a, plain],
+    );
+    until_all(&[&a, &b], "two committed members", |r| {
+        r.members == 2 && r.committed_version == r.config_version && r.quorum
+    })
+    .await;
+    let http = Http::new();
+    http.stock(&a, ["s0"]).await;
+    // A cart created through A is hosted by A; B forwards its calls.
+    let created = create_retrying(&a).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let cart = created.json["id"].as_str().unwrap().to_owned();
+    let added = http
+        .post(&b.url(&format!("/carts/{cart}/items")), support::item("s0"))
+        .await
+        .unwrap();
+    assert_eq!(added.status, 200, "{added:?}");
+    let read = http.get(&b.url(&format!("/carts/{cart}"))).await.unwrap();
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.json["lines"][0]["sku"], "s0", "{read:?}");
+    assert!(
+        proxy.links_refused() >= 1,
+        "B never tried the link, so the gRPC path was not the fallback"
+    );
+    assert!(live_carts(&status(&a).await.expect("A's status")) >= 1);
 }

@@ -164,7 +164,15 @@ impl Dialer {
                                     Opened::Link(Box::new(tcp))
                                 }
                                 Ok(_) => Opened::NotSpoken,
-                                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+                                // Closed on the preface (reset if it left
+                                // bytes unread). Nothing was sent yet.
+                                Err(err)
+                                    if matches!(
+                                        err.kind(),
+                                        std::io::ErrorKind::UnexpectedEof
+                                            | std::io::ErrorKind::ConnectionReset
+                                    ) =>
+                                {
                                     Opened::NotSpoken
                                 }
                                 Err(err) => return Err(err),

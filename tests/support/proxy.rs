@@ -16,6 +16,10 @@ use tokio::sync::watch;
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    /// Closes plaintext grain-call links (a connection that starts with
+    /// the link's preface), as a member from before the link does.
+    refuse_links: Arc<AtomicBool>,
+    links_refused: Arc<AtomicUsize>,
     /// Bumped on every cut: open connections watch it and close.
     epoch: watch::Sender<u64>,
     open: Arc<AtomicUsize>,
@@ -29,7 +33,10 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let (epoch, _) = watch::channel(0u64);
         let open = Arc::new(AtomicUsize::new(0));
+        let refuse_links = Arc::new(AtomicBool::new(false));
+        let links_refused = Arc::new(AtomicUsize::new(0));
         let (cut_flag, epochs, open_count) = (cut.clone(), epoch.clone(), open.clone());
+        let (refusing, refused) = (refuse_links.clone(), Arc::clone(&links_refused));
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -46,7 +53,17 @@ impl Proxy {
                     continue;
                 }
                 let open_count = open_count.clone();
+                let (refusing, refused) = (refusing.clone(), Arc::clone(&refused));
                 tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    if refusing.load(Ordering::SeqCst)
+                        && matches!(inbound.peek(&mut first).await, Ok(1) if first[0] == b'G')
+                    {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        drop(inbound);
+                        open_count.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = inbound.set_nodelay(true);
                         let _ = outbound.set_nodelay(true);
@@ -62,9 +79,22 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            refuse_links,
+            links_refused,
             epoch,
             open,
         }
+    }
+
+    /// From now on, closes plaintext grain-call links as a member from
+    /// before the link would (it closes on the link's preface).
+    pub fn refuse_links(&self) {
+        self.refuse_links.store(true, Ordering::SeqCst);
+    }
+
+    /// How many link connections it closed.
+    pub fn links_refused(&self) -> usize {
+        self.links_refused.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection (returns once they are closed, within
