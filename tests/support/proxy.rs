@@ -4,6 +4,9 @@
 //! advertise the proxy's address, and the node's inbound traffic passes
 //! through it.
 
+// Each test binary that includes this uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
