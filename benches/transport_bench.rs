@@ -22,37 +22,60 @@ use bytes::Bytes;
 use granary::cluster::link::{self, Link, messages};
 use tokio::net::TcpListener;
 
-pub mod grains {
-    tonic::include_proto!("granary.grains.v2");
-}
-
-use grains::grains_client::GrainsClient;
-use grains::grains_server::{Grains, GrainsServer};
+use messages::grains_client::GrainsClient;
+use messages::grains_server::{Grains, GrainsServer};
 
 /// Calls in flight on the one connection, each level measured.
 const IN_FLIGHT: [usize; 3] = [1, 8, 64];
 const REPLY_BYTES: usize = 3_000;
 const COMMAND_BYTES: usize = 60;
 
-/// Answers every call with a reply of `REPLY_BYTES`.
+/// Answers every call with a reply of `REPLY_BYTES`, over tonic and over
+/// the link alike.
 struct Echo(Bytes);
+
+impl Echo {
+    fn reply_to(&self, call: &messages::GrainCall) -> messages::GrainAnswer {
+        let mut reply = self.0.to_vec();
+        reply[0] = call.command.first().copied().unwrap_or_default();
+        messages::GrainAnswer {
+            result: Some(messages::grain_answer::Result::Ok(messages::GrainReply {
+                reply,
+                version: 1,
+            })),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl Grains for Echo {
     async fn call(
         &self,
-        request: tonic::Request<grains::GrainCall>,
-    ) -> Result<tonic::Response<grains::GrainAnswer>, tonic::Status> {
-        let call = request.into_inner();
-        let mut reply = self.0.to_vec();
-        reply[0] = call.command.first().copied().unwrap_or_default();
-        Ok(tonic::Response::new(grains::GrainAnswer {
-            result: Some(grains::grain_answer::Result::Ok(grains::GrainReply {
-                reply,
-                version: 1,
-            })),
-        }))
+        request: tonic::Request<messages::GrainCall>,
+    ) -> Result<tonic::Response<messages::GrainAnswer>, tonic::Status> {
+        Ok(tonic::Response::new(self.reply_to(request.get_ref())))
     }
+}
+
+impl link::Answer for Echo {
+    async fn answer(&self, call: messages::GrainCall) -> Result<messages::GrainAnswer, String> {
+        Ok(self.reply_to(&call))
+    }
+}
+
+/// The call both clients send: a forwarded add's size.
+fn echo_call(cart: &str, command: &Bytes) -> messages::GrainCall {
+    messages::GrainCall {
+        kind: "cart".into(),
+        id: cart.to_owned(),
+        command: command.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Whether an answer is the echo's whole reply.
+fn is_echoed(result: Option<messages::grain_answer::Result>) -> bool {
+    matches!(result, Some(messages::grain_answer::Result::Ok(r)) if r.reply.len() == REPLY_BYTES)
 }
 
 /// A runtime on a thread of its own; its handle.
@@ -67,22 +90,6 @@ fn runtime(name: &str) -> tokio::runtime::Handle {
         .spawn(move || runtime.block_on(std::future::pending::<()>()))
         .expect("thread");
     handle
-}
-
-/// The same echo for the link.
-struct LinkEcho(Bytes);
-
-impl link::Answer for LinkEcho {
-    async fn answer(&self, call: messages::GrainCall) -> Result<messages::GrainAnswer, String> {
-        let mut reply = self.0.to_vec();
-        reply[0] = call.command.first().copied().unwrap_or_default();
-        Ok(messages::GrainAnswer {
-            result: Some(messages::grain_answer::Result::Ok(messages::GrainReply {
-                reply,
-                version: 1,
-            })),
-        })
-    }
 }
 
 /// `in_flight` loops of `call` on `client_rt` for `duration`; calls/s.
@@ -156,7 +163,7 @@ fn main() {
             .expect("send");
             let links = link::plaintext_incoming(
                 lean,
-                Arc::new(LinkEcho(reply.clone())),
+                Arc::new(Echo(reply.clone())),
                 Duration::from_secs(5),
             );
             // Every connection to it is a link: nothing is passed on.
@@ -205,16 +212,14 @@ fn main() {
                 let (channel, cart, command) = (channel.clone(), cart.clone(), command.clone());
                 rate(&client_rt, in_flight, seconds, move || {
                     let mut client = GrainsClient::new(channel.clone());
-                    let call = grains::GrainCall {
-                        kind: "cart".into(),
-                        id: cart.clone(),
-                        command: command.to_vec(),
-                        ..Default::default()
-                    };
+                    let call = echo_call(&cart, &command);
                     async move {
-                        matches!(
-                            client.call(call).await.map(|a| a.into_inner().result),
-                            Ok(Some(grains::grain_answer::Result::Ok(r))) if r.reply.len() == REPLY_BYTES
+                        is_echoed(
+                            client
+                                .call(call)
+                                .await
+                                .ok()
+                                .and_then(|a| a.into_inner().result),
                         )
                     }
                 })
@@ -223,17 +228,10 @@ fn main() {
                 let (lean, cart, command) = (lean.clone(), cart.clone(), command.clone());
                 rate(&client_rt, in_flight, seconds, move || {
                     let lean = lean.clone();
-                    let call = messages::GrainCall {
-                        kind: "cart".into(),
-                        id: cart.clone(),
-                        command: command.to_vec(),
-                        ..Default::default()
-                    };
+                    let call = echo_call(&cart, &command);
                     async move {
-                        matches!(
-                            lean.call(&call, Duration::from_secs(10)).await.map(|a| a.result),
-                            Ok(Some(messages::grain_answer::Result::Ok(r))) if r.reply.len() == REPLY_BYTES
-                        )
+                        let answer = lean.call(&call, Duration::from_secs(10)).await;
+                        is_echoed(answer.ok().and_then(|a| a.result))
                     }
                 })
             };
