@@ -161,9 +161,12 @@ fn main() {
                 lean.local_addr().expect("addr"),
             ))
             .expect("send");
+            let echo = Arc::new(Echo(reply.clone()));
             let links = link::plaintext_incoming(
                 lean,
-                Arc::new(Echo(reply.clone())),
+                move |tcp| {
+                    tokio::spawn(link::serve(tcp, echo.clone()));
+                },
                 Duration::from_secs(5),
             );
             // Every connection to it is a link: nothing is passed on.

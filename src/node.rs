@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::App;
 use anyhow::Context;
-use granary_grain::{Grain, GrainRuntime, Lease, RuntimeConfig};
+use granary_grain::{ArbiterPool, Grain, GrainRuntime, Lease, Placement, RuntimeConfig};
 use granary_store::{EventStore, PostgresStore, SqliteStore};
 use tonic::transport::Server;
 
@@ -223,7 +223,11 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         reservation_hold: config.reservation_hold,
         ..crate::shop::ShopSettings::default()
     });
+    // One pool of grain threads for every kind (and the links' calls).
+    let grain_threads =
+        ArbiterPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime_config = RuntimeConfig {
+        placement: Placement::Shared(grain_threads.clone()),
         idle_timeout: config.idle_timeout,
         max_live: config.max_live_grains,
         snapshot_every: config.snapshot_every,
@@ -282,6 +286,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
             grains: GrainsService::new(grains.clone(), remote),
         },
         trust.map(|trust| (keys.clone(), trust)),
+        grain_threads,
     )?;
 
     // Due reminders of the grains whose partitions this member holds.
@@ -464,6 +469,7 @@ fn start_grpc(
     listener: std::net::TcpListener,
     services: GrpcServices,
     tls: Option<(Arc<NodeKeys>, Arc<Trust>)>,
+    grain_threads: ArbiterPool,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, GrpcThread)> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ended, thread) = std::sync::mpsc::sync_channel(1);
@@ -471,8 +477,10 @@ fn start_grpc(
     let serve = move || -> anyhow::Result<()> {
         runtime.block_on(async move {
             // Grain calls between members come on links beside the gRPC
-            // services (`cluster::link`); the same service answers both.
+            // services (`cluster::link`), served on the grain threads; the
+            // same service answers both.
             let grains = Arc::new(services.grains);
+            let links = Arc::new(cluster::link::LinkThreads::new(grain_threads, grains.clone()));
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let router = Server::builder()
                 .timeout(GRPC_TIMEOUT)
@@ -514,7 +522,7 @@ fn start_grpc(
                         match accepted {
                             Ok(connection) if connection.is_link() => {
                                 if connection.is_member() {
-                                    tokio::spawn(cluster::link::serve(connection, grains.clone()));
+                                    links.serve(connection);
                                 } else {
                                     tracing::debug!("a grain-call link from a key that is not a member's; closed");
                                 }
@@ -530,7 +538,7 @@ fn start_grpc(
                 None => {
                     let incoming = cluster::link::plaintext_incoming(
                         listener,
-                        grains,
+                        move |tcp| links.serve_tcp(tcp),
                         Limits::default().handshake_timeout,
                     );
                     router

@@ -652,15 +652,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts plaintext connections (`--insecure-cluster`) on `listener`:
-/// those that begin with [`PREFACE`] get it back and are served as links
-/// by `answers`, the rest come out for the gRPC server. A connection that sends nothing
-/// within `first_bytes` is closed (an HTTP/2 client speaks first too).
-pub fn plaintext_incoming<A: Answer>(
+/// those that begin with [`PREFACE`] get it back and go to `links` (which
+/// serves them), the rest come out for the gRPC server. A connection that
+/// sends nothing within `first_bytes` is closed (an HTTP/2 client speaks
+/// first too).
+pub fn plaintext_incoming(
     listener: tokio::net::TcpListener,
-    answers: Arc<A>,
+    links: impl Fn(tokio::net::TcpStream) + Send + Sync + 'static,
     first_bytes: Duration,
 ) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
     let (found, incoming) = mpsc::channel(64);
+    let links = Arc::new(links);
     tokio::spawn(async move {
         loop {
             let tcp = match listener.accept().await {
@@ -676,7 +678,7 @@ pub fn plaintext_incoming<A: Answer>(
             }
             let _ = tcp.set_nodelay(true);
             keep_alive(&tcp);
-            let (found, answers) = (found.clone(), answers.clone());
+            let (found, links) = (found.clone(), links.clone());
             tokio::spawn(async move {
                 let mut tcp = tcp;
                 let mut first = [0u8; 1];
@@ -688,7 +690,7 @@ pub fn plaintext_incoming<A: Answer>(
                             // The preface back says "I speak the link"; a
                             // member from before it would close instead.
                             if tcp.write_all(PREFACE).await.is_ok() {
-                                serve(tcp, answers).await;
+                                links(tcp);
                             }
                         }
                     }
@@ -701,6 +703,92 @@ pub fn plaintext_incoming<A: Answer>(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
+}
+
+/// A link connection that can leave the runtime it was accepted on for
+/// another thread's (its socket deregistered, then registered there).
+pub trait Movable: Sized + Send + 'static {
+    type Io: LinkIo;
+    /// Takes it off the current runtime.
+    fn detach(self) -> io::Result<Self>;
+    /// Registers it with the current runtime.
+    fn attach(self) -> io::Result<Self::Io>;
+}
+
+/// A plaintext link between runtimes.
+pub struct DetachedTcp(std::net::TcpStream);
+
+impl Movable for DetachedTcp {
+    type Io = tokio::net::TcpStream;
+    fn detach(self) -> io::Result<Self> {
+        Ok(self)
+    }
+    fn attach(self) -> io::Result<Self::Io> {
+        tokio::net::TcpStream::from_std(self.0)
+    }
+}
+
+impl Movable for crate::security::PeerConnection {
+    type Io = crate::security::PeerConnection;
+    fn detach(mut self) -> io::Result<Self> {
+        crate::security::PeerConnection::detach(&mut self)?;
+        Ok(self)
+    }
+    fn attach(mut self) -> io::Result<Self::Io> {
+        crate::security::PeerConnection::attach(&mut self)?;
+        Ok(self)
+    }
+}
+
+/// Serves link connections on the grain threads, one after another: the
+/// thread that reads a call then often hosts its grain, and otherwise
+/// hands it to a sibling, never through the gRPC thread that accepted it
+/// (a thread hop less each way).
+pub struct LinkThreads<A> {
+    pool: granary_grain::ArbiterPool,
+    answers: Arc<A>,
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+impl<A: Answer> LinkThreads<A> {
+    pub fn new(pool: granary_grain::ArbiterPool, answers: Arc<A>) -> Self {
+        LinkThreads {
+            pool,
+            answers,
+            turn: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Serves `connection` on the next grain thread.
+    pub fn serve<C: Movable>(&self, connection: C) {
+        let connection = match connection.detach() {
+            Ok(connection) => connection,
+            Err(err) => {
+                tracing::debug!(error = %err, "link: the connection could not move; closed");
+                return;
+            }
+        };
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let answers = self.answers.clone();
+        self.pool.spawn_on(turn, move || async move {
+            match connection.attach() {
+                Ok(io) => serve(io, answers).await,
+                Err(err) => {
+                    tracing::debug!(error = %err, "link: the connection could not move; closed")
+                }
+            }
+        });
+    }
+
+    /// Serves a plaintext `tcp` on the next grain thread.
+    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream) {
+        match tcp.into_std() {
+            Ok(tcp) => self.serve(DetachedTcp(tcp)),
+            Err(err) => {
+                tracing::debug!(error = %err, "link: the connection could not move; closed")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -793,7 +881,13 @@ mod tests {
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
-        let passed = plaintext_incoming(listener, echo, Duration::from_secs(5));
+        let passed = plaintext_incoming(
+            listener,
+            move |tcp| {
+                tokio::spawn(serve(tcp, echo.clone()));
+            },
+            Duration::from_secs(5),
+        );
         (address, passed)
     }
 
@@ -1145,5 +1239,114 @@ mod tests {
             socket.tcp_user_timeout().unwrap(),
             Some(Duration::from_secs(20))
         );
+    }
+
+    /// Answers every call with the name of the thread that ran it.
+    struct Threads;
+
+    impl Answer for Threads {
+        async fn answer(&self, _call: pb::GrainCall) -> Result<pb::GrainAnswer, String> {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            Ok(pb::GrainAnswer {
+                result: Some(pb::grain_answer::Result::Ok(pb::GrainReply {
+                    reply: name.into_bytes(),
+                    version: 0,
+                })),
+            })
+        }
+    }
+
+    /// Runs `accept` on a runtime of its own on a thread of its own (as the
+    /// gRPC thread accepts links), then drops that runtime.
+    fn accept_elsewhere(
+        accept: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(accept());
+        })
+    }
+
+    /// Calls on `link` run on a grain thread, before and after the runtime
+    /// that accepted the connection (`accepting`) is gone.
+    async fn answered_on_grain_threads(link: &Link, accepting: std::thread::JoinHandle<()>) {
+        let thread = |answer: Result<pb::GrainAnswer, LinkError>| {
+            String::from_utf8(reply(answer.expect("an answer")).0).unwrap()
+        };
+        let first = thread(link.call(&call("any", 1), Duration::from_secs(5)).await);
+        assert!(first.contains("arbiter"), "answered on {first:?}");
+        tokio::task::spawn_blocking(move || accepting.join().unwrap())
+            .await
+            .unwrap();
+        for id in 2..20 {
+            let next = thread(link.call(&call("any", id), Duration::from_secs(5)).await);
+            assert_eq!(next, first, "one connection, one grain thread");
+        }
+    }
+
+    /// Link connections the gRPC thread accepts are served on the grain
+    /// threads, TLS and plaintext alike: they leave the accepting runtime
+    /// (which may then end) with their TLS session.
+    #[actix_rt::test]
+    async fn links_are_served_on_the_grain_threads() {
+        use crate::security::{Limits, NodeKeys, tls};
+        let links = Arc::new(LinkThreads::new(
+            granary_grain::ArbiterPool::new(2),
+            Arc::new(Threads),
+        ));
+
+        // Mutual TLS.
+        let dir = tempfile::tempdir().unwrap();
+        let server = NodeKeys::load_or_create(&dir.path().join("server")).unwrap();
+        let client = NodeKeys::load_or_create(&dir.path().join("client")).unwrap();
+        let trust = tls::Trust::new([client.fingerprint]);
+        let config = tls::server_config(&server, trust.clone(), tls::Admission::Trusted).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let served = links.clone();
+        let accepting = accept_elsewhere(move || {
+            Box::pin(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let incoming = tls::incoming(listener, config, trust, Limits::default());
+                let mut incoming = std::pin::pin!(incoming);
+                let connection = incoming.next().await.unwrap().unwrap();
+                assert!(connection.is_link() && connection.is_member());
+                served.serve(connection);
+            })
+        });
+        let connect = crate::cluster::dial::Dialer::tls(Arc::new(client))
+            .link(&address, Some(server.fingerprint), Duration::from_secs(2))
+            .unwrap();
+        answered_on_grain_threads(&Link::new(&address, connect), accepting).await;
+
+        // Plaintext.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (accepted, moved) = oneshot::channel();
+        let accepting = accept_elsewhere(move || {
+            Box::pin(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                let accepted = Mutex::new(Some(accepted));
+                let passed = plaintext_incoming(
+                    listener,
+                    move |tcp| {
+                        links.serve_tcp(tcp);
+                        if let Some(accepted) = lock(&accepted).take() {
+                            let _ = accepted.send(());
+                        }
+                    },
+                    Duration::from_secs(5),
+                );
+                // Kept: the port accepts while its stream is open.
+                let _passed = passed;
+                let _ = moved.await;
+            })
+        });
+        answered_on_grain_threads(&link(&address), accepting).await;
     }
 }

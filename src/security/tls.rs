@@ -529,8 +529,10 @@ pub fn incoming(
             let task = tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 crate::cluster::link::keep_alive(&tcp);
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+                let handshake = tokio::time::timeout(
+                    limits.handshake_timeout,
+                    acceptor.accept(Socket::Live(tcp)),
+                );
                 let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {
@@ -587,10 +589,114 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// A peer's socket, which may move between runtimes (see
+/// [`PeerConnection::detach`]).
+pub enum Socket {
+    /// Registered with a runtime's reactor: reads and writes work.
+    Live(TcpStream),
+    /// Between runtimes: reads and writes fail.
+    Detached(std::net::TcpStream),
+    /// Lost on a failed move.
+    Gone,
+}
+
+impl Socket {
+    fn detach(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, Socket::Gone) {
+            Socket::Live(tcp) => {
+                *self = Socket::Detached(tcp.into_std()?);
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Ok(())
+            }
+        }
+    }
+
+    fn attach(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, Socket::Gone) {
+            Socket::Detached(std) => {
+                *self = Socket::Live(TcpStream::from_std(std)?);
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Ok(())
+            }
+        }
+    }
+
+    fn live(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        match self {
+            Socket::Live(tcp) => Ok(Pin::new(tcp)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the connection is between runtimes",
+            )),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(tcp) => tcp.poll_read(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().live() {
+            Ok(tcp) => tcp.poll_write(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut().live() {
+            Ok(tcp) => tcp.poll_write_vectored(cx, bufs),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(tcp) => tcp.poll_flush(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().live() {
+            Ok(tcp) => tcp.poll_shutdown(cx),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
 /// An authenticated connection from a peer. Cut (its reads and writes
 /// fail) as soon as the peer's identity is no longer trusted.
 pub struct PeerConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: tokio_rustls::server::TlsStream<Socket>,
     peer: PeerIdentity,
     trust: Arc<Trust>,
     changes: WatchStream<u64>,
@@ -612,6 +718,20 @@ impl PeerConnection {
     /// Whether the peer held a member's key when it connected.
     pub fn is_member(&self) -> bool {
         self.trusted
+    }
+
+    /// Takes the connection off the runtime it was accepted on (its socket
+    /// leaves that runtime's reactor), so it can move to another thread's
+    /// runtime, where [`PeerConnection::attach`] registers it again. The
+    /// TLS session (keys, buffered records) moves with it.
+    pub fn detach(&mut self) -> io::Result<()> {
+        self.stream.get_mut().0.detach()
+    }
+
+    /// Registers a detached connection with the current runtime's reactor.
+    /// Must be called on the runtime that will drive it.
+    pub fn attach(&mut self) -> io::Result<()> {
+        self.stream.get_mut().0.attach()
     }
 
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {

@@ -1,20 +1,93 @@
 //! The runtime's knobs.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Which thread a new activation lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
     /// On the runtime's own pool of arbiter threads (this many), chosen by
     /// a hash of the id. Callers on other threads pay a thread hop per call,
     /// but grains outlive the callers' threads: a server stopping one of its
     /// worker threads never takes a grain (and its write in flight) with it.
     Pool(usize),
+    /// As `Pool`, on threads several runtimes share (one pool for every
+    /// kind a node hosts: no more threads than cores, and a grain calling
+    /// a grain of another kind may find it on its own thread).
+    Shared(ArbiterPool),
     /// On the caller's actix arbiter when there is one (no thread hop),
     /// else on the pool's first arbiter. For callers whose threads live as
     /// long as the runtime.
     Caller,
 }
+
+/// Arbiter threads grains live on (see [`Placement::Shared`]). Cheap to
+/// clone; clones are the same threads. Their work is whatever is spawned
+/// on them: activations, and anything else given to [`ArbiterPool::spawn_on`].
+#[derive(Clone)]
+pub struct ArbiterPool(Arc<[actix::ArbiterHandle]>);
+
+impl ArbiterPool {
+    /// Starts `threads` arbiter threads (at least one). Must be called
+    /// inside a running actix `System`.
+    pub fn new(threads: usize) -> Self {
+        ArbiterPool(
+            (0..threads.max(1))
+                .map(|_| actix::Arbiter::new().handle())
+                .collect(),
+        )
+    }
+
+    /// How many threads.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never: a pool has at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Runs the future `work` makes on thread `turn` (modulo the count);
+    /// `work` runs there, so its future need not be `Send`.
+    pub fn spawn_on<F>(&self, turn: usize, work: impl FnOnce() -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.0[turn % self.0.len()].spawn_fn(move || {
+            actix::spawn(work());
+        });
+    }
+
+    pub(crate) fn first(&self) -> &actix::ArbiterHandle {
+        &self.0[0]
+    }
+
+    /// The thread grain `id` lives on.
+    pub(crate) fn of(&self, id: &str) -> &actix::ArbiterHandle {
+        // FNV-1a: stable and cheap; only spreading matters here.
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        &self.0[(hash % self.0.len() as u64) as usize]
+    }
+}
+
+impl std::fmt::Debug for ArbiterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArbiterPool({} threads)", self.0.len())
+    }
+}
+
+/// Two pools are equal when they are the same threads.
+impl PartialEq for ArbiterPool {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ArbiterPool {}
 
 impl Default for Placement {
     fn default() -> Self {

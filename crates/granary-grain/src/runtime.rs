@@ -8,7 +8,7 @@ use actix::{Actor, Arbiter, MailboxError};
 use granary_store::{EventStore, StoreError};
 
 use crate::activation::{Call, CallResult, GrainActor, Published};
-use crate::config::{Placement, RuntimeConfig};
+use crate::config::{ArbiterPool, Placement, RuntimeConfig};
 use crate::error::CallError;
 use crate::grain::{Grain, Outcome};
 use crate::registry::{Host, Registry, Retired};
@@ -54,7 +54,7 @@ pub(crate) struct Shared<G: Grain> {
     /// The runtime's own arbiter threads: where pooled grains live, where
     /// grains of callers outside actix live, and (the first) where the idle
     /// sweeper runs.
-    arbiters: Vec<actix::ArbiterHandle>,
+    arbiters: ArbiterPool,
 }
 
 /// The runtime for one grain kind `G`. Clone it freely; all clones share
@@ -101,13 +101,12 @@ where
         ownership: Option<Arc<dyn Ownership>>,
         lease: Arc<Lease>,
     ) -> Self {
-        let threads = match config.placement {
-            Placement::Pool(n) => n.max(1),
-            Placement::Caller => 1,
+        let arbiters = match &config.placement {
+            Placement::Pool(n) => ArbiterPool::new(*n),
+            Placement::Shared(pool) => pool.clone(),
+            Placement::Caller => ArbiterPool::new(1),
         };
-        let arbiters: Vec<actix::ArbiterHandle> =
-            (0..threads).map(|_| Arbiter::new().handle()).collect();
-        let home = arbiters[0].clone();
+        let home = arbiters.first().clone();
         let shared = Arc::new(Shared {
             registry: Mutex::new(Registry::new()),
             store,
@@ -314,14 +313,8 @@ where
         let arbiters = &self.shared.arbiters;
         match self.shared.config.placement {
             Placement::Caller if Arbiter::try_current().is_some() => None,
-            Placement::Caller => arbiters.first(),
-            Placement::Pool(_) => {
-                // FNV-1a: stable and cheap; only spreading matters here.
-                let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                });
-                arbiters.get((hash % arbiters.len() as u64) as usize)
-            }
+            Placement::Caller => Some(arbiters.first()),
+            Placement::Pool(_) | Placement::Shared(_) => Some(arbiters.of(id)),
         }
     }
 

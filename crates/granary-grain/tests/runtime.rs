@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, RuntimeConfig};
+use granary_grain::{
+    ArbiterPool, CallError, CallOptions, Grain, GrainRuntime, Placement, RuntimeConfig,
+};
 use granary_store::{EventStore, GrainKey, SqliteStore, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -1090,4 +1092,45 @@ async fn dormant_grains_are_passivated_and_evicted_with_their_placements_release
     for (id, value) in [("a", 1), ("b", 2), ("c", 3)] {
         assert_eq!(rt.call(id, Op::Get).await.unwrap().reply, value);
     }
+}
+
+/// The name of the thread grain `id` of `runtime` lives on.
+async fn thread_of(runtime: &GrainRuntime<Counter>, id: &str) -> String {
+    let (tell, told) = tokio::sync::oneshot::channel();
+    runtime.spawn_beside(id, move || async move {
+        let _ = tell.send(std::thread::current().name().unwrap_or_default().to_owned());
+    });
+    told.await.expect("the work ran")
+}
+
+#[actix_rt::test]
+async fn runtimes_given_one_pool_host_their_grains_on_its_threads() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pool = ArbiterPool::new(1);
+    let shared = RuntimeConfig {
+        placement: Placement::Shared(pool.clone()),
+        ..RuntimeConfig::default()
+    };
+    let a = runtime(store(&dirs[0]), shared.clone());
+    let b = runtime(store(&dirs[1]), shared);
+    let own = runtime(
+        store(&dirs[2]),
+        RuntimeConfig {
+            placement: Placement::Pool(1),
+            ..RuntimeConfig::default()
+        },
+    );
+    let (tell, told) = tokio::sync::oneshot::channel();
+    pool.spawn_on(7, move || async move {
+        let _ = tell.send(std::thread::current().name().unwrap_or_default().to_owned());
+    });
+    let pooled = told.await.unwrap();
+    assert!(pooled.contains("arbiter"), "{pooled:?}");
+    assert_eq!(thread_of(&a, "x").await, pooled);
+    assert_eq!(thread_of(&b, "y").await, pooled);
+    assert_ne!(thread_of(&own, "x").await, pooled, "a pool of its own");
+    // Grains of both runtimes live and answer there.
+    assert_eq!(a.call("x", Op::Add(2)).await.unwrap().reply, 2);
+    assert_eq!(b.call("x", Op::Add(5)).await.unwrap().reply, 5);
+    assert_eq!(pool.len(), 1);
 }
