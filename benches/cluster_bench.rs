@@ -20,7 +20,9 @@
 //!    another member serves it again, with the owner a follower and with
 //!    the owner the leader (an election comes first).
 //! 4. What forwarding costs: full load with every request sent to the
-//!    cart's owner vs spread over the members, on fresh clusters.
+//!    cart's owner vs spread over the members, alternated in 2 s slices on
+//!    one cluster (the median of neighbouring pairs' ratios); then one
+//!    add at a time to the owner vs through another member.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -250,65 +252,120 @@ async fn until_members(node: &NodeProcess, members: u32) {
 /// forwarded to the cart's owner; otherwise every request goes to the
 /// member that created (and owns) the cart.
 async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -> (f64, u64) {
-    let http = Http::new();
-    http.stock(nodes[0], (0..8).map(|n| format!("sku-{n}")))
-        .await;
-    let mut carts = Vec::new();
-    for n in 0..64 {
-        let node = nodes[n % 3];
-        let answer = http
-            .send_past_503("POST", &node.url("/carts"), None, Duration::from_secs(10))
+    Shoppers::new(nodes).await.run(load_for, spread).await
+}
+
+/// 64 clients, each adding items to a cart of its own.
+struct Shoppers {
+    http: Http,
+    nodes: Vec<String>,
+    urls: Vec<String>,
+    /// Bodies encoded once and answers not parsed (as granary_bench's
+    /// client): the client shares the two cores with the three members.
+    bodies: Arc<Vec<bytes::Bytes>>,
+}
+
+impl Shoppers {
+    async fn new(nodes: [&NodeProcess; 3]) -> Shoppers {
+        let http = Http::new();
+        http.stock(nodes[0], (0..8).map(|n| format!("sku-{n}")))
+            .await;
+        Shoppers {
+            http,
+            nodes: nodes.iter().map(|n| n.url("/carts")).collect(),
+            urls: nodes.iter().map(|n| n.url("")).collect(),
+            bodies: Arc::new(
+                (0..8)
+                    .map(|n| {
+                        serde_json::to_vec(&support::item(&format!("sku-{n}"))).expect("encode")
+                    })
+                    .map(bytes::Bytes::from)
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Latencies of `adds` adds one at a time to a new cart created on the
+    /// first member (its owner), sent to it (`forwarded` false) or to the
+    /// second member (every add forwarded).
+    async fn one_at_a_time(&self, adds: usize, forwarded: bool) -> Vec<Duration> {
+        let answer = self
+            .http
+            .send_past_503("POST", &self.nodes[0], None, Duration::from_secs(10))
             .await;
         assert_eq!(answer.status, 201, "{answer:?}");
-        carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));
+        let cart = answer.json["id"].as_str().expect("id").to_owned();
+        let url = format!("{}/carts/{cart}/items", self.urls[usize::from(forwarded)]);
+        let mut took = Vec::with_capacity(adds);
+        for i in 0..adds {
+            let body = self.bodies[i % 8].clone();
+            let started = Instant::now();
+            let answer = self.http.status_of("POST", &url, Some(body)).await;
+            took.push(started.elapsed());
+            assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+        }
+        took
     }
-    let urls: Vec<String> = nodes.iter().map(|n| n.url("")).collect();
-    // Bodies encoded once and answers not parsed (as granary_bench's
-    // client): the client shares the two cores with the three members.
-    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
-        (0..8)
-            .map(|n| serde_json::to_vec(&support::item(&format!("sku-{n}"))).expect("encode"))
-            .map(bytes::Bytes::from)
-            .collect(),
-    );
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for (n, cart) in carts {
-        let (http, urls, bodies, ok, failed, stop) = (
-            http.clone(),
-            urls.clone(),
-            bodies.clone(),
-            ok.clone(),
-            failed.clone(),
-            stop.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let member = if spread { n + i as usize } else { n };
-                let url = format!("{}/carts/{cart}/items", urls[member % urls.len()]);
-                let body = bodies[(i % 8) as usize].clone();
-                match http.status_of("POST", &url, Some(body)).await {
-                    Ok((200, length)) if length > 0 => ok.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                i += 1;
-            }
-        }));
+
+    /// Adds for `load_for`, each request sent to its cart's owner or, if
+    /// `spread`, to the members in turn (two in three forwarded): adds/s
+    /// and how many failed.
+    async fn run(&self, load_for: Duration, spread: bool) -> (f64, u64) {
+        // New carts each run (created spread over the members, so each
+        // owns about a third): a line holds at most 999 units.
+        let mut carts = Vec::new();
+        for n in 0..64 {
+            let answer = self
+                .http
+                .send_past_503("POST", &self.nodes[n % 3], None, Duration::from_secs(10))
+                .await;
+            assert_eq!(answer.status, 201, "{answer:?}");
+            carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));
+        }
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (n, cart) in carts {
+            let (http, urls, bodies, ok, failed, stop) = (
+                self.http.clone(),
+                self.urls.clone(),
+                self.bodies.clone(),
+                ok.clone(),
+                failed.clone(),
+                stop.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let member = if spread { n + i as usize } else { n };
+                    let url = format!("{}/carts/{cart}/items", urls[member % urls.len()]);
+                    let body = bodies[(i % 8) as usize].clone();
+                    match http.status_of("POST", &url, Some(body)).await {
+                        Ok((200, length)) if length > 0 => ok.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            if failed.load(Ordering::Relaxed) < 3 {
+                                eprintln!("an add failed: {other:?}");
+                            }
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    i += 1;
+                }
+            }));
+        }
+        let started = Instant::now();
+        tokio::time::sleep(load_for).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.expect("client");
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        (
+            ok.load(Ordering::Relaxed) as f64 / elapsed,
+            failed.load(Ordering::Relaxed),
+        )
     }
-    let started = Instant::now();
-    tokio::time::sleep(load_for).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.expect("client");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    (
-        ok.load(Ordering::Relaxed) as f64 / elapsed,
-        failed.load(Ordering::Relaxed),
-    )
 }
 
 /// Kills (-9) `victim` after it has created 5 carts (it owns them), and
@@ -514,9 +571,10 @@ fn main() {
     });
 }
 
-/// Part 4, what forwarding costs: the same full load on a fresh cluster,
-/// every request sent to the cart's owner vs spread over the members (two
-/// in three forwarded), alternated twice.
+/// Part 4, what forwarding costs: the same full load on one cluster, every
+/// request sent to the cart's owner vs spread over the members (two in
+/// three forwarded), alternated in 2 s slices; then one add at a time,
+/// to the owner vs through another member.
 async fn forwarding() {
     // `--insecure-cluster`: members speak plaintext HTTP/2 to each other
     // (what TLS costs the hop).
@@ -535,20 +593,33 @@ async fn forwarding() {
             !(only("--spread-only") && !spread || only("--owner-only") && *spread)
         })
         .collect();
+    // One cluster, the two loads alternated in short slices, so drift
+    // (this machine's speed changes by half within minutes) hits both
+    // alike; each pair of neighbouring slices gives a ratio.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = cluster(dir.path(), extra).await;
+    let shoppers = Shoppers::new([&nodes[0], &nodes[1], &nodes[2]]).await;
+    // Warm-up: carts active, connections open.
+    for &(_, spread) in &sides {
+        shoppers.run(Duration::from_secs(1), spread).await;
+    }
     let mut rates = [Vec::new(), Vec::new()];
-    for round in 0..2 {
-        for &(slot, spread) in &sides {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let nodes = cluster(dir.path(), extra).await;
-            let (rate, failed) = full_load(
-                [&nodes[0], &nodes[1], &nodes[2]],
-                Duration::from_secs(5),
-                spread,
-            )
-            .await;
+    for slice in 0..8 {
+        // Owner first in even slices, spread first in odd ones.
+        let mut order = sides.clone();
+        if slice % 2 == 1 {
+            order.reverse();
+        }
+        for (slot, spread) in order {
+            let (rate, failed) = shoppers.run(Duration::from_secs(2), spread).await;
             assert_eq!(failed, 0, "failed requests (spread: {spread})");
-            println!("round {round}, spread {spread}: {rate:.0} adds/s");
             rates[slot].push(rate);
+        }
+    }
+    for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
+        let shown: Vec<String> = rates[slot].iter().map(|r| format!("{r:.0}")).collect();
+        if !shown.is_empty() {
+            println!("{side}, adds/s per 2 s slice: {}", shown.join(" "));
         }
     }
     if sides.len() < 2 {
@@ -556,8 +627,40 @@ async fn forwarding() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (to_owner, spread) = (mean(&rates[0]), mean(&rates[1]));
+    let mut pairs: Vec<f64> = rates[1]
+        .iter()
+        .zip(&rates[0])
+        .map(|(spread, owner)| spread / owner)
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+    let median = (pairs[pairs.len() / 2 - 1] + pairs[pairs.len() / 2]) / 2.0;
     println!(
-        "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2}",
-        spread / to_owner
+        "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2} of the means; median of the {} neighbouring pairs {median:.2} (owner/spread {:.2})",
+        spread / to_owner,
+        pairs.len(),
+        1.0 / median,
+    );
+
+    // The same add one at a time (nothing queues): to the owner vs through
+    // another member, alternated in blocks.
+    let mut direct = Vec::new();
+    let mut forwarded = Vec::new();
+    for block in 0..6 {
+        for through in [block % 2 == 1, block % 2 == 0] {
+            let took = shoppers.one_at_a_time(300, through).await;
+            if through { &mut forwarded } else { &mut direct }.extend(took);
+        }
+    }
+    let quantile = |v: &mut Vec<Duration>, q: f64| {
+        v.sort();
+        v[((v.len() - 1) as f64 * q) as usize]
+    };
+    let (d50, f50) = (quantile(&mut direct, 0.5), quantile(&mut forwarded, 0.5));
+    let (d99, f99) = (quantile(&mut direct, 0.99), quantile(&mut forwarded, 0.99));
+    println!(
+        "one add at a time ({} each): to the owner p50 {d50:?} p99 {d99:?}; through another member p50 {f50:?} p99 {f99:?}; forwarded/direct p50 {:.2}, p99 {:.2}",
+        direct.len(),
+        f50.as_secs_f64() / d50.as_secs_f64(),
+        f99.as_secs_f64() / d99.as_secs_f64(),
     );
 }

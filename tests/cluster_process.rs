@@ -379,6 +379,36 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
         .ping(Duration::from_secs(5))
         .await
         .expect("a member's ping on the link");
+    // A call carrying more trace context than a trace needs is refused,
+    // naming the field, on the link and over gRPC alike.
+    use granary::cluster::link::messages as grains;
+    let traced = grains::GrainCall {
+        kind: "cart".into(),
+        id: "trace-bounds".into(),
+        command: rmp_serde::to_vec(&granary::cart_grain::CartRequest::Get).unwrap(),
+        trace_context: (0..9).map(|n| (format!("k{n}"), "v".into())).collect(),
+        ..Default::default()
+    };
+    let answer = member
+        .call(&traced, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    match answer.result {
+        Some(grains::grain_answer::Result::Error(grains::GrainError {
+            error: Some(grains::grain_error::Error::Invalid(why)),
+        })) => assert!(why.contains("trace_context"), "{why}"),
+        other => panic!("not refused as invalid: {other:?}"),
+    }
+    let mut grains_client = grains::grains_client::GrainsClient::new(
+        support::cluster::channel(&a).await.expect("channel"),
+    );
+    let err = grains_client.call(traced.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("trace_context"), "{err:?}");
+    let mut long_value = traced.clone();
+    long_value.trace_context = [("traceparent".to_owned(), "0".repeat(513))].into();
+    let err = grains_client.call(long_value).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     let stranger_link = link_as(stranger);
     let err = stranger_link
         .ping(Duration::from_secs(5))
