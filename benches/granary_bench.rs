@@ -981,10 +981,14 @@ fn http_comparison(
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
+                // As a node: one pool of grain threads (one per core) for
+                // every kind, unless told otherwise.
                 let placement = match std::env::var("GRANARY_BENCH_PLACEMENT").as_deref() {
                     Ok("caller") => Placement::Caller,
                     Ok(n) => n.parse().map(Placement::Pool).unwrap_or_default(),
-                    Err(_) => Placement::default(),
+                    Err(_) => Placement::Shared(granary_grain::ArbiterPool::new(
+                        std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    )),
                 };
                 let config = RuntimeConfig {
                     placement,
