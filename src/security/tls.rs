@@ -602,29 +602,24 @@ pub enum Socket {
 
 impl Socket {
     fn detach(&mut self) -> io::Result<()> {
-        match std::mem::replace(self, Socket::Gone) {
-            Socket::Live(tcp) => {
-                *self = Socket::Detached(tcp.into_std()?);
-                Ok(())
-            }
-            other => {
-                *self = other;
-                Ok(())
-            }
-        }
+        self.step(|socket| match socket {
+            Socket::Live(tcp) => Ok(Socket::Detached(tcp.into_std()?)),
+            other => Ok(other),
+        })
     }
 
     fn attach(&mut self) -> io::Result<()> {
-        match std::mem::replace(self, Socket::Gone) {
-            Socket::Detached(std) => {
-                *self = Socket::Live(TcpStream::from_std(std)?);
-                Ok(())
-            }
-            other => {
-                *self = other;
-                Ok(())
-            }
-        }
+        self.step(|socket| match socket {
+            Socket::Detached(std) => Ok(Socket::Live(TcpStream::from_std(std)?)),
+            other => Ok(other),
+        })
+    }
+
+    /// Moves the socket to the state `next` makes of it; on failure it is
+    /// lost (`Gone`): reads and writes fail, and the connection closes.
+    fn step(&mut self, next: impl FnOnce(Socket) -> io::Result<Socket>) -> io::Result<()> {
+        *self = next(std::mem::replace(self, Socket::Gone))?;
+        Ok(())
     }
 
     fn live(&mut self) -> io::Result<Pin<&mut TcpStream>> {
