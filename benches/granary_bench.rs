@@ -111,7 +111,8 @@ struct Rate {
 
 /// `same_thread`: grain and bare actor both on the caller's arbiter
 /// (`Placement::Caller`); otherwise both on another arbiter thread
-/// (`Placement::Pool(1)`, the node's default kind of placement).
+/// (`Placement::Pool(1)`: a pool of grain threads, as a node's shared
+/// pool is).
 async fn local_calls(
     store: Arc<dyn EventStore>,
     calls: u64,

@@ -286,7 +286,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
             grains: GrainsService::new(grains.clone(), remote),
         },
         trust.map(|trust| (keys.clone(), trust)),
-        grain_threads,
+        grain_threads.clone(),
     )?;
 
     // Due reminders of the grains whose partitions this member holds.
@@ -388,6 +388,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     server.await.context("the HTTP server failed")?;
     if let Some(reason) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = grpc_stop.send(());
+        grain_threads.stop();
         anyhow::bail!("{reason}");
     }
 
@@ -418,6 +419,9 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         Ok(Err(err)) => tracing::warn!(error = %err, "gRPC server stopped with an error"),
         Err(_) => tracing::warn!("gRPC server did not stop in time; exiting anyway"),
     }
+    // The links members opened to this one live on the grain threads:
+    // they close with them (calls still coming get "unreachable").
+    grain_threads.stop();
     tracing::info!("stopped");
     Ok(())
 }

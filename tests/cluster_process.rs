@@ -405,10 +405,16 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
     let err = grains_client.call(traced.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("trace_context"), "{err:?}");
-    let mut long_value = traced.clone();
-    long_value.trace_context = [("traceparent".to_owned(), "0".repeat(513))].into();
-    let err = grains_client.call(long_value).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    for (key, value) in [
+        ("traceparent".to_owned(), "0".repeat(513)),
+        ("k".repeat(65), "v".to_owned()),
+    ] {
+        let mut long = traced.clone();
+        long.trace_context = [(key, value)].into();
+        let err = grains_client.call(long).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("trace_context"), "{err:?}");
+    }
     let stranger_link = link_as(stranger);
     let err = stranger_link
         .ping(Duration::from_secs(5))

