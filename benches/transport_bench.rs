@@ -167,7 +167,7 @@ fn main() {
                 move |tcp| {
                     tokio::spawn(link::serve(tcp, echo.clone()));
                 },
-                Duration::from_secs(5),
+                granary::security::Limits::default(),
             );
             // Every connection to it is a link: nothing is passed on.
             tokio::spawn(async move {

@@ -543,7 +543,7 @@ fn start_grpc(
                     let incoming = cluster::link::plaintext_incoming(
                         listener,
                         move |tcp| links.serve_tcp(tcp),
-                        Limits::default().handshake_timeout,
+                        Limits::default(),
                     );
                     router
                         .serve_with_incoming_shutdown(incoming, stopped)

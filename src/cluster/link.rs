@@ -653,20 +653,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Accepts plaintext connections (`--insecure-cluster`) on `listener`:
 /// those that begin with [`PREFACE`] get it back and go to `links` (which
-/// serves them), the rest come out for the gRPC server. A connection that
-/// sends nothing within `first_bytes` is closed (an HTTP/2 client speaks
-/// first too).
+/// serves them), the rest come out for the gRPC server. Until a
+/// connection has shown which it is, it is pending under `limits` (as a
+/// TLS connection in its handshake: at most `max_pending`, per source
+/// `max_pending_per_source`, the oldest closed for a new one), and one
+/// that sends nothing within `limits.handshake_timeout` is closed (an
+/// HTTP/2 client speaks first too).
 pub fn plaintext_incoming(
     listener: tokio::net::TcpListener,
     links: impl Fn(tokio::net::TcpStream) + Send + Sync + 'static,
-    first_bytes: Duration,
+    limits: crate::security::Limits,
 ) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
     let (found, incoming) = mpsc::channel(64);
     let links = Arc::new(links);
+    let first_bytes = limits.handshake_timeout;
+    let pending = crate::security::tls::Unproven::new(limits);
     tokio::spawn(async move {
         loop {
-            let tcp = match listener.accept().await {
-                Ok((tcp, _)) => tcp,
+            let (tcp, address) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::debug!(error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -679,27 +684,36 @@ pub fn plaintext_incoming(
             let _ = tcp.set_nodelay(true);
             keep_alive(&tcp);
             let (found, links) = (found.clone(), links.clone());
-            tokio::spawn(async move {
-                let mut tcp = tcp;
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] == PREFACE[0] => {
-                        let mut preface = [0u8; PREFACE.len()];
-                        let read = tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
-                        if matches!(read.await, Ok(Ok(_))) && &preface == PREFACE {
-                            // The preface back says "I speak the link"; a
-                            // member from before it would close instead.
-                            if tcp.write_all(PREFACE).await.is_ok() {
-                                links(tcp);
+            pending.spawn(
+                address.ip(),
+                "too many not yet speaking",
+                move |guard| async move {
+                    let mut tcp = tcp;
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] == PREFACE[0] => {
+                            let mut preface = [0u8; PREFACE.len()];
+                            let read =
+                                tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
+                            if matches!(read.await, Ok(Ok(_))) && &preface == PREFACE {
+                                // The preface back says "I speak the link"; a
+                                // member from before it would close instead.
+                                if tcp.write_all(PREFACE).await.is_ok() {
+                                    drop(guard);
+                                    links(tcp);
+                                }
                             }
                         }
+                        Ok(Ok(1)) => {
+                            // HTTP/2 (or garbage, which the gRPC server
+                            // refuses): no longer pending.
+                            drop(guard);
+                            let _ = found.send(Ok(tcp)).await;
+                        }
+                        _ => {}
                     }
-                    Ok(Ok(1)) => {
-                        let _ = found.send(Ok(tcp)).await;
-                    }
-                    _ => {}
-                }
-            });
+                },
+            );
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
@@ -889,7 +903,7 @@ mod tests {
             move |tcp| {
                 tokio::spawn(serve(tcp, echo.clone()));
             },
-            Duration::from_secs(5),
+            crate::security::Limits::default(),
         );
         (address, passed)
     }
@@ -1343,7 +1357,7 @@ mod tests {
                             let _ = accepted.send(());
                         }
                     },
-                    Duration::from_secs(5),
+                    Limits::default(),
                 );
                 // Kept: the port accepts while its stream is open.
                 let _passed = passed;
@@ -1351,5 +1365,42 @@ mod tests {
             })
         });
         answered_on_grain_threads(&link(&address), accepting).await;
+    }
+
+    /// On the plaintext port, connections that have not yet said whether
+    /// they are links are bounded as TLS handshakes are: a flood of silent
+    /// ones has its oldest closed, and a link still gets in meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_silent_plaintext_connections_is_bounded_and_keeps_no_link_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let echo = Arc::new(Echo::default());
+        let passed = plaintext_incoming(
+            listener,
+            move |tcp| {
+                tokio::spawn(serve(tcp, echo.clone()));
+            },
+            crate::security::Limits {
+                handshake_timeout: Duration::from_secs(30),
+                max_pending: 16,
+                ..crate::security::Limits::default()
+            },
+        );
+        let _passed = passed;
+        let mut flood = Vec::new();
+        for _ in 0..300 {
+            flood.push(TcpStream::connect(&address).await.unwrap());
+        }
+        assert_echoes(&link(&address), 7).await;
+        // The oldest were closed to make room (well before the 30 s a
+        // silent connection may wait).
+        for (n, silent) in flood.iter_mut().take(250).enumerate() {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "silent connection {n} still open: {read:?}"
+            );
+        }
     }
 }

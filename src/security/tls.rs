@@ -468,9 +468,17 @@ impl Pending {
 
 /// Removes a pending connection from the registry however its task ends
 /// (done, failed, or aborted to make room).
-struct PendingGuard {
+pub(crate) struct PendingGuard {
     pending: Arc<std::sync::Mutex<Pending>>,
     id: u64,
+}
+
+impl PendingGuard {
+    /// Counts a connection closed for a limit (logged at most every
+    /// `DROPS_LOGGED_EVERY`).
+    pub(crate) fn dropped(&self, what: &str) {
+        lock_pending(&self.pending).dropped(what);
+    }
 }
 
 impl Drop for PendingGuard {
@@ -481,6 +489,53 @@ impl Drop for PendingGuard {
 
 fn lock_pending(pending: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
     pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Connections not yet authenticated (or, in plaintext, not yet known to
+/// be links or HTTP/2), each in a task of its own, under [`Limits`]'
+/// `max_pending` and `max_pending_per_source`: a new one past a limit
+/// closes the oldest (its source's first), so a flood of silent
+/// connections never keeps out one that proves itself quickly.
+#[derive(Clone)]
+pub(crate) struct Unproven {
+    pending: Arc<std::sync::Mutex<Pending>>,
+    limits: Limits,
+}
+
+impl Unproven {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Unproven {
+            pending: Arc::new(std::sync::Mutex::new(Pending::new())),
+            limits,
+        }
+    }
+
+    /// Spawns `work` for a new connection from `source`, which may be
+    /// aborted to make room until it drops the guard it is given; `full`
+    /// names the limit in the log line about what was closed.
+    pub(crate) fn spawn<F>(
+        &self,
+        source: std::net::IpAddr,
+        full: &str,
+        work: impl FnOnce(PendingGuard) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // Registered under the lock it is spawned under, so the task's
+        // guard (which takes the lock) always finds its entry.
+        let mut registry = lock_pending(&self.pending);
+        registry.make_room(source, &self.limits);
+        registry.log_drops(full);
+        let id = registry.next;
+        registry.next += 1;
+        let guard = PendingGuard {
+            pending: self.pending.clone(),
+            id,
+        };
+        let task = tokio::spawn(work(guard));
+        registry.queue.push_back((id, source, task.abort_handle()));
+        *registry.per_source.entry(source).or_default() += 1;
+    }
 }
 
 /// Accepts TLS connections on `listener` for `tonic`'s
@@ -498,7 +553,7 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let members = Arc::new(Semaphore::new(limits.max_connections));
     let strangers = Arc::new(Semaphore::new(limits.max_strangers));
-    let pending = Arc::new(std::sync::Mutex::new(Pending::new()));
+    let pending = Unproven::new(limits);
     tokio::spawn(async move {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         loop {
@@ -515,75 +570,63 @@ pub fn incoming(
             }
             let (acceptor, tx, trust) = (acceptor.clone(), tx.clone(), trust.clone());
             let (members, strangers) = (members.clone(), strangers.clone());
-            // Registered under the lock it is spawned under, so the task's
-            // guard (which takes the lock) always finds its entry.
-            let mut registry = lock_pending(&pending);
-            registry.make_room(address.ip(), &limits);
-            registry.log_drops("too many in their handshake");
-            let id = registry.next;
-            registry.next += 1;
-            let guard = PendingGuard {
-                pending: pending.clone(),
-                id,
-            };
-            let task = tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                crate::cluster::link::keep_alive(&tcp);
-                let handshake = tokio::time::timeout(
-                    limits.handshake_timeout,
-                    acceptor.accept(Socket::Live(tcp)),
-                );
-                let tls = match handshake.await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%address, error = %err, "TLS handshake refused");
+            pending.spawn(
+                address.ip(),
+                "too many in their handshake",
+                move |guard| async move {
+                    let _ = tcp.set_nodelay(true);
+                    crate::cluster::link::keep_alive(&tcp);
+                    let handshake = tokio::time::timeout(
+                        limits.handshake_timeout,
+                        acceptor.accept(Socket::Live(tcp)),
+                    );
+                    let tls = match handshake.await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%address, error = %err, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%address, "TLS handshake too slow; closed");
+                            return;
+                        }
+                    };
+                    let Some(fingerprint) = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|cert| Fingerprint::of_certificate(cert))
+                    else {
                         return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%address, "TLS handshake too slow; closed");
+                    };
+                    let trusted = trust.admits(&fingerprint);
+                    let permits = if trusted { members } else { strangers };
+                    let Ok(permit) = permits.try_acquire_owned() else {
+                        guard.dropped(if trusted {
+                            "too many from members"
+                        } else {
+                            "too many from keys that are not members'"
+                        });
                         return;
-                    }
-                };
-                let Some(fingerprint) = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|cert| Fingerprint::of_certificate(cert))
-                else {
-                    return;
-                };
-                let trusted = trust.admits(&fingerprint);
-                let permits = if trusted { members } else { strangers };
-                let Ok(permit) = permits.try_acquire_owned() else {
-                    let mut registry = lock_pending(&guard.pending);
-                    registry.dropped(if trusted {
-                        "too many from members"
-                    } else {
-                        "too many from keys that are not members'"
-                    });
-                    return;
-                };
-                // Authenticated: its pending slot goes now.
-                drop(guard);
-                let connection = PeerConnection {
-                    changes: WatchStream::from_changes(trust.generation.subscribe()),
-                    trusted,
-                    stream: tls,
-                    peer: PeerIdentity {
-                        fingerprint,
-                        address,
-                    },
-                    trust,
-                    revoked: false,
-                    _permit: permit,
-                };
-                let _ = tx.send(Ok(connection)).await;
-            });
-            registry
-                .queue
-                .push_back((id, address.ip(), task.abort_handle()));
-            *registry.per_source.entry(address.ip()).or_default() += 1;
+                    };
+                    // Authenticated: its pending slot goes now.
+                    drop(guard);
+                    let connection = PeerConnection {
+                        changes: WatchStream::from_changes(trust.generation.subscribe()),
+                        trusted,
+                        stream: tls,
+                        peer: PeerIdentity {
+                            fingerprint,
+                            address,
+                        },
+                        trust,
+                        revoked: false,
+                        _permit: permit,
+                    };
+                    let _ = tx.send(Ok(connection)).await;
+                },
+            );
         }
     });
     ReceiverStream::new(rx)
