@@ -258,7 +258,8 @@ async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -
 /// 64 clients, each adding items to a cart of its own.
 struct Shoppers {
     http: Http,
-    nodes: Vec<String>,
+    /// Each member's `/carts` (where a cart is created).
+    carts_at: Vec<String>,
     urls: Vec<String>,
     /// Bodies encoded once and answers not parsed (as granary_bench's
     /// client): the client shares the two cores with the three members.
@@ -272,7 +273,7 @@ impl Shoppers {
             .await;
         Shoppers {
             http,
-            nodes: nodes.iter().map(|n| n.url("/carts")).collect(),
+            carts_at: nodes.iter().map(|n| n.url("/carts")).collect(),
             urls: nodes.iter().map(|n| n.url("")).collect(),
             bodies: Arc::new(
                 (0..8)
@@ -291,7 +292,7 @@ impl Shoppers {
     async fn one_at_a_time(&self, adds: usize, forwarded: bool) -> Vec<Duration> {
         let answer = self
             .http
-            .send_past_503("POST", &self.nodes[0], None, Duration::from_secs(10))
+            .send_past_503("POST", &self.carts_at[0], None, Duration::from_secs(10))
             .await;
         assert_eq!(answer.status, 201, "{answer:?}");
         let cart = answer.json["id"].as_str().expect("id").to_owned();
@@ -317,7 +318,7 @@ impl Shoppers {
         for n in 0..64 {
             let answer = self
                 .http
-                .send_past_503("POST", &self.nodes[n % 3], None, Duration::from_secs(10))
+                .send_past_503("POST", &self.carts_at[n % 3], None, Duration::from_secs(10))
                 .await;
             assert_eq!(answer.status, 201, "{answer:?}");
             carts.push((n, answer.json["id"].as_str().expect("id").to_owned()));

@@ -719,38 +719,32 @@ pub fn plaintext_incoming(
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
 
-/// A link connection that can leave the runtime it was accepted on for
-/// another thread's (its socket deregistered, then registered there).
-pub trait Movable: Sized + Send + 'static {
+/// A link connection taken off the runtime that accepted it, to be
+/// registered with the runtime of the thread that serves it.
+trait Detached: Send + 'static {
     type Io: LinkIo;
-    /// Takes it off the current runtime.
-    fn detach(self) -> io::Result<Self>;
     /// Registers it with the current runtime.
     fn attach(self) -> io::Result<Self::Io>;
 }
 
 /// A plaintext link between runtimes.
-pub struct DetachedTcp(std::net::TcpStream);
+struct DetachedTcp(std::net::TcpStream);
 
-impl Movable for DetachedTcp {
+impl Detached for DetachedTcp {
     type Io = tokio::net::TcpStream;
-    fn detach(self) -> io::Result<Self> {
-        Ok(self)
-    }
     fn attach(self) -> io::Result<Self::Io> {
         tokio::net::TcpStream::from_std(self.0)
     }
 }
 
-impl Movable for crate::security::PeerConnection {
+/// A TLS link between runtimes (see `PeerConnection::detach`).
+struct DetachedTls(crate::security::PeerConnection);
+
+impl Detached for DetachedTls {
     type Io = crate::security::PeerConnection;
-    fn detach(mut self) -> io::Result<Self> {
-        crate::security::PeerConnection::detach(&mut self)?;
-        Ok(self)
-    }
     fn attach(mut self) -> io::Result<Self::Io> {
-        crate::security::PeerConnection::attach(&mut self)?;
-        Ok(self)
+        self.0.attach()?;
+        Ok(self.0)
     }
 }
 
@@ -773,15 +767,27 @@ impl<A: Answer> LinkThreads<A> {
         }
     }
 
-    /// Serves `connection` on the next grain thread.
-    pub fn serve<C: Movable>(&self, connection: C) {
-        let connection = match connection.detach() {
-            Ok(connection) => connection,
+    /// Serves a TLS link `connection` on the next grain thread.
+    pub fn serve(&self, mut connection: crate::security::PeerConnection) {
+        match connection.detach() {
+            Ok(()) => self.place(DetachedTls(connection)),
             Err(err) => {
-                tracing::debug!(error = %err, "link: the connection could not move; closed");
-                return;
+                tracing::debug!(error = %err, "link: the connection could not move; closed")
             }
-        };
+        }
+    }
+
+    /// Serves a plaintext `tcp` on the next grain thread.
+    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream) {
+        match tcp.into_std() {
+            Ok(tcp) => self.place(DetachedTcp(tcp)),
+            Err(err) => {
+                tracing::debug!(error = %err, "link: the connection could not move; closed")
+            }
+        }
+    }
+
+    fn place(&self, connection: impl Detached) {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let answers = self.answers.clone();
         let placed = self.pool.spawn_on(turn, move || async move {
@@ -794,16 +800,6 @@ impl<A: Answer> LinkThreads<A> {
         });
         if !placed {
             tracing::debug!("link: the grain threads have stopped; connection closed");
-        }
-    }
-
-    /// Serves a plaintext `tcp` on the next grain thread.
-    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream) {
-        match tcp.into_std() {
-            Ok(tcp) => self.serve(DetachedTcp(tcp)),
-            Err(err) => {
-                tracing::debug!(error = %err, "link: the connection could not move; closed")
-            }
         }
     }
 }

@@ -676,16 +676,26 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Polls `op` on the registered socket; between runtimes it fails.
+    fn poll_live<T>(
+        self: Pin<&mut Self>,
+        op: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.get_mut().live() {
+            Ok(tcp) => op(tcp),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(tcp) => tcp.poll_read(cx, buf),
-            Err(err) => Poll::Ready(Err(err)),
-        }
+        self.poll_live(|tcp| tcp.poll_read(cx, buf))
     }
 }
 
@@ -695,10 +705,7 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().live() {
-            Ok(tcp) => tcp.poll_write(cx, buf),
-            Err(err) => Poll::Ready(Err(err)),
-        }
+        self.poll_live(|tcp| tcp.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -706,10 +713,7 @@ impl AsyncWrite for Socket {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut().live() {
-            Ok(tcp) => tcp.poll_write_vectored(cx, bufs),
-            Err(err) => Poll::Ready(Err(err)),
-        }
+        self.poll_live(|tcp| tcp.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -717,17 +721,11 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(tcp) => tcp.poll_flush(cx),
-            Err(err) => Poll::Ready(Err(err)),
-        }
+        self.poll_live(|tcp| tcp.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut().live() {
-            Ok(tcp) => tcp.poll_shutdown(cx),
-            Err(err) => Poll::Ready(Err(err)),
-        }
+        self.poll_live(|tcp| tcp.poll_shutdown(cx))
     }
 }
 
