@@ -164,8 +164,13 @@ fn main() {
             let echo = Arc::new(Echo(reply.clone()));
             let links = link::plaintext_incoming(
                 lean,
-                move |tcp| {
-                    tokio::spawn(link::serve(tcp, echo.clone()));
+                move |tcp, hello: Option<u64>| {
+                    // One thread serves every connection here.
+                    let placed = hello.map(|_| link::Placed {
+                        threads: 1,
+                        thread: 0,
+                    });
+                    tokio::spawn(link::serve_placed(tcp, echo.clone(), placed));
                 },
                 granary::security::Limits::default(),
             );

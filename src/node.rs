@@ -542,7 +542,7 @@ fn start_grpc(
                 None => {
                     let incoming = cluster::link::plaintext_incoming(
                         listener,
-                        move |tcp| links.serve_tcp(tcp),
+                        move |tcp, hello| links.serve_tcp(tcp, hello),
                         Limits::default(),
                     );
                     router

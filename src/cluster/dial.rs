@@ -109,7 +109,7 @@ impl Dialer {
     }
 }
 
-use super::link::Opened;
+use super::link::{self, Opened};
 
 impl Dialer {
     /// How a grain-call link to `address` connects: TCP, then pinned
@@ -136,49 +136,35 @@ impl Dialer {
         let config = self
             .tls_config(expected.map(|f| vec![f]))?
             .map(|config| tls::for_link(&config));
-        Ok(Arc::new(move || {
+        Ok(Arc::new(move |hello| {
             let (host, config) = (host.clone(), config.clone());
             Box::pin(async move {
                 let opened = async {
-                    Ok::<_, std::io::Error>(match config {
+                    match config {
                         Some(config) => {
-                            let tls = tls::connect(config, &host, port).await?;
+                            let mut tls = tls::connect(config, &host, port).await?;
                             // A member from before the link chooses HTTP/2.
-                            if tls.get_ref().1.alpn_protocol() == Some(super::link::PROTOCOL) {
-                                Opened::Link(Box::new(tls))
-                            } else {
-                                Opened::NotSpoken
+                            match tls.get_ref().1.alpn_protocol() {
+                                Some(link::PROTOCOL) => {
+                                    let placed = say_hello(&mut tls, hello).await?;
+                                    Ok::<_, std::io::Error>(Opened::Link(
+                                        Box::new(tls),
+                                        Some(placed),
+                                    ))
+                                }
+                                Some(link::PROTOCOL_1) => Ok(Opened::Link(Box::new(tls), None)),
+                                _ => Ok(Opened::NotSpoken),
                             }
                         }
-                        None => {
-                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                            let mut tcp = tokio::net::TcpStream::connect((&*host, port)).await?;
-                            tcp.set_nodelay(true)?;
-                            super::link::keep_alive(&tcp);
-                            tcp.write_all(super::link::PREFACE).await?;
-                            // A member that speaks the link sends the
-                            // preface back; one from before it closes.
-                            let mut answer = [0u8; super::link::PREFACE.len()];
-                            match tcp.read_exact(&mut answer).await {
-                                Ok(_) if &answer == super::link::PREFACE => {
-                                    Opened::Link(Box::new(tcp))
-                                }
-                                Ok(_) => Opened::NotSpoken,
-                                // Closed on the preface (reset if it left
-                                // bytes unread). Nothing was sent yet.
-                                Err(err)
-                                    if matches!(
-                                        err.kind(),
-                                        std::io::ErrorKind::UnexpectedEof
-                                            | std::io::ErrorKind::ConnectionReset
-                                    ) =>
-                                {
-                                    Opened::NotSpoken
-                                }
-                                Err(err) => return Err(err),
-                            }
-                        }
-                    })
+                        None => match plaintext(&host, port, Some(hello)).await? {
+                            Some(opened) => Ok(opened),
+                            // A member of version 1 closes on the new
+                            // preface: it is asked again in its own.
+                            None => Ok(plaintext(&host, port, None)
+                                .await?
+                                .unwrap_or(Opened::NotSpoken)),
+                        },
+                    }
                 };
                 match tokio::time::timeout(connect, opened).await {
                     Ok(Ok(io)) => Ok(io),
@@ -188,6 +174,73 @@ impl Dialer {
             })
         }))
     }
+}
+
+/// Sends a link's `hello` and reads where the callee placed it.
+async fn say_hello(
+    io: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    hello: u64,
+) -> std::io::Result<link::Placed> {
+    use tokio::io::AsyncWriteExt;
+    io.write_all(&hello.to_be_bytes()).await?;
+    io.flush().await?;
+    placed(io).await
+}
+
+/// Where the callee placed a link, read off it.
+async fn placed(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<link::Placed> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = [0u8; 8];
+    io.read_exact(&mut answer).await?;
+    link::Placed::from_bytes(answer).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the link's answer to the hello makes no sense",
+        )
+    })
+}
+
+/// A plaintext link to `host`:`port`: with `hello`, the link's preface
+/// and the hello (`None` back if the member closed on them: it may be of
+/// version 1); without, version 1's preface (a member that does not send
+/// it back does not speak the link).
+async fn plaintext(host: &str, port: u16, hello: Option<u64>) -> std::io::Result<Option<Opened>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    link::keep_alive(&tcp);
+    let preface = match hello {
+        Some(_) => link::PREFACE,
+        None => link::PREFACE_1,
+    };
+    let mut opening = preface.to_vec();
+    if let Some(hello) = hello {
+        opening.extend_from_slice(&hello.to_be_bytes());
+    }
+    tcp.write_all(&opening).await?;
+    // A member that speaks the link sends the preface back; one from
+    // before it closes.
+    let mut answer = [0u8; link::PREFACE.len()];
+    match tcp.read_exact(&mut answer).await {
+        Ok(_) if &answer == preface => {}
+        Ok(_) => return Ok(Some(Opened::NotSpoken)),
+        // Closed on the preface (reset if it left bytes unread). Nothing
+        // was sent yet.
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(hello.is_none().then_some(Opened::NotSpoken));
+        }
+        Err(err) => return Err(err),
+    }
+    let placed = match hello {
+        Some(_) => Some(placed(&mut tcp).await?),
+        None => None,
+    };
+    Ok(Some(Opened::Link(Box::new(tcp), placed)))
 }
 
 /// The key a member id pins (ids are key fingerprints).

@@ -27,6 +27,22 @@
 //! in the handshake, or closes on the preface): the caller then sends the
 //! call as `Grains/Call` over gRPC.
 //!
+//! Each connection is served on one of the callee's grain threads, and the
+//! caller chooses which: right after the handshake (or the preface) it
+//! sends a hello, and the callee answers where the connection now lives:
+//!
+//! ```text
+//! hello:  [u64 n]                  serve me on thread n mod threads
+//! placed: [u32 threads][u32 thread]
+//! ```
+//!
+//! A grain lives on thread [`granary_grain::thread_of`] of its id, so a
+//! caller that keeps one connection per callee thread sends each call on
+//! the connection read by the thread that hosts its grain: the call and
+//! its answer never cross threads on the callee. A member of version 1
+//! ([`PROTOCOL_1`], [`PREFACE_1`]: no hello, connections served on its
+//! threads in turn) is still spoken to, on one connection.
+//!
 //! Bounds: a frame is at most [`MAX_FRAME`] bytes (a larger length closes
 //! the connection before anything is buffered); at most [`IN_FLIGHT`] calls
 //! run at once per connection on the callee (it stops reading past that,
@@ -50,10 +66,46 @@ use crate::proto::grains as pb;
 pub use crate::proto::grains as messages;
 
 /// The ALPN protocol of a link under mutual TLS.
-pub const PROTOCOL: &[u8] = b"granary-call/1";
+pub const PROTOCOL: &[u8] = b"granary-call/2";
+
+/// The link before the hello (still served and spoken).
+pub const PROTOCOL_1: &[u8] = b"granary-call/1";
 
 /// What a plaintext link sends first (HTTP/2's preface starts `PRI`).
-pub const PREFACE: &[u8; 16] = b"GRANARY-CALL/1\r\n";
+pub const PREFACE: &[u8; 16] = b"GRANARY-CALL/2\r\n";
+
+/// The plaintext preface before the hello.
+pub const PREFACE_1: &[u8; 16] = b"GRANARY-CALL/1\r\n";
+
+/// Most grain threads a callee may say it has (a larger count is refused
+/// as a broken answer).
+const MAX_THREADS: u32 = 1024;
+
+/// Where a callee serves a connection: its thread `thread` of `threads`
+/// (its answer to the hello).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub threads: u32,
+    pub thread: u32,
+}
+
+impl Placed {
+    /// The answer's bytes.
+    pub fn to_bytes(self) -> [u8; 8] {
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&self.threads.to_be_bytes());
+        bytes[4..].copy_from_slice(&self.thread.to_be_bytes());
+        bytes
+    }
+
+    /// An answer read off a connection; `None` if it makes no sense.
+    pub fn from_bytes(bytes: [u8; 8]) -> Option<Placed> {
+        let threads = u32::from_be_bytes(bytes[..4].try_into().ok()?);
+        let thread = u32::from_be_bytes(bytes[4..].try_into().ok()?);
+        ((1..=MAX_THREADS).contains(&threads) && thread < threads)
+            .then_some(Placed { threads, thread })
+    }
+}
 
 /// Largest frame either side sends or accepts (the gRPC services' message
 /// bound, plus the header).
@@ -94,16 +146,18 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
 
 /// What opening a link's connection gave.
 pub enum Opened {
-    /// A connection that speaks the link.
-    Link(Box<dyn LinkIo>),
+    /// A connection that speaks the link, and where the callee serves it
+    /// (`None`: a member of version 1, which does not say).
+    Link(Box<dyn LinkIo>, Option<Placed>),
     /// The member answered but does not speak the link (a version from
     /// before it: its TLS handshake chose HTTP/2).
     NotSpoken,
 }
 
-/// Opens a link's connection (see `dial::Dialer::link`).
+/// Opens a link's connection with the hello it is given (see
+/// `dial::Dialer::link`).
 pub type Connect = Arc<
-    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<Opened, String>> + Send>>
+    dyn Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = Result<Opened, String>> + Send>>
         + Send
         + Sync,
 >;
@@ -238,9 +292,9 @@ async fn write_frames(
     let _ = write.shutdown().await;
 }
 
-/// The caller's side of links to one member: one connection at a time,
-/// opened on first use and again after it fails, on the runtime the link
-/// was made on. Cheap to clone.
+/// The caller's side of links to one member: a connection per callee
+/// grain thread (up to a budget), each opened on first use and again after
+/// it fails, on the runtime the link was made on. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<LinkInner>,
@@ -252,13 +306,89 @@ struct LinkInner {
     connect: Connect,
     /// The runtime the connection's tasks run on.
     runtime: tokio::runtime::Handle,
-    live: Mutex<Option<Arc<Connection>>>,
+    live: Mutex<Lines>,
+    /// Connections beyond a link's first that may still be opened, shared
+    /// with the other links to the member (`None`: no bound).
+    spare: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// Until when the member is taken not to speak the link.
     not_spoken: Mutex<Option<Instant>>,
     /// The last connection attempt that failed: when, and why.
     failed: Mutex<Option<(Instant, String)>>,
     /// One connection attempt at a time.
     dialing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A link's connections, by the callee thread that serves each.
+#[derive(Default)]
+struct Lines {
+    /// The callee's grain threads (0 until a connection said; 1 for a
+    /// member of version 1).
+    threads: u64,
+    by_thread: Vec<Option<Arc<Connection>>>,
+}
+
+impl Lines {
+    /// The callee thread of a grain whose id hashes to `hash`, once known.
+    fn thread(&self, hash: u64) -> Option<usize> {
+        (self.threads > 0).then(|| (hash % self.threads) as usize)
+    }
+
+    /// The open connection for a grain of `hash`: the one its thread
+    /// reads, or `any`, the first open one.
+    fn live(&self, hash: u64, any: bool) -> Option<Arc<Connection>> {
+        let open = |c: &&Arc<Connection>| !c.closed.load(Ordering::Acquire);
+        let own = self
+            .thread(hash)
+            .and_then(|t| self.by_thread[t].as_ref().filter(open));
+        own.or_else(|| {
+            any.then(|| self.by_thread.iter().flatten().find(open))
+                .flatten()
+        })
+        .cloned()
+    }
+
+    /// Whether a connection for a grain of `hash` would be one more than
+    /// this link has had: its thread never had one, another did. (Each
+    /// such connection holds one of the spare ones.)
+    fn needs_spare(&self, hash: u64) -> bool {
+        self.thread(hash).is_some_and(|t| {
+            self.by_thread[t].is_none() && self.by_thread.iter().any(Option::is_some)
+        })
+    }
+
+    /// What the hello asks for to reach a grain of `hash`: its thread by
+    /// number once the callee's thread count is known, the grain's hash
+    /// before.
+    fn hello(&self, hash: u64) -> u64 {
+        self.thread(hash).map_or(hash, |t| t as u64)
+    }
+
+    /// Keeps `connection`, served on `placed` (`None`: a member of version
+    /// 1, one thread as far as the caller can tell), opened with a spare
+    /// one if `took`. A callee whose thread count changed (it restarted)
+    /// has the old connections closed. How many spare ones are given
+    /// back.
+    fn keep(&mut self, connection: Arc<Connection>, placed: Option<Placed>, took: bool) -> usize {
+        let placed = placed.unwrap_or(Placed {
+            threads: 1,
+            thread: 0,
+        });
+        let mut released = 0;
+        if u64::from(placed.threads) != self.threads {
+            let had = self.by_thread.iter().filter(|c| c.is_some()).count();
+            for old in self.by_thread.iter_mut().filter_map(Option::take) {
+                old.close();
+            }
+            // The new connection is the first again.
+            released = had.saturating_sub(1) + usize::from(took);
+            self.threads = u64::from(placed.threads);
+            self.by_thread = vec![None; placed.threads as usize];
+        }
+        if let Some(old) = self.by_thread[placed.thread as usize].replace(connection) {
+            old.close();
+        }
+        released
+    }
 }
 
 /// One connection of a link.
@@ -270,6 +400,8 @@ struct Connection {
     next: AtomicU64,
     slots: Arc<Semaphore>,
     closed: AtomicBool,
+    /// Stops the writer (dropped by `close`), which ends the connection.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl Connection {
@@ -277,14 +409,15 @@ impl Connection {
     fn start(io: Box<dyn LinkIo>) -> Arc<Connection> {
         let (read, write) = tokio::io::split(io);
         let (frames, queued) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
         let connection = Arc::new(Connection {
             frames,
             waiting: Mutex::new(Some(HashMap::new())),
             next: AtomicU64::new(1),
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             closed: AtomicBool::new(false),
+            stop: Mutex::new(Some(stop)),
         });
-        let (stop, stopped) = oneshot::channel();
         // A write that fails closes the connection too (the reader may not
         // hear of it until much later).
         let writing = connection.clone();
@@ -292,24 +425,23 @@ impl Connection {
             write_frames(write, queued, stopped).await;
             writing.close();
         });
-        tokio::spawn(connection.clone().read_answers(read, stop));
+        tokio::spawn(connection.clone().read_answers(read));
         connection
     }
 
-    /// Marks the connection closed and wakes every call waiting on it.
+    /// Marks the connection closed, wakes every call waiting on it and
+    /// stops its writer (the callee then closes its side, which ends the
+    /// reader).
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         // Dropping the senders wakes every waiting call.
         lock(&self.waiting).take();
+        lock(&self.stop).take();
     }
 
     /// Hands each answer to its call until the connection ends; then
     /// every call still waiting hears that it closed, and the writer stops.
-    async fn read_answers(
-        self: Arc<Self>,
-        read: impl AsyncRead + Unpin,
-        _stop: oneshot::Sender<()>,
-    ) {
+    async fn read_answers(self: Arc<Self>, read: impl AsyncRead + Unpin) {
         let mut frames = FrameReader::new(read);
         while let Some((id, answer)) = frames.next().await {
             let waiter = lock(&self.waiting).as_mut().and_then(|w| w.remove(&id));
@@ -405,14 +537,27 @@ impl Drop for Forget<'_> {
 
 impl Link {
     /// A link whose connections `connect` opens, run on the current
-    /// runtime. Call within a runtime.
+    /// runtime, with a connection for each of the callee's threads. Call
+    /// within a runtime.
     pub fn new(address: &str, connect: Connect) -> Link {
+        Link::with_spare(address, connect, None)
+    }
+
+    /// The same, whose connections beyond its first each take one of
+    /// `spare` (shared by the links to the member); once none is left,
+    /// calls share the connections open.
+    pub fn with_spare(
+        address: &str,
+        connect: Connect,
+        spare: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) -> Link {
         Link {
             inner: Arc::new(LinkInner {
                 address: address.to_owned(),
                 connect,
                 runtime: tokio::runtime::Handle::current(),
-                live: Mutex::new(None),
+                live: Mutex::new(Lines::default()),
+                spare,
                 not_spoken: Mutex::new(None),
                 failed: Mutex::new(None),
                 dialing: Arc::new(tokio::sync::Mutex::new(())),
@@ -420,16 +565,18 @@ impl Link {
         }
     }
 
-    /// Sends `call` and waits for its answer, for at most `timeout`. An
-    /// error is the transport's (the call's outcome is unknown unless it
-    /// was never sent); the grain's own errors are in the answer.
+    /// Sends `call` and waits for its answer, for at most `timeout`, on
+    /// the connection of the callee thread that hosts its grain. An error
+    /// is the transport's (the call's outcome is unknown unless it was
+    /// never sent); the grain's own errors are in the answer.
     pub async fn call(
         &self,
         call: &pb::GrainCall,
         timeout: Duration,
     ) -> Result<pb::GrainAnswer, LinkError> {
         let deadline = Instant::now() + timeout;
-        let answer = self.exchange(CALL, deadline, Some(call)).await?;
+        let hash = granary_grain::placement_hash(&call.id);
+        let answer = self.exchange(CALL, deadline, Some(call), hash).await?;
         pb::GrainAnswer::decode(answer).map_err(|e| {
             LinkError::Failed(format!(
                 "{}: an answer that does not decode: {e}",
@@ -438,24 +585,39 @@ impl Link {
         })
     }
 
-    /// One ping's round trip, for at most `timeout`.
+    /// One ping's round trip, for at most `timeout` (on the connection of
+    /// the callee's first thread).
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, LinkError> {
         let started = Instant::now();
-        self.exchange(PING, started + timeout, None).await?;
+        self.exchange(PING, started + timeout, None, 0).await?;
         Ok(started.elapsed())
     }
 
-    /// One exchange on the live connection. A connection found closed
-    /// before anything was sent on it is replaced once.
+    /// The callee threads this link has a connection open to.
+    pub fn threads_open(&self) -> Vec<usize> {
+        let lines = lock(&self.inner.live);
+        (0..lines.by_thread.len())
+            .filter(|&t| {
+                lines.by_thread[t]
+                    .as_ref()
+                    .is_some_and(|c| !c.closed.load(Ordering::Acquire))
+            })
+            .collect()
+    }
+
+    /// One exchange for a grain of `hash` on its live connection. A
+    /// connection found closed before anything was sent on it is replaced
+    /// once.
     async fn exchange(
         &self,
         kind: u8,
         deadline: Instant,
         message: Option<&pb::GrainCall>,
+        hash: u64,
     ) -> Result<Bytes, LinkError> {
         let address = &self.inner.address;
         for _ in 0..2 {
-            let connection = self.connection(deadline).await?;
+            let connection = self.connection(deadline, hash).await?;
             match connection.exchange(kind, deadline, message, address).await {
                 Ok(answer) => return Ok(answer),
                 Err(Exchange::Unsent) => continue,
@@ -467,12 +629,13 @@ impl Link {
         )))
     }
 
-    /// The live connection, opened now if there is none.
-    async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>, LinkError> {
+    /// The live connection for a grain of `hash`, opened now if there is
+    /// none.
+    async fn connection(&self, deadline: Instant, hash: u64) -> Result<Arc<Connection>, LinkError> {
         if lock(&self.inner.not_spoken).is_some_and(|until| Instant::now() < until) {
             return Err(LinkError::NotSpoken);
         }
-        self.open(deadline)
+        self.open(deadline, hash)
             .await
             .map_err(LinkError::Failed)?
             .ok_or_else(|| {
@@ -481,19 +644,37 @@ impl Link {
             })
     }
 
-    /// The live connection, opened now if there is none; `None` if the
-    /// member does not speak the link. One attempt at a time: callers
-    /// that waited for one that failed hear its failure rather than try
-    /// again each in turn.
-    async fn open(&self, deadline: Instant) -> Result<Option<Arc<Connection>>, String> {
+    /// The live connection for a grain of `hash`: its thread's, or while
+    /// its thread has none and no spare one is left, any open one.
+    fn current(&self, hash: u64) -> Option<Arc<Connection>> {
+        let lines = lock(&self.inner.live);
+        lines.live(hash, false).or_else(|| {
+            let exhausted =
+                (self.inner.spare.as_ref()).is_some_and(|spare| spare.load(Ordering::Acquire) == 0);
+            (exhausted && lines.needs_spare(hash))
+                .then(|| lines.live(hash, true))
+                .flatten()
+        })
+    }
+
+    /// Takes one spare connection, if one is left.
+    fn take_spare(&self) -> bool {
+        self.inner.spare.as_ref().is_none_or(|spare| {
+            spare
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+        })
+    }
+
+    /// The live connection for a grain of `hash` (see `current`), opened
+    /// now if there is none; `None` if the member does not speak the link.
+    /// One attempt at a time: callers that waited for one that failed hear
+    /// its failure rather than try again each in turn.
+    async fn open(&self, deadline: Instant, hash: u64) -> Result<Option<Arc<Connection>>, String> {
         let inner = &self.inner;
-        let current = || {
-            lock(&inner.live)
-                .as_ref()
-                .filter(|c| !c.closed.load(Ordering::Acquire))
-                .cloned()
-        };
-        if let Some(connection) = current() {
+        if let Some(connection) = self.current(hash) {
             return Ok(Some(connection));
         }
         let asked = Instant::now();
@@ -501,7 +682,7 @@ impl Link {
         let dialing = tokio::time::timeout_at(deadline.into(), inner.dialing.clone().lock_owned())
             .await
             .map_err(|_| too_late())?;
-        if let Some(connection) = current() {
+        if let Some(connection) = self.current(hash) {
             return Ok(Some(connection));
         }
         if let Some((at, why)) = lock(&inner.failed).as_ref()
@@ -509,6 +690,22 @@ impl Link {
         {
             return Err(why.clone());
         }
+        let (hello, took) = {
+            let lines = lock(&inner.live);
+            let took = lines.needs_spare(hash) && self.take_spare();
+            if lines.needs_spare(hash)
+                && !took
+                && let Some(connection) = lines.live(hash, true)
+            {
+                return Ok(Some(connection));
+            }
+            (lines.hello(hash), took)
+        };
+        let give_back = |link: &LinkInner, count: usize| {
+            if let Some(spare) = &link.spare {
+                spare.fetch_add(count, Ordering::AcqRel);
+            }
+        };
         // The attempt runs to its end on the link's runtime (the
         // connection's socket and tasks belong there, whichever thread
         // asks), holding the turn, even if this caller stops waiting: what
@@ -516,15 +713,19 @@ impl Link {
         let (link, connect) = (inner.clone(), inner.connect.clone());
         let attempt = inner.runtime.spawn(async move {
             let _turn = dialing;
-            let opened = match connect().await {
-                Ok(Opened::Link(io)) => {
+            let opened = match connect(hello).await {
+                Ok(Opened::Link(io, placed)) => {
                     let connection = Connection::start(io);
-                    *lock(&link.live) = Some(connection.clone());
+                    let released = lock(&link.live).keep(connection.clone(), placed, took);
+                    give_back(&link, released);
                     Ok(Some(connection))
                 }
                 Ok(Opened::NotSpoken) => Ok(None),
                 Err(why) => Err(format!("{}: {why}", link.address)),
             };
+            if !matches!(opened, Ok(Some(_))) {
+                give_back(&link, usize::from(took));
+            }
             if let Err(why) = &opened {
                 *lock(&link.failed) = Some((Instant::now(), why.clone()));
             }
@@ -598,6 +799,19 @@ pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
     }
 }
 
+/// Serves a link connection that `placed` says where it is served (a
+/// version 2 link, which is told so first), or nothing (version 1).
+pub async fn serve_placed<A: Answer>(mut io: impl LinkIo, answers: Arc<A>, placed: Option<Placed>) {
+    if let Some(placed) = placed {
+        // Flushed: TLS holds its records back until then.
+        let told = io.write_all(&placed.to_bytes()).await;
+        if told.is_err() || io.flush().await.is_err() {
+            return;
+        }
+    }
+    serve(io, answers).await
+}
+
 /// Longest deadline a call may carry (the gRPC services' own bound).
 const MAX_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -652,8 +866,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Accepts plaintext connections (`--insecure-cluster`) on `listener`:
-/// those that begin with [`PREFACE`] get it back and go to `links` (which
-/// serves them), the rest come out for the gRPC server. Until a
+/// those that begin with [`PREFACE`] and a hello, or [`PREFACE_1`], get
+/// their preface back and go to `links` (which serves them, where the
+/// hello asks if there is one), the rest come out for the gRPC server. Until a
 /// connection has shown which it is, it is pending under `limits` (as a
 /// TLS connection in its handshake: at most `max_pending`, per source
 /// `max_pending_per_source`, the oldest closed for a new one), and one
@@ -661,7 +876,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// HTTP/2 client speaks first too).
 pub fn plaintext_incoming(
     listener: tokio::net::TcpListener,
-    links: impl Fn(tokio::net::TcpStream) + Send + Sync + 'static,
+    links: impl Fn(tokio::net::TcpStream, Option<u64>) + Send + Sync + 'static,
     limits: crate::security::Limits,
 ) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
     let (found, incoming) = mpsc::channel(64);
@@ -692,16 +907,10 @@ pub fn plaintext_incoming(
                     let mut first = [0u8; 1];
                     match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
                         Ok(Ok(1)) if first[0] == PREFACE[0] => {
-                            let mut preface = [0u8; PREFACE.len()];
-                            let read =
-                                tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
-                            if matches!(read.await, Ok(Ok(_))) && &preface == PREFACE {
-                                // The preface back says "I speak the link"; a
-                                // member from before it would close instead.
-                                if tcp.write_all(PREFACE).await.is_ok() {
-                                    drop(guard);
-                                    links(tcp);
-                                }
+                            let opening = tokio::time::timeout(first_bytes, link_opening(&mut tcp));
+                            if let Ok(Some(hello)) = opening.await {
+                                drop(guard);
+                                links(tcp, hello);
                             }
                         }
                         Ok(Ok(1)) => {
@@ -718,6 +927,28 @@ pub fn plaintext_incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
+
+/// Reads a plaintext link's preface (and hello, in version 2) and sends
+/// the preface back, which says "I speak the link" (a member from before
+/// the link closes instead). `None` if it is no link's; else the hello,
+/// if any.
+async fn link_opening(tcp: &mut tokio::net::TcpStream) -> Option<Option<u64>> {
+    let mut preface = [0u8; PREFACE.len()];
+    tcp.read_exact(&mut preface).await.ok()?;
+    let hello = if &preface == PREFACE {
+        Some(tcp.read_u64().await.ok()?)
+    } else if &preface == PREFACE_1 {
+        None
+    } else {
+        return None;
+    };
+    tcp.write_all(&preface).await.ok()?;
+    Some(hello)
+}
+
+/// How long a version 2 link may take to send its hello after the TLS
+/// handshake.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A link connection taken off the runtime that accepted it, to be
 /// registered with the runtime of the thread that serves it.
@@ -748,10 +979,11 @@ impl Detached for DetachedTls {
     }
 }
 
-/// Serves link connections on the grain threads, one after another: the
-/// thread that reads a call then often hosts its grain, and otherwise
-/// hands it to a sibling, never through the gRPC thread that accepted it
-/// (a thread hop less each way).
+/// Serves link connections on the grain threads: each on the thread its
+/// hello asks for (so the calls it carries find their grains on the thread
+/// that reads them), a version 1 link's on the threads in turn (a call's
+/// grain then often lives on another thread, and its call and answer cross
+/// to it and back). Never on the gRPC thread that accepted them.
 pub struct LinkThreads<A> {
     pool: granary_grain::ArbiterPool,
     answers: Arc<A>,
@@ -767,32 +999,63 @@ impl<A: Answer> LinkThreads<A> {
         }
     }
 
-    /// Serves a TLS link `connection` on the next grain thread.
-    pub fn serve(&self, mut connection: crate::security::PeerConnection) {
-        match connection.detach() {
-            Ok(()) => self.place(DetachedTls(connection)),
-            Err(err) => {
-                tracing::debug!(error = %err, "link: the connection could not move; closed")
+    /// Serves a TLS link `connection` where its hello asks (version 2:
+    /// read here first, within [`HELLO_TIMEOUT`]), else on the next grain
+    /// thread. Call on the runtime that accepted it.
+    pub fn serve(self: &Arc<Self>, mut connection: crate::security::PeerConnection) {
+        if connection.alpn() != Some(PROTOCOL) {
+            match connection.detach() {
+                Ok(()) => self.place(DetachedTls(connection), None),
+                Err(err) => {
+                    tracing::debug!(error = %err, "link: the connection could not move; closed")
+                }
             }
+            return;
         }
+        let threads = self.clone();
+        tokio::spawn(async move {
+            let hello = tokio::time::timeout(HELLO_TIMEOUT, connection.read_u64()).await;
+            let Ok(Ok(hello)) = hello else {
+                tracing::debug!("link: no hello in time; closed");
+                return;
+            };
+            match connection.detach() {
+                Ok(()) => threads.place(DetachedTls(connection), Some(hello)),
+                Err(err) => {
+                    tracing::debug!(error = %err, "link: the connection could not move; closed")
+                }
+            }
+        });
     }
 
-    /// Serves a plaintext `tcp` on the next grain thread.
-    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream) {
+    /// Serves a plaintext `tcp` where `hello` asks, else on the next grain
+    /// thread.
+    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream, hello: Option<u64>) {
         match tcp.into_std() {
-            Ok(tcp) => self.place(DetachedTcp(tcp)),
+            Ok(tcp) => self.place(DetachedTcp(tcp), hello),
             Err(err) => {
                 tracing::debug!(error = %err, "link: the connection could not move; closed")
             }
         }
     }
 
-    fn place(&self, connection: impl Detached) {
-        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+    fn place(&self, connection: impl Detached, hello: Option<u64>) {
+        let threads = self.pool.len();
+        let (thread, placed) = match hello {
+            Some(hello) => {
+                let thread = (hello % threads as u64) as usize;
+                let placed = Placed {
+                    threads: threads as u32,
+                    thread: thread as u32,
+                };
+                (thread, Some(placed))
+            }
+            None => (self.turn.fetch_add(1, Ordering::Relaxed), None),
+        };
         let answers = self.answers.clone();
-        let placed = self.pool.spawn_on(turn, move || async move {
+        let placed = self.pool.spawn_on(thread, move || async move {
             match connection.attach() {
-                Ok(io) => serve(io, answers).await,
+                Ok(io) => serve_placed(io, answers, placed).await,
                 Err(err) => {
                     tracing::debug!(error = %err, "link: the connection could not move; closed")
                 }
@@ -896,13 +1159,20 @@ mod tests {
         let address = listener.local_addr().expect("address").to_string();
         let passed = plaintext_incoming(
             listener,
-            move |tcp| {
-                tokio::spawn(serve(tcp, echo.clone()));
+            move |tcp, hello: Option<u64>| {
+                let placed = hello.map(|_| ONE_THREAD);
+                tokio::spawn(serve_placed(tcp, echo.clone(), placed));
             },
             crate::security::Limits::default(),
         );
         (address, passed)
     }
+
+    /// Where a test's port serves every link.
+    const ONE_THREAD: Placed = Placed {
+        threads: 1,
+        thread: 0,
+    };
 
     fn link(address: &str) -> Link {
         let connect = crate::cluster::dial::Dialer::plaintext()
@@ -913,13 +1183,30 @@ mod tests {
 
     /// A raw connection to a plaintext member port, past the preface
     /// (sent, and back).
+    /// (Version 1's: no hello, which the port still serves.)
     async fn raw_link(address: &str) -> TcpStream {
         let mut tcp = TcpStream::connect(address).await.unwrap();
-        tcp.write_all(PREFACE).await.unwrap();
+        tcp.write_all(PREFACE_1).await.unwrap();
         let mut preface = [0u8; PREFACE.len()];
         tcp.read_exact(&mut preface).await.unwrap();
-        assert_eq!(&preface, PREFACE, "the preface comes back");
+        assert_eq!(&preface, PREFACE_1, "the preface comes back");
         tcp
+    }
+
+    /// Reads a link's opening off a raw server's connection: the preface
+    /// and the hello.
+    async fn read_opening(tcp: &mut TcpStream) -> u64 {
+        let mut preface = [0u8; PREFACE.len()];
+        tcp.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE);
+        tcp.read_u64().await.unwrap()
+    }
+
+    /// Answers a link's opening on a raw server's connection: the preface
+    /// back, and where it is served.
+    async fn answer_opening(tcp: &mut TcpStream) {
+        tcp.write_all(PREFACE).await.unwrap();
+        tcp.write_all(&ONE_THREAD.to_bytes()).await.unwrap();
     }
 
     /// Appends call `id` of `kind` to `frames`, as a link sends it.
@@ -1029,7 +1316,7 @@ mod tests {
         assert_echoes(&link, 2).await;
         // A call its caller drops (a client gone) leaves nothing waiting.
         // (Polled once: far enough to send it and wait.)
-        let connection = lock(&link.inner.live).clone().expect("a connection");
+        let connection = lock(&link.inner.live).live(0, true).expect("a connection");
         let never = call("never", 3);
         let mut dropped = Box::pin(link.call(&never, Duration::from_secs(60)));
         let once = std::future::poll_fn(|cx| std::task::Poll::Ready(dropped.as_mut().poll(cx)));
@@ -1047,15 +1334,14 @@ mod tests {
         let address = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
             // The first connection is dropped once a call arrived.
-            let mut preface = [0u8; PREFACE.len()];
             let (mut first, _) = listener.accept().await.unwrap();
-            first.read_exact(&mut preface).await.unwrap();
-            first.write_all(PREFACE).await.unwrap();
+            read_opening(&mut first).await;
+            answer_opening(&mut first).await;
             first.read_exact(&mut [0u8; 4]).await.unwrap();
             drop(first);
             let (mut second, _) = listener.accept().await.unwrap();
-            second.read_exact(&mut preface).await.unwrap();
-            second.write_all(PREFACE).await.unwrap();
+            read_opening(&mut second).await;
+            answer_opening(&mut second).await;
             serve(second, Arc::new(Echo::default())).await;
         });
         let link = link(&address);
@@ -1191,11 +1477,10 @@ mod tests {
             loop {
                 let (mut tcp, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
-                let mut preface = [0u8; PREFACE.len()];
-                tcp.read_exact(&mut preface).await.unwrap();
+                read_opening(&mut tcp).await;
                 // The preface comes back only when the test says so.
                 opened.notified().await;
-                tcp.write_all(PREFACE).await.unwrap();
+                answer_opening(&mut tcp).await;
                 tokio::spawn(serve(tcp, Arc::new(Echo::default())));
             }
         });
@@ -1270,46 +1555,81 @@ mod tests {
     }
 
     /// Runs `accept` on a runtime of its own on a thread of its own (as the
-    /// gRPC thread accepts links), then drops that runtime.
+    /// gRPC thread accepts links) until `release` fires, then drops that
+    /// runtime.
     fn accept_elsewhere(
         accept: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()>>> + Send + 'static,
+        release: oneshot::Receiver<()>,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(accept());
+            runtime.block_on(async move {
+                let mut release = release;
+                tokio::select! {
+                    () = accept() => {
+                        let _ = release.await;
+                    }
+                    _ = &mut release => {}
+                }
+            });
         })
     }
 
-    /// Calls on `link` run on a grain thread, before and after the runtime
-    /// that accepted the connection (`accepting`) is gone.
-    async fn answered_on_grain_threads(link: &Link, accepting: std::thread::JoinHandle<()>) {
-        let thread = |answer: Result<pb::GrainAnswer, LinkError>| {
-            String::from_utf8(reply(answer.expect("an answer")).0).unwrap()
+    /// The names of `pool`'s threads, by number.
+    async fn thread_names(pool: &granary_grain::ArbiterPool) -> Vec<String> {
+        let mut names = Vec::new();
+        for thread in 0..pool.len() {
+            let (name, named) = oneshot::channel();
+            assert!(pool.spawn_on(thread, move || async move {
+                let _ = name.send(std::thread::current().name().unwrap_or_default().to_owned());
+            }));
+            names.push(named.await.unwrap());
+        }
+        names
+    }
+
+    /// Every call on `link` runs on the grain thread of `names` that hosts
+    /// its grain (each on the connection that thread reads), before and
+    /// after the runtime that accepted the connections (`accepting`, which
+    /// `release` lets end) is gone.
+    async fn answered_on_grain_threads(
+        link: &Link,
+        names: &[String],
+        release: oneshot::Sender<()>,
+        accepting: std::thread::JoinHandle<()>,
+    ) {
+        let calls = |link: Link, names: Vec<String>| async move {
+            for id in 1..20u64 {
+                let answer = link.call(&call("any", id), Duration::from_secs(5)).await;
+                let ran = String::from_utf8(reply(answer.expect("an answer")).0).unwrap();
+                let host = &names[granary_grain::thread_of(&id.to_string(), names.len())];
+                assert_eq!(&ran, host, "call {id} ran on its grain's thread");
+            }
         };
-        let first = thread(link.call(&call("any", 1), Duration::from_secs(5)).await);
-        assert!(first.contains("arbiter"), "answered on {first:?}");
+        calls(link.clone(), names.to_vec()).await;
+        assert_eq!(link.threads_open(), (0..names.len()).collect::<Vec<_>>());
+        drop(release);
         tokio::task::spawn_blocking(move || accepting.join().unwrap())
             .await
             .unwrap();
-        for id in 2..20 {
-            let next = thread(link.call(&call("any", id), Duration::from_secs(5)).await);
-            assert_eq!(next, first, "one connection, one grain thread");
-        }
+        calls(link.clone(), names.to_vec()).await;
     }
 
     /// Link connections the gRPC thread accepts are served on the grain
-    /// threads, TLS and plaintext alike: they leave the accepting runtime
-    /// (which may then end) with their TLS session.
+    /// threads, each on the one its hello asks for, TLS and plaintext
+    /// alike: they leave the accepting runtime (which may then end) with
+    /// their TLS session, and a caller's call reaches its grain's thread
+    /// on the connection that thread reads.
     #[actix_rt::test]
-    async fn links_are_served_on_the_grain_threads() {
+    async fn links_are_served_on_the_grain_threads_their_calls_grains_live_on() {
         use crate::security::{Limits, NodeKeys, tls};
-        let links = Arc::new(LinkThreads::new(
-            granary_grain::ArbiterPool::new(2),
-            Arc::new(Threads),
-        ));
+        let pool = granary_grain::ArbiterPool::new(2);
+        let names = thread_names(&pool).await;
+        assert_ne!(names[0], names[1]);
+        let links = Arc::new(LinkThreads::new(pool, Arc::new(Threads)));
 
         // Mutual TLS.
         let dir = tempfile::tempdir().unwrap();
@@ -1321,46 +1641,50 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let served = links.clone();
-        let accepting = accept_elsewhere(move || {
-            Box::pin(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                let incoming = tls::incoming(listener, config, trust, Limits::default());
-                let mut incoming = std::pin::pin!(incoming);
-                let connection = incoming.next().await.unwrap().unwrap();
-                assert!(connection.is_link() && connection.is_member());
-                served.serve(connection);
-            })
-        });
+        let (release, released) = oneshot::channel();
+        let accepting = accept_elsewhere(
+            move || {
+                Box::pin(async move {
+                    let listener = TcpListener::from_std(listener).unwrap();
+                    let incoming = tls::incoming(listener, config, trust, Limits::default());
+                    let mut incoming = std::pin::pin!(incoming);
+                    while let Some(connection) = incoming.next().await {
+                        let connection = connection.unwrap();
+                        assert!(connection.is_link() && connection.is_member());
+                        served.serve(connection);
+                    }
+                })
+            },
+            released,
+        );
         let connect = crate::cluster::dial::Dialer::tls(Arc::new(client))
             .link(&address, Some(server.fingerprint), Duration::from_secs(2))
             .unwrap();
-        answered_on_grain_threads(&Link::new(&address, connect), accepting).await;
+        let tls_link = Link::new(&address, connect);
+        answered_on_grain_threads(&tls_link, &names, release, accepting).await;
 
         // Plaintext.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let (accepted, moved) = oneshot::channel();
-        let accepting = accept_elsewhere(move || {
-            Box::pin(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                let accepted = Mutex::new(Some(accepted));
-                let passed = plaintext_incoming(
-                    listener,
-                    move |tcp| {
-                        links.serve_tcp(tcp);
-                        if let Some(accepted) = lock(&accepted).take() {
-                            let _ = accepted.send(());
-                        }
-                    },
-                    Limits::default(),
-                );
-                // Kept: the port accepts while its stream is open.
-                let _passed = passed;
-                let _ = moved.await;
-            })
-        });
-        answered_on_grain_threads(&link(&address), accepting).await;
+        let (release, released) = oneshot::channel();
+        let accepting = accept_elsewhere(
+            move || {
+                Box::pin(async move {
+                    let listener = TcpListener::from_std(listener).unwrap();
+                    let passed = plaintext_incoming(
+                        listener,
+                        move |tcp, hello| links.serve_tcp(tcp, hello),
+                        Limits::default(),
+                    );
+                    // Kept: the port accepts while its stream is open.
+                    let _passed = passed;
+                    std::future::pending::<()>().await;
+                })
+            },
+            released,
+        );
+        answered_on_grain_threads(&link(&address), &names, release, accepting).await;
     }
 
     /// On the plaintext port, connections that have not yet said whether
@@ -1373,8 +1697,9 @@ mod tests {
         let echo = Arc::new(Echo::default());
         let passed = plaintext_incoming(
             listener,
-            move |tcp| {
-                tokio::spawn(serve(tcp, echo.clone()));
+            move |tcp, hello: Option<u64>| {
+                let placed = hello.map(|_| ONE_THREAD);
+                tokio::spawn(serve_placed(tcp, echo.clone(), placed));
             },
             crate::security::Limits {
                 handshake_timeout: Duration::from_secs(30),

@@ -90,6 +90,9 @@ pub struct GrainRouter {
     /// connection cap (`security::tls::Limits`) whatever the core count
     /// and cluster size.
     thread_channels: Mutex<HashMap<String, usize>>,
+    /// Per channel key, the connections beyond their first that the
+    /// thread-owned links may still open (`spare_lines_per_peer`).
+    spare_lines: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
     /// Directory rebuilds and members removed are observed here.
     metrics: Arc<Metrics>,
 }
@@ -109,6 +112,23 @@ const THREAD_CHANNELS_PER_PEER: usize = 8;
 fn thread_channels_per_peer(members: usize) -> usize {
     let peers = members.saturating_sub(1).max(1);
     (THREAD_CHANNEL_BUDGET / peers).clamp(1, THREAD_CHANNELS_PER_PEER)
+}
+
+/// What the members of a cluster may open to one member, over all of
+/// them: three quarters of its connection cap (`security::tls::Limits`).
+const MEMBER_CONNECTIONS: usize = 192;
+
+/// How many connections beyond their first the thread-owned links of a
+/// member of a cluster of `members` may open to each peer, together (a
+/// link keeps one per callee grain thread while these last): what is left
+/// of the peer's share of [`MEMBER_CONNECTIONS`] after the links' first
+/// connections, the shared link and the gRPC channel; none in the
+/// largest clusters.
+fn spare_lines_per_peer(members: usize) -> usize {
+    let peers = members.saturating_sub(1).max(1);
+    (MEMBER_CONNECTIONS / peers)
+        .saturating_sub(thread_channels_per_peer(members) + 2)
+        .min(THREAD_CHANNELS_PER_PEER)
 }
 
 /// Routers made in this process so far.
@@ -192,6 +212,7 @@ impl GrainRouter {
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             thread_channels: Mutex::new(HashMap::new()),
+            spare_lines: Mutex::new(HashMap::new()),
             metrics,
         });
         let follower = router.clone();
@@ -566,8 +587,24 @@ impl GrainRouter {
             if !self.may_own_channel(&name) {
                 return Ok((self.shared_link(address, pin, name.clone())?, false));
             }
-            Ok((Link::new(address, self.link_connect(address, pin)?), true))
+            let spare = self.spare_lines(&name);
+            let link = Link::with_spare(address, self.link_connect(address, pin)?, Some(spare));
+            Ok((link, true))
         })
+    }
+
+    /// The connections beyond their first that the thread-owned links to
+    /// the member named `key` may still open, together.
+    fn spare_lines(&self, key: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+        let members = self.cluster.with_committed(|c| c.members.len());
+        lock(&self.spare_lines)
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(std::sync::atomic::AtomicUsize::new(spare_lines_per_peer(
+                    members,
+                )))
+            })
+            .clone()
     }
 
     /// The link to `address` (pinned to `pin`) on the gRPC runtime, named
@@ -582,7 +619,9 @@ impl GrainRouter {
             return Ok(link.clone());
         }
         let _io = self.io.enter();
-        let link = Link::new(address, self.link_connect(address, pin)?);
+        // One connection: the threads that share it are beyond the budget.
+        let single = Some(Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let link = Link::with_spare(address, self.link_connect(address, pin)?, single);
         lock(&self.links).insert(key, link.clone());
         Ok(link)
     }
@@ -793,15 +832,19 @@ mod tests {
             let peers = members.saturating_sub(1);
             let per_peer = thread_channels_per_peer(members);
             assert!(per_peer >= 1, "{members} members");
-            // Per peer: its threads' links, its shared link and its
-            // gRPC channel.
+            // Per peer: its threads' links' first connections, their
+            // further ones, its shared link and its gRPC channel.
+            let each = per_peer + spare_lines_per_peer(members) + 2;
             assert!(
-                peers * (per_peer + 2) <= cap * 3 / 4,
-                "{members} members: {peers} peers x {} connections",
-                per_peer + 2
+                peers * each <= cap * 3 / 4,
+                "{members} members: {peers} peers x {each} connections",
             );
         }
         assert_eq!(thread_channels_per_peer(3), THREAD_CHANNELS_PER_PEER);
+        // The cluster sizes we run keep a connection per callee thread
+        // for every link of a two-core member's four calling threads.
+        assert!(spare_lines_per_peer(10) >= 4);
+        assert_eq!(MEMBER_CONNECTIONS, cap * 3 / 4);
     }
 
     /// A thread keeps one link per name while its runtime runs; once that
@@ -814,7 +857,7 @@ mod tests {
         let make = |keep: bool| {
             made.set(made.get() + 1);
             let connect: super::super::link::Connect =
-                Arc::new(|| Box::pin(async { Err("never connects".to_owned()) }));
+                Arc::new(|_| Box::pin(async { Err("never connects".to_owned()) }));
             Ok((Link::new("127.0.0.1:9", connect), keep))
         };
         // A router id no router of this process has.

@@ -244,7 +244,7 @@ pub fn server_config(
     // A server chooses the first of its protocols the client offers: a
     // link offers both (so a member from before the link answers it with
     // HTTP/2), gRPC clients only HTTP/2.
-    config.alpn_protocols = vec![crate::cluster::link::PROTOCOL.to_vec(), b"h2".to_vec()];
+    config.alpn_protocols = link_protocols();
     Ok(Arc::new(config))
 }
 
@@ -286,8 +286,14 @@ fn client_config_for(
 /// before the link chooses: the caller then knows to speak gRPC).
 pub fn for_link(config: &ClientConfig) -> Arc<ClientConfig> {
     let mut config = config.clone();
-    config.alpn_protocols = vec![crate::cluster::link::PROTOCOL.to_vec(), b"h2".to_vec()];
+    config.alpn_protocols = link_protocols();
     Arc::new(config)
+}
+
+/// The link's ALPN protocols, newest first, then HTTP/2's.
+fn link_protocols() -> Vec<Vec<u8>> {
+    use crate::cluster::link::{PROTOCOL, PROTOCOL_1};
+    vec![PROTOCOL.to_vec(), PROTOCOL_1.to_vec(), b"h2".to_vec()]
 }
 
 /// TCP to `host`:`port`, then TLS with `config`.
@@ -748,7 +754,13 @@ impl PeerConnection {
     /// Whether the peer chose the grain-call link (`cluster::link`) rather
     /// than HTTP/2 in the handshake.
     pub fn is_link(&self) -> bool {
-        self.stream.get_ref().1.alpn_protocol() == Some(crate::cluster::link::PROTOCOL)
+        use crate::cluster::link::{PROTOCOL, PROTOCOL_1};
+        matches!(self.alpn(), Some(PROTOCOL | PROTOCOL_1))
+    }
+
+    /// The ALPN protocol the handshake chose.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
     }
 
     /// Whether the peer held a member's key when it connected.

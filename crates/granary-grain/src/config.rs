@@ -75,12 +75,22 @@ impl ArbiterPool {
 
     /// The thread grain `id` lives on.
     pub(crate) fn of(&self, id: &str) -> &actix::ArbiterHandle {
-        // FNV-1a: stable and cheap; only spreading matters here.
-        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.0[(hash % self.0.len() as u64) as usize]
+        &self.0[thread_of(id, self.0.len())]
     }
+}
+
+/// The hash that places grain `id` on a thread: FNV-1a over its bytes,
+/// stable across versions and processes (a member calling another
+/// chooses the connection its thread reads by it).
+pub fn placement_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Which of `threads` threads grain `id` lives on.
+pub fn thread_of(id: &str, threads: usize) -> usize {
+    (placement_hash(id) % threads.max(1) as u64) as usize
 }
 
 impl std::fmt::Debug for ArbiterPool {

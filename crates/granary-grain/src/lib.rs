@@ -49,7 +49,7 @@ mod tenure;
 pub use calls::{
     Caller, Calls, EncodedFuture, EncodedResult, Resolution, decode_answer, grain_key,
 };
-pub use config::{ArbiterPool, Placement, RuntimeConfig};
+pub use config::{ArbiterPool, Placement, RuntimeConfig, placement_hash, thread_of};
 pub use error::CallError;
 pub use grain::{Grain, Outcome, Remind};
 pub use runtime::{CallOptions, GrainRuntime};
