@@ -1687,6 +1687,136 @@ mod tests {
         answered_on_grain_threads(&link(&address), &names, release, accepting).await;
     }
 
+    /// A link whose spare connections are used up sends the calls for a
+    /// callee thread it has no connection to on one it has (they cross
+    /// threads there, as before the hello); each connection beyond the
+    /// first takes one spare, and a failed dial gives its spare back.
+    #[actix_rt::test]
+    async fn a_link_without_spare_connections_shares_the_ones_open() {
+        let pool = granary_grain::ArbiterPool::new(2);
+        let names = thread_names(&pool).await;
+        let links = Arc::new(LinkThreads::new(pool, Arc::new(Threads)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let _passed = plaintext_incoming(
+            listener,
+            move |tcp, hello| links.serve_tcp(tcp, hello),
+            crate::security::Limits::default(),
+        );
+        let connect = crate::cluster::dial::Dialer::plaintext()
+            .link(&address, None, Duration::from_secs(2))
+            .unwrap();
+        let ran = |link: Link, id: u64| async move {
+            let answer = link.call(&call("any", id), Duration::from_secs(5)).await;
+            String::from_utf8(reply(answer.expect("an answer")).0).unwrap()
+        };
+        // A grain on each thread.
+        let on = |thread: usize| {
+            (1u64..)
+                .find(|id| granary_grain::thread_of(&id.to_string(), 2) == thread)
+                .unwrap()
+        };
+        let (zero, one) = (on(0), on(1));
+
+        // None spare: the first connection is the link's own, and serves
+        // calls for both threads.
+        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let link = Link::with_spare(&address, connect.clone(), Some(spare.clone()));
+        assert_eq!(ran(link.clone(), zero).await, names[0]);
+        assert_eq!(
+            ran(link.clone(), one).await,
+            names[0],
+            "shared, so on thread 0"
+        );
+        assert_eq!(link.threads_open(), vec![0]);
+
+        // One spare: taken by the second connection.
+        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let link = Link::with_spare(&address, connect.clone(), Some(spare.clone()));
+        assert_eq!(ran(link.clone(), one).await, names[1]);
+        assert_eq!(ran(link.clone(), zero).await, names[0]);
+        assert_eq!(link.threads_open(), vec![0, 1]);
+        assert_eq!(spare.load(Ordering::SeqCst), 0);
+
+        // A dial that fails takes no spare for good.
+        let nowhere = crate::cluster::dial::Dialer::plaintext()
+            .link("127.0.0.1:9", None, Duration::from_millis(200))
+            .unwrap();
+        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let link = Link::with_spare("127.0.0.1:9", nowhere, Some(spare.clone()));
+        assert!(
+            link.call(&call("any", 1), Duration::from_secs(1))
+                .await
+                .is_err()
+        );
+        assert_eq!(spare.load(Ordering::SeqCst), 1);
+    }
+
+    /// A member of version 1 (no hello) is still spoken to: in plaintext
+    /// it closes on the new preface and is asked again in its own; under
+    /// TLS it chooses version 1's protocol. Either way its one connection
+    /// carries every call.
+    #[tokio::test]
+    async fn a_member_of_version_1_is_spoken_to_in_version_1() {
+        use crate::security::{NodeKeys, tls};
+        // Plaintext: a port as version 1 served it.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut preface = [0u8; PREFACE.len()];
+                if tcp.read_exact(&mut preface).await.is_ok() && &preface == PREFACE_1 {
+                    tcp.write_all(PREFACE_1).await.unwrap();
+                    tokio::spawn(serve(tcp, Arc::new(Echo::default())));
+                }
+            }
+        });
+        let link = link(&address);
+        for id in 1..6 {
+            assert_echoes(&link, id).await;
+        }
+        assert_eq!(link.threads_open(), vec![0]);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "refused once, then spoken to in version 1"
+        );
+        server.abort();
+
+        // Mutual TLS: a member whose protocols are version 1's.
+        let dir = tempfile::tempdir().unwrap();
+        let keys = NodeKeys::load_or_create(&dir.path().join("server")).unwrap();
+        let client = NodeKeys::load_or_create(&dir.path().join("client")).unwrap();
+        let trust = tls::Trust::new([client.fingerprint]);
+        let mut config =
+            (*tls::server_config(&keys, trust, tls::Admission::Trusted).unwrap()).clone();
+        config.alpn_protocols = vec![PROTOCOL_1.to_vec(), b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tls = acceptor.accept(tcp).await.unwrap();
+                assert_eq!(tls.get_ref().1.alpn_protocol(), Some(PROTOCOL_1));
+                tokio::spawn(serve(tls, Arc::new(Echo::default())));
+            }
+        });
+        let connect = crate::cluster::dial::Dialer::tls(Arc::new(client))
+            .link(&address, Some(keys.fingerprint), Duration::from_secs(2))
+            .unwrap();
+        let link = Link::new(&address, connect);
+        for id in 1..6 {
+            assert_echoes(&link, id).await;
+        }
+        assert_eq!(link.threads_open(), vec![0]);
+        server.abort();
+    }
+
     /// On the plaintext port, connections that have not yet said whether
     /// they are links are bounded as TLS handshakes are: a flood of silent
     /// ones has its oldest closed, and a link still gets in meanwhile.
