@@ -692,14 +692,19 @@ impl Link {
         }
         let (hello, took) = {
             let lines = lock(&inner.live);
-            let took = lines.needs_spare(hash) && self.take_spare();
-            if lines.needs_spare(hash)
-                && !took
-                && let Some(connection) = lines.live(hash, true)
-            {
-                return Ok(Some(connection));
+            let needs = lines.needs_spare(hash);
+            let took = needs && self.take_spare();
+            if needs && !took {
+                // None spare: an open connection serves, else one is
+                // opened again to a thread the link had one to.
+                if let Some(connection) = lines.live(hash, true) {
+                    return Ok(Some(connection));
+                }
+                let had = lines.by_thread.iter().position(Option::is_some);
+                (had.map_or(hash, |t| t as u64), false)
+            } else {
+                (lines.hello(hash), took)
             }
-            (lines.hello(hash), took)
         };
         let give_back = |link: &LinkInner, count: usize| {
             if let Some(spare) = &link.spare {
