@@ -166,10 +166,7 @@ fn main() {
                 lean,
                 move |tcp, hello: Option<u64>| {
                     // One thread serves every connection here.
-                    let placed = hello.map(|_| link::Placed {
-                        threads: 1,
-                        thread: 0,
-                    });
+                    let placed = hello.map(|_| link::Placed::ONE);
                     tokio::spawn(link::serve_placed(tcp, echo.clone(), placed));
                 },
                 granary::security::Limits::default(),

@@ -363,7 +363,7 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    // The grain-call link (ALPN `granary-call/1` on the same port): a
+    // The grain-call link (ALPN `granary-call/2` on the same port): a
     // member's key is answered; a stranger's connection is closed after
     // its handshake.
     let link_as = |keys: granary::security::NodeKeys| {

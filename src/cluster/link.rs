@@ -46,8 +46,8 @@
 //! Bounds: a frame is at most [`MAX_FRAME`] bytes (a larger length closes
 //! the connection before anything is buffered); at most [`IN_FLIGHT`] calls
 //! run at once per connection on the callee (it stops reading past that,
-//! so TCP pushes back) and wait for an answer per link on the caller (a
-//! call beyond waits for a slot, within its deadline).
+//! so TCP pushes back) and wait for an answer per connection on the caller
+//! (a call beyond waits for a slot, within its deadline).
 
 use std::collections::HashMap;
 use std::io;
@@ -90,6 +90,12 @@ pub struct Placed {
 }
 
 impl Placed {
+    /// A callee with one thread (or one that does not say: version 1).
+    pub const ONE: Placed = Placed {
+        threads: 1,
+        thread: 0,
+    };
+
     /// The answer's bytes.
     pub fn to_bytes(self) -> [u8; 8] {
         let mut bytes = [0u8; 8];
@@ -363,16 +369,29 @@ impl Lines {
         self.thread(hash).map_or(hash, |t| t as u64)
     }
 
-    /// Keeps `connection`, served on `placed` (`None`: a member of version
-    /// 1, one thread as far as the caller can tell), opened with a spare
-    /// one if `took`. A callee whose thread count changed (it restarted)
-    /// has the old connections closed. How many spare ones are given
-    /// back.
-    fn keep(&mut self, connection: Arc<Connection>, placed: Option<Placed>, took: bool) -> usize {
-        let placed = placed.unwrap_or(Placed {
-            threads: 1,
-            thread: 0,
-        });
+    /// Keeps `connection`, opened with `hello` (and a spare one if
+    /// `took`), served on `placed`. A callee whose thread count changed (it
+    /// restarted) has the old connections closed. `None`: a member of
+    /// version 1, taken to have one thread, unless it said more before (a
+    /// member that answered version 2 and then closed on its preface, say
+    /// evicting it as pending: the connection then serves the thread it
+    /// was asked for, crossing threads on the callee). How many spare ones
+    /// are given back.
+    fn keep(
+        &mut self,
+        connection: Arc<Connection>,
+        hello: u64,
+        placed: Option<Placed>,
+        took: bool,
+    ) -> usize {
+        let placed = match placed {
+            Some(placed) => placed,
+            None if self.threads > 1 => Placed {
+                threads: self.threads as u32,
+                thread: (hello % self.threads) as u32,
+            },
+            None => Placed::ONE,
+        };
         let mut released = 0;
         if u64::from(placed.threads) != self.threads {
             let had = self.by_thread.iter().filter(|c| c.is_some()).count();
@@ -585,11 +604,13 @@ impl Link {
         })
     }
 
-    /// One ping's round trip, for at most `timeout` (on the connection of
-    /// the callee's first thread).
+    /// One ping's round trip, for at most `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, LinkError> {
         let started = Instant::now();
-        self.exchange(PING, started + timeout, None, 0).await?;
+        // Any open connection (a thread's number is its hash): a ping
+        // opens no connection a call would not.
+        let open = self.threads_open().first().map_or(0, |&t| t as u64);
+        self.exchange(PING, started + timeout, None, open).await?;
         Ok(started.elapsed())
     }
 
@@ -688,7 +709,11 @@ impl Link {
         if let Some((at, why)) = lock(&inner.failed).as_ref()
             && *at >= asked
         {
-            return Err(why.clone());
+            // Another connection would not open: one that is open serves.
+            return match lock(&inner.live).live(hash, true) {
+                Some(connection) => Ok(Some(connection)),
+                None => Err(why.clone()),
+            };
         }
         let (hello, took) = {
             let lines = lock(&inner.live);
@@ -721,7 +746,7 @@ impl Link {
             let opened = match connect(hello).await {
                 Ok(Opened::Link(io, placed)) => {
                     let connection = Connection::start(io);
-                    let released = lock(&link.live).keep(connection.clone(), placed, took);
+                    let released = lock(&link.live).keep(connection.clone(), hello, placed, took);
                     give_back(&link, released);
                     Ok(Some(connection))
                 }
@@ -736,10 +761,20 @@ impl Link {
             }
             opened
         });
-        tokio::time::timeout_at(deadline.into(), attempt)
+        let opened = tokio::time::timeout_at(deadline.into(), attempt)
             .await
-            .map_err(|_| too_late())?
-            .map_err(|e| format!("{}: {e}", inner.address))?
+            .map_err(|_| too_late())
+            .and_then(|joined| joined.map_err(|e| format!("{}: {e}", inner.address)))
+            .and_then(|opened| opened);
+        match opened {
+            Ok(Some(connection)) => Ok(Some(connection)),
+            // Another connection would not open (or the member now says it
+            // does not speak the link): one that is open still serves.
+            failed => match lock(&inner.live).live(hash, true) {
+                Some(connection) => Ok(Some(connection)),
+                None => failed,
+            },
+        }
     }
 }
 
@@ -804,15 +839,13 @@ pub async fn serve<A: Answer>(io: impl LinkIo, answers: Arc<A>) {
     }
 }
 
-/// Serves a link connection that `placed` says where it is served (a
-/// version 2 link, which is told so first), or nothing (version 1).
+/// Serves a link connection, first telling a version 2 caller where
+/// (`placed`; `None` for version 1, which is told nothing).
 pub async fn serve_placed<A: Answer>(mut io: impl LinkIo, answers: Arc<A>, placed: Option<Placed>) {
-    if let Some(placed) = placed {
-        // Flushed: TLS holds its records back until then.
-        let told = io.write_all(&placed.to_bytes()).await;
-        if told.is_err() || io.flush().await.is_err() {
-            return;
-        }
+    if let Some(placed) = placed
+        && tell(&mut io, placed).await.is_err()
+    {
+        return;
     }
     serve(io, answers).await
 }
@@ -1005,16 +1038,11 @@ impl<A: Answer> LinkThreads<A> {
     }
 
     /// Serves a TLS link `connection` where its hello asks (version 2:
-    /// read here first, within [`HELLO_TIMEOUT`]), else on the next grain
-    /// thread. Call on the runtime that accepted it.
+    /// read here first, within [`HELLO_TIMEOUT`], and answered), else on
+    /// the next grain thread. Call on the runtime that accepted it.
     pub fn serve(self: &Arc<Self>, mut connection: crate::security::PeerConnection) {
         if connection.alpn() != Some(PROTOCOL) {
-            match connection.detach() {
-                Ok(()) => self.place(DetachedTls(connection), None),
-                Err(err) => {
-                    tracing::debug!(error = %err, "link: the connection could not move; closed")
-                }
-            }
+            self.hand_over(connection.detach().map(|()| DetachedTls(connection)), None);
             return;
         }
         let threads = self.clone();
@@ -1024,43 +1052,56 @@ impl<A: Answer> LinkThreads<A> {
                 tracing::debug!("link: no hello in time; closed");
                 return;
             };
-            match connection.detach() {
-                Ok(()) => threads.place(DetachedTls(connection), Some(hello)),
-                Err(err) => {
-                    tracing::debug!(error = %err, "link: the connection could not move; closed")
-                }
+            let placed = threads.placed(hello);
+            if tell(&mut connection, placed).await.is_ok() {
+                let detached = connection.detach().map(|()| DetachedTls(connection));
+                threads.hand_over(detached, Some(placed.thread as usize));
             }
         });
     }
 
-    /// Serves a plaintext `tcp` where `hello` asks, else on the next grain
-    /// thread.
-    pub fn serve_tcp(&self, tcp: tokio::net::TcpStream, hello: Option<u64>) {
-        match tcp.into_std() {
-            Ok(tcp) => self.place(DetachedTcp(tcp), hello),
-            Err(err) => {
-                tracing::debug!(error = %err, "link: the connection could not move; closed")
+    /// Serves a plaintext `tcp` where `hello` asks (answered here first),
+    /// else on the next grain thread. Call on the runtime that accepted
+    /// it.
+    pub fn serve_tcp(self: &Arc<Self>, mut tcp: tokio::net::TcpStream, hello: Option<u64>) {
+        let Some(hello) = hello else {
+            self.hand_over(tcp.into_std().map(DetachedTcp), None);
+            return;
+        };
+        let threads = self.clone();
+        tokio::spawn(async move {
+            let placed = threads.placed(hello);
+            if tell(&mut tcp, placed).await.is_ok() {
+                let detached = tcp.into_std().map(DetachedTcp);
+                threads.hand_over(detached, Some(placed.thread as usize));
             }
+        });
+    }
+
+    /// Where a connection whose hello is `hello` is served.
+    fn placed(&self, hello: u64) -> Placed {
+        let threads = self.pool.len() as u64;
+        Placed {
+            threads: threads as u32,
+            thread: (hello % threads) as u32,
         }
     }
 
-    fn place(&self, connection: impl Detached, hello: Option<u64>) {
-        let threads = self.pool.len();
-        let (thread, placed) = match hello {
-            Some(hello) => {
-                let thread = (hello % threads as u64) as usize;
-                let placed = Placed {
-                    threads: threads as u32,
-                    thread: thread as u32,
-                };
-                (thread, Some(placed))
+    /// Serves a connection taken off the accepting runtime on grain thread
+    /// `thread` (`None`: the next in turn).
+    fn hand_over(&self, connection: io::Result<impl Detached>, thread: Option<usize>) {
+        let connection = match connection {
+            Ok(connection) => connection,
+            Err(err) => {
+                tracing::debug!(error = %err, "link: the connection could not move; closed");
+                return;
             }
-            None => (self.turn.fetch_add(1, Ordering::Relaxed), None),
         };
+        let thread = thread.unwrap_or_else(|| self.turn.fetch_add(1, Ordering::Relaxed));
         let answers = self.answers.clone();
         let placed = self.pool.spawn_on(thread, move || async move {
             match connection.attach() {
-                Ok(io) => serve_placed(io, answers, placed).await,
+                Ok(io) => serve(io, answers).await,
                 Err(err) => {
                     tracing::debug!(error = %err, "link: the connection could not move; closed")
                 }
@@ -1070,6 +1111,13 @@ impl<A: Answer> LinkThreads<A> {
             tracing::debug!("link: the grain threads have stopped; connection closed");
         }
     }
+}
+
+/// Tells a version 2 link's caller where its connection is served
+/// (flushed: TLS holds its records back until then).
+async fn tell(io: &mut (impl AsyncWrite + Unpin), placed: Placed) -> io::Result<()> {
+    io.write_all(&placed.to_bytes()).await?;
+    io.flush().await
 }
 
 #[cfg(test)]
@@ -1165,19 +1213,13 @@ mod tests {
         let passed = plaintext_incoming(
             listener,
             move |tcp, hello: Option<u64>| {
-                let placed = hello.map(|_| ONE_THREAD);
+                let placed = hello.map(|_| Placed::ONE);
                 tokio::spawn(serve_placed(tcp, echo.clone(), placed));
             },
             crate::security::Limits::default(),
         );
         (address, passed)
     }
-
-    /// Where a test's port serves every link.
-    const ONE_THREAD: Placed = Placed {
-        threads: 1,
-        thread: 0,
-    };
 
     fn link(address: &str) -> Link {
         let connect = crate::cluster::dial::Dialer::plaintext()
@@ -1211,7 +1253,7 @@ mod tests {
     /// back, and where it is served.
     async fn answer_opening(tcp: &mut TcpStream) {
         tcp.write_all(PREFACE).await.unwrap();
-        tcp.write_all(&ONE_THREAD.to_bytes()).await.unwrap();
+        tcp.write_all(&Placed::ONE.to_bytes()).await.unwrap();
     }
 
     /// Appends call `id` of `kind` to `frames`, as a link sends it.
@@ -1743,18 +1785,70 @@ mod tests {
         assert_eq!(link.threads_open(), vec![0, 1]);
         assert_eq!(spare.load(Ordering::SeqCst), 0);
 
-        // A dial that fails takes no spare for good.
-        let nowhere = crate::cluster::dial::Dialer::plaintext()
-            .link("127.0.0.1:9", None, Duration::from_millis(200))
-            .unwrap();
+        // A second connection whose dial fails gives its spare back, and
+        // its call is served on the connection open; the next dial opens
+        // it.
+        let dials = Arc::new(AtomicUsize::new(0));
+        let counted = dials.clone();
+        let second_fails: Connect = Arc::new(move |hello| {
+            if counted.fetch_add(1, Ordering::SeqCst) == 1 {
+                Box::pin(async { Err("refused".to_owned()) })
+            } else {
+                connect(hello)
+            }
+        });
         let spare = Arc::new(std::sync::atomic::AtomicUsize::new(1));
-        let link = Link::with_spare("127.0.0.1:9", nowhere, Some(spare.clone()));
-        assert!(
-            link.call(&call("any", 1), Duration::from_secs(1))
-                .await
-                .is_err()
+        let link = Link::with_spare(&address, second_fails, Some(spare.clone()));
+        assert_eq!(ran(link.clone(), zero).await, names[0]);
+        assert_eq!(ran(link.clone(), one).await, names[0], "its dial failed");
+        assert_eq!(spare.load(Ordering::SeqCst), 1, "the spare came back");
+        assert_eq!(ran(link.clone(), one).await, names[1]);
+        assert_eq!(
+            (spare.load(Ordering::SeqCst), dials.load(Ordering::SeqCst)),
+            (0, 3)
         );
-        assert_eq!(spare.load(Ordering::SeqCst), 1);
+    }
+
+    /// A link files each connection under the callee thread that serves
+    /// it; a restarted callee with another thread count has the old ones
+    /// closed and their spares given back; a member that said version 2
+    /// and is later spoken to in version 1 keeps its thread count.
+    #[tokio::test]
+    async fn a_link_files_connections_by_the_callee_thread_that_serves_them() {
+        let mut far_ends = Vec::new();
+        let mut connection = || {
+            let (near, far) = tokio::io::duplex(64);
+            far_ends.push(far);
+            Connection::start(Box::new(near))
+        };
+        let on = |threads, thread| Some(Placed { threads, thread });
+        let mut lines = Lines::default();
+        assert_eq!(
+            lines.hello(7),
+            7,
+            "the grain's hash, before the count is known"
+        );
+        assert_eq!(lines.keep(connection(), 7, on(2, 1), false), 0);
+        assert_eq!(
+            (lines.threads, lines.thread(7), lines.hello(7)),
+            (2, Some(1), 1)
+        );
+        assert!(lines.needs_spare(0) && !lines.needs_spare(1));
+        assert_eq!(lines.keep(connection(), 0, on(2, 0), true), 0);
+        // Version 1's answer, to a member that said two threads.
+        let first = lines.live(1, false).unwrap();
+        let v1 = connection();
+        assert_eq!(lines.keep(v1.clone(), 1, None, false), 0);
+        assert_eq!(lines.threads, 2);
+        assert!(Arc::ptr_eq(&lines.live(1, false).unwrap(), &v1));
+        assert!(first.closed.load(Ordering::SeqCst), "the one it replaced");
+        // Restarted with three threads: both old ones closed; the extra
+        // one's spare and this dial's come back.
+        let old = lines.live(0, false).unwrap();
+        assert_eq!(lines.keep(connection(), 5, on(3, 2), true), 2);
+        assert!(old.closed.load(Ordering::SeqCst) && v1.closed.load(Ordering::SeqCst));
+        assert_eq!((lines.threads, lines.thread(5)), (3, Some(2)));
+        assert!(lines.live(0, false).is_none() && lines.live(0, true).is_some());
     }
 
     /// A member of version 1 (no hello) is still spoken to: in plaintext
@@ -1833,7 +1927,7 @@ mod tests {
         let passed = plaintext_incoming(
             listener,
             move |tcp, hello: Option<u64>| {
-                let placed = hello.map(|_| ONE_THREAD);
+                let placed = hello.map(|_| Placed::ONE);
                 tokio::spawn(serve_placed(tcp, echo.clone(), placed));
             },
             crate::security::Limits {
