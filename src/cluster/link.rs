@@ -1432,12 +1432,17 @@ mod tests {
         assert_eq!(echo.most.load(Ordering::SeqCst), IN_FLIGHT);
     }
 
-    /// Under mutual TLS a link offers its protocol and HTTP/2: a member
-    /// from before the link chooses HTTP/2, and the link says so (the
-    /// caller then speaks gRPC) and remembers it rather than dialling
-    /// for every call.
-    #[tokio::test]
-    async fn a_member_that_chooses_http2_does_not_speak_the_link() {
+    /// A server's and a member's keys (in the directory returned) and an
+    /// acceptor for the server that trusts the member and offers
+    /// `protocols`.
+    fn member_server(
+        protocols: &[&[u8]],
+    ) -> (
+        tempfile::TempDir,
+        crate::security::NodeKeys,
+        crate::security::NodeKeys,
+        tokio_rustls::TlsAcceptor,
+    ) {
         use crate::security::{NodeKeys, tls};
         let dir = tempfile::tempdir().unwrap();
         let server = NodeKeys::load_or_create(&dir.path().join("server")).unwrap();
@@ -1445,8 +1450,18 @@ mod tests {
         let trust = tls::Trust::new([client.fingerprint]);
         let mut config =
             (*tls::server_config(&server, trust, tls::Admission::Trusted).unwrap()).clone();
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (dir, server, client, acceptor)
+    }
+
+    /// Under mutual TLS a link offers its protocol and HTTP/2: a member
+    /// from before the link chooses HTTP/2, and the link says so (the
+    /// caller then speaks gRPC) and remembers it rather than dialling
+    /// for every call.
+    #[tokio::test]
+    async fn a_member_that_chooses_http2_does_not_speak_the_link() {
+        let (_dir, server, client, acceptor) = member_server(&[b"h2"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -1857,7 +1872,6 @@ mod tests {
     /// carries every call.
     #[tokio::test]
     async fn a_member_of_version_1_is_spoken_to_in_version_1() {
-        use crate::security::{NodeKeys, tls};
         // Plaintext: a port as version 1 served it.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
@@ -1887,14 +1901,7 @@ mod tests {
         server.abort();
 
         // Mutual TLS: a member whose protocols are version 1's.
-        let dir = tempfile::tempdir().unwrap();
-        let keys = NodeKeys::load_or_create(&dir.path().join("server")).unwrap();
-        let client = NodeKeys::load_or_create(&dir.path().join("client")).unwrap();
-        let trust = tls::Trust::new([client.fingerprint]);
-        let mut config =
-            (*tls::server_config(&keys, trust, tls::Admission::Trusted).unwrap()).clone();
-        config.alpn_protocols = vec![PROTOCOL_1.to_vec(), b"h2".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (_dir, keys, client, acceptor) = member_server(&[PROTOCOL_1, b"h2"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
