@@ -324,13 +324,31 @@ struct LinkInner {
     dialing: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// One of the spare connections of the links to a member, held by the
+/// connection it opened while the link keeps it: given back when dropped
+/// (the connection replaced by the first of a restarted callee, the link
+/// gone with its thread's runtime, the dial that took it failed).
+struct SpareUnit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SpareUnit {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection a link keeps, and the spare one it holds, if any.
+struct Line {
+    connection: Arc<Connection>,
+    _spare: Option<SpareUnit>,
+}
+
 /// A link's connections, by the callee thread that serves each.
 #[derive(Default)]
 struct Lines {
     /// The callee's grain threads (0 until a connection said; 1 for a
     /// member of version 1).
     threads: u64,
-    by_thread: Vec<Option<Arc<Connection>>>,
+    by_thread: Vec<Option<Line>>,
 }
 
 impl Lines {
@@ -342,7 +360,7 @@ impl Lines {
     /// The open connection for a grain of `hash`: the one its thread
     /// reads, or `any`, the first open one.
     fn live(&self, hash: u64, any: bool) -> Option<Arc<Connection>> {
-        let open = |c: &&Arc<Connection>| !c.closed.load(Ordering::Acquire);
+        let open = |line: &&Line| !line.connection.closed.load(Ordering::Acquire);
         let own = self
             .thread(hash)
             .and_then(|t| self.by_thread[t].as_ref().filter(open));
@@ -350,7 +368,7 @@ impl Lines {
             any.then(|| self.by_thread.iter().flatten().find(open))
                 .flatten()
         })
-        .cloned()
+        .map(|line| line.connection.clone())
     }
 
     /// Whether a connection for a grain of `hash` would be one more than
@@ -369,21 +387,21 @@ impl Lines {
         self.thread(hash).map_or(hash, |t| t as u64)
     }
 
-    /// Keeps `connection`, opened with `hello` (and a spare one if
-    /// `took`), served on `placed`. A callee whose thread count changed (it
-    /// restarted) has the old connections closed. `None`: a member of
-    /// version 1, taken to have one thread, unless it said more before (a
-    /// member that answered version 2 and then closed on its preface, say
-    /// evicting it as pending: the connection then serves the thread it
-    /// was asked for, crossing threads on the callee). How many spare ones
-    /// are given back.
+    /// Keeps `connection`, opened with `hello` (holding `spare`, if it
+    /// took one), served on `placed`. A callee whose thread count changed
+    /// (it restarted) has the old connections closed (their spares come
+    /// back; the new one is the first again, and needs none). `None`: a
+    /// member of version 1, taken to have one thread, unless it said more
+    /// before (a member that answered version 2 and then closed on its
+    /// preface, say evicting it as pending: the connection then serves the
+    /// thread it was asked for, crossing threads on the callee).
     fn keep(
         &mut self,
         connection: Arc<Connection>,
         hello: u64,
         placed: Option<Placed>,
-        took: bool,
-    ) -> usize {
+        mut spare: Option<SpareUnit>,
+    ) {
         let placed = match placed {
             Some(placed) => placed,
             None if self.threads > 1 => Placed {
@@ -392,21 +410,21 @@ impl Lines {
             },
             None => Placed::ONE,
         };
-        let mut released = 0;
         if u64::from(placed.threads) != self.threads {
-            let had = self.by_thread.iter().filter(|c| c.is_some()).count();
             for old in self.by_thread.iter_mut().filter_map(Option::take) {
-                old.close();
+                old.connection.close();
             }
-            // The new connection is the first again.
-            released = had.saturating_sub(1) + usize::from(took);
+            spare = None;
             self.threads = u64::from(placed.threads);
-            self.by_thread = vec![None; placed.threads as usize];
+            self.by_thread = (0..placed.threads).map(|_| None).collect();
         }
-        if let Some(old) = self.by_thread[placed.thread as usize].replace(connection) {
-            old.close();
+        let line = Line {
+            connection,
+            _spare: spare,
+        };
+        if let Some(old) = self.by_thread[placed.thread as usize].replace(line) {
+            old.connection.close();
         }
-        released
     }
 }
 
@@ -621,7 +639,7 @@ impl Link {
             .filter(|&t| {
                 lines.by_thread[t]
                     .as_ref()
-                    .is_some_and(|c| !c.closed.load(Ordering::Acquire))
+                    .is_some_and(|line| !line.connection.closed.load(Ordering::Acquire))
             })
             .collect()
     }
@@ -678,15 +696,18 @@ impl Link {
         })
     }
 
-    /// Takes one spare connection, if one is left.
-    fn take_spare(&self) -> bool {
-        self.inner.spare.as_ref().is_none_or(|spare| {
-            spare
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok()
-        })
+    /// Takes one spare connection: `Err` if none is left, `Ok(None)` for
+    /// a link without a bound.
+    fn take_spare(&self) -> Result<Option<SpareUnit>, ()> {
+        let Some(spare) = &self.inner.spare else {
+            return Ok(None);
+        };
+        spare
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(1)
+            })
+            .map(|_| Some(SpareUnit(spare.clone())))
+            .map_err(|_| ())
     }
 
     /// The live connection for a grain of `hash` (see `current`), opened
@@ -715,25 +736,24 @@ impl Link {
                 None => Err(why.clone()),
             };
         }
-        let (hello, took) = {
+        let (hello, spare) = {
             let lines = lock(&inner.live);
-            let needs = lines.needs_spare(hash);
-            let took = needs && self.take_spare();
-            if needs && !took {
+            let took = if lines.needs_spare(hash) {
+                self.take_spare()
+            } else {
+                Ok(None)
+            };
+            match took {
+                Ok(spare) => (lines.hello(hash), spare),
                 // None spare: an open connection serves, else one is
                 // opened again to a thread the link had one to.
-                if let Some(connection) = lines.live(hash, true) {
-                    return Ok(Some(connection));
+                Err(()) => {
+                    if let Some(connection) = lines.live(hash, true) {
+                        return Ok(Some(connection));
+                    }
+                    let had = lines.by_thread.iter().position(Option::is_some);
+                    (had.map_or(hash, |t| t as u64), None)
                 }
-                let had = lines.by_thread.iter().position(Option::is_some);
-                (had.map_or(hash, |t| t as u64), false)
-            } else {
-                (lines.hello(hash), took)
-            }
-        };
-        let give_back = |link: &LinkInner, count: usize| {
-            if let Some(spare) = &link.spare {
-                spare.fetch_add(count, Ordering::AcqRel);
             }
         };
         // The attempt runs to its end on the link's runtime (the
@@ -746,16 +766,13 @@ impl Link {
             let opened = match connect(hello).await {
                 Ok(Opened::Link(io, placed)) => {
                     let connection = Connection::start(io);
-                    let released = lock(&link.live).keep(connection.clone(), hello, placed, took);
-                    give_back(&link, released);
+                    lock(&link.live).keep(connection.clone(), hello, placed, spare);
                     Ok(Some(connection))
                 }
+                // (A spare it took comes back as it is dropped.)
                 Ok(Opened::NotSpoken) => Ok(None),
                 Err(why) => Err(format!("{}: {why}", link.address)),
             };
-            if !matches!(opened, Ok(Some(_))) {
-                give_back(&link, usize::from(took));
-            }
             if let Err(why) = &opened {
                 *lock(&link.failed) = Some((Instant::now(), why.clone()));
             }
@@ -1827,7 +1844,8 @@ mod tests {
     /// A link files each connection under the callee thread that serves
     /// it; a restarted callee with another thread count has the old ones
     /// closed and their spares given back; a member that said version 2
-    /// and is later spoken to in version 1 keeps its thread count.
+    /// and is later spoken to in version 1 keeps its thread count; the
+    /// spares come back when the link goes.
     #[tokio::test]
     async fn a_link_files_connections_by_the_callee_thread_that_serves_them() {
         let mut far_ends = Vec::new();
@@ -1837,33 +1855,45 @@ mod tests {
             Connection::start(Box::new(near))
         };
         let on = |threads, thread| Some(Placed { threads, thread });
+        let pool = Arc::new(std::sync::atomic::AtomicUsize::new(2));
+        let unit = || {
+            pool.fetch_sub(1, Ordering::SeqCst);
+            Some(SpareUnit(pool.clone()))
+        };
         let mut lines = Lines::default();
         assert_eq!(
             lines.hello(7),
             7,
             "the grain's hash, before the count is known"
         );
-        assert_eq!(lines.keep(connection(), 7, on(2, 1), false), 0);
+        lines.keep(connection(), 7, on(2, 1), None);
         assert_eq!(
             (lines.threads, lines.thread(7), lines.hello(7)),
             (2, Some(1), 1)
         );
         assert!(lines.needs_spare(0) && !lines.needs_spare(1));
-        assert_eq!(lines.keep(connection(), 0, on(2, 0), true), 0);
+        lines.keep(connection(), 0, on(2, 0), unit());
+        assert_eq!(pool.load(Ordering::SeqCst), 1);
         // Version 1's answer, to a member that said two threads.
         let first = lines.live(1, false).unwrap();
         let v1 = connection();
-        assert_eq!(lines.keep(v1.clone(), 1, None, false), 0);
+        lines.keep(v1.clone(), 1, None, None);
         assert_eq!(lines.threads, 2);
         assert!(Arc::ptr_eq(&lines.live(1, false).unwrap(), &v1));
         assert!(first.closed.load(Ordering::SeqCst), "the one it replaced");
         // Restarted with three threads: both old ones closed; the extra
-        // one's spare and this dial's come back.
+        // one's spare and the new dial's come back.
         let old = lines.live(0, false).unwrap();
-        assert_eq!(lines.keep(connection(), 5, on(3, 2), true), 2);
+        lines.keep(connection(), 5, on(3, 2), unit());
+        assert_eq!(pool.load(Ordering::SeqCst), 2);
         assert!(old.closed.load(Ordering::SeqCst) && v1.closed.load(Ordering::SeqCst));
         assert_eq!((lines.threads, lines.thread(5)), (3, Some(2)));
         assert!(lines.live(0, false).is_none() && lines.live(0, true).is_some());
+        // A further connection holds its spare until the link goes.
+        lines.keep(connection(), 0, on(3, 0), unit());
+        assert_eq!(pool.load(Ordering::SeqCst), 1);
+        drop(lines);
+        assert_eq!(pool.load(Ordering::SeqCst), 2);
     }
 
     /// A member of version 1 (no hello) is still spoken to: in plaintext
