@@ -313,9 +313,9 @@ struct LinkInner {
     /// The runtime the connection's tasks run on.
     runtime: tokio::runtime::Handle,
     live: Mutex<Lines>,
-    /// Connections beyond a link's first that may still be opened, shared
-    /// with the other links to the member (`None`: no bound).
-    spare: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Connections beyond a link's first that may be opened, shared with
+    /// the other links to the member (`None`: no bound).
+    spare: Option<Arc<Spares>>,
     /// Until when the member is taken not to speak the link.
     not_spoken: Mutex<Option<Instant>>,
     /// The last connection attempt that failed: when, and why.
@@ -324,15 +324,53 @@ struct LinkInner {
     dialing: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// One of the spare connections of the links to a member, held by the
-/// connection it opened while the link keeps it: given back when dropped
-/// (the connection replaced by the first of a restarted callee, the link
-/// gone with its thread's runtime, the dial that took it failed).
-struct SpareUnit(Arc<std::sync::atomic::AtomicUsize>);
+/// The connections beyond their first that the links to one member may
+/// hold together, at most `limit` (which may change: a cluster that grows
+/// gives each peer fewer; connections already open stay until they go).
+pub struct Spares {
+    held: std::sync::atomic::AtomicUsize,
+    limit: std::sync::atomic::AtomicUsize,
+}
+
+impl Spares {
+    pub fn new(limit: usize) -> Arc<Spares> {
+        Arc::new(Spares {
+            held: 0.into(),
+            limit: limit.into(),
+        })
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// How many more may be taken now.
+    pub fn left(&self) -> usize {
+        let held = self.held.load(Ordering::Acquire);
+        self.limit.load(Ordering::Acquire).saturating_sub(held)
+    }
+
+    /// One more, if the limit allows it.
+    fn take(self: &Arc<Self>) -> Option<SpareUnit> {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < limit).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| SpareUnit(self.clone()))
+    }
+}
+
+/// One of a member's spare connections, held by the connection it opened
+/// while the link keeps it: given back when dropped (the connection
+/// replaced by the first of a restarted callee, the link gone with its
+/// thread's runtime, the dial that took it failed).
+struct SpareUnit(Arc<Spares>);
 
 impl Drop for SpareUnit {
     fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -583,11 +621,7 @@ impl Link {
     /// The same, whose connections beyond its first each take one of
     /// `spare` (shared by the links to the member); once none is left,
     /// calls share the connections open.
-    pub fn with_spare(
-        address: &str,
-        connect: Connect,
-        spare: Option<Arc<std::sync::atomic::AtomicUsize>>,
-    ) -> Link {
+    pub fn with_spare(address: &str, connect: Connect, spare: Option<Arc<Spares>>) -> Link {
         Link {
             inner: Arc::new(LinkInner {
                 address: address.to_owned(),
@@ -688,8 +722,7 @@ impl Link {
     fn current(&self, hash: u64) -> Option<Arc<Connection>> {
         let lines = lock(&self.inner.live);
         lines.live(hash, false).or_else(|| {
-            let exhausted =
-                (self.inner.spare.as_ref()).is_some_and(|spare| spare.load(Ordering::Acquire) == 0);
+            let exhausted = (self.inner.spare.as_ref()).is_some_and(|spare| spare.left() == 0);
             (exhausted && lines.needs_spare(hash))
                 .then(|| lines.live(hash, true))
                 .flatten()
@@ -699,15 +732,10 @@ impl Link {
     /// Takes one spare connection: `Err` if none is left, `Ok(None)` for
     /// a link without a bound.
     fn take_spare(&self) -> Result<Option<SpareUnit>, ()> {
-        let Some(spare) = &self.inner.spare else {
-            return Ok(None);
-        };
-        spare
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                left.checked_sub(1)
-            })
-            .map(|_| Some(SpareUnit(spare.clone())))
-            .map_err(|_| ())
+        match &self.inner.spare {
+            None => Ok(None),
+            Some(spare) => spare.take().map(Some).ok_or(()),
+        }
     }
 
     /// The live connection for a grain of `hash` (see `current`), opened
@@ -1799,7 +1827,7 @@ mod tests {
 
         // None spare: the first connection is the link's own, and serves
         // calls for both threads.
-        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let spare = Spares::new(0);
         let link = Link::with_spare(&address, connect.clone(), Some(spare.clone()));
         assert_eq!(ran(link.clone(), zero).await, names[0]);
         assert_eq!(
@@ -1810,12 +1838,12 @@ mod tests {
         assert_eq!(link.threads_open(), vec![0]);
 
         // One spare: taken by the second connection.
-        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let spare = Spares::new(1);
         let link = Link::with_spare(&address, connect.clone(), Some(spare.clone()));
         assert_eq!(ran(link.clone(), one).await, names[1]);
         assert_eq!(ran(link.clone(), zero).await, names[0]);
         assert_eq!(link.threads_open(), vec![0, 1]);
-        assert_eq!(spare.load(Ordering::SeqCst), 0);
+        assert_eq!(spare.left(), 0);
 
         // A second connection whose dial fails gives its spare back, and
         // its call is served on the connection open; the next dial opens
@@ -1829,16 +1857,13 @@ mod tests {
                 connect(hello)
             }
         });
-        let spare = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let spare = Spares::new(1);
         let link = Link::with_spare(&address, second_fails, Some(spare.clone()));
         assert_eq!(ran(link.clone(), zero).await, names[0]);
         assert_eq!(ran(link.clone(), one).await, names[0], "its dial failed");
-        assert_eq!(spare.load(Ordering::SeqCst), 1, "the spare came back");
+        assert_eq!(spare.left(), 1, "the spare came back");
         assert_eq!(ran(link.clone(), one).await, names[1]);
-        assert_eq!(
-            (spare.load(Ordering::SeqCst), dials.load(Ordering::SeqCst)),
-            (0, 3)
-        );
+        assert_eq!((spare.left(), dials.load(Ordering::SeqCst)), (0, 3));
     }
 
     /// A link files each connection under the callee thread that serves
@@ -1855,11 +1880,8 @@ mod tests {
             Connection::start(Box::new(near))
         };
         let on = |threads, thread| Some(Placed { threads, thread });
-        let pool = Arc::new(std::sync::atomic::AtomicUsize::new(2));
-        let unit = || {
-            pool.fetch_sub(1, Ordering::SeqCst);
-            Some(SpareUnit(pool.clone()))
-        };
+        let pool = Spares::new(2);
+        let unit = || Some(pool.take().expect("a spare left"));
         let mut lines = Lines::default();
         assert_eq!(
             lines.hello(7),
@@ -1873,7 +1895,7 @@ mod tests {
         );
         assert!(lines.needs_spare(0) && !lines.needs_spare(1));
         lines.keep(connection(), 0, on(2, 0), unit());
-        assert_eq!(pool.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.left(), 1);
         // Version 1's answer, to a member that said two threads.
         let first = lines.live(1, false).unwrap();
         let v1 = connection();
@@ -1885,15 +1907,34 @@ mod tests {
         // one's spare and the new dial's come back.
         let old = lines.live(0, false).unwrap();
         lines.keep(connection(), 5, on(3, 2), unit());
-        assert_eq!(pool.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.left(), 2);
         assert!(old.closed.load(Ordering::SeqCst) && v1.closed.load(Ordering::SeqCst));
         assert_eq!((lines.threads, lines.thread(5)), (3, Some(2)));
         assert!(lines.live(0, false).is_none() && lines.live(0, true).is_some());
         // A further connection holds its spare until the link goes.
         lines.keep(connection(), 0, on(3, 0), unit());
-        assert_eq!(pool.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.left(), 1);
         drop(lines);
-        assert_eq!(pool.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.left(), 2);
+    }
+
+    /// Spares are taken up to the limit, come back when dropped, and a
+    /// lower limit (a grown cluster) closes nothing but lets no more be
+    /// taken until enough came back.
+    #[test]
+    fn spares_are_taken_up_to_a_limit_that_may_change() {
+        let spares = Spares::new(2);
+        let (a, b) = (spares.take().unwrap(), spares.take().unwrap());
+        assert!(spares.take().is_none());
+        spares.set_limit(1);
+        drop(a);
+        assert!(spares.take().is_none(), "one still held, the limit is one");
+        drop(b);
+        assert_eq!(spares.left(), 1);
+        let c = spares.take().unwrap();
+        spares.set_limit(3);
+        assert_eq!(spares.left(), 2);
+        drop(c);
     }
 
     /// A member of version 1 (no hello) is still spoken to: in plaintext

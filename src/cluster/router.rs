@@ -92,7 +92,7 @@ pub struct GrainRouter {
     thread_channels: Mutex<HashMap<String, usize>>,
     /// Per channel key, the connections beyond their first that the
     /// thread-owned links may still open (`spare_lines_per_peer`).
-    spare_lines: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicUsize>>>,
+    spare_lines: Mutex<HashMap<String, Arc<super::link::Spares>>>,
     /// Directory rebuilds and members removed are observed here.
     metrics: Arc<Metrics>,
 }
@@ -299,6 +299,12 @@ impl GrainRouter {
                         self.metrics.event(format!("member {} at {} joined the view (version {})", short(&member.id), member.address, view.version));
                     }
                     members = view.members.keys().cloned().collect();
+                    // A larger cluster leaves each peer fewer spare
+                    // connections (those open stay until they go).
+                    let spare = spare_lines_per_peer(members.len());
+                    for spares in lock(&self.spare_lines).values() {
+                        spares.set_limit(spare);
+                    }
                     self.with(|p, now| {
                         p.view_committed(view, now);
                         p.is_ready(now)
@@ -594,16 +600,13 @@ impl GrainRouter {
     }
 
     /// The connections beyond their first that the thread-owned links to
-    /// the member named `key` may still open, together.
-    fn spare_lines(&self, key: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+    /// the member named `key` may hold, together (their limit follows the
+    /// cluster's size: see `follow`).
+    fn spare_lines(&self, key: &str) -> Arc<super::link::Spares> {
         let members = self.cluster.with_committed(|c| c.members.len());
         lock(&self.spare_lines)
             .entry(key.to_owned())
-            .or_insert_with(|| {
-                Arc::new(std::sync::atomic::AtomicUsize::new(spare_lines_per_peer(
-                    members,
-                )))
-            })
+            .or_insert_with(|| super::link::Spares::new(spare_lines_per_peer(members)))
             .clone()
     }
 
@@ -620,7 +623,7 @@ impl GrainRouter {
         }
         let _io = self.io.enter();
         // One connection: the threads that share it are beyond the budget.
-        let single = Some(Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let single = Some(super::link::Spares::new(0));
         let link = Link::with_spare(address, self.link_connect(address, pin)?, single);
         lock(&self.links).insert(key, link.clone());
         Ok(link)
