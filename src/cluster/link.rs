@@ -380,6 +380,12 @@ struct Line {
     _spare: Option<SpareUnit>,
 }
 
+impl Line {
+    fn is_open(&self) -> bool {
+        !self.connection.closed.load(Ordering::Acquire)
+    }
+}
+
 /// A link's connections, by the callee thread that serves each.
 #[derive(Default)]
 struct Lines {
@@ -398,7 +404,7 @@ impl Lines {
     /// The open connection for a grain of `hash`: the one its thread
     /// reads, or `any`, the first open one.
     fn live(&self, hash: u64, any: bool) -> Option<Arc<Connection>> {
-        let open = |line: &&Line| !line.connection.closed.load(Ordering::Acquire);
+        let open = |line: &&Line| line.is_open();
         let own = self
             .thread(hash)
             .and_then(|t| self.by_thread[t].as_ref().filter(open));
@@ -670,11 +676,7 @@ impl Link {
     pub fn threads_open(&self) -> Vec<usize> {
         let lines = lock(&self.inner.live);
         (0..lines.by_thread.len())
-            .filter(|&t| {
-                lines.by_thread[t]
-                    .as_ref()
-                    .is_some_and(|line| !line.connection.closed.load(Ordering::Acquire))
-            })
+            .filter(|&t| lines.by_thread[t].as_ref().is_some_and(Line::is_open))
             .collect()
     }
 
@@ -1097,38 +1099,42 @@ impl<A: Answer> LinkThreads<A> {
                 tracing::debug!("link: no hello in time; closed");
                 return;
             };
-            let placed = threads.placed(hello);
-            if tell(&mut connection, placed).await.is_ok() {
-                let detached = connection.detach().map(|()| DetachedTls(connection));
-                threads.hand_over(detached, Some(placed.thread as usize));
-            }
+            let detach =
+                |mut c: crate::security::PeerConnection| c.detach().map(|()| DetachedTls(c));
+            threads.answer_hello(connection, hello, detach).await;
         });
     }
 
     /// Serves a plaintext `tcp` where `hello` asks (answered here first),
     /// else on the next grain thread. Call on the runtime that accepted
     /// it.
-    pub fn serve_tcp(self: &Arc<Self>, mut tcp: tokio::net::TcpStream, hello: Option<u64>) {
+    pub fn serve_tcp(self: &Arc<Self>, tcp: tokio::net::TcpStream, hello: Option<u64>) {
         let Some(hello) = hello else {
             self.hand_over(tcp.into_std().map(DetachedTcp), None);
             return;
         };
         let threads = self.clone();
         tokio::spawn(async move {
-            let placed = threads.placed(hello);
-            if tell(&mut tcp, placed).await.is_ok() {
-                let detached = tcp.into_std().map(DetachedTcp);
-                threads.hand_over(detached, Some(placed.thread as usize));
-            }
+            let detach = |tcp: tokio::net::TcpStream| tcp.into_std().map(DetachedTcp);
+            threads.answer_hello(tcp, hello, detach).await;
         });
     }
 
-    /// Where a connection whose hello is `hello` is served.
-    fn placed(&self, hello: u64) -> Placed {
+    /// Tells the caller of a version 2 link `io` where its `hello` places
+    /// it, then serves it there (once `detach` took it off this runtime).
+    async fn answer_hello<I: AsyncWrite + Unpin, D: Detached>(
+        &self,
+        mut io: I,
+        hello: u64,
+        detach: impl FnOnce(I) -> io::Result<D>,
+    ) {
         let threads = self.pool.len() as u64;
-        Placed {
+        let placed = Placed {
             threads: threads as u32,
             thread: (hello % threads) as u32,
+        };
+        if tell(&mut io, placed).await.is_ok() {
+            self.hand_over(detach(io), Some(placed.thread as usize));
         }
     }
 
@@ -1916,6 +1922,50 @@ mod tests {
         assert_eq!(pool.left(), 1);
         drop(lines);
         assert_eq!(pool.left(), 2);
+    }
+
+    /// A callee's answer to the hello is taken only if it makes sense (a
+    /// thread among at most 1,024), and a caller that sends the new
+    /// preface but no hello is closed within the port's first-bytes bound.
+    #[tokio::test]
+    async fn a_hello_or_its_answer_out_of_bounds_opens_no_link() {
+        let answer =
+            |threads: u32, thread: u32| Placed::from_bytes(Placed { threads, thread }.to_bytes());
+        assert_eq!(
+            answer(2, 1),
+            Some(Placed {
+                threads: 2,
+                thread: 1
+            })
+        );
+        assert_eq!(answer(1024, 1023).map(|p| p.thread), Some(1023));
+        for (threads, thread) in [(0, 0), (2, 2), (1025, 0), (u32::MAX, 1)] {
+            assert_eq!(answer(threads, thread), None, "{threads} {thread}");
+        }
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let linked = Arc::new(AtomicUsize::new(0));
+        let counted = linked.clone();
+        let _passed = plaintext_incoming(
+            listener,
+            move |_tcp, _hello| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+            crate::security::Limits {
+                handshake_timeout: Duration::from_millis(200),
+                ..crate::security::Limits::default()
+            },
+        );
+        let mut silent = TcpStream::connect(&address).await.unwrap();
+        silent.write_all(PREFACE).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "still open: {read:?}"
+        );
+        assert_eq!(linked.load(Ordering::SeqCst), 0, "no link without a hello");
     }
 
     /// Spares are taken up to the limit, come back when dropped, and a
