@@ -4,7 +4,8 @@
 //! loopback, release build); `-- --calls-only` stops after parts 1 and 1b;
 //! `-- --forwarding-only` runs part 4 alone (add `--insecure-cluster` for
 //! plaintext between the members, `--spread-only` or `--owner-only` for
-//! one side of it, e.g. to profile it).
+//! one side of it, e.g. to profile it; `--threads-per-core` to run each
+//! member with a thread of each kind per core instead of its share).
 //!
 //! 1. Remote grain call throughput: `Grains/Call` (a cart read, forwarded
 //!    form) against a member vs a bare tonic unary echo on the same server
@@ -593,11 +594,26 @@ async fn forwarding() {
     // `--insecure-cluster`: members speak plaintext HTTP/2 to each other
     // (what TLS costs the hop).
     let plaintext = std::env::args().any(|arg| arg == "--insecure-cluster");
-    let extra: &[&str] = if plaintext {
-        &["--insecure-cluster"]
+    // The three members stand for three machines but share this one: each
+    // runs its share of the cores (`--threads`), as an operator sizes
+    // members that share a machine. `--threads-per-core` gives each one
+    // thread of each kind per core instead (the default of a member alone
+    // on its machine: three times the threads the cores can run).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = if std::env::args().any(|arg| arg == "--threads-per-core") {
+        cores
     } else {
-        &[]
-    };
+        cores.div_ceil(3)
+    }
+    .to_string();
+    println!(
+        "each member runs {threads} HTTP worker(s) and {threads} grain thread(s) on {cores} cores"
+    );
+    let mut extra = vec!["--threads", threads.as_str()];
+    if plaintext {
+        extra.push("--insecure-cluster");
+    }
+    let extra = extra.as_slice();
     // `--spread-only` / `--owner-only`: one side alone (to profile it).
     let only = |arg: &str| std::env::args().any(|a| a == arg);
     let sides: Vec<(usize, bool)> = [false, true]

@@ -190,6 +190,10 @@ struct ServeArgs {
     /// limit, at most 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<u64>,
+    /// HTTP worker threads, and as many grain threads [default: one of
+    /// each per core].
+    #[arg(long, value_name = "N")]
+    threads: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -416,6 +420,7 @@ fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) ->
         secure_cookies: args.secure_cookies.then_some(true),
         body_read_timeout: args.body_read_timeout,
         max_connections: args.max_connections,
+        threads: args.threads,
     };
     let config = match config::load(file.as_deref(), &env, flags) {
         Ok(config) => config,

@@ -80,6 +80,21 @@ pub struct NodeConfig {
     /// Most HTTP connections open at once; beyond it new ones wait in the
     /// listen backlog. Below the process's open-file limit.
     pub max_connections: usize,
+    /// How many HTTP worker threads the node runs, and as many grain
+    /// threads (default: one of each per core the process may use; lower
+    /// it when members share a machine).
+    pub threads: usize,
+}
+
+/// Most threads of each kind a node runs (a caller of the grain-call link
+/// refuses a member that says it has more).
+pub const MAX_THREADS: usize = 1024;
+
+/// One thread of each kind per core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, std::num::NonZeroUsize::get)
+        .min(MAX_THREADS)
 }
 
 /// Files a node keeps for itself beyond its HTTP connections: the store,
@@ -162,6 +177,7 @@ impl Default for NodeConfig {
             secure_cookies: false,
             body_read_timeout: Duration::from_secs(5),
             max_connections: default_max_connections(),
+            threads: default_threads(),
         }
     }
 }
@@ -231,6 +247,7 @@ pub struct ConfigLayer {
     pub secure_cookies: Option<bool>,
     pub body_read_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    pub threads: Option<u64>,
 }
 
 /// The keys, as spelled in the file; the environment uses `GRANARY_` and
@@ -257,6 +274,7 @@ pub const KEYS: &[&str] = &[
     "secure_cookies",
     "body_read_timeout",
     "max_connections",
+    "threads",
 ];
 
 impl ConfigLayer {
@@ -338,6 +356,7 @@ impl ConfigLayer {
             secure_cookies: boolean("secure_cookies")?,
             body_read_timeout: get("body_read_timeout"),
             max_connections: number("max_connections")?,
+            threads: number("threads")?,
         })
     }
 
@@ -365,6 +384,7 @@ impl ConfigLayer {
             secure_cookies: other.secure_cookies.or(self.secure_cookies),
             body_read_timeout: other.body_read_timeout.or(self.body_read_timeout),
             max_connections: other.max_connections.or(self.max_connections),
+            threads: other.threads.or(self.threads),
         }
     }
 
@@ -568,6 +588,16 @@ impl ConfigLayer {
                 }
                 Some(n) => n as usize,
             },
+            threads: match self.threads {
+                None => default_threads(),
+                Some(n) if !(1..=MAX_THREADS as u64).contains(&n) => {
+                    return Err(invalid(
+                        "threads",
+                        format!("{n} is outside 1..={MAX_THREADS}"),
+                    ));
+                }
+                Some(n) => n as usize,
+            },
         })
     }
 }
@@ -627,6 +657,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "secure_cookies" => layer.secure_cookies.is_some(),
         "body_read_timeout" => layer.body_read_timeout.is_some(),
         "max_connections" => layer.max_connections.is_some(),
+        "threads" => layer.threads.is_some(),
         _ => false,
     }
 }
@@ -751,6 +782,30 @@ mod tests {
         ] {
             let err = load(None, &env(&[(key, value)]), ConfigLayer::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn threads_default_to_the_cores_and_stay_in_bounds() {
+        let config = load(None, &env(&[]), ConfigLayer::default()).unwrap();
+        assert!((1..=MAX_THREADS).contains(&config.threads));
+        let config = load(
+            None,
+            &env(&[("GRANARY_THREADS", "3")]),
+            ConfigLayer::default(),
+        );
+        assert_eq!(config.unwrap().threads, 3);
+        for value in ["0", "1025", "two"] {
+            let err = load(
+                None,
+                &env(&[("GRANARY_THREADS", value)]),
+                ConfigLayer::default(),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("GRANARY_THREADS"),
+                "{value}: {err}"
+            );
         }
     }
 

@@ -224,8 +224,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         ..crate::shop::ShopSettings::default()
     });
     // One pool of grain threads for every kind (and the links' calls).
-    let grain_threads =
-        ArbiterPool::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let grain_threads = ArbiterPool::new(config.threads);
     let runtime_config = RuntimeConfig {
         placement: Placement::Shared(grain_threads.clone()),
         idle_timeout: config.idle_timeout,
@@ -335,7 +334,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         listener,
         app,
         http::ServeLimits {
-            workers: http_workers(),
+            workers: config.threads,
             max_connections: config.max_connections,
             shutdown_timeout: config.shutdown_timeout,
         },
@@ -653,9 +652,4 @@ async fn wait_for_stop_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
     }
-}
-
-/// actix-web's worker threads (its default: one per core).
-fn http_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

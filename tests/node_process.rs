@@ -71,6 +71,8 @@ fn bad_configuration_is_refused_naming_the_key() {
         ("--max-connections", "4"),
         ("--max-connections", "100000000"),
         ("--body-read-timeout", "1h"),
+        ("--threads", "0"),
+        ("--threads", "1025"),
     ] {
         let (code, stderr) = serve_with(&[flag, value], &[]);
         assert_eq!(code, 2, "{flag} {value}");
@@ -81,6 +83,63 @@ fn bad_configuration_is_refused_naming_the_key() {
     let (code, stderr) = serve_with(&[], &[("GRANARY_CONFIG", file.to_str().unwrap())]);
     assert_eq!(code, 2);
     assert!(stderr.contains("grcp"), "{stderr}");
+}
+
+/// `threads` sets how many HTTP workers and grain threads a node runs: a
+/// caller of the grain-call link is told that many grain threads, and the
+/// process runs twice that many actix threads (one per worker, one per
+/// grain thread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_runs_the_threads_it_is_told() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for threads in [1u32, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let count = threads.to_string();
+        let node = NodeProcess::start(
+            &dir.path().join("data"),
+            &["--insecure-cluster", "--threads", &count],
+        );
+        let mut link = tokio::net::TcpStream::connect(node.grpc).await.unwrap();
+        link.write_all(granary::cluster::link::PREFACE)
+            .await
+            .unwrap();
+        link.write_all(&7u64.to_be_bytes()).await.unwrap();
+        let mut answer = [0u8; 16 + 8];
+        tokio::time::timeout(Duration::from_secs(10), link.read_exact(&mut answer))
+            .await
+            .expect("the link's answer in time")
+            .unwrap();
+        assert_eq!(&answer[..16], granary::cluster::link::PREFACE);
+        let placed =
+            granary::cluster::link::Placed::from_bytes(answer[16..].try_into().unwrap()).unwrap();
+        assert_eq!(placed.threads, threads, "grain threads");
+        assert_eq!(placed.thread, 7 % threads);
+        #[cfg(target_os = "linux")]
+        {
+            // The HTTP workers may still be starting when the node says it
+            // is ready: wait for them, then check no more came.
+            let pid = node.child.id();
+            let actix = || {
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .unwrap()
+                    .filter_map(|task| {
+                        std::fs::read_to_string(task.unwrap().path().join("comm")).ok()
+                    })
+                    .filter(|name| name.starts_with("actix-rt|system"))
+                    .count()
+            };
+            let expected = 2 * threads as usize;
+            let started = std::time::Instant::now();
+            while actix() < expected && started.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let http = Http::new();
+            for _ in 0..8 {
+                assert_eq!(http.get(&node.url("/healthz")).await.unwrap().status, 200);
+            }
+            assert_eq!(actix(), expected, "HTTP workers and grain threads");
+        }
+    }
 }
 
 #[test]

@@ -78,8 +78,8 @@ pub const PREFACE: &[u8; 16] = b"GRANARY-CALL/2\r\n";
 pub const PREFACE_1: &[u8; 16] = b"GRANARY-CALL/1\r\n";
 
 /// Most grain threads a callee may say it has (a larger count is refused
-/// as a broken answer).
-const MAX_THREADS: u32 = 1024;
+/// as a broken answer): the most a node's `threads` setting allows.
+const MAX_THREADS: u32 = crate::config::MAX_THREADS as u32;
 
 /// Where a callee serves a connection: its thread `thread` of `threads`
 /// (its answer to the hello).
