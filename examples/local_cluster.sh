@@ -33,12 +33,16 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+# The three nodes share this machine's cores: each runs its share of
+# them (--threads; a node alone on a machine runs one thread per core).
+threads=$(( ($(nproc 2>/dev/null || echo 2) + 2) / 3 ))
+
 # start NAME HTTP GRPC [--join SEED]: runs a node and waits for its ready line.
 start() {
     local name=$1 http=$2 grpc=$3
     shift 3
     "$bin" serve --data-dir "$dir/$name" --store "$dir/events.db" \
-        --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" "$@" \
+        --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --threads "$threads" "$@" \
         > "$dir/$name.out" 2> "$dir/$name.log" &
     pids+=($!)
     for _ in $(seq 1 100); do
