@@ -374,7 +374,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     // Let the stop task install its signal handlers before "ready".
     actix_rt::task::yield_now().await;
     ready.store(true, Ordering::Release);
-    tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_name, %cluster_id, "granary node ready");
+    tracing::info!(%node_id, %http_addr, %grpc_addr, %advertise, store = %store_name, %cluster_id, threads = config.threads, "granary node ready");
     // One machine-readable line on stdout, for scripts and tests.
     let mut stdout = std::io::stdout();
     let _ = writeln!(
