@@ -591,16 +591,14 @@ fn main() {
 /// three forwarded), alternated in 2 s slices; then one add at a time,
 /// to the owner vs through another member.
 async fn forwarding() {
-    // `--insecure-cluster`: members speak plaintext HTTP/2 to each other
-    // (what TLS costs the hop).
-    let plaintext = std::env::args().any(|arg| arg == "--insecure-cluster");
+    let given = |flag: &str| std::env::args().any(|arg| arg == flag);
     // The three members stand for three machines but share this one: each
     // runs its share of the cores (`--threads`), as an operator sizes
     // members that share a machine. `--threads-per-core` gives each one
     // thread of each kind per core instead (the default of a member alone
     // on its machine: three times the threads the cores can run).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = if std::env::args().any(|arg| arg == "--threads-per-core") {
+    let threads = if given("--threads-per-core") {
         cores
     } else {
         cores.div_ceil(3)
@@ -610,17 +608,18 @@ async fn forwarding() {
         "each member runs {threads} HTTP worker(s) and {threads} grain thread(s) on {cores} cores"
     );
     let mut extra = vec!["--threads", threads.as_str()];
-    if plaintext {
+    // `--insecure-cluster`: members speak plaintext to each other (what
+    // TLS costs the hop).
+    if given("--insecure-cluster") {
         extra.push("--insecure-cluster");
     }
     let extra = extra.as_slice();
     // `--spread-only` / `--owner-only`: one side alone (to profile it).
-    let only = |arg: &str| std::env::args().any(|a| a == arg);
     let sides: Vec<(usize, bool)> = [false, true]
         .into_iter()
         .enumerate()
         .filter(|(_, spread)| {
-            !(only("--spread-only") && !spread || only("--owner-only") && *spread)
+            !(given("--spread-only") && !spread || given("--owner-only") && *spread)
         })
         .collect();
     // One cluster, the two loads alternated in short slices, so drift
