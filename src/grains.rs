@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use granary_grain::{
-    CallError, CallOptions, Caller, EncodedFuture, Grain, GrainRuntime, Outcome, RuntimeStats,
+    CallError, CallOptions, Caller, EncodedFuture, Grain, GrainRuntime, Home, Outcome, RuntimeStats,
 };
 
 use crate::cluster::Remote;
@@ -49,6 +49,8 @@ pub(crate) trait HostedKind: Send + Sync {
     fn is_read(&self, command: &[u8]) -> Result<bool, String>;
     /// Lets the kind's grains call other grains.
     fn set_caller(&self, caller: Arc<dyn Caller>);
+    /// Where a cluster places the kind's grains (`Grain::HOME`).
+    fn home(&self) -> Home;
 }
 
 impl<G: Grain> HostedKind for GrainRuntime<G> {
@@ -89,6 +91,10 @@ impl<G: Grain> HostedKind for GrainRuntime<G> {
 
     fn set_caller(&self, caller: Arc<dyn Caller>) {
         GrainRuntime::set_caller(self, caller)
+    }
+
+    fn home(&self) -> Home {
+        G::HOME
     }
 }
 

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::cluster::{formed_on_one_store_with, status};
+use support::cluster::{formed_on_one_store_with, hashed_home, id_hashed_to, status, until_all};
 use support::{ADMIN_TOKEN, Http, NodeProcess};
 
 /// `GET /admin/stock/{sku}` through `node`: (on hand, reserved, available).
@@ -79,12 +79,15 @@ async fn carts_on_two_members_racing_for_the_last_units_of_a_third_members_stock
     let dir = tempfile::tempdir().unwrap();
     let (_store, [a, b, c]) = formed_on_one_store_with(dir.path(), &[]).await;
     let http = Http::new();
-    // The sku's stock grain is placed on C, which took its first call.
-    http.set_product(&c, "LAST", 5).await;
+    // A sku whose stock grain is placed on C (by its hash), set through A.
+    let sku = id_hashed_to(&[&a, &b, &c], 2, "stock", "LAST").await;
+    let sku = sku.as_str();
+    http.set_product(&a, sku, 5).await;
     assert_eq!(stock_grains(&status(&c).await.expect("status")), 1);
+    assert_eq!(stock_grains(&status(&a).await.expect("status")), 0);
     let mut carts: Vec<(&NodeProcess, String)> = Vec::new();
     for node in [&a, &b] {
-        for cart in carts_of_one(&http, node, "LAST", 8).await {
+        for cart in carts_of_one(&http, node, sku, 8).await {
             carts.push((node, cart));
         }
     }
@@ -111,7 +114,7 @@ async fn carts_on_two_members_racing_for_the_last_units_of_a_third_members_stock
     assert_eq!(stock_grains(&status(&a).await.expect("status")), 0);
     assert_eq!(stock_grains(&status(&b).await.expect("status")), 0);
     // Held, then sold by each cart's reminder: nothing left, nothing held.
-    let settled = until_stock(&http, &a, "LAST", Duration::from_secs(20), |s| s.1 == 0).await;
+    let settled = until_stock(&http, &a, sku, Duration::from_secs(20), |s| s.1 == 0).await;
     assert_eq!(settled, (0, 0, 0));
 }
 
@@ -122,12 +125,16 @@ async fn a_member_killed_with_checkouts_in_flight_leaves_no_unit_held_past_the_h
     let (_store, [mut a, b, c]) = formed_on_one_store_with(dir.path(), &hold).await;
     let http = Http::new();
     const UNITS: u64 = 100;
-    http.set_product(&c, "MUG", UNITS).await;
+    // Its stock grain lives on C (placed by the sku's hash): A's death
+    // takes carts and their checkouts, not the stock.
+    let sku = id_hashed_to(&[&a, &b, &c], 2, "stock", "MUG").await;
+    let sku = sku.as_str();
+    http.set_product(&c, sku, UNITS).await;
     // Carts A hosts, two units each.
     let mut carts = Vec::new();
-    for cart in carts_of_one(&http, &a, "MUG", 20).await {
+    for cart in carts_of_one(&http, &a, sku, 20).await {
         let url = a.url(&format!("/carts/{cart}/items"));
-        let again = http.post(&url, support::item("MUG")).await.expect("add");
+        let again = http.post(&url, support::item(sku)).await.expect("add");
         assert_eq!(again.status, 200, "{again:?}");
         carts.push(cart);
     }
@@ -179,7 +186,7 @@ async fn a_member_killed_with_checkouts_in_flight_leaves_no_unit_held_past_the_h
         }
     }
     let left = UNITS - 2 * checked_out;
-    let settled = until_stock(&http, &b, "MUG", Duration::from_secs(30), |s| {
+    let settled = until_stock(&http, &b, sku, Duration::from_secs(30), |s| {
         s == (left, 0, left)
     })
     .await;
@@ -194,4 +201,94 @@ async fn a_member_killed_with_checkouts_in_flight_leaves_no_unit_held_past_the_h
         UNITS - settled.0
     );
     drop(c);
+}
+
+/// How many grains of `kind` are live on each of `nodes`.
+async fn catalog_grains(nodes: &[&NodeProcess], kind: &str) -> Vec<u64> {
+    let mut live = Vec::new();
+    for node in nodes {
+        let reply = status(node).await.expect("status");
+        live.push(reply.live_by_kind.get(kind).copied().unwrap_or(0));
+    }
+    live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_loaded_through_one_member_is_spread_by_hash_and_found_after_a_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("shared.db").to_str().unwrap().to_owned();
+    let a = NodeProcess::start(&dir.path().join("a"), &["--store", &store]);
+    let (seed, token) = (a.grpc.to_string(), support::token(&a));
+    let join = ["--store", &store, "--join", &seed, "--token", &token];
+    let b = NodeProcess::start(&dir.path().join("b"), &join);
+    until_all(&[&a, &b], "two live members", |r| {
+        r.members == 2 && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    let http = Http::new();
+    // The whole catalog loaded through A, as an import through one node.
+    let skus: Vec<String> = (0..24).map(|n| format!("SKU{n}")).collect();
+    http.stock(&a, &skus).await;
+    for kind in ["product", "stock"] {
+        let mut expected = vec![0; 2];
+        for sku in &skus {
+            expected[hashed_home(&[&a, &b], kind, sku).await] += 1;
+        }
+        assert_eq!(
+            catalog_grains(&[&a, &b], kind).await,
+            expected,
+            "{kind} grains on A and B: where their skus hash"
+        );
+    }
+
+    // C joins: it holds about a third of the directory now, and some of
+    // the grains placed on A and B hash to it. They stay where they are,
+    // and every member finds them there.
+    let c = NodeProcess::start(&dir.path().join("c"), &join);
+    until_all(&[&a, &b, &c], "three live members", |r| {
+        r.members == 3 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
+    })
+    .await;
+    let mut moved_holder = 0;
+    for sku in &skus {
+        if hashed_home(&[&a, &b, &c], "product", sku).await == 2 {
+            moved_holder += 1;
+        }
+    }
+    assert!(moved_holder > 0, "some product now hashes to C");
+    for node in [&a, &b, &c] {
+        let cart = http.create_cart(node).await;
+        for sku in &skus {
+            let added = http
+                .send_past_503(
+                    "POST",
+                    &node.url(&format!("/carts/{cart}/items")),
+                    Some(support::item(sku)),
+                    Duration::from_secs(10),
+                )
+                .await;
+            assert_eq!(added.status, 200, "{sku} through {}: {added:?}", node.http);
+        }
+        let checkout = http
+            .send_past_503(
+                "POST",
+                &node.url(&format!("/carts/{cart}/checkout")),
+                None,
+                Duration::from_secs(10),
+            )
+            .await;
+        assert_eq!(checkout.status, 200, "{checkout:?}");
+    }
+    for kind in ["product", "stock"] {
+        let live = catalog_grains(&[&a, &b, &c], kind).await;
+        assert_eq!(
+            live[2], 0,
+            "{kind}: found on A and B, not placed again on C"
+        );
+        assert_eq!(
+            live[0] + live[1],
+            24,
+            "{kind}: one activation each: {live:?}"
+        );
+    }
 }

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Outcome, decode_answer};
+use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Home, Outcome, decode_answer};
 
 use super::router::{GrainRouter, Route, placement_key};
 use crate::grains::{HostedKind, encode};
@@ -54,6 +54,7 @@ impl Remote {
         let encoded = std::cell::OnceCell::new();
         self.place_and_run(
             G::KIND,
+            G::HOME,
             id,
             async || local.call_with(id, command.clone(), options.clone()).await,
             async |address| {
@@ -85,6 +86,7 @@ impl Remote {
     ) -> crate::grains::WireResult {
         self.place_and_run(
             kind,
+            hosted.home(),
             id,
             async || hosted.call(id.to_owned(), command, options.clone()).await,
             async |address| self.forward(address, kind, id, command, &options).await,
@@ -96,9 +98,13 @@ impl Remote {
     /// placed here, `remote(address)` when another member hosts it. While
     /// it cannot be placed, or the member a route named refused before
     /// running the call, it tries again, bounded by the failover window.
+    /// A grain placed by hash (`home`) that its holder says it does not
+    /// host was placed elsewhere before: it is then found as any other
+    /// grain (the holder names its owner, or grants it here).
     async fn place_and_run<T, R>(
         &self,
         kind: &str,
+        mut home: Home,
         id: &str,
         mut local: impl AsyncFnMut() -> Result<T, CallError<R>>,
         remote: impl AsyncFn(&str) -> Result<T, CallError<R>>,
@@ -113,7 +119,7 @@ impl Remote {
         let mut moved = 0;
         loop {
             let attempt = Instant::now();
-            let route = router.route(&key).await;
+            let route = router.route(&key, home).await;
             if let Ok(route) = &route {
                 let placement = match route {
                     Route::Local => "local",
@@ -135,6 +141,7 @@ impl Remote {
                 Ok(Route::Remote { address }) => match remote(&address).await {
                     Err(CallError::NotOwner(why)) => {
                         router.forget(&key);
+                        home = Home::FirstCaller;
                         moved += 1;
                         if moved <= MOVES {
                             continue;
@@ -286,7 +293,10 @@ impl Remote {
             Err(fenced())
         } else {
             let key = placement_key(kind, &id);
-            match router.route(&key).await {
+            // The call came here to be run here: a grain nobody hosts is
+            // placed here, whatever its kind's home (a caller sends a
+            // hashed grain to its holder).
+            match router.route(&key, Home::FirstCaller).await {
                 Ok(Route::Local) => hosted.call(id, command, options).await,
                 Ok(Route::Remote { address }) => Err(CallError::NotOwner(format!(
                     "this member does not host the grain; {address} does"

@@ -17,7 +17,7 @@ use granary_cluster_core::{
     CLAIM_DEADLINE_MS, ClaimAnswer, Command, GRAIN_PAGE, GrainPage, Locate, Member, NodeId,
     Placement,
 };
-use granary_grain::{Ownership, Refusal, Tenure};
+use granary_grain::{Home, Ownership, Refusal, Tenure};
 use tonic::transport::Channel;
 
 use super::clock;
@@ -326,9 +326,15 @@ impl GrainRouter {
         }
     }
 
-    /// Where calls for `grain` go, claiming it if nobody owns it.
-    pub async fn route(self: &Arc<Self>, grain: &str) -> Result<Route, Unroutable> {
-        let located = match self.with(|p, now| p.locate(grain, now)) {
+    /// Where calls for `grain` go. If nobody is known to own it: claimed
+    /// for this member (`Home::FirstCaller`), or, `Home::Hashed`, its
+    /// partition holder when that is another member (which places it on
+    /// itself as the call arrives).
+    pub async fn route(self: &Arc<Self>, grain: &str, home: Home) -> Result<Route, Unroutable> {
+        let located = match self.with(|p, now| match home {
+            Home::FirstCaller => p.locate(grain, now),
+            Home::Hashed => p.locate_at_holder(grain, now),
+        }) {
             Locate::Claim { token, holder } => {
                 let answer = self.claim_at(&holder, grain).await;
                 self.with(|p, now| p.claim_answered(grain, token, answer, now))

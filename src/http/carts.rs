@@ -213,8 +213,6 @@ pub(crate) fn add_sku_request(body: &[u8]) -> Result<CartRequest, ApiError> {
     })
 }
 
-/// A sku as a path or body names it: 1..=64 characters, none a control
-/// character or a space.
 /// Whether `sku` is one the shop takes: 1..=64 characters, none a control
 /// character or a space.
 pub fn valid_sku(sku: &str) -> bool {

@@ -1,7 +1,7 @@
 //! A catalog entry as a grain: one per SKU, its id the SKU.
 
 use granary_cart::{CartError, Product, ProductCommand, ProductEvent, ProductSpec};
-use granary_grain::Grain;
+use granary_grain::{Grain, Home};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -10,6 +10,9 @@ pub struct ProductGrain(Product);
 
 impl Grain for ProductGrain {
     const KIND: &'static str = "product";
+    /// Every member's carts read it: placed by its sku's hash, so a
+    /// catalog loaded through one member is spread over all of them.
+    const HOME: Home = Home::Hashed;
     type Command = ProductCommand;
     type Event = ProductEvent;
     type Rejection = CartError;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use granary_cart::{CartError, Stock, StockCommand, StockEvent, StockLevel};
-use granary_grain::{CallError, CallOptions, Calls, Grain, Remind, Resolution};
+use granary_grain::{CallError, CallOptions, Calls, Grain, Home, Remind, Resolution};
 use serde::{Deserialize, Serialize};
 
 use crate::cart_grain::{CartGrain, CartRequest};
@@ -24,6 +24,10 @@ pub struct StockGrain(Stock);
 
 impl Grain for StockGrain {
     const KIND: &'static str = "stock";
+    /// Every member's carts reserve from it at checkout: placed by its
+    /// sku's hash, so a catalog loaded through one member is spread over
+    /// all of them.
+    const HOME: Home = Home::Hashed;
     type Command = StockCommand;
     type Event = StockEvent;
     type Rejection = CartError;

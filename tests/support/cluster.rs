@@ -59,6 +59,39 @@ pub async fn status(node: &NodeProcess) -> Option<StatusReply> {
     Some(reply.into_inner())
 }
 
+/// Which of `nodes` (by index) a grain of a kind placed by its id's hash
+/// (`Home::Hashed`: products, stock) is placed on when nobody hosts it:
+/// its directory partition's holder among them.
+pub async fn hashed_home(nodes: &[&NodeProcess], kind: &str, id: &str) -> usize {
+    let ids = node_ids(nodes).await;
+    home_among(&ids, kind, id)
+}
+
+/// `prefix` followed by the first number that makes a grain of `kind`
+/// with that id hashed to `nodes[at]` (see [`hashed_home`]).
+pub async fn id_hashed_to(nodes: &[&NodeProcess], at: usize, kind: &str, prefix: &str) -> String {
+    let ids = node_ids(nodes).await;
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|id| home_among(&ids, kind, id) == at)
+        .expect("an id")
+}
+
+async fn node_ids(nodes: &[&NodeProcess]) -> Vec<granary_cluster_core::NodeId> {
+    let mut ids = Vec::new();
+    for node in nodes {
+        let reply = status(node).await.expect("status");
+        ids.push(granary_cluster_core::NodeId::new(reply.node_id));
+    }
+    ids
+}
+
+fn home_among(ids: &[granary_cluster_core::NodeId], kind: &str, id: &str) -> usize {
+    let key = granary::cluster::placement_key(kind, id);
+    let holder = granary_cluster_core::partition_holder(&key, ids).expect("members");
+    ids.iter().position(|id| id == holder).expect("one of them")
+}
+
 /// Polls the nodes' status until `done` holds for all of them (30 s at
 /// most); their last replies.
 pub async fn until_all(

@@ -474,8 +474,26 @@ impl Placement {
         );
     }
 
-    /// Where calls for `grain` go, or how to find out.
+    /// Where calls for `grain` go, or how to find out: a grain nobody
+    /// hosts is claimed for this member.
     pub fn locate(&mut self, grain: &str, now: u64) -> Locate {
+        self.locate_for(grain, now, false)
+    }
+
+    /// The same for a grain placed by its id's hash (`Home::Hashed` in the
+    /// grain runtime): one nobody is known to host, whose partition holder
+    /// is another member, goes to that holder (`Remote(holder)`), with
+    /// nothing claimed or remembered here; the holder places it on itself
+    /// as it takes the call (its own claim needs no message). A holder
+    /// that answers that another member hosts the grain (placed there
+    /// before, by a caller or an older version) is not the way: locate it
+    /// then with [`Placement::locate`], which asks the holder and learns
+    /// the owner.
+    pub fn locate_at_holder(&mut self, grain: &str, now: u64) -> Locate {
+        self.locate_for(grain, now, true)
+    }
+
+    fn locate_for(&mut self, grain: &str, now: u64, at_holder: bool) -> Locate {
         if self.closed {
             return Locate::Waiting(Unplaced::Closed);
         }
@@ -508,6 +526,12 @@ impl Placement {
                 ClaimOutcome::Owned { owner } => self.route(grain, owner),
                 ClaimOutcome::NotHolder { .. } => Locate::Waiting(Unplaced::ViewsDiffer),
                 ClaimOutcome::Rebuilding => Locate::Waiting(Unplaced::Rebuilding),
+            };
+        }
+        if at_holder {
+            return match self.view.members.get(&holder) {
+                Some(member) => Locate::Remote(member.clone()),
+                None => Locate::Waiting(Unplaced::NoView),
             };
         }
         if self

@@ -274,3 +274,76 @@ fn a_member_pages_only_the_grains_of_the_askers_partition_in_order() {
         "another view is refused, naming this member's"
     );
 }
+
+#[test]
+fn a_hashed_grain_goes_to_its_holder_which_places_it_on_itself() {
+    let config = view(1, &["a", "b", "c"]);
+    let (mut a, mut b, mut c) = (
+        ready("a", &config),
+        ready("b", &config),
+        ready("c", &config),
+    );
+    let member = |name: &str| config.members[&id(name)].clone();
+    let grain = grain_held_by("b", &config);
+
+    // Nobody hosts it: a sends calls to its holder and claims nothing (a
+    // claim of its own, below, is not held up by one in flight).
+    for _ in 0..2 {
+        assert_eq!(
+            a.locate_at_holder(&grain, 1_000),
+            Locate::Remote(member("b"))
+        );
+    }
+    assert!(!a.owns(&grain));
+    // The holder places it on itself as the call arrives (its own claim,
+    // answered at once).
+    assert!(matches!(
+        b.locate_at_holder(&grain, 1_000),
+        Locate::Local { .. }
+    ));
+    assert!(b.owns(&grain));
+    // A grain held here is placed here.
+    let mine = grain_held_by("a", &config);
+    assert!(matches!(
+        a.locate_at_holder(&mine, 1_000),
+        Locate::Local { .. }
+    ));
+
+    // Placed elsewhere before (a first caller, an older version): the
+    // holder does not host it, and the caller's fallback, an ordinary
+    // locate, asks the holder and learns the owner, then remembers it.
+    let other = (0..)
+        .map(|n| format!("h{n}"))
+        .find(|g| partition_holder(g, config.ids()) == Some(&id("b")))
+        .expect("grain");
+    let Locate::Claim { token, holder } = c.locate(&other, 1_000) else {
+        panic!("c claims at b");
+    };
+    assert_eq!(holder.id, id("b"));
+    let granted = b.claim_received(&id("c"), &other, 1_000);
+    assert!(matches!(granted, ClaimAnswer::Granted(_)), "{granted:?}");
+    c.claim_answered(&other, token, Some(granted), 1_010);
+    assert!(c.owns(&other));
+    assert_eq!(
+        a.locate_at_holder(&other, 1_100),
+        Locate::Remote(member("b"))
+    );
+    assert_eq!(
+        b.locate_at_holder(&other, 1_100),
+        Locate::Remote(member("c"))
+    );
+    let Locate::Claim { token, holder } = a.locate(&other, 1_100) else {
+        panic!("a asks the holder");
+    };
+    assert_eq!(holder.id, id("b"));
+    let owned = b.claim_received(&id("a"), &other, 1_100);
+    assert_eq!(owned, ClaimAnswer::Owned { owner: id("c") });
+    assert_eq!(
+        a.claim_answered(&other, token, Some(owned), 1_110),
+        Locate::Remote(member("c"))
+    );
+    assert_eq!(
+        a.locate_at_holder(&other, 1_200),
+        Locate::Remote(member("c"))
+    );
+}

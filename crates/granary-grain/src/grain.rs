@@ -15,6 +15,11 @@ use crate::calls::{Calls, Resolution};
 pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + Send + Sync + 'static {
     /// The stream kind in the store, e.g. `"cart"`. Keep it stable.
     const KIND: &'static str;
+    /// Which member of a cluster a grain of this kind is placed on when
+    /// nobody hosts it yet. The default, [`Home::FirstCaller`], suits
+    /// grains one client works with (a cart); grains every member reads
+    /// (a catalog) are better [`Home::Hashed`].
+    const HOME: Home = Home::FirstCaller;
     /// What callers send. Serializable: a call for a grain another member
     /// hosts travels there.
     type Command: Serialize + DeserializeOwned + Clone + Send + 'static;
@@ -71,6 +76,22 @@ pub trait Grain: Default + Serialize + DeserializeOwned + Unpin + Send + Sync + 
         let _ = (command, calls);
         None
     }
+}
+
+/// Where a cluster places a grain that nobody hosts yet (see
+/// [`Grain::HOME`]). Either way the directory grants one member at a time;
+/// this only says which member asks. A grain stays where it was placed
+/// until it passivates or its member leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    /// The member that first calls it: no hop while its caller stays on
+    /// that member.
+    FirstCaller,
+    /// The member its id hashes to among the current members (its
+    /// directory partition's holder), whichever member calls it first:
+    /// grains loaded through one member (a catalog import) spread evenly
+    /// over the cluster instead of piling up there.
+    Hashed,
 }
 
 /// A successful call: the grain's reply and its version after the command

@@ -51,7 +51,7 @@ pub use calls::{
 };
 pub use config::{ArbiterPool, Placement, RuntimeConfig, placement_hash, thread_of};
 pub use error::CallError;
-pub use grain::{Grain, Outcome, Remind};
+pub use grain::{Grain, Home, Outcome, Remind};
 pub use runtime::{CallOptions, GrainRuntime};
 pub use stats::RuntimeStats;
 pub use tenure::{Lease, Ownership, Refusal, Tenure};
