@@ -50,20 +50,23 @@ async fn until_stock(
     }
 }
 
+/// `POST` `path` through `node`, retried past 503s for 10 s: it must
+/// answer 200.
+async fn post_ok(http: &Http, node: &NodeProcess, path: &str, body: Option<serde_json::Value>) {
+    let url = node.url(path);
+    let answer = http
+        .send_past_503("POST", &url, body, Duration::from_secs(10))
+        .await;
+    assert_eq!(answer.status, 200, "POST {url}: {answer:?}");
+}
+
 /// Carts made through `node`, each holding one unit of `sku`.
 async fn carts_of_one(http: &Http, node: &NodeProcess, sku: &str, count: usize) -> Vec<String> {
     let mut carts = Vec::new();
     for _ in 0..count {
         let cart = http.create_cart(node).await;
-        let added = http
-            .send_past_503(
-                "POST",
-                &node.url(&format!("/carts/{cart}/items")),
-                Some(support::item(sku)),
-                Duration::from_secs(10),
-            )
-            .await;
-        assert_eq!(added.status, 200, "{added:?}");
+        let item = Some(support::item(sku));
+        post_ok(http, node, &format!("/carts/{cart}/items"), item).await;
         carts.push(cart);
     }
     carts
@@ -259,25 +262,10 @@ async fn a_catalog_loaded_through_one_member_is_spread_by_hash_and_found_after_a
     for node in [&a, &b, &c] {
         let cart = http.create_cart(node).await;
         for sku in &skus {
-            let added = http
-                .send_past_503(
-                    "POST",
-                    &node.url(&format!("/carts/{cart}/items")),
-                    Some(support::item(sku)),
-                    Duration::from_secs(10),
-                )
-                .await;
-            assert_eq!(added.status, 200, "{sku} through {}: {added:?}", node.http);
+            let item = Some(support::item(sku));
+            post_ok(&http, node, &format!("/carts/{cart}/items"), item).await;
         }
-        let checkout = http
-            .send_past_503(
-                "POST",
-                &node.url(&format!("/carts/{cart}/checkout")),
-                None,
-                Duration::from_secs(10),
-            )
-            .await;
-        assert_eq!(checkout.status, 200, "{checkout:?}");
+        post_ok(&http, node, &format!("/carts/{cart}/checkout"), None).await;
     }
     for kind in ["product", "stock"] {
         let live = catalog_grains(&[&a, &b, &c], kind).await;
