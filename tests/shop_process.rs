@@ -225,7 +225,7 @@ async fn a_catalog_loaded_through_one_member_is_spread_by_hash_and_found_after_a
     let join = ["--store", &store, "--join", &seed, "--token", &token];
     let b = NodeProcess::start(&dir.path().join("b"), &join);
     until_all(&[&a, &b], "two live members", |r| {
-        r.members == 2 && r.peers.iter().all(|p| p.live)
+        r.members == 2 && r.committed_version == r.config_version && r.peers.iter().all(|p| p.live)
     })
     .await;
     let http = Http::new();

@@ -174,8 +174,11 @@ pub enum LinkError {
     /// The member does not speak the link: nothing was sent (use
     /// `Grains/Call` over gRPC).
     NotSpoken,
-    /// The call was not sent, or its answer did not come: its outcome is
-    /// unknown unless it never left.
+    /// The call was not sent: no connection could be opened, or the ones
+    /// tried closed before it left. Nothing ran; it may go again.
+    Unsent(String),
+    /// The call was sent and its answer did not come: its outcome is
+    /// unknown.
     Failed(String),
 }
 
@@ -183,7 +186,7 @@ impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LinkError::NotSpoken => f.write_str("the member does not speak the grain-call link"),
-            LinkError::Failed(why) => f.write_str(why),
+            LinkError::Unsent(why) | LinkError::Failed(why) => f.write_str(why),
         }
     }
 }
@@ -644,8 +647,8 @@ impl Link {
 
     /// Sends `call` and waits for its answer, for at most `timeout`, on
     /// the connection of the callee thread that hosts its grain. An error
-    /// is the transport's (the call's outcome is unknown unless it was
-    /// never sent); the grain's own errors are in the answer.
+    /// is the transport's (`Unsent`: nothing ran; `Failed`: the outcome is
+    /// unknown); the grain's own errors are in the answer.
     pub async fn call(
         &self,
         call: &pb::GrainCall,
@@ -699,7 +702,7 @@ impl Link {
                 Err(Exchange::Failed(why)) => return Err(LinkError::Failed(why)),
             }
         }
-        Err(LinkError::Failed(format!(
+        Err(LinkError::Unsent(format!(
             "the link to {address} closed before the call was sent"
         )))
     }
@@ -712,7 +715,7 @@ impl Link {
         }
         self.open(deadline, hash)
             .await
-            .map_err(LinkError::Failed)?
+            .map_err(LinkError::Unsent)?
             .ok_or_else(|| {
                 *lock(&self.inner.not_spoken) = Some(Instant::now() + NOT_SPOKEN_FOR);
                 LinkError::NotSpoken
@@ -1422,6 +1425,21 @@ mod tests {
         assert_eq!(connection.waiting(), 1, "sent and waiting");
         drop(dropped);
         assert_eq!(connection.waiting(), 0);
+    }
+
+    /// A call no connection opens for is `Unsent` (nothing ran: the
+    /// caller may place it again), unlike one sent and unanswered.
+    #[tokio::test]
+    async fn a_call_to_a_member_that_is_down_is_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let link = link(&address);
+        let err = link
+            .call(&call("echo", 1), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Unsent(_)), "{err:?}");
     }
 
     /// A connection that closes fails the calls waiting on it at once

@@ -9,8 +9,10 @@
 //! While the grain cannot be placed (its partition is rebuilding after a
 //! membership change, its owner left and may still be serving) the call
 //! waits, bounded by the failover window, and a stale route is resolved
-//! again; only then does it fail (`Placing`). A forwarded call that gets
-//! no answer is never resent (`Unreachable`: its outcome is unknown).
+//! again; only then does it fail (`Placing`). A forwarded call that could
+//! not be sent at all (its member is down) waits the same way; one that
+//! was sent and got no answer is never resent (`Unreachable`: its outcome
+//! is unknown).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,10 +140,16 @@ impl Remote {
                     }
                     other => return other,
                 },
-                Ok(Route::Remote { address }) => match remote(&address).await {
+                Ok(Route::Remote { address, to_holder }) => match remote(&address).await {
                     Err(CallError::NotOwner(why)) => {
                         router.forget(&key);
-                        home = Home::FirstCaller;
+                        // The holder itself does not host it: placed
+                        // elsewhere before, so it is found as any other
+                        // grain. (A stale route's refusal sends the next
+                        // attempt to the holder again.)
+                        if to_holder {
+                            home = Home::FirstCaller;
+                        }
                         moved += 1;
                         if moved <= MOVES {
                             continue;
@@ -256,6 +264,15 @@ impl Remote {
         let started = Instant::now();
         match link.call(&call, FORWARD_DEADLINE).await {
             Ok(answer) => return super::wire::grain_answer_from_wire(answer),
+            // Nothing left (the member is down, or refused the
+            // connection): nothing ran, so the call is placed again, and
+            // waits for a membership change to re-home the grain, as a
+            // claim to an unreachable holder does.
+            Err(super::link::LinkError::Unsent(why)) => {
+                return Err(CallError::Placing(format!(
+                    "the member that hosts the grain cannot be reached; nothing was sent ({why})"
+                )));
+            }
             Err(super::link::LinkError::Failed(why)) => return Err(unanswered(&why)),
             Err(super::link::LinkError::NotSpoken) => {}
         }
@@ -293,13 +310,22 @@ impl Remote {
             Err(fenced())
         } else {
             let key = placement_key(kind, &id);
-            // The call came here to be run here: a grain nobody hosts is
-            // placed here, whatever its kind's home (a caller sends a
-            // hashed grain to its holder).
-            match router.route(&key, Home::FirstCaller).await {
+            // A grain nobody hosts is placed here, as its kind's home says:
+            // one placed by hash only if this member holds it (a caller
+            // with a stale route is told to look again).
+            match router.route(&key, hosted.home()).await {
                 Ok(Route::Local) => hosted.call(id, command, options).await,
-                Ok(Route::Remote { address }) => Err(CallError::NotOwner(format!(
+                Ok(Route::Remote {
+                    address,
+                    to_holder: false,
+                }) => Err(CallError::NotOwner(format!(
                     "this member does not host the grain; {address} does"
+                ))),
+                Ok(Route::Remote {
+                    address,
+                    to_holder: true,
+                }) => Err(CallError::NotOwner(format!(
+                    "this member does not host the grain; {address}, its holder, places it"
                 ))),
                 Err(unroutable) => Err(CallError::Placing(unroutable.0)),
             }

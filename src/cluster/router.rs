@@ -59,8 +59,10 @@ fn short(id: &NodeId) -> &str {
 pub enum Route {
     /// This member owns it.
     Local,
-    /// Another member owns it.
-    Remote { address: String },
+    /// Another member owns it or, `to_holder`, nobody is known to and
+    /// the grain (placed by hash) goes to its partition holder, which
+    /// places it on itself.
+    Remote { address: String, to_holder: bool },
 }
 
 /// Why a grain cannot be routed now (the caller answers 503).
@@ -345,6 +347,11 @@ impl GrainRouter {
             Locate::Local { .. } => Ok(Route::Local),
             Locate::Remote(member) => Ok(Route::Remote {
                 address: member.address,
+                to_holder: false,
+            }),
+            Locate::Holder(member) => Ok(Route::Remote {
+                address: member.address,
+                to_holder: true,
             }),
             Locate::Waiting(why) => Err(Unroutable(why.to_string())),
             Locate::Claim { .. } => Err(Unroutable("a claim is on its way; retry".into())),

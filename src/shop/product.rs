@@ -10,8 +10,9 @@ pub struct ProductGrain(Product);
 
 impl Grain for ProductGrain {
     const KIND: &'static str = "product";
-    /// Every member's carts read it: placed by its sku's hash, so a
-    /// catalog loaded through one member is spread over all of them.
+    /// Every member's carts read it: placed by the hash of
+    /// `product/<sku>`, so a catalog loaded through one member is spread
+    /// over all of them.
     const HOME: Home = Home::Hashed;
     type Command = ProductCommand;
     type Event = ProductEvent;

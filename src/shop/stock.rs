@@ -24,9 +24,9 @@ pub struct StockGrain(Stock);
 
 impl Grain for StockGrain {
     const KIND: &'static str = "stock";
-    /// Every member's carts reserve from it at checkout: placed by its
-    /// sku's hash, so a catalog loaded through one member is spread over
-    /// all of them.
+    /// Every member's carts reserve from it at checkout: placed by the
+    /// hash of `stock/<sku>`, so a catalog loaded through one member is
+    /// spread over all of them.
     const HOME: Home = Home::Hashed;
     type Command = StockCommand;
     type Event = StockEvent;

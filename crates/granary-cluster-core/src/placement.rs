@@ -54,6 +54,10 @@ pub enum Locate {
     Local { epoch: u64 },
     /// Another member hosts it.
     Remote(Member),
+    /// Nobody is known to host this grain, placed by its hash
+    /// ([`Placement::locate_at_holder`]): send the call to its partition
+    /// holder, which places it on itself.
+    Holder(Member),
     /// Send this claim to the holder and report the answer with
     /// [`Placement::claim_answered`].
     Claim { token: u64, holder: Member },
@@ -482,7 +486,7 @@ impl Placement {
 
     /// The same for a grain placed by its id's hash (`Home::Hashed` in the
     /// grain runtime): one nobody is known to host, whose partition holder
-    /// is another member, goes to that holder (`Remote(holder)`), with
+    /// is another member, goes to that holder (`Holder(holder)`), with
     /// nothing claimed or remembered here; the holder places it on itself
     /// as it takes the call (its own claim needs no message). A holder
     /// that answers that another member hosts the grain (placed there
@@ -530,7 +534,7 @@ impl Placement {
         }
         if at_holder {
             return match self.view.members.get(&holder) {
-                Some(member) => Locate::Remote(member.clone()),
+                Some(member) => Locate::Holder(member.clone()),
                 None => Locate::Waiting(Unplaced::NoView),
             };
         }
@@ -644,6 +648,12 @@ impl Placement {
     pub fn release_received(&mut self, from: &NodeId, grains: &[(String, u64)]) {
         for (grain, grant) in grains {
             self.directory.release(grain, from, *grant);
+            // A route here to the member that let it go is stale now: the
+            // next call places it (at this holder, for a hashed grain)
+            // instead of sending it there to be refused.
+            if self.routes.get(grain) == Some(from) {
+                self.routes.remove(grain);
+            }
         }
     }
 

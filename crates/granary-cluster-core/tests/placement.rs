@@ -291,7 +291,7 @@ fn a_hashed_grain_goes_to_its_holder_which_places_it_on_itself() {
     for _ in 0..2 {
         assert_eq!(
             a.locate_at_holder(&grain, 1_000),
-            Locate::Remote(member("b"))
+            Locate::Holder(member("b"))
         );
     }
     assert!(!a.owns(&grain));
@@ -326,7 +326,7 @@ fn a_hashed_grain_goes_to_its_holder_which_places_it_on_itself() {
     assert!(c.owns(&other));
     assert_eq!(
         a.locate_at_holder(&other, 1_100),
-        Locate::Remote(member("b"))
+        Locate::Holder(member("b"))
     );
     assert_eq!(
         b.locate_at_holder(&other, 1_100),
@@ -346,4 +346,21 @@ fn a_hashed_grain_goes_to_its_holder_which_places_it_on_itself() {
         a.locate_at_holder(&other, 1_200),
         Locate::Remote(member("c"))
     );
+
+    // c lets it go (passivated): the holder's route to c goes with the
+    // release, so the next call places it at the holder instead of being
+    // sent to c to be refused.
+    assert!(c.activate(&other, 1).is_ok());
+    c.deactivated(&other, 1);
+    c.tick(1_300);
+    for command in c.drain_commands() {
+        if let Command::Release { to, grains } = command {
+            assert_eq!(to.id, id("b"));
+            b.release_received(&id("c"), &grains);
+        }
+    }
+    assert!(matches!(
+        b.locate_at_holder(&other, 1_400),
+        Locate::Local { .. }
+    ));
 }

@@ -176,8 +176,8 @@ struct Sim {
     /// (`Home::Hashed`): a call for one that its caller knows no owner of
     /// goes to its partition holder, which places it on itself.
     hashed_grains: bool,
-    /// Calls for such grains sent to their holder.
-    sent_to_holder: u64,
+    /// Such grains placed at their holder as a call sent there arrived.
+    placed_at_holder: u64,
     log: Vec<String>,
 }
 
@@ -218,7 +218,7 @@ impl Sim {
             discard_grants_across_fences: true,
             heartbeats_sent: 0,
             hashed_grains: false,
-            sent_to_holder: 0,
+            placed_at_holder: 0,
             log: Vec::new(),
         };
         for id in &ids {
@@ -729,21 +729,28 @@ impl Sim {
     /// first), else located: activated if placed here, else a claim sent
     /// to the holder. `claim_delay` fixes a claim's time on the wire.
     fn call(&mut self, caller: &NodeId, grain: &str, claim_delay: Option<u64>) {
-        let hashed = self.hashed_grains && grain[1..].parse::<u64>().is_ok_and(|n| n % 2 == 1);
-        self.call_at(caller, grain, claim_delay, true, hashed);
+        let by_hash = self.is_hashed(grain);
+        self.call_at(caller, grain, claim_delay, true, by_hash);
     }
 
-    /// The call at `caller`; `forward`: sent by a client (a forwarded
-    /// call goes no further); `hashed`: of a kind placed by hash. Whether
-    /// it found the grain on another member and went no further (a
-    /// forwarded call's `NotOwner`).
+    /// Whether `grain` is of a kind placed by hash (odd-numbered, when the
+    /// simulation has such grains).
+    fn is_hashed(&self, grain: &str) -> bool {
+        self.hashed_grains && grain[1..].parse::<u64>().is_ok_and(|n| n % 2 == 1)
+    }
+
+    /// The call at `caller`; `forward`: sent by a client (a forwarded call
+    /// goes no further); `by_hash`: an unknown grain is sent to its holder
+    /// (`locate_at_holder`) rather than claimed here. Whether it found the
+    /// grain elsewhere and went no further (a forwarded call's
+    /// `NotOwner`).
     fn call_at(
         &mut self,
         caller: &NodeId,
         grain: &str,
         claim_delay: Option<u64>,
         forward: bool,
-        hashed: bool,
+        by_hash: bool,
     ) -> bool {
         if !self.running(caller) {
             return false;
@@ -758,7 +765,7 @@ impl Sim {
             return false;
         }
         let located = self.run_placement(caller, |p, now| {
-            if hashed {
+            if by_hash {
                 p.locate_at_holder(grain, now)
             } else {
                 p.locate(grain, now)
@@ -768,22 +775,33 @@ impl Sim {
             Some(Locate::Local { .. }) => self.activate(caller, grain),
             Some(Locate::Remote(owner)) if forward => {
                 // Forwarded to the owner, which serves it or, not hosting
-                // it (a stale route), places it itself.
+                // it (a stale route), places it itself or refuses it.
                 if self
                     .proc(&owner.id)
                     .is_some_and(|p| !p.activations.contains_key(grain))
                 {
                     self.run_placement(caller, |p, _| p.forget_route(grain));
                 }
-                let elsewhere = self.call_at(&owner.id, grain, claim_delay, false, false);
-                self.sent_to_holder += u64::from(hashed);
-                if hashed && elsewhere {
-                    // The holder hosts no such grain: placed elsewhere
-                    // before. The caller finds it as any other.
+                let by_hash = self.is_hashed(grain);
+                self.call_at(&owner.id, grain, claim_delay, false, by_hash);
+            }
+            Some(Locate::Holder(holder)) if forward => {
+                // To the holder, which places it on itself (as the node's
+                // callee does, by the kind's home) or, not hosting it,
+                // refuses it: placed elsewhere before, the caller finds it
+                // as any other grain.
+                let hosted = |sim: &Sim| {
+                    sim.proc(&holder.id)
+                        .is_some_and(|p| p.activations.contains_key(grain))
+                };
+                let before = hosted(self);
+                let refused = self.call_at(&holder.id, grain, claim_delay, false, true);
+                self.placed_at_holder += u64::from(!before && hosted(self));
+                if refused {
                     self.call_at(caller, grain, claim_delay, true, false);
                 }
             }
-            Some(Locate::Remote(_)) => return true,
+            Some(Locate::Remote(_) | Locate::Holder(_)) => return true,
             Some(Locate::Claim { token, holder }) => {
                 let claim = Payload::Claim {
                     grain: grain.to_owned(),
@@ -1347,10 +1365,10 @@ fn fixed_seeds_keep_the_invariants_and_converge() {
 /// one placed elsewhere before is found the ordinary way.
 #[test]
 fn fixed_seeds_keep_the_invariants_with_grains_placed_by_hash() {
-    let mut sent_to_holder = 0;
+    let mut placed_at_holder = 0;
     for seed in 1..=24 {
         match std::panic::catch_unwind(|| run_seed(seed, 20_000, true)) {
-            Ok(sim) => sent_to_holder += sim.sent_to_holder,
+            Ok(sim) => placed_at_holder += sim.placed_at_holder,
             Err(_) => panic!(
                 "seed {seed} failed; replay: GRANARY_SIM_SEED={seed} GRANARY_SIM_HASHED=1 cargo test -p granary-cluster-core --test simulation replay"
             ),
@@ -1359,15 +1377,19 @@ fn fixed_seeds_keep_the_invariants_with_grains_placed_by_hash() {
     // A cluster growing under calls: each member admitted takes over
     // partitions whose grains live on the others.
     for seed in 1..=12 {
-        sent_to_holder += run_growth_seed(seed, true).sent_to_holder;
+        let grown = std::panic::catch_unwind(|| run_growth_seed(seed, true));
+        match grown {
+            Ok(sim) => placed_at_holder += sim.placed_at_holder,
+            Err(_) => panic!("growth seed {seed} with grains placed by hash failed"),
+        }
     }
     // The holder's way was taken. A holder that does not host the grain
     // (the caller's fallback) is rare here, as grains passivate within
     // about a second and are placed at their holder again; it is driven
     // in `tests/placement.rs` and across real nodes in `shop_process`.
     assert!(
-        sent_to_holder > 10_000,
-        "{sent_to_holder} calls sent to the holder"
+        placed_at_holder > 100,
+        "{placed_at_holder} grains placed at their holder by a call sent there"
     );
 }
 

@@ -87,10 +87,11 @@ pub enum Home {
     /// The member that first calls it: no hop while its caller stays on
     /// that member.
     FirstCaller,
-    /// The member its id hashes to among the current members (its
-    /// directory partition's holder), whichever member calls it first:
-    /// grains loaded through one member (a catalog import) spread evenly
-    /// over the cluster instead of piling up there.
+    /// The member its key (`kind/id`) hashes to among the current members
+    /// (its directory partition's holder), whichever member calls it
+    /// first: grains loaded through one member (a catalog import) spread
+    /// evenly over the cluster instead of piling up there. Grains of two
+    /// kinds with the same id are placed independently.
     Hashed,
 }
 
