@@ -420,7 +420,10 @@ async fn garbage_on_the_cluster_service_is_refused_and_changes_nothing() {
         .ping(Duration::from_secs(5))
         .await
         .expect_err("a stranger's link is closed");
-    assert!(err.to_string().contains("closed"), "{err}");
+    // Closed right after the handshake: seen as the link closing, or as a
+    // reset while it opens.
+    let why = err.to_string();
+    assert!(why.contains("closed") || why.contains("reset"), "{why}");
     // Plaintext: no TLS, no answer.
     let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", a.grpc))
         .unwrap()
@@ -760,6 +763,7 @@ async fn add_through_any(
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut retries = Retries::default();
     let mut n = start;
+    let mut last;
     loop {
         let url = format!("{}/carts/{cart}/items", nodes[n % nodes.len()]);
         match http
@@ -775,12 +779,17 @@ async fn add_through_any(
             Ok(answer) if answer.status == 503 => {
                 let code = answer.json["code"].as_str().unwrap_or("none").to_owned();
                 *retries.unavailable.entry(code).or_default() += 1;
+                last = format!("{url}: {answer:?}");
             }
             Ok(answer) => panic!("unexpected answer {answer:?}"),
-            Err(_) => retries.connection += 1,
+            Err(err) => {
+                retries.connection += 1;
+                last = format!("{url}: {err}");
+            }
         }
         n += 1;
         if Instant::now() > deadline {
+            eprintln!("{sku} to {cart} not acknowledged in 20 s; last answer {last}");
             return (false, retries);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,10 +9,8 @@
 //! While the grain cannot be placed (its partition is rebuilding after a
 //! membership change, its owner left and may still be serving) the call
 //! waits, bounded by the failover window, and a stale route is resolved
-//! again; only then does it fail (`Placing`). A forwarded call that could
-//! not be sent at all (its member is down) waits the same way; one that
-//! was sent and got no answer is never resent (`Unreachable`: its outcome
-//! is unknown).
+//! again; only then does it fail (`Placing`). A forwarded call that gets
+//! no answer is never resent (`Unreachable`: its outcome is unknown).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -264,16 +262,12 @@ impl Remote {
         let started = Instant::now();
         match link.call(&call, FORWARD_DEADLINE).await {
             Ok(answer) => return super::wire::grain_answer_from_wire(answer),
-            // Nothing left (the member is down, or refused the
-            // connection): nothing ran, so the call is placed again, and
-            // waits for a membership change to re-home the grain, as a
-            // claim to an unreachable holder does.
-            Err(super::link::LinkError::Unsent(why)) => {
-                return Err(CallError::Placing(format!(
-                    "the member that hosts the grain cannot be reached; nothing was sent ({why})"
-                )));
+            // Sent or not, the member is not answering: the caller hears
+            // at once (a load balancer moves on) rather than waiting for
+            // the membership to change.
+            Err(super::link::LinkError::Unsent(why) | super::link::LinkError::Failed(why)) => {
+                return Err(unanswered(&why));
             }
-            Err(super::link::LinkError::Failed(why)) => return Err(unanswered(&why)),
             Err(super::link::LinkError::NotSpoken) => {}
         }
         let mut client = self
@@ -310,22 +304,16 @@ impl Remote {
             Err(fenced())
         } else {
             let key = placement_key(kind, &id);
-            // A grain nobody hosts is placed here, as its kind's home says:
-            // one placed by hash only if this member holds it (a caller
-            // with a stale route is told to look again).
-            match router.route(&key, hosted.home()).await {
+            // The call came here to be run here: a grain nobody hosts is
+            // placed here, whatever its kind's home (a caller sends a
+            // hashed grain to its holder). Refusing a hashed grain this
+            // member does not hold would keep it on its holder, but while
+            // members' views differ (a rolling restart) calls bounced
+            // between refusals and claims; placement is a preference.
+            match router.route(&key, Home::FirstCaller).await {
                 Ok(Route::Local) => hosted.call(id, command, options).await,
-                Ok(Route::Remote {
-                    address,
-                    to_holder: false,
-                }) => Err(CallError::NotOwner(format!(
+                Ok(Route::Remote { address, .. }) => Err(CallError::NotOwner(format!(
                     "this member does not host the grain; {address} does"
-                ))),
-                Ok(Route::Remote {
-                    address,
-                    to_holder: true,
-                }) => Err(CallError::NotOwner(format!(
-                    "this member does not host the grain; {address}, its holder, places it"
                 ))),
                 Err(unroutable) => Err(CallError::Placing(unroutable.0)),
             }
