@@ -142,6 +142,10 @@ struct ServeArgs {
     /// Passivate a grain idle this long, e.g. 15m [default: 15m].
     #[arg(long, value_name = "DURATION")]
     idle_timeout: Option<String>,
+    /// Stop the actor of a grain whose mailbox took no call for this long,
+    /// keeping its state in memory; 0 never [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    doze_after: Option<String>,
     /// Most grains live in memory [default: 1000000].
     #[arg(long, value_name = "N")]
     max_live_grains: Option<u64>,
@@ -405,6 +409,7 @@ fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) ->
         grpc: args.grpc,
         advertise: args.advertise,
         idle_timeout: args.idle_timeout,
+        doze_after: args.doze_after,
         max_live_grains: args.max_live_grains,
         snapshot_every: args.snapshot_every,
         max_body_bytes: args.max_body_bytes,

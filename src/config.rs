@@ -42,6 +42,10 @@ pub struct NodeConfig {
     pub advertise: String,
     /// A grain with no call for this long is passivated.
     pub idle_timeout: Duration,
+    /// A live grain whose mailbox took no call for this long goes dormant:
+    /// its actor stops, its state stays in memory (about a quarter of the
+    /// memory); zero keeps every live grain's actor.
+    pub doze_after: Duration,
     /// Most grains live in memory at once; the least recently used beyond
     /// it are evicted.
     pub max_live_grains: usize,
@@ -162,6 +166,7 @@ impl Default for NodeConfig {
             grpc,
             advertise: grpc.to_string(),
             idle_timeout: Duration::from_secs(15 * 60),
+            doze_after: Duration::from_secs(10),
             max_live_grains: 1_000_000,
             snapshot_every: 64,
             max_body_bytes: 64 * 1024,
@@ -232,6 +237,7 @@ pub struct ConfigLayer {
     pub grpc: Option<String>,
     pub advertise: Option<String>,
     pub idle_timeout: Option<String>,
+    pub doze_after: Option<String>,
     pub max_live_grains: Option<u64>,
     pub snapshot_every: Option<u64>,
     pub max_body_bytes: Option<u64>,
@@ -259,6 +265,7 @@ pub const KEYS: &[&str] = &[
     "grpc",
     "advertise",
     "idle_timeout",
+    "doze_after",
     "max_live_grains",
     "snapshot_every",
     "max_body_bytes",
@@ -334,6 +341,7 @@ impl ConfigLayer {
             grpc: get("grpc"),
             advertise: get("advertise"),
             idle_timeout: get("idle_timeout"),
+            doze_after: get("doze_after"),
             max_live_grains: number("max_live_grains")?,
             snapshot_every: number("snapshot_every")?,
             max_body_bytes: number("max_body_bytes")?,
@@ -369,6 +377,7 @@ impl ConfigLayer {
             grpc: other.grpc.or(self.grpc),
             advertise: other.advertise.or(self.advertise),
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
+            doze_after: other.doze_after.or(self.doze_after),
             max_live_grains: other.max_live_grains.or(self.max_live_grains),
             snapshot_every: other.snapshot_every.or(self.snapshot_every),
             max_body_bytes: other.max_body_bytes.or(self.max_body_bytes),
@@ -455,6 +464,7 @@ impl ConfigLayer {
         if idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be greater than zero".into()));
         }
+        let doze_after = duration("doze_after", self.doze_after, defaults.doze_after)?;
         let max_live_grains = match self.max_live_grains {
             None => defaults.max_live_grains,
             Some(0) => return Err(invalid("max_live_grains", "must be at least 1".into())),
@@ -510,6 +520,7 @@ impl ConfigLayer {
             grpc,
             advertise,
             idle_timeout,
+            doze_after,
             max_live_grains,
             snapshot_every: self.snapshot_every.unwrap_or(defaults.snapshot_every),
             max_body_bytes,
@@ -642,6 +653,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "grpc" => layer.grpc.is_some(),
         "advertise" => layer.advertise.is_some(),
         "idle_timeout" => layer.idle_timeout.is_some(),
+        "doze_after" => layer.doze_after.is_some(),
         "max_live_grains" => layer.max_live_grains.is_some(),
         "snapshot_every" => layer.snapshot_every.is_some(),
         "max_body_bytes" => layer.max_body_bytes.is_some(),
@@ -807,6 +819,41 @@ mod tests {
                 "{value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn doze_after_loads_from_every_layer_and_zero_turns_it_off() {
+        assert_eq!(NodeConfig::default().doze_after, Duration::from_secs(10));
+        assert_eq!(
+            NodeConfig::default().doze_after,
+            granary_grain::RuntimeConfig::default().doze_after,
+            "the node's default is the runtime's"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("granary.toml");
+        std::fs::write(&file, "doze_after = \"0\"\n").unwrap();
+        let from_file = load(Some(&file), &env(&[]), ConfigLayer::default()).unwrap();
+        assert_eq!(from_file.doze_after, Duration::ZERO);
+        let from_env = load(
+            Some(&file),
+            &env(&[("GRANARY_DOZE_AFTER", "2s")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(from_env.doze_after, Duration::from_secs(2));
+        let flags = ConfigLayer {
+            doze_after: Some("250ms".into()),
+            ..ConfigLayer::default()
+        };
+        let from_flag = load(Some(&file), &env(&[("GRANARY_DOZE_AFTER", "2s")]), flags);
+        assert_eq!(from_flag.unwrap().doze_after, Duration::from_millis(250));
+        let err = load(
+            None,
+            &env(&[("GRANARY_DOZE_AFTER", "later")]),
+            ConfigLayer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("GRANARY_DOZE_AFTER"), "{err}");
     }
 
     #[test]

@@ -228,6 +228,7 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     let runtime_config = RuntimeConfig {
         placement: Placement::Shared(grain_threads.clone()),
         idle_timeout: config.idle_timeout,
+        doze_after: config.doze_after,
         max_live: config.max_live_grains,
         snapshot_every: config.snapshot_every,
         ..RuntimeConfig::default()

@@ -352,6 +352,41 @@ async fn nodes_sharing_one_store_file_lose_no_update() {
     assert_eq!(answer.json["version"], 21);
 }
 
+/// `doze_after` reaches the grain runtime: at 100 ms a cart that takes no
+/// call goes dormant (its actor stops; `/stats` counts a doze) long
+/// before the default 10 s, and the next change wakes it, every line kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doze_after_sends_idle_carts_to_sleep_and_a_change_wakes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &["--doze-after", "100ms"]);
+    let http = Http::new();
+    http.stock(&node, ["tea", "cake"]).await;
+    let cart = http.create_cart(&node).await;
+    let items = node.url(&format!("/carts/{cart}/items"));
+    let added = http.post(&items, item("tea")).await.unwrap();
+    assert_eq!(added.status, 200, "{added:?}");
+    let carts = async || http.get(&node.url("/stats")).await.unwrap().json["grains"].clone();
+    // A doze has no event a client can await: poll the counter.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = carts().await;
+        if stats["dozes"].as_u64() >= Some(1) {
+            assert_eq!(stats["wakes"], 0, "{stats}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cart dozed within 5 s: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let added = http.post(&items, item("cake")).await.unwrap();
+    assert_eq!(added.status, 200, "{added:?}");
+    assert_eq!(skus(&added.json), ["tea", "cake"]);
+    assert_eq!(added.json["version"], 3, "created, then two adds");
+    assert!(carts().await["wakes"].as_u64() >= Some(1));
+}
+
 /// `granary catalog import FILE` against a running node.
 fn import(node: &NodeProcess, file: &std::path::Path) -> (bool, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_granary"))
