@@ -51,6 +51,8 @@ pub(crate) trait HostedKind: Send + Sync {
     fn set_caller(&self, caller: Arc<dyn Caller>);
     /// Where a cluster places the kind's grains (`Grain::HOME`).
     fn home(&self) -> Home;
+    /// The kind's name (`Grain::KIND`).
+    fn kind(&self) -> &'static str;
 }
 
 impl<G: Grain> HostedKind for GrainRuntime<G> {
@@ -95,6 +97,10 @@ impl<G: Grain> HostedKind for GrainRuntime<G> {
 
     fn home(&self) -> Home {
         G::HOME
+    }
+
+    fn kind(&self) -> &'static str {
+        G::KIND
     }
 }
 
@@ -260,7 +266,7 @@ impl Grains {
                 None => hosted.call(id.to_owned(), &command, options).await,
                 Some(cluster) => {
                     cluster
-                        .call_encoded(kind, hosted.as_ref(), id, &command, options)
+                        .call_encoded(hosted.as_ref(), id, &command, options)
                         .await
                 }
             }

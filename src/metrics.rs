@@ -49,7 +49,9 @@ pub struct HttpLabels {
 /// Labels of a call forwarded to the member that hosts its grain.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ForwardLabels {
-    pub kind: String,
+    /// The grain kind (a registered kind's name: no label is allocated
+    /// per call).
+    pub kind: &'static str,
     /// `ok` (the grain answered, its reply or its refusal), `moved` (the
     /// member did not host it: routed again), `refused` (fenced or
     /// placing there: nothing ran), `unreachable` (no answer: outcome
@@ -238,12 +240,9 @@ impl Metrics {
         events.iter().cloned().collect()
     }
 
-    pub fn forwarded(&self, kind: &str, outcome: &'static str, took: Duration) {
+    pub fn forwarded(&self, kind: &'static str, outcome: &'static str, took: Duration) {
         self.forwards
-            .get_or_create(&ForwardLabels {
-                kind: kind.to_owned(),
-                outcome,
-            })
+            .get_or_create(&ForwardLabels { kind, outcome })
             .observe(took.as_secs_f64());
     }
 

@@ -78,12 +78,12 @@ impl Remote {
     /// `hosted` is the kind's runtime here.
     pub(crate) async fn call_encoded(
         &self,
-        kind: &str,
         hosted: &dyn HostedKind,
         id: &str,
         command: &[u8],
         options: CallOptions,
     ) -> crate::grains::WireResult {
+        let kind = hosted.kind();
         self.place_and_run(
             kind,
             hosted.home(),
@@ -193,7 +193,7 @@ impl Remote {
     async fn forward(
         &self,
         address: &str,
-        kind: &str,
+        kind: &'static str,
         id: &str,
         command: &[u8],
         options: &CallOptions,
