@@ -325,11 +325,15 @@ struct LinkInner {
     failed: Mutex<Option<(Instant, String)>>,
     /// One connection attempt at a time.
     dialing: Arc<tokio::sync::Mutex<()>>,
+    /// The link's place in a budget of links, if it takes one: given back
+    /// when the link goes (`Link::holding`).
+    _place: Option<SpareUnit>,
 }
 
-/// The connections beyond their first that the links to one member may
-/// hold together, at most `limit` (which may change: a cluster that grows
-/// gives each peer fewer; connections already open stay until they go).
+/// A count held in units, at most `limit` at once (which may change: a
+/// cluster that grows gives each peer fewer; units held stay until they
+/// are dropped). The connections beyond their first that the links to one
+/// member may hold together; the thread-owned links to one member.
 pub struct Spares {
     held: std::sync::atomic::AtomicUsize,
     limit: std::sync::atomic::AtomicUsize,
@@ -353,8 +357,8 @@ impl Spares {
         self.limit.load(Ordering::Acquire).saturating_sub(held)
     }
 
-    /// One more, if the limit allows it.
-    fn take(self: &Arc<Self>) -> Option<SpareUnit> {
+    /// One more, if the limit allows it; given back when dropped.
+    pub fn take(self: &Arc<Self>) -> Option<SpareUnit> {
         let limit = self.limit.load(Ordering::Acquire);
         self.held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
@@ -365,11 +369,12 @@ impl Spares {
     }
 }
 
-/// One of a member's spare connections, held by the connection it opened
-/// while the link keeps it: given back when dropped (the connection
-/// replaced by the first of a restarted callee, the link gone with its
-/// thread's runtime, the dial that took it failed).
-struct SpareUnit(Arc<Spares>);
+/// One unit of a [`Spares`]: a member's spare connection, held by the
+/// connection it opened while the link keeps it, or a thread-owned link's
+/// place in its peer's budget, held by the link. Given back when dropped
+/// (the connection replaced by the first of a restarted callee, the link
+/// gone with its thread's runtime, the dial that took it failed).
+pub struct SpareUnit(Arc<Spares>);
 
 impl Drop for SpareUnit {
     fn drop(&mut self) {
@@ -631,6 +636,17 @@ impl Link {
     /// `spare` (shared by the links to the member); once none is left,
     /// calls share the connections open.
     pub fn with_spare(address: &str, connect: Connect, spare: Option<Arc<Spares>>) -> Link {
+        Link::holding(address, connect, spare, None)
+    }
+
+    /// The same, holding `place` (its place in a budget of links) until
+    /// the last clone of the link is dropped.
+    pub fn holding(
+        address: &str,
+        connect: Connect,
+        spare: Option<Arc<Spares>>,
+        place: Option<SpareUnit>,
+    ) -> Link {
         Link {
             inner: Arc::new(LinkInner {
                 address: address.to_owned(),
@@ -641,6 +657,7 @@ impl Link {
                 not_spoken: Mutex::new(None),
                 failed: Mutex::new(None),
                 dialing: Arc::new(tokio::sync::Mutex::new(())),
+                _place: place,
             }),
         }
     }

@@ -87,11 +87,11 @@ pub struct GrainRouter {
     /// Names this router among the routers of the process (in-process
     /// tests run several nodes) in the per-thread channel caches.
     id: u64,
-    /// Thread-owned channels made so far, per channel key: bounded so
-    /// that what members open to a member stays well under its
-    /// connection cap (`security::tls::Limits`) whatever the core count
-    /// and cluster size.
-    thread_channels: Mutex<HashMap<String, usize>>,
+    /// Per channel key, the thread-owned links that may be held at once
+    /// (each holds a unit while it lives): bounded so that what members
+    /// open to a member stays well under its connection cap
+    /// (`security::tls::Limits`) whatever the core count and cluster size.
+    thread_channels: Mutex<HashMap<String, Arc<super::link::Spares>>>,
     /// Per channel key, the connections beyond their first that the
     /// thread-owned links may still open (`spare_lines_per_peer`).
     spare_lines: Mutex<HashMap<String, Arc<super::link::Spares>>>,
@@ -306,6 +306,10 @@ impl GrainRouter {
                     let spare = spare_lines_per_peer(members.len());
                     for spares in lock(&self.spare_lines).values() {
                         spares.set_limit(spare);
+                    }
+                    let owned = thread_channels_per_peer(members.len());
+                    for places in lock(&self.thread_channels).values() {
+                        places.set_limit(owned);
                     }
                     self.with(|p, now| {
                         p.view_committed(view, now);
@@ -603,11 +607,12 @@ impl GrainRouter {
         }
         let name = key.clone();
         thread_cached((self.id, key), || {
-            if !self.may_own_channel(&name) {
+            let Some(place) = self.thread_link_place(&name) else {
                 return Ok((self.shared_link(address, pin, name.clone())?, false));
-            }
+            };
             let spare = self.spare_lines(&name);
-            let link = Link::with_spare(address, self.link_connect(address, pin)?, Some(spare));
+            let connect = self.link_connect(address, pin)?;
+            let link = Link::holding(address, connect, Some(spare), Some(place));
             Ok((link, true))
         })
     }
@@ -654,17 +659,16 @@ impl GrainRouter {
             .map_err(Unroutable)
     }
 
-    /// Counts one more thread-owned channel for `key`, if the budget
-    /// allows it.
-    fn may_own_channel(&self, key: &str) -> bool {
-        let per_peer = thread_channels_per_peer(self.cluster.with_committed(|c| c.members.len()));
-        let mut made = lock(&self.thread_channels);
-        let made = made.entry(key.to_owned()).or_default();
-        if *made >= per_peer {
-            return false;
-        }
-        *made += 1;
-        true
+    /// A place for one more thread-owned link to the member named `key`,
+    /// if its budget has one; the link holds it while it lives (a thread
+    /// whose runtime ended gives its links' places back).
+    fn thread_link_place(&self, key: &str) -> Option<super::link::SpareUnit> {
+        let members = self.cluster.with_committed(|c| c.members.len());
+        lock(&self.thread_channels)
+            .entry(key.to_owned())
+            .or_insert_with(|| super::link::Spares::new(thread_channels_per_peer(members)))
+            .clone()
+            .take()
     }
 
     /// The name of `address`'s channels and links: the address and the
@@ -893,6 +897,38 @@ mod tests {
                 thread_cached(key("shared"), || make(false)).expect("a link");
             });
             assert_eq!(made.get(), 2 * runtime, "not kept");
+        }
+    }
+
+    /// A thread-owned link holds its place in its peer's budget while it
+    /// lives: once its thread's runtime is gone and the thread makes its
+    /// links again, the old links' places are free (before, every runtime
+    /// a thread ran took a place for good).
+    #[test]
+    fn a_thread_link_gives_its_place_back_when_its_runtime_ends() {
+        let places = super::super::link::Spares::new(1);
+        // A router id no router of this process has.
+        let key = (u64::MAX - 1, "budgeted".to_owned());
+        for runtime in 1..=3 {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            tokio.block_on(async {
+                let link = thread_cached(key.clone(), || {
+                    let place = places.take().unwrap_or_else(|| {
+                        panic!("runtime {runtime}: no place left; the last link kept its own")
+                    });
+                    let connect: super::super::link::Connect =
+                        Arc::new(|_| Box::pin(async { Err("never connects".to_owned()) }));
+                    let link = Link::holding("127.0.0.1:9", connect, None, Some(place));
+                    Ok((link, true))
+                })
+                .expect("a link");
+                assert_eq!(places.left(), 0, "the link holds the place");
+                drop(link);
+                assert_eq!(places.left(), 0, "the thread keeps its link, and its place");
+            });
         }
     }
 }
