@@ -87,14 +87,8 @@ pub struct GrainRouter {
     /// Names this router among the routers of the process (in-process
     /// tests run several nodes) in the per-thread channel caches.
     id: u64,
-    /// Per channel key, the thread-owned links that may be held at once
-    /// (each holds a unit while it lives): bounded so that what members
-    /// open to a member stays well under its connection cap
-    /// (`security::tls::Limits`) whatever the core count and cluster size.
-    thread_channels: Mutex<HashMap<String, Arc<super::link::Spares>>>,
-    /// Per channel key, the connections beyond their first that the
-    /// thread-owned links may still open (`spare_lines_per_peer`).
-    spare_lines: Mutex<HashMap<String, Arc<super::link::Spares>>>,
+    /// What thread-owned links to each peer may hold.
+    budgets: PeerBudgets,
     /// Directory rebuilds and members removed are observed here.
     metrics: Arc<Metrics>,
 }
@@ -108,6 +102,55 @@ const THREAD_CHANNEL_BUDGET: usize = 96;
 /// Thread-owned channels to one peer, at most (more threads share the
 /// gRPC runtime's channel).
 const THREAD_CHANNELS_PER_PEER: usize = 8;
+
+/// What the thread-owned links to each peer (named by its channel key) may
+/// hold at once, sized by the cluster: bounded so that what members open
+/// to a member stays well under its connection cap
+/// (`security::tls::Limits`) whatever the core count and cluster size.
+#[derive(Default)]
+struct PeerBudgets {
+    /// The thread-owned links themselves (each holds a place while it
+    /// lives): `thread_channels_per_peer`.
+    places: Mutex<HashMap<String, Arc<super::link::Spares>>>,
+    /// The connections beyond their first that those links may open
+    /// together: `spare_lines_per_peer`.
+    spares: Mutex<HashMap<String, Arc<super::link::Spares>>>,
+}
+
+impl PeerBudgets {
+    /// A place for one more thread-owned link to the peer named `key` in
+    /// a cluster of `members`, if its budget has one.
+    fn place(&self, key: &str, members: usize) -> Option<super::link::SpareUnit> {
+        Self::budget(&self.places, key, thread_channels_per_peer(members)).take()
+    }
+
+    /// The spare connections of the thread-owned links to `key`.
+    fn spares(&self, key: &str, members: usize) -> Arc<super::link::Spares> {
+        Self::budget(&self.spares, key, spare_lines_per_peer(members))
+    }
+
+    /// The cluster now has `members`: every peer's budgets follow (a
+    /// larger cluster leaves each fewer; what is held stays until it goes).
+    fn resize(&self, members: usize) {
+        for places in lock(&self.places).values() {
+            places.set_limit(thread_channels_per_peer(members));
+        }
+        for spares in lock(&self.spares).values() {
+            spares.set_limit(spare_lines_per_peer(members));
+        }
+    }
+
+    fn budget(
+        budgets: &Mutex<HashMap<String, Arc<super::link::Spares>>>,
+        key: &str,
+        limit: usize,
+    ) -> Arc<super::link::Spares> {
+        lock(budgets)
+            .entry(key.to_owned())
+            .or_insert_with(|| super::link::Spares::new(limit))
+            .clone()
+    }
+}
 
 /// How many thread-owned channels a member of a cluster of `members` may
 /// open to each peer.
@@ -213,8 +256,7 @@ impl GrainRouter {
             links: Mutex::new(HashMap::new()),
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            thread_channels: Mutex::new(HashMap::new()),
-            spare_lines: Mutex::new(HashMap::new()),
+            budgets: PeerBudgets::default(),
             metrics,
         });
         let follower = router.clone();
@@ -301,16 +343,9 @@ impl GrainRouter {
                         self.metrics.event(format!("member {} at {} joined the view (version {})", short(&member.id), member.address, view.version));
                     }
                     members = view.members.keys().cloned().collect();
-                    // A larger cluster leaves each peer fewer spare
-                    // connections (those open stay until they go).
-                    let spare = spare_lines_per_peer(members.len());
-                    for spares in lock(&self.spare_lines).values() {
-                        spares.set_limit(spare);
-                    }
-                    let owned = thread_channels_per_peer(members.len());
-                    for places in lock(&self.thread_channels).values() {
-                        places.set_limit(owned);
-                    }
+                    // A larger cluster leaves each peer fewer links and
+                    // spare connections (those open stay until they go).
+                    self.budgets.resize(members.len());
                     self.with(|p, now| {
                         p.view_committed(view, now);
                         p.is_ready(now)
@@ -607,25 +642,15 @@ impl GrainRouter {
         }
         let name = key.clone();
         thread_cached((self.id, key), || {
-            let Some(place) = self.thread_link_place(&name) else {
+            let members = self.cluster.with_committed(|c| c.members.len());
+            let Some(place) = self.budgets.place(&name, members) else {
                 return Ok((self.shared_link(address, pin, name.clone())?, false));
             };
-            let spare = self.spare_lines(&name);
+            let spare = self.budgets.spares(&name, members);
             let connect = self.link_connect(address, pin)?;
             let link = Link::holding(address, connect, Some(spare), Some(place));
             Ok((link, true))
         })
-    }
-
-    /// The connections beyond their first that the thread-owned links to
-    /// the member named `key` may hold, together (their limit follows the
-    /// cluster's size: see `follow`).
-    fn spare_lines(&self, key: &str) -> Arc<super::link::Spares> {
-        let members = self.cluster.with_committed(|c| c.members.len());
-        lock(&self.spare_lines)
-            .entry(key.to_owned())
-            .or_insert_with(|| super::link::Spares::new(spare_lines_per_peer(members)))
-            .clone()
     }
 
     /// The link to `address` (pinned to `pin`) on the gRPC runtime, named
@@ -657,18 +682,6 @@ impl GrainRouter {
             .dialer()
             .link(address, pin, Duration::from_secs(1))
             .map_err(Unroutable)
-    }
-
-    /// A place for one more thread-owned link to the member named `key`,
-    /// if its budget has one; the link holds it while it lives (a thread
-    /// whose runtime ended gives its links' places back).
-    fn thread_link_place(&self, key: &str) -> Option<super::link::SpareUnit> {
-        let members = self.cluster.with_committed(|c| c.members.len());
-        lock(&self.thread_channels)
-            .entry(key.to_owned())
-            .or_insert_with(|| super::link::Spares::new(thread_channels_per_peer(members)))
-            .clone()
-            .take()
     }
 
     /// The name of `address`'s channels and links: the address and the
@@ -865,6 +878,43 @@ mod tests {
         // for every link of a two-core member's four calling threads.
         assert!(spare_lines_per_peer(10) >= 4);
         assert_eq!(MEMBER_CONNECTIONS, cap * 3 / 4);
+    }
+
+    /// A peer's budgets follow the cluster's size: a cluster grown from 3
+    /// to 40 members leaves each peer fewer thread-owned links (the links
+    /// held stay; no new one until enough went) and at 64 members no
+    /// spare connection; shrinking gives them back.
+    #[test]
+    fn a_peers_budgets_follow_the_clusters_size() {
+        let budgets = PeerBudgets::default();
+        let held: Vec<_> = std::iter::from_fn(|| budgets.place("peer", 3)).collect();
+        assert_eq!(held.len(), THREAD_CHANNELS_PER_PEER);
+        let spares = budgets.spares("peer", 3);
+        assert_eq!(spares.left(), spare_lines_per_peer(3));
+        assert!(spare_lines_per_peer(3) > 0);
+
+        budgets.resize(40);
+        let per_peer = thread_channels_per_peer(40);
+        assert!(per_peer < THREAD_CHANNELS_PER_PEER, "{per_peer}");
+        let mut held = held;
+        assert!(budgets.place("peer", 40).is_none(), "all 8 still held");
+        held.truncate(per_peer);
+        assert!(budgets.place("peer", 40).is_none(), "at the new limit");
+        held.pop();
+        let again = budgets.place("peer", 40);
+        assert!(again.is_some(), "one went: one may come");
+        assert!(budgets.place("peer", 40).is_none());
+
+        budgets.resize(64);
+        assert_eq!(spares.left(), 0, "no spare connections at 64 members");
+        assert_eq!(
+            budgets.spares("another", 64).left(),
+            0,
+            "a peer first seen then"
+        );
+        budgets.resize(3);
+        assert_eq!(spares.left(), spare_lines_per_peer(3));
+        drop((held, again));
     }
 
     /// A thread keeps one link per name while its runtime runs; once that
