@@ -372,8 +372,9 @@ impl Spares {
 /// One unit of a [`Spares`]: a member's spare connection, held by the
 /// connection it opened while the link keeps it, or a thread-owned link's
 /// place in its peer's budget, held by the link. Given back when dropped
-/// (the connection replaced by the first of a restarted callee, the link
-/// gone with its thread's runtime, the dial that took it failed).
+/// (the connection replaced by the first of a restarted callee, the dial
+/// that took it failed, the link dropped: a thread whose runtime ended
+/// drops its links when it next asks for one, or when it exits).
 pub struct SpareUnit(Arc<Spares>);
 
 impl Drop for SpareUnit {

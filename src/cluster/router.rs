@@ -107,45 +107,66 @@ const THREAD_CHANNELS_PER_PEER: usize = 8;
 /// hold at once, sized by the cluster: bounded so that what members open
 /// to a member stays well under its connection cap
 /// (`security::tls::Limits`) whatever the core count and cluster size.
-#[derive(Default)]
-struct PeerBudgets {
+struct PeerBudgets(Mutex<Budgets>);
+
+struct Budgets {
+    /// The committed view's size, which every limit follows.
+    members: usize,
     /// The thread-owned links themselves (each holds a place while it
     /// lives): `thread_channels_per_peer`.
-    places: Mutex<HashMap<String, Arc<super::link::Spares>>>,
+    places: HashMap<String, Arc<super::link::Spares>>,
     /// The connections beyond their first that those links may open
     /// together: `spare_lines_per_peer`.
-    spares: Mutex<HashMap<String, Arc<super::link::Spares>>>,
+    spares: HashMap<String, Arc<super::link::Spares>>,
 }
 
 impl PeerBudgets {
-    /// A place for one more thread-owned link to the peer named `key` in
-    /// a cluster of `members`, if its budget has one.
-    fn place(&self, key: &str, members: usize) -> Option<super::link::SpareUnit> {
-        Self::budget(&self.places, key, thread_channels_per_peer(members)).take()
+    fn new(members: usize) -> PeerBudgets {
+        PeerBudgets(Mutex::new(Budgets {
+            members,
+            places: HashMap::new(),
+            spares: HashMap::new(),
+        }))
+    }
+
+    /// A place for one more thread-owned link to the peer named `key`, if
+    /// its budget has one.
+    fn place(&self, key: &str) -> Option<super::link::SpareUnit> {
+        let places = {
+            let mut budgets = lock(&self.0);
+            let limit = thread_channels_per_peer(budgets.members);
+            Self::budget(&mut budgets.places, key, limit)
+        };
+        places.take()
     }
 
     /// The spare connections of the thread-owned links to `key`.
-    fn spares(&self, key: &str, members: usize) -> Arc<super::link::Spares> {
-        Self::budget(&self.spares, key, spare_lines_per_peer(members))
+    fn spares(&self, key: &str) -> Arc<super::link::Spares> {
+        let mut budgets = lock(&self.0);
+        let limit = spare_lines_per_peer(budgets.members);
+        Self::budget(&mut budgets.spares, key, limit)
     }
 
-    /// The cluster now has `members`: every peer's budgets follow (a
-    /// larger cluster leaves each fewer; what is held stays until it goes).
+    /// The cluster now has `members`: every peer's budgets follow, those
+    /// made later too (a larger cluster leaves each fewer; what is held
+    /// stays until it goes).
     fn resize(&self, members: usize) {
-        for places in lock(&self.places).values() {
+        let mut budgets = lock(&self.0);
+        budgets.members = members;
+        for places in budgets.places.values() {
             places.set_limit(thread_channels_per_peer(members));
         }
-        for spares in lock(&self.spares).values() {
+        for spares in budgets.spares.values() {
             spares.set_limit(spare_lines_per_peer(members));
         }
     }
 
     fn budget(
-        budgets: &Mutex<HashMap<String, Arc<super::link::Spares>>>,
+        budgets: &mut HashMap<String, Arc<super::link::Spares>>,
         key: &str,
         limit: usize,
     ) -> Arc<super::link::Spares> {
-        lock(budgets)
+        budgets
             .entry(key.to_owned())
             .or_insert_with(|| super::link::Spares::new(limit))
             .clone()
@@ -248,6 +269,7 @@ impl GrainRouter {
             clock::now(),
             seed,
         );
+        let members = cluster.with_committed(|c| c.members.len());
         let router = Arc::new(GrainRouter {
             cluster,
             placement: Mutex::new(placement),
@@ -256,7 +278,7 @@ impl GrainRouter {
             links: Mutex::new(HashMap::new()),
             io,
             id: ROUTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            budgets: PeerBudgets::default(),
+            budgets: PeerBudgets::new(members),
             metrics,
         });
         let follower = router.clone();
@@ -325,6 +347,7 @@ impl GrainRouter {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut members: Vec<NodeId> = views.borrow().members.keys().cloned().collect();
+        self.budgets.resize(members.len());
         let mut rebuilding: Option<std::time::Instant> = None;
         loop {
             let ready = tokio::select! {
@@ -642,11 +665,10 @@ impl GrainRouter {
         }
         let name = key.clone();
         thread_cached((self.id, key), || {
-            let members = self.cluster.with_committed(|c| c.members.len());
-            let Some(place) = self.budgets.place(&name, members) else {
+            let Some(place) = self.budgets.place(&name) else {
                 return Ok((self.shared_link(address, pin, name.clone())?, false));
             };
-            let spare = self.budgets.spares(&name, members);
+            let spare = self.budgets.spares(&name);
             let connect = self.link_connect(address, pin)?;
             let link = Link::holding(address, connect, Some(spare), Some(place));
             Ok((link, true))
@@ -886,10 +908,13 @@ mod tests {
     /// spare connection; shrinking gives them back.
     #[test]
     fn a_peers_budgets_follow_the_clusters_size() {
-        let budgets = PeerBudgets::default();
-        let held: Vec<_> = std::iter::from_fn(|| budgets.place("peer", 3)).collect();
+        let budgets = PeerBudgets::new(3);
+        // Bounded: a budget without a limit fails here instead of looping.
+        let held: Vec<_> = std::iter::from_fn(|| budgets.place("peer"))
+            .take(64)
+            .collect();
         assert_eq!(held.len(), THREAD_CHANNELS_PER_PEER);
-        let spares = budgets.spares("peer", 3);
+        let spares = budgets.spares("peer");
         assert_eq!(spares.left(), spare_lines_per_peer(3));
         assert!(spare_lines_per_peer(3) > 0);
 
@@ -897,19 +922,27 @@ mod tests {
         let per_peer = thread_channels_per_peer(40);
         assert!(per_peer < THREAD_CHANNELS_PER_PEER, "{per_peer}");
         let mut held = held;
-        assert!(budgets.place("peer", 40).is_none(), "all 8 still held");
+        assert!(budgets.place("peer").is_none(), "all 8 still held");
         held.truncate(per_peer);
-        assert!(budgets.place("peer", 40).is_none(), "at the new limit");
+        assert!(budgets.place("peer").is_none(), "at the new limit");
         held.pop();
-        let again = budgets.place("peer", 40);
+        let again = budgets.place("peer");
         assert!(again.is_some(), "one went: one may come");
-        assert!(budgets.place("peer", 40).is_none());
+        assert!(budgets.place("peer").is_none());
 
         budgets.resize(64);
         assert_eq!(spares.left(), 0, "no spare connections at 64 members");
         assert_eq!(
-            budgets.spares("another", 64).left(),
+            budgets.spares("another").left(),
             0,
+            "a peer first seen then"
+        );
+        assert_eq!(
+            std::iter::from_fn(|| budgets.place("another"))
+                .take(64)
+                .collect::<Vec<_>>()
+                .len(),
+            thread_channels_per_peer(64),
             "a peer first seen then"
         );
         budgets.resize(3);
