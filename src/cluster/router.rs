@@ -902,6 +902,19 @@ mod tests {
         assert_eq!(MEMBER_CONNECTIONS, cap * 3 / 4);
     }
 
+    /// A runtime of its own for one step of a thread-link test.
+    fn new_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// How a link that must never reach anyone connects.
+    fn never_connects() -> super::super::link::Connect {
+        Arc::new(|_| Box::pin(async { Err("never connects".to_owned()) }))
+    }
+
     /// A peer's budgets follow the cluster's size: a cluster grown from 3
     /// to 40 members leaves each peer fewer thread-owned links (the links
     /// held stay; no new one until enough went) and at 64 members no
@@ -959,17 +972,12 @@ mod tests {
         let made = std::cell::Cell::new(0);
         let make = |keep: bool| {
             made.set(made.get() + 1);
-            let connect: super::super::link::Connect =
-                Arc::new(|_| Box::pin(async { Err("never connects".to_owned()) }));
-            Ok((Link::new("127.0.0.1:9", connect), keep))
+            Ok((Link::new("127.0.0.1:9", never_connects()), keep))
         };
         // A router id no router of this process has.
         let key = |name: &str| (u64::MAX, name.to_owned());
         for runtime in 1..=2 {
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let tokio = new_runtime();
             tokio.block_on(async {
                 for _ in 0..3 {
                     thread_cached(key("kept"), || make(true)).expect("a link");
@@ -993,18 +1001,13 @@ mod tests {
         // A router id no router of this process has.
         let key = (u64::MAX - 1, "budgeted".to_owned());
         for runtime in 1..=3 {
-            let tokio = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let tokio = new_runtime();
             tokio.block_on(async {
                 let link = thread_cached(key.clone(), || {
                     let place = places.take().unwrap_or_else(|| {
                         panic!("runtime {runtime}: no place left; the last link kept its own")
                     });
-                    let connect: super::super::link::Connect =
-                        Arc::new(|_| Box::pin(async { Err("never connects".to_owned()) }));
-                    let link = Link::holding("127.0.0.1:9", connect, None, Some(place));
+                    let link = Link::holding("127.0.0.1:9", never_connects(), None, Some(place));
                     Ok((link, true))
                 })
                 .expect("a link");
