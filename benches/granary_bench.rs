@@ -580,6 +580,58 @@ struct LoadResult {
     failed: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU the whole process (servers, store threads and the load client)
+    /// used meanwhile, and of that the embedded store's writer thread.
+    cpu: Cpu,
+}
+
+/// CPU time used, read from `/proc` (zero where there is none): a figure
+/// per request that moves far less with the machine's noise than a rate.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cpu {
+    process: Duration,
+    writer: Duration,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        // utime + stime, fields 14 and 15 of `stat`, after the name.
+        fn ticks(stat: &str) -> Option<u64> {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let mut fields = rest.split(' ').skip(11);
+            Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+        }
+        // The kernel's clock tick, 100 Hz on every Linux this runs on.
+        let time = |t: u64| Duration::from_millis(t * 10);
+        let process = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| ticks(&s))
+            .map_or(Duration::ZERO, time);
+        let writer = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+            .filter(|stat| stat.contains("(granary-store-w"))
+            .filter_map(|stat| ticks(&stat))
+            .map(time)
+            .sum();
+        Cpu { process, writer }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            process: self.process.saturating_sub(before.process),
+            writer: self.writer.saturating_sub(before.writer),
+        }
+    }
+
+    fn add(self, other: Cpu) -> Cpu {
+        Cpu {
+            process: self.process + other.process,
+            writer: self.writer + other.writer,
+        }
+    }
 }
 
 impl LoadResult {
@@ -589,6 +641,16 @@ impl LoadResult {
 
     fn per_sec(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Microseconds of the process's CPU per answered request.
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu.process.as_secs_f64() * 1e6 / self.ok().max(1) as f64
+    }
+
+    /// Microseconds of the store writer's CPU per answered request.
+    fn writer_per_request(&self) -> f64 {
+        self.cpu.writer.as_secs_f64() * 1e6 / self.ok().max(1) as f64
     }
 
     fn quantile(&self, q: f64) -> Duration {
@@ -650,6 +712,7 @@ where
     let request = Arc::new(request);
     let mut tasks = Vec::new();
     let start = Instant::now();
+    let cpu = Cpu::now();
     for client in 0..clients {
         let (http, stop, request) = (http.clone(), stop.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
@@ -680,6 +743,7 @@ where
         failed,
         elapsed: start.elapsed(),
         latencies,
+        cpu: Cpu::now().since(cpu),
     }
 }
 
@@ -1126,6 +1190,14 @@ fn http_comparison(
         grain_result.per_sec() / baseline_result.per_sec()
     );
     println!(
+        "CPU per request (the whole process, load client included): add {:.1} µs (of it the store writer {:.1} µs), \
+         baseline add {:.1} µs, GET /healthz {:.1} µs",
+        grain_result.cpu_per_request(),
+        grain_result.writer_per_request(),
+        baseline_result.cpu_per_request(),
+        ceiling.cpu_per_request(),
+    );
+    println!(
         "group commit on {engine}: {} appends in {} commits ({:.1} appends per commit, each one database round trip)",
         store_stats.appends,
         store_stats.commits,
@@ -1137,6 +1209,7 @@ fn merge(mut a: LoadResult, b: LoadResult) -> LoadResult {
     a.failed += b.failed;
     a.elapsed += b.elapsed;
     a.latencies.extend(b.latencies);
+    a.cpu = a.cpu.add(b.cpu);
     a
 }
 
