@@ -585,8 +585,9 @@ struct LoadResult {
     cpu: Cpu,
 }
 
-/// CPU time used, read from `/proc` (zero where there is none): a figure
-/// per request that moves far less with the machine's noise than a rate.
+/// CPU time used, read from `/proc` (zero where there is none; the
+/// writer's is zero on engines without a writer thread): work per request,
+/// which a rate alone cannot tell from a busy machine.
 #[derive(Debug, Default, Clone, Copy)]
 struct Cpu {
     process: Duration,
@@ -601,7 +602,7 @@ impl Cpu {
             let mut fields = rest.split(' ').skip(11);
             Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
         }
-        // The kernel's clock tick, 100 Hz on every Linux this runs on.
+        // `/proc` counts in USER_HZ, 100 a second on Linux.
         let time = |t: u64| Duration::from_millis(t * 10);
         let process = std::fs::read_to_string("/proc/self/stat")
             .ok()
@@ -643,14 +644,9 @@ impl LoadResult {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    /// Microseconds of the process's CPU per answered request.
-    fn cpu_per_request(&self) -> f64 {
-        self.cpu.process.as_secs_f64() * 1e6 / self.ok().max(1) as f64
-    }
-
-    /// Microseconds of the store writer's CPU per answered request.
-    fn writer_per_request(&self) -> f64 {
-        self.cpu.writer.as_secs_f64() * 1e6 / self.ok().max(1) as f64
+    /// Microseconds of `cpu` per answered request.
+    fn per_request(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.ok().max(1) as f64
     }
 
     fn quantile(&self, q: f64) -> Duration {
@@ -1192,10 +1188,10 @@ fn http_comparison(
     println!(
         "CPU per request (the whole process, load client included): add {:.1} µs (of it the store writer {:.1} µs), \
          baseline add {:.1} µs, GET /healthz {:.1} µs",
-        grain_result.cpu_per_request(),
-        grain_result.writer_per_request(),
-        baseline_result.cpu_per_request(),
-        ceiling.cpu_per_request(),
+        grain_result.per_request(grain_result.cpu.process),
+        grain_result.per_request(grain_result.cpu.writer),
+        baseline_result.per_request(baseline_result.cpu.process),
+        ceiling.per_request(ceiling.cpu.process),
     );
     println!(
         "group commit on {engine}: {} appends in {} commits ({:.1} appends per commit, each one database round trip)",
