@@ -390,7 +390,8 @@ mod stateless {
             // The same body the grain service answers with.
             Ok(Some((cart, version))) => HttpResponse::Ok()
                 .insert_header(("ETag", format!("\"{version}\"")))
-                .json(CartBody::new(uuid, version, &cart)),
+                .content_type("application/json")
+                .body(CartBody::new(uuid, version, &cart).to_json()),
             Ok(None) => HttpResponse::Conflict().finish(),
             Err(_) => HttpResponse::ServiceUnavailable().finish(),
         }

@@ -2,7 +2,7 @@
 //! call and renders the outcome; the rules live in the cart domain.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use granary_cart::CartCommand;
 use granary_grain::{CallOptions, Outcome};
 use uuid::Uuid;
@@ -32,17 +32,7 @@ fn render(
     outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
 ) -> HttpResponse {
     use actix_web::http::header::{self, HeaderValue};
-    let body = CartBody::new(id, outcome.version, &outcome.reply);
-    // Written into a buffer sized for the cart: growing one from empty
-    // copied a dozen-line cart's answer five times over.
-    let mut json = Vec::with_capacity(body.encoded_size_hint());
-    if let Err(err) = serde_json::to_writer(&mut json, &body) {
-        return ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot encode the cart: {err}"),
-        )
-        .error_response();
-    }
+    let json = CartBody::new(id, outcome.version, &outcome.reply).to_json();
     HttpResponse::build(status)
         .insert_header((header::ETAG, etag(outcome.version)))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))

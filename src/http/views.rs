@@ -58,7 +58,7 @@ pub struct TotalsBody<'a> {
 impl<'a> CartBody<'a> {
     /// About the length of this body in JSON (a little more, so the buffer
     /// it is written to need not grow).
-    pub fn encoded_size_hint(&self) -> usize {
+    fn encoded_size_hint(&self) -> usize {
         let strings = |line: &LineBody| line.sku.len() + line.name.len();
         320 + self.delivery.as_ref().map_or(0, |d| 64 + d.name.len())
             + self
@@ -66,6 +66,82 @@ impl<'a> CartBody<'a> {
                 .iter()
                 .map(|line| 240 + strings(line))
                 .sum::<usize>()
+    }
+
+    /// The body as JSON, byte for byte what `serde_json` writes for it
+    /// (a test holds the two equal), written without serde: every answer
+    /// to a cart request is one of these, and serde's path escaped each
+    /// key and checked each string a byte at a time through a generic
+    /// writer — a fifth of the HTTP workers' time on the add-item path.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Json(Vec::with_capacity(self.encoded_size_hint()));
+        out.raw(b"{\"id\":");
+        out.uuid(self.id);
+        out.raw(b",\"version\":");
+        out.int(self.version);
+        out.raw(b",\"status\":");
+        out.string(self.status);
+        out.raw(b",\"currency\":");
+        out.optional_string(self.currency);
+        out.raw(b",\"lines\":[");
+        for (n, line) in self.lines.iter().enumerate() {
+            if n > 0 {
+                out.raw(b",");
+            }
+            out.raw(b"{\"line_id\":");
+            out.uuid(line.line_id);
+            out.raw(b",\"sku\":");
+            out.string(line.sku);
+            out.raw(b",\"name\":");
+            out.string(line.name);
+            out.raw(b",\"quantity\":");
+            out.int(line.quantity);
+            out.raw(b",\"unit_price\":");
+            out.int(line.unit_price);
+            out.raw(b",\"currency\":");
+            out.string(line.currency);
+            out.raw(b",\"tax_rate_bp\":");
+            match line.tax_rate_bp {
+                Some(rate) => out.int(rate),
+                None => out.raw(b"null"),
+            }
+            out.raw(b",\"line_total\":");
+            out.int(line.line_total);
+            out.raw(b",\"line_tax\":");
+            out.int(line.line_tax);
+            out.raw(b"}");
+        }
+        out.raw(b"],\"delivery\":");
+        match &self.delivery {
+            Some(delivery) => {
+                out.raw(b"{\"name\":");
+                out.string(delivery.name);
+                out.raw(b",\"price\":");
+                out.int(delivery.price);
+                out.raw(b",\"currency\":");
+                out.string(delivery.currency);
+                out.raw(b"}");
+            }
+            None => out.raw(b"null"),
+        }
+        let totals = &self.totals;
+        out.raw(b",\"totals\":{\"subtotal\":");
+        out.int(totals.subtotal);
+        out.raw(b",\"tax\":");
+        out.int(totals.tax);
+        out.raw(b",\"delivery\":");
+        out.int(totals.delivery);
+        out.raw(b",\"total\":");
+        out.int(totals.total);
+        out.raw(b",\"currency\":");
+        out.optional_string(totals.currency);
+        out.raw(b"},\"order_id\":");
+        match self.order_id {
+            Some(order) => out.uuid(order),
+            None => out.raw(b"null"),
+        }
+        out.raw(b"}");
+        out.0
     }
 
     pub fn new(id: Uuid, version: u64, cart: &'a Cart) -> Self {
@@ -107,6 +183,75 @@ impl<'a> CartBody<'a> {
             },
             order_id: cart.order_id(),
         }
+    }
+}
+
+/// A JSON writer for [`CartBody::to_json`]: keys come as literal
+/// fragments, strings are escaped as `serde_json` escapes them.
+struct Json(Vec<u8>);
+
+impl Json {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn int(&mut self, n: impl itoa::Integer) {
+        self.raw(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn uuid(&mut self, id: Uuid) {
+        self.raw(b"\"");
+        self.raw(
+            id.hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_bytes(),
+        );
+        self.raw(b"\"");
+    }
+
+    fn optional_string(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.string(s),
+            None => self.raw(b"null"),
+        }
+    }
+
+    /// `s` quoted: `"` and `\` backslashed, control characters as `\n`,
+    /// `\t`, ... or `\u00XX`; everything else (UTF-8 included) as is.
+    fn string(&mut self, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.raw(b"\"");
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (at, &byte) in bytes.iter().enumerate() {
+            let short: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0x00..=0x1f => b"",
+                _ => continue,
+            };
+            self.raw(&bytes[start..at]);
+            if short.is_empty() {
+                self.raw(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ]);
+            } else {
+                self.raw(short);
+            }
+            start = at + 1;
+        }
+        self.raw(&bytes[start..]);
+        self.raw(b"\"");
     }
 }
 
@@ -299,5 +444,82 @@ mod tests {
             (product.unit_price, product.tax_rate_bp, product.stock),
             (5, None, Some(7))
         );
+    }
+
+    /// The hand-written encoder writes exactly what serde_json writes for
+    /// the same body, over a thousand bodies: strings drawn from every
+    /// control character, quotes, backslashes, DEL and multi-byte UTF-8;
+    /// with and without delivery, tax rate, currency and order id; numbers
+    /// up to `u64::MAX`.
+    #[test]
+    fn the_cart_encoder_writes_what_serde_json_writes() {
+        let mut pool: Vec<char> = (0u8..0x20).map(char::from).collect();
+        pool.extend([
+            '"', '\\', '/', '\u{7f}', 'a', 'Z', ' ', 'é', '€', '😀', '\u{2028}',
+        ]);
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut strings = Vec::new();
+        for _ in 0..4000 {
+            let length = (next() % 12) as usize;
+            strings.push(
+                (0..length)
+                    .map(|_| pool[(next() % pool.len() as u64) as usize])
+                    .collect::<String>(),
+            );
+        }
+        let number = |n: u64| match n % 4 {
+            0 => 0,
+            1 => u64::MAX,
+            _ => n >> (n % 64),
+        };
+        for body in 0..1000 {
+            let at = |n: usize| strings[(body * 4 + n) % strings.len()].as_str();
+            let lines = (0..(next() % 4) as usize)
+                .map(|n| LineBody {
+                    line_id: Uuid::from_u128(u128::from(next()) << 64 | u128::from(next())),
+                    sku: at(n),
+                    name: at(n + 1),
+                    quantity: next() as u32,
+                    unit_price: number(next()),
+                    currency: at(n + 2),
+                    tax_rate_bp: (next() % 2 == 0).then(|| next() as u32),
+                    line_total: number(next()),
+                    line_tax: number(next()),
+                })
+                .collect();
+            let cart = CartBody {
+                id: Uuid::from_u128(u128::from(next())),
+                version: number(next()),
+                status: if body % 2 == 0 { "open" } else { "checked_out" },
+                currency: (next() % 3 > 0).then(|| at(3)),
+                lines,
+                delivery: (next() % 2 == 0).then(|| DeliveryBody {
+                    name: at(1),
+                    price: number(next()),
+                    currency: at(2),
+                }),
+                totals: TotalsBody {
+                    subtotal: number(next()),
+                    tax: number(next()),
+                    delivery: number(next()),
+                    total: number(next()),
+                    currency: (next() % 2 == 0).then(|| at(0)),
+                },
+                order_id: (next() % 2 == 0).then(|| Uuid::from_u128(u128::from(next()))),
+            };
+            let ours = cart.to_json();
+            let theirs = serde_json::to_vec(&cart).expect("serde_json");
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "body {body}"
+            );
+        }
     }
 }
