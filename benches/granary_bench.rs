@@ -254,6 +254,12 @@ mod stateless {
                 conn.busy_timeout(Duration::from_secs(30))?;
                 conn.pragma_update(None, "journal_mode", "WAL")?;
                 conn.pragma_update(None, "synchronous", "FULL")?;
+                // Checkpointed in the same steps as the product's writer.
+                conn.pragma_update(
+                    None,
+                    "wal_autocheckpoint",
+                    granary_store::SqliteStore::CHECKPOINT_FRAMES,
+                )?;
                 conn.execute_batch(
                     "CREATE TABLE IF NOT EXISTS baseline_carts \
                      (id TEXT PRIMARY KEY, body BLOB NOT NULL, version INTEGER NOT NULL);
@@ -902,7 +908,8 @@ fn main() {
         http_comparison(
             "embedded SQLite",
             store.clone(),
-            stateless::sqlite(store_path.clone()),
+            // A file of its own: the two never share a WAL or its checkpoints.
+            stateless::sqlite(dir.path().join("baseline.db")),
             seconds,
         );
     }

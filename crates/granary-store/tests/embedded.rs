@@ -279,6 +279,55 @@ async fn store_file_is_in_wal_mode() {
     assert_eq!(mode.to_ascii_lowercase(), "wal");
 }
 
+/// The writer checkpoints the WAL in steps of
+/// [`SqliteStore::CHECKPOINT_FRAMES`], not SQLite's default 1,000 frames,
+/// and the WAL stays bounded by that step however much is written. The WAL
+/// file never shrinks, so its size is the most frames it has held.
+#[tokio::test]
+async fn the_wal_is_checkpointed_in_large_steps_and_stays_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .expect("page size");
+    let page = page as u64;
+    let wal = path.with_extension("db-wal");
+    // The WAL's header is 32 bytes; each frame a 24-byte header and a page.
+    let most_frames = || (std::fs::metadata(&wal).expect("wal").len() - 32) / (page + 24);
+    // Each append is one commit of a little over `PAGES` pages (an event
+    // that spills into overflow pages), each to a stream of its own.
+    const PAGES: u64 = 10;
+    let event = vec![7u8; (PAGES * page) as usize];
+    let step = SqliteStore::CHECKPOINT_FRAMES as u64;
+    let mut appended = 0u64;
+    async fn append_until(store: &SqliteStore, event: &[u8], appended: &mut u64, pages: u64) {
+        while *appended * PAGES < pages {
+            let key = cart(&format!("c{appended}"));
+            store
+                .append(append_request(&key, 0, vec![event.to_vec()]))
+                .await
+                .expect("append");
+            *appended += 1;
+        }
+    }
+    append_until(&store, &event, &mut appended, step / 2).await;
+    assert!(
+        most_frames() >= step / 2,
+        "{} pages appended, but the WAL held at most {} frames: checkpointed before {step}",
+        appended * PAGES,
+        most_frames()
+    );
+    append_until(&store, &event, &mut appended, 3 * step).await;
+    assert!(
+        most_frames() <= step + step / 8,
+        "{} pages appended, and the WAL held {} frames: not checkpointed every {step}",
+        appended * PAGES,
+        most_frames()
+    );
+}
+
 /// A file whose schema is newer than this build is refused at open with
 /// `SchemaTooNew` naming the file, and is left as it was.
 #[tokio::test]
