@@ -85,7 +85,7 @@ impl SqliteStore {
     /// syncs far fewer pages per append: the writer's CPU per durable add fell
     /// from about 32 to 26 µs (BENCHMARKS.md). The WAL stays bounded (a
     /// reader holding an old snapshot can still hold up its restart, as at any
-    /// size); readers never write, so they never checkpoint.
+    /// size); the reader connections never write, so they never checkpoint.
     pub const CHECKPOINT_FRAMES: i64 = 8_000;
 
     /// Opens (creating if needed) the store at `path` with default options.
