@@ -147,6 +147,23 @@ impl PeerBudgets {
         Self::budget(&mut budgets.spares, key, limit)
     }
 
+    /// A calling thread's link to the peer named `key`: its own (made by
+    /// `owned` with a place in the peer's budget and the peer's spare
+    /// connections; kept for the thread) while the budget has a place,
+    /// else the one link every thread beyond it shares (`shared`; not kept,
+    /// so the thread asks again and may take a place that came free).
+    fn thread_link(
+        &self,
+        key: &str,
+        owned: impl FnOnce(super::link::SpareUnit, Arc<super::link::Spares>) -> Result<Link, Unroutable>,
+        shared: impl FnOnce() -> Result<Link, Unroutable>,
+    ) -> Result<(Link, bool), Unroutable> {
+        match self.place(key) {
+            Some(place) => Ok((owned(place, self.spares(key))?, true)),
+            None => Ok((shared()?, false)),
+        }
+    }
+
     /// The cluster now has `members`: every peer's budgets follow, those
     /// made later too (a larger cluster leaves each fewer; what is held
     /// stays until it goes).
@@ -665,13 +682,14 @@ impl GrainRouter {
         }
         let name = key.clone();
         thread_cached((self.id, key), || {
-            let Some(place) = self.budgets.place(&name) else {
-                return Ok((self.shared_link(address, pin, name.clone())?, false));
-            };
-            let spare = self.budgets.spares(&name);
-            let connect = self.link_connect(address, pin)?;
-            let link = Link::holding(address, connect, Some(spare), Some(place));
-            Ok((link, true))
+            self.budgets.thread_link(
+                &name,
+                |place, spare| {
+                    let connect = self.link_connect(address, pin)?;
+                    Ok(Link::holding(address, connect, Some(spare), Some(place)))
+                },
+                || self.shared_link(address, pin, name.clone()),
+            )
         })
     }
 
@@ -961,6 +979,87 @@ mod tests {
         budgets.resize(3);
         assert_eq!(spares.left(), spare_lines_per_peer(3));
         drop((held, again));
+    }
+
+    /// Calling threads each get a link of their own to a peer while the
+    /// peer's budget has a place, made once and kept, holding the place
+    /// and drawing on the peer's spare connections; threads beyond the
+    /// budget get the shared link, asked for again each time (so a place
+    /// that comes free can be taken); a thread's link gives its place back
+    /// when the thread ends.
+    #[test]
+    fn threads_beyond_a_peers_budget_share_one_link() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let budgets = Arc::new(PeerBudgets::new(3));
+        // The shared link lives on a runtime of its own (the gRPC one's).
+        let io = new_runtime();
+        let shared = io.block_on(async { Link::new("127.0.0.1:9", never_connects()) });
+        let threads = THREAD_CHANNELS_PER_PEER + 3;
+        let (taken, done) = (
+            Arc::new(Barrier::new(threads + 1)),
+            Arc::new(Barrier::new(threads + 1)),
+        );
+        let (owned, shared_asked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (budgets, shared, taken, done) =
+                    (budgets.clone(), shared.clone(), taken.clone(), done.clone());
+                let (owned, shared_asked) = (owned.clone(), shared_asked.clone());
+                std::thread::spawn(move || {
+                    let tokio = new_runtime();
+                    tokio.block_on(async {
+                        for _ in 0..2 {
+                            // A router id no router of this process has.
+                            thread_cached((u64::MAX - 2, "peer".to_owned()), || {
+                                budgets.thread_link(
+                                    "peer",
+                                    |place, spare| {
+                                        assert!(Arc::ptr_eq(&spare, &budgets.spares("peer")));
+                                        owned.fetch_add(1, SeqCst);
+                                        let connect = never_connects();
+                                        Ok(Link::holding(
+                                            "127.0.0.1:9",
+                                            connect,
+                                            Some(spare),
+                                            Some(place),
+                                        ))
+                                    },
+                                    || {
+                                        shared_asked.fetch_add(1, SeqCst);
+                                        Ok(shared.clone())
+                                    },
+                                )
+                            })
+                            .expect("a link");
+                        }
+                    });
+                    taken.wait();
+                    done.wait();
+                    drop(tokio);
+                })
+            })
+            .collect();
+        taken.wait();
+        assert_eq!(
+            owned.load(SeqCst),
+            THREAD_CHANNELS_PER_PEER,
+            "one each, made once"
+        );
+        assert_eq!(
+            shared_asked.load(SeqCst),
+            2 * 3,
+            "the three beyond, every time"
+        );
+        assert!(budgets.place("peer").is_none(), "every place held");
+        done.wait();
+        for handle in handles {
+            handle.join().expect("thread");
+        }
+        let free: Vec<_> = std::iter::from_fn(|| budgets.place("peer"))
+            .take(64)
+            .collect();
+        assert_eq!(free.len(), THREAD_CHANNELS_PER_PEER, "the places came back");
     }
 
     /// A thread keeps one link per name while its runtime runs; once that
