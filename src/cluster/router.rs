@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 
 use super::clock;
 use super::dial;
-use super::link::Link;
+use super::link::{Link, SpareUnit, Spares};
 use super::membership::ClusterHandle;
 use crate::metrics::Metrics;
 use crate::proto::cluster as pb;
@@ -114,10 +114,10 @@ struct Budgets {
     members: usize,
     /// The thread-owned links themselves (each holds a place while it
     /// lives): `thread_channels_per_peer`.
-    places: HashMap<String, Arc<super::link::Spares>>,
+    places: HashMap<String, Arc<Spares>>,
     /// The connections beyond their first that those links may open
     /// together: `spare_lines_per_peer`.
-    spares: HashMap<String, Arc<super::link::Spares>>,
+    spares: HashMap<String, Arc<Spares>>,
 }
 
 impl PeerBudgets {
@@ -131,7 +131,7 @@ impl PeerBudgets {
 
     /// A place for one more thread-owned link to the peer named `key`, if
     /// its budget has one.
-    fn place(&self, key: &str) -> Option<super::link::SpareUnit> {
+    fn place(&self, key: &str) -> Option<SpareUnit> {
         let places = {
             let mut budgets = lock(&self.0);
             let limit = thread_channels_per_peer(budgets.members);
@@ -141,7 +141,7 @@ impl PeerBudgets {
     }
 
     /// The spare connections of the thread-owned links to `key`.
-    fn spares(&self, key: &str) -> Arc<super::link::Spares> {
+    fn spares(&self, key: &str) -> Arc<Spares> {
         let mut budgets = lock(&self.0);
         let limit = spare_lines_per_peer(budgets.members);
         Self::budget(&mut budgets.spares, key, limit)
@@ -155,7 +155,7 @@ impl PeerBudgets {
     fn thread_link(
         &self,
         key: &str,
-        owned: impl FnOnce(super::link::SpareUnit, Arc<super::link::Spares>) -> Result<Link, Unroutable>,
+        owned: impl FnOnce(SpareUnit, Arc<Spares>) -> Result<Link, Unroutable>,
         shared: impl FnOnce() -> Result<Link, Unroutable>,
     ) -> Result<(Link, bool), Unroutable> {
         match self.place(key) {
@@ -178,14 +178,10 @@ impl PeerBudgets {
         }
     }
 
-    fn budget(
-        budgets: &mut HashMap<String, Arc<super::link::Spares>>,
-        key: &str,
-        limit: usize,
-    ) -> Arc<super::link::Spares> {
+    fn budget(budgets: &mut HashMap<String, Arc<Spares>>, key: &str, limit: usize) -> Arc<Spares> {
         budgets
             .entry(key.to_owned())
-            .or_insert_with(|| super::link::Spares::new(limit))
+            .or_insert_with(|| Spares::new(limit))
             .clone()
     }
 }
@@ -706,7 +702,7 @@ impl GrainRouter {
         }
         let _io = self.io.enter();
         // One connection: the threads that share it are beyond the budget.
-        let single = Some(super::link::Spares::new(0));
+        let single = Some(Spares::new(0));
         let link = Link::with_spare(address, self.link_connect(address, pin)?, single);
         lock(&self.links).insert(key, link.clone());
         Ok(link)
