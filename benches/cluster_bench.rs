@@ -22,8 +22,10 @@
 //!    the owner the leader (an election comes first).
 //! 4. What forwarding costs: full load with every request sent to the
 //!    cart's owner vs spread over the members, alternated in 2 s slices on
-//!    one cluster (the median of neighbouring pairs' ratios); then one
-//!    add at a time to the owner vs through another member.
+//!    one cluster (the median of neighbouring pairs' ratios), with the
+//!    members' CPU per add (from `/proc`); the same again at one offered
+//!    rate both sides keep up with (CPU per add depends on the rate); then
+//!    one add at a time to the owner vs through another member.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -253,7 +255,18 @@ async fn until_members(node: &NodeProcess, members: u32) {
 /// forwarded to the cart's owner; otherwise every request goes to the
 /// member that created (and owns) the cart.
 async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -> (f64, u64) {
-    Shoppers::new(nodes).await.run(load_for, spread).await
+    let load = Shoppers::new(nodes).await.run(load_for, spread, None).await;
+    (load.per_sec, load.failed)
+}
+
+/// What one timed load did.
+struct Load {
+    per_sec: f64,
+    failed: u64,
+    /// CPU the three member processes used meanwhile, per successful add
+    /// (the work an add costs, which a rate alone cannot tell from a slow
+    /// disk or a busy machine).
+    member_cpu_per_add: Duration,
 }
 
 /// 64 clients, each adding items to a cart of its own.
@@ -262,6 +275,8 @@ struct Shoppers {
     /// Each member's `/carts` (where a cart is created).
     carts_at: Vec<String>,
     urls: Vec<String>,
+    /// The members' processes (whose CPU time each run reads).
+    pids: Vec<u32>,
     /// Bodies encoded once and answers not parsed (as granary_bench's
     /// client): the client shares the two cores with the three members.
     bodies: Arc<Vec<bytes::Bytes>>,
@@ -276,6 +291,7 @@ impl Shoppers {
             http,
             carts_at: nodes.iter().map(|n| n.url("/carts")).collect(),
             urls: nodes.iter().map(|n| n.url("")).collect(),
+            pids: nodes.iter().map(|n| n.child.id()).collect(),
             bodies: Arc::new(
                 (0..8)
                     .map(|n| {
@@ -311,8 +327,10 @@ impl Shoppers {
 
     /// Adds for `load_for`, each request sent to its cart's owner or, if
     /// `spread`, to the members in turn (two in three forwarded): adds/s
-    /// and how many failed.
-    async fn run(&self, load_for: Duration, spread: bool) -> (f64, u64) {
+    /// and how many failed. As fast as the members answer, or at `pace`
+    /// adds/s in all (each client sends at its own steady interval,
+    /// staggered; one that falls behind does not catch up in a burst).
+    async fn run(&self, load_for: Duration, spread: bool, pace: Option<f64>) -> Load {
         // New carts each run (created spread over the members, so each
         // owns about a third): a line holds at most 999 units.
         let mut carts = Vec::new();
@@ -340,8 +358,24 @@ impl Shoppers {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let members_cpu = || {
+            self.pids
+                .iter()
+                .map(|pid| support::cpu_of_process(*pid))
+                .sum::<Duration>()
+        };
+        let cpu_before = members_cpu();
+        let started = Instant::now();
         let mut tasks = Vec::new();
+        let clients = carts.len();
         for (n, cart) in carts {
+            let mut ticks = pace.map(|per_sec| {
+                let every = Duration::from_secs_f64(clients as f64 / per_sec);
+                let first = tokio::time::Instant::now() + every * n as u32 / clients as u32;
+                let mut ticks = tokio::time::interval_at(first, every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks
+            });
             let (http, urls, bodies, ok, failed, stop) = (
                 self.http.clone(),
                 self.urls.clone(),
@@ -353,6 +387,9 @@ impl Shoppers {
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(ticks) = &mut ticks {
+                        ticks.tick().await;
+                    }
                     let member = if spread { n + i as usize } else { n };
                     let url = format!("{}/carts/{cart}/items", urls[member % urls.len()]);
                     let body = bodies[(i % 8) as usize].clone();
@@ -369,17 +406,19 @@ impl Shoppers {
                 }
             }));
         }
-        let started = Instant::now();
         tokio::time::sleep(load_for).await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await.expect("client");
         }
         let elapsed = started.elapsed().as_secs_f64();
-        (
-            ok.load(Ordering::Relaxed) as f64 / elapsed,
-            failed.load(Ordering::Relaxed),
-        )
+        let cpu = members_cpu().saturating_sub(cpu_before);
+        let ok = ok.load(Ordering::Relaxed);
+        Load {
+            per_sec: ok as f64 / elapsed,
+            failed: failed.load(Ordering::Relaxed),
+            member_cpu_per_add: cpu / u32::try_from(ok.max(1)).unwrap_or(u32::MAX),
+        }
     }
 }
 
@@ -586,6 +625,66 @@ fn main() {
     });
 }
 
+/// Slices of both loads, alternated.
+struct Slices {
+    /// Adds/s of each slice: `[to the owner, spread]`.
+    rates: [Vec<f64>; 2],
+    /// The members' CPU per add (µs) of each slice, alike.
+    cpu: [Vec<f64>; 2],
+}
+
+impl Slices {
+    /// `f(spread, owner)` of each pair of neighbouring slices.
+    fn pairs(&self, of: &[Vec<f64>; 2], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+        of[1].iter().zip(&of[0]).map(|(s, o)| f(*s, *o)).collect()
+    }
+
+    fn show(&self, name: &str) {
+        for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
+            let shown = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            if !self.rates[slot].is_empty() {
+                println!(
+                    "{name}, {side}: adds/s per 2 s slice {}; the members' CPU per add (µs) {}",
+                    shown(&self.rates[slot]),
+                    shown(&self.cpu[slot])
+                );
+            }
+        }
+    }
+}
+
+/// `count` pairs of 2 s slices of `sides` (owner first in even pairs,
+/// spread first in odd ones), as fast as answered or at `pace`.
+async fn alternate(
+    shoppers: &Shoppers,
+    sides: &[(usize, bool)],
+    count: usize,
+    pace: Option<f64>,
+) -> Slices {
+    let mut slices = Slices {
+        rates: [Vec::new(), Vec::new()],
+        cpu: [Vec::new(), Vec::new()],
+    };
+    for pair in 0..count {
+        let mut order = sides.to_vec();
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        for (slot, spread) in order {
+            let load = shoppers.run(Duration::from_secs(2), spread, pace).await;
+            assert_eq!(load.failed, 0, "failed requests (spread: {spread})");
+            slices.rates[slot].push(load.per_sec);
+            slices.cpu[slot].push(load.member_cpu_per_add.as_secs_f64() * 1e6);
+        }
+    }
+    slices
+}
+
 /// Part 4, what forwarding costs: the same full load on one cluster, every
 /// request sent to the cart's owner vs spread over the members (two in
 /// three forwarded), alternated in 2 s slices; then one add at a time,
@@ -631,37 +730,8 @@ async fn forwarding() {
     // Warm-up: connections open, products placed (each run makes new
     // carts, and warms them up itself).
     for &(_, spread) in &sides {
-        shoppers.run(Duration::from_secs(1), spread).await;
+        shoppers.run(Duration::from_secs(1), spread, None).await;
     }
-    let mut rates = [Vec::new(), Vec::new()];
-    for slice in 0..8 {
-        // Owner first in even slices, spread first in odd ones.
-        let mut order = sides.clone();
-        if slice % 2 == 1 {
-            order.reverse();
-        }
-        for (slot, spread) in order {
-            let (rate, failed) = shoppers.run(Duration::from_secs(2), spread).await;
-            assert_eq!(failed, 0, "failed requests (spread: {spread})");
-            rates[slot].push(rate);
-        }
-    }
-    for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
-        let shown: Vec<String> = rates[slot].iter().map(|r| format!("{r:.0}")).collect();
-        if !shown.is_empty() {
-            println!("{side}, adds/s per 2 s slice: {}", shown.join(" "));
-        }
-    }
-    if sides.len() < 2 {
-        return;
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (to_owner, spread) = (mean(&rates[0]), mean(&rates[1]));
-    let pairs: Vec<(f64, f64)> = rates[1]
-        .iter()
-        .copied()
-        .zip(rates[0].iter().copied())
-        .collect();
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let middle = v.len() / 2;
@@ -671,13 +741,49 @@ async fn forwarding() {
             (v[middle - 1] + v[middle]) / 2.0
         }
     };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let full = alternate(&shoppers, &sides, 8, None).await;
+    full.show("full load");
+    if sides.len() < 2 {
+        return;
+    }
+    let (to_owner, spread) = (mean(&full.rates[0]), mean(&full.rates[1]));
     println!(
         "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2} of the means; median of the {} neighbouring pairs {:.2} (owner/spread {:.2})",
         spread / to_owner,
-        pairs.len(),
-        median(pairs.iter().map(|(spread, owner)| spread / owner).collect()),
-        median(pairs.iter().map(|(spread, owner)| owner / spread).collect()),
+        full.rates[0].len(),
+        median(full.pairs(&full.rates, |spread, owner| spread / owner)),
+        median(full.pairs(&full.rates, |spread, owner| owner / spread)),
     );
+    // What an add costs in CPU depends on the rate (a slower disk makes
+    // smaller commit groups, an idle moment costs timers and wake-ups
+    // that a busy one shares out), and the two loads run at different
+    // rates. So the same again at one offered rate both sides keep up
+    // with: half the slowest slice's.
+    let pace = 0.5
+        * full
+            .rates
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+    let paced = alternate(&shoppers, &sides, 6, Some(pace)).await;
+    paced.show(&format!("offered {pace:.0} adds/s"));
+    for (name, load) in [
+        ("full load", &full),
+        (&format!("at {pace:.0} adds/s"), &paced),
+    ] {
+        // Spread costs a third of a direct add plus two thirds of a
+        // forwarded one, so a forwarded add costs (3 * spread/direct - 1)
+        // / 2 times a direct one.
+        let ratio = median(load.pairs(&load.cpu, |spread, owner| spread / owner));
+        println!(
+            "{name}: the members' CPU per add spread {:.0} µs, to the owner {:.0} µs (means); median of the pairs' ratios {ratio:.2}, so a forwarded add costs {:.2}x a direct one",
+            mean(&load.cpu[1]),
+            mean(&load.cpu[0]),
+            (3.0 * ratio - 1.0) / 2.0,
+        );
+    }
 
     // The same add one at a time (nothing queues): to the owner vs through
     // another member, alternated in blocks.

@@ -603,26 +603,14 @@ struct Cpu {
 
 impl Cpu {
     fn now() -> Cpu {
-        // utime + stime, fields 14 and 15 of `stat`, after the name.
-        fn ticks(stat: &str) -> Option<u64> {
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let mut fields = rest.split(' ').skip(11);
-            Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
-        }
-        // `/proc` counts in USER_HZ, 100 a second on Linux.
-        let time = |t: u64| Duration::from_millis(t * 10);
-        let process = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|s| ticks(&s))
-            .map_or(Duration::ZERO, time);
+        let process = support::cpu_of_process(std::process::id());
         let writer = std::fs::read_dir("/proc/self/task")
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
             .filter(|stat| stat.contains("(granary-store-w"))
-            .filter_map(|stat| ticks(&stat))
-            .map(time)
+            .filter_map(|stat| support::cpu_of_stat(&stat))
             .sum();
         Cpu { process, writer }
     }

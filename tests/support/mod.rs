@@ -16,6 +16,24 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+/// CPU time (user + system) a `/proc/.../stat` line reports: fields 14
+/// and 15, counted after the command name (which may hold spaces), in
+/// USER_HZ (100 a second on Linux). `None` if the line is not one.
+pub fn cpu_of_stat(stat: &str) -> Option<Duration> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ').skip(11);
+    let ticks = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time process `pid` has used so far (zero where `/proc` has none).
+pub fn cpu_of_process(pid: u32) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| cpu_of_stat(&stat))
+        .unwrap_or_default()
+}
+
 /// A node process. Killed (SIGKILL) when dropped.
 pub struct NodeProcess {
     pub child: Child,
