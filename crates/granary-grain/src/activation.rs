@@ -135,6 +135,8 @@ impl Dormant {
 
 pub(crate) struct GrainActor<G: Grain> {
     key: GrainKey,
+    /// `kind/id`, as call chains name it.
+    name: Arc<str>,
     generation: u64,
     shared: Arc<Shared<G>>,
     /// The state, shared with readers (see `Published`).
@@ -184,6 +186,7 @@ impl<G: Grain> GrainActor<G> {
             tenure,
             fences: published.fences,
             retiring: false,
+            name: crate::calls::grain_key(G::KIND, &id).into(),
             key: GrainKey::new(G::KIND, id),
             generation,
             shared,
@@ -409,7 +412,7 @@ impl<G: Grain> GrainActor<G> {
 
     /// Decides the command (after the calls it needs, if any) and, if it
     /// yields events, writes them.
-    fn execute(&mut self, call: Call<G>, ctx: &mut Context<Self>) -> GrainResponse<G> {
+    fn execute(&mut self, mut call: Call<G>, ctx: &mut Context<Self>) -> GrainResponse<G> {
         // Checked against the clock right before answering or appending
         // (both happen in this same step): a member resumed after a pause
         // answers nothing from stale memory.
@@ -443,25 +446,24 @@ impl<G: Grain> GrainActor<G> {
                 actual: self.version,
             }));
         }
+        // One look at the state for the resolution, the decision and a
+        // read's reply (no write happens in between).
+        let view = self.published.read();
         if !call.resolved {
+            // The chain is built only if the grain makes a call.
             let calls = crate::calls::Calls::new(
                 self.shared.caller.get().cloned(),
-                {
-                    let mut chain = call.options.chain.clone();
-                    chain.push(self.key.to_string());
-                    chain
-                },
+                std::mem::take(&mut call.options.chain),
+                self.name.clone(),
                 self.version,
             );
-            let resolution = {
-                let view = self.published.read();
-                catch_unwind(AssertUnwindSafe(|| {
-                    view.state.resolve(&call.command, &calls)
-                }))
-            };
+            let resolution = catch_unwind(AssertUnwindSafe(|| {
+                view.state.resolve(&call.command, &calls)
+            }));
             match resolution {
                 Ok(None) => {}
                 Ok(Some(future)) => {
+                    drop(view);
                     // The calls run while this grain takes no other command;
                     // then the command they resolved to is decided (its
                     // lease checked again: time has passed).
@@ -477,26 +479,23 @@ impl<G: Grain> GrainActor<G> {
                     )));
                 }
                 Err(panic) => {
+                    drop(view);
                     return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
                 }
             }
         }
-        let decided = {
-            let view = self.published.read();
-            catch_unwind(AssertUnwindSafe(|| view.state.decide(&call.command)))
-        };
+        let decided = catch_unwind(AssertUnwindSafe(|| view.state.decide(&call.command)));
         let events = match decided {
             Ok(Ok(events)) => events,
             Ok(Err(rejection)) => return GrainResponse::Ready(Err(CallError::Rejected(rejection))),
             Err(panic) => {
+                drop(view);
                 return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
             }
         };
         if events.is_empty() && call.options.idempotency.is_none() {
-            let reply = {
-                let view = self.published.read();
-                catch_unwind(AssertUnwindSafe(|| view.state.reply(&call.command)))
-            };
+            let reply = catch_unwind(AssertUnwindSafe(|| view.state.reply(&call.command)));
+            drop(view);
             return GrainResponse::Ready(match reply {
                 Ok(reply) => Ok(Outcome {
                     reply,
@@ -505,6 +504,7 @@ impl<G: Grain> GrainActor<G> {
                 Err(panic) => Err(self.restart(ctx, panic_message(&panic))),
             });
         }
+        drop(view);
         match self.write(call, events) {
             Ok(future) => GrainResponse::Pending(future),
             Err(err) => GrainResponse::Ready(Err(err)),

@@ -43,28 +43,39 @@ pub trait Caller: Send + Sync + 'static {
 }
 
 /// A grain's way to call other grains while it resolves a command.
+///
+/// Made for every command a grain takes (most make no call), so it holds
+/// only what is cheap to hand over; a call's chain is built when it is
+/// made.
 #[derive(Clone)]
 pub struct Calls {
     caller: Option<Arc<dyn Caller>>,
-    /// The grains waiting on calls made from here, this one last
-    /// (`kind/id`).
-    chain: Vec<String>,
+    /// The grains waiting on the calling grain (`kind/id`), outermost first.
+    waiting: Vec<String>,
+    /// The calling grain (`kind/id`).
+    me: Arc<str>,
     /// The calling grain's version when it began resolving.
     version: u64,
 }
 
 impl Calls {
-    pub(crate) fn new(caller: Option<Arc<dyn Caller>>, chain: Vec<String>, version: u64) -> Self {
+    pub(crate) fn new(
+        caller: Option<Arc<dyn Caller>>,
+        waiting: Vec<String>,
+        me: Arc<str>,
+        version: u64,
+    ) -> Self {
         Calls {
             caller,
-            chain,
+            waiting,
+            me,
             version,
         }
     }
 
     /// The calling grain (`kind/id`).
     pub fn me(&self) -> &str {
-        self.chain.last().map_or("", String::as_str)
+        &self.me
     }
 
     /// The calling grain's version when it began resolving this command:
@@ -91,7 +102,7 @@ impl Calls {
                 "this runtime calls no other grains (it runs without a node)".into(),
             ));
         };
-        options.chain = self.chain.clone();
+        options.chain = self.chain();
         let command = rmp_serde::to_vec(&command)
             .map_err(|e| CallError::Invalid(format!("cannot encode the command: {e}")))?;
         let answer = match tokio::time::timeout(
@@ -109,6 +120,16 @@ impl Calls {
             }
         };
         decode_answer::<K>(answer)
+    }
+}
+
+impl Calls {
+    /// The grains waiting on a call made from here, the caller last.
+    fn chain(&self) -> Vec<String> {
+        let mut chain = Vec::with_capacity(self.waiting.len() + 1);
+        chain.extend(self.waiting.iter().cloned());
+        chain.push(self.me.to_string());
+        chain
     }
 }
 
