@@ -1,7 +1,9 @@
 //! Granary's benchmark: every figure side by side with a baseline measured
 //! in the same run, because the machines are noisy.
 //!
-//! Run: `cargo bench --bench granary_bench` (add `-- --quick` for a short run).
+//! Run: `cargo bench --bench granary_bench` (add `-- --quick` for a short run,
+//! `-- --only local|http|server|memory|postgres` for one part, `-- --only
+//! local --same-thread-only` for the same-thread local calls alone).
 //!
 //! 1. Local grain call vs a bare actix actor doing the same no-op work.
 //! 2. Durable cart mutations through the HTTP API at 64 concurrent clients
@@ -874,7 +876,12 @@ fn main() {
     let calls = if quick { 60_000 } else { 600_000 };
     let system = actix_rt::System::new();
     let cases = [(true, 1u64), (true, 64), (false, 1), (false, 64)];
-    for (same_thread, in_flight) in cases.into_iter().filter(|_| part("local")) {
+    // `--same-thread-only`: the two same-thread cases alone (to profile them).
+    let same_only = args.iter().any(|a| a == "--same-thread-only");
+    for (same_thread, in_flight) in cases
+        .into_iter()
+        .filter(|&(same, _)| part("local") && (same || !same_only))
+    {
         let (bare, grain) =
             system.block_on(local_calls(store.clone(), calls, in_flight, same_thread));
         println!(
