@@ -168,8 +168,10 @@ pub(crate) struct GrainActor<G: Grain> {
     /// It went dormant: it takes no call any more (each is resent, to its
     /// successor) and leaves its placement alone when it stops.
     dozed: bool,
-    /// When it last took a call.
-    last_call: tokio::time::Instant,
+    /// Calls taken (wrapping), and how many had been taken when the doze
+    /// timer last looked: a count, not a clock read per call.
+    calls: u64,
+    calls_seen: u64,
 }
 
 impl<G: Grain> GrainActor<G> {
@@ -181,7 +183,6 @@ impl<G: Grain> GrainActor<G> {
         tenure: Tenure,
         published: Arc<Published<G>>,
     ) -> Self {
-        let now = tokio::time::Instant::now();
         GrainActor {
             tenure,
             fences: published.fences,
@@ -199,7 +200,8 @@ impl<G: Grain> GrainActor<G> {
             on_stop: None,
             woken: false,
             dozed: false,
-            last_call: now,
+            calls: 0,
+            calls_seen: 0,
         }
     }
 
@@ -221,7 +223,9 @@ impl<G: Grain> GrainActor<G> {
     }
 
     /// Checks, once the activation has taken no call for the runtime's
-    /// `doze_after`, whether it can go dormant, and if so hands its
+    /// `doze_after` (the timer looks every `doze_after`: a grain dozes
+    /// between one and two of them after its last call), whether it can
+    /// go dormant, and if so hands its
     /// registry entry what it needs and stops: an idle live grain then
     /// costs its state and entry, not an actor's task and mailbox. Never
     /// during a write (timers wait while a write holds the mailbox), nor
@@ -234,10 +238,10 @@ impl<G: Grain> GrainActor<G> {
     }
 
     fn doze(&mut self, ctx: &mut Context<Self>) {
-        let doze_after = self.shared.config.doze_after;
-        let idle = self.last_call.elapsed();
-        if idle < doze_after {
-            self.schedule_doze(ctx, doze_after - idle);
+        if self.calls != self.calls_seen {
+            // A call since the last look: idle for less than a period.
+            self.calls_seen = self.calls;
+            self.schedule_doze(ctx, self.shared.config.doze_after);
             return;
         }
         let readable = self.published.read().readable;
@@ -720,7 +724,7 @@ impl<G: Grain> Handler<Call<G>> for GrainActor<G> {
             // Queued before it dozed: its successor takes it.
             return GrainResponse::Resend;
         }
-        self.last_call = tokio::time::Instant::now();
+        self.calls = self.calls.wrapping_add(1);
         let Some((key, request_hash)) = call.options.idempotency.clone() else {
             return self.execute(call, ctx);
         };

@@ -983,6 +983,43 @@ async fn an_idle_grain_dozes_answers_reads_and_wakes_without_loading() {
     assert_eq!(rt.stats().activations, 2);
 }
 
+/// A grain whose mailbox keeps taking calls never dozes, however many
+/// doze periods go by; once the calls stop it dozes within two periods.
+/// (The activation counts its calls and its timer looks once a period.)
+#[actix_rt::test]
+async fn a_grain_that_keeps_taking_calls_does_not_doze() {
+    let dir = tempfile::tempdir().unwrap();
+    let doze_after = Duration::from_millis(300);
+    let rt = GrainRuntime::<Counter>::new(
+        store(&dir),
+        RuntimeConfig {
+            doze_after,
+            ..RuntimeConfig::default()
+        },
+    );
+    // A write every 10 ms for four periods: each goes through the mailbox.
+    let started = Instant::now();
+    let mut writes = 0;
+    let mut last = started;
+    while started.elapsed() < doze_after * 4 {
+        rt.call("g", Op::Add(1)).await.unwrap();
+        last = Instant::now();
+        writes += 1;
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rt.stats().dozes,
+        0,
+        "dozed while taking calls ({writes} writes)"
+    );
+    eventually("the grain to doze", || rt.stats().dozes == 1).await;
+    assert!(
+        last.elapsed() >= doze_after,
+        "dozed {:?} after its last call",
+        last.elapsed()
+    );
+}
+
 /// A dormant grain's member fences: nothing is read from its state, a
 /// call is refused by the actor that wakes, and a fresh activation serves.
 #[actix_rt::test]
