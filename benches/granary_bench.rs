@@ -140,7 +140,10 @@ async fn local_calls(
     for _round in 0..3 {
         let start = Instant::now();
         run_concurrently(in_flight, calls / 3, {
-            let bare = bare.clone();
+            // Shared behind a reference count, as the grain runtime is:
+            // cloning an `Addr` itself allocates (actix gives each sender
+            // its own parked-task slot), which a caller need not pay.
+            let bare = std::rc::Rc::new(bare.clone());
             move || {
                 let bare = bare.clone();
                 async move {
