@@ -633,12 +633,13 @@ struct Slices {
     cpu: [Vec<f64>; 2],
 }
 
-impl Slices {
-    /// `f(spread, owner)` of each pair of neighbouring slices.
-    fn pairs(&self, of: &[Vec<f64>; 2], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
-        of[1].iter().zip(&of[0]).map(|(s, o)| f(*s, *o)).collect()
-    }
+/// `f(spread, owner)` of each pair of neighbouring slices of `of`
+/// (`[to the owner, spread]`).
+fn pairs(of: &[Vec<f64>; 2], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    of[1].iter().zip(&of[0]).map(|(s, o)| f(*s, *o)).collect()
+}
 
+impl Slices {
     fn show(&self, name: &str) {
         for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
             let shown = |v: &[f64]| {
@@ -752,8 +753,8 @@ async fn forwarding() {
         "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2} of the means; median of the {} neighbouring pairs {:.2} (owner/spread {:.2})",
         spread / to_owner,
         full.rates[0].len(),
-        median(full.pairs(&full.rates, |spread, owner| spread / owner)),
-        median(full.pairs(&full.rates, |spread, owner| owner / spread)),
+        median(pairs(&full.rates, |spread, owner| spread / owner)),
+        median(pairs(&full.rates, |spread, owner| owner / spread)),
     );
     // What an add costs in CPU depends on the rate (a slower disk makes
     // smaller commit groups, an idle moment costs timers and wake-ups
@@ -776,7 +777,7 @@ async fn forwarding() {
         // Spread costs a third of a direct add plus two thirds of a
         // forwarded one, so a forwarded add costs (3 * spread/direct - 1)
         // / 2 times a direct one.
-        let ratio = median(load.pairs(&load.cpu, |spread, owner| spread / owner));
+        let ratio = median(pairs(&load.cpu, |spread, owner| spread / owner));
         println!(
             "{name}: the members' CPU per add spread {:.0} µs, to the owner {:.0} µs (means); median of the pairs' ratios {ratio:.2}, so a forwarded add costs {:.2}x a direct one",
             mean(&load.cpu[1]),
