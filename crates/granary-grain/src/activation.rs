@@ -451,7 +451,45 @@ impl<G: Grain> GrainActor<G> {
             }));
         }
         // One look at the state for the resolution, the decision and a
-        // read's reply (no write happens in between).
+        // read's reply (no write happens in between). The read guard lives
+        // only inside `decide_on`: everything that takes the write lock
+        // (`restart`, `write`) happens after it, here.
+        match self.decide_on(&mut call) {
+            Decision::Resolving(future) => {
+                // The calls run while this grain takes no other command;
+                // then the command they resolved to is decided (its lease
+                // checked again: time has passed).
+                GrainResponse::Pending(Box::pin(future.into_actor(self).then(
+                    move |command, act, ctx| -> LocalBoxActorFuture<Self, CallResult<G>> {
+                        let call = Call {
+                            command,
+                            resolved: true,
+                            ..call
+                        };
+                        act.execute(call, ctx).into_future()
+                    },
+                )))
+            }
+            Decision::Rejected(rejection) => {
+                GrainResponse::Ready(Err(CallError::Rejected(rejection)))
+            }
+            Decision::Panicked(panic) => GrainResponse::Ready(Err(self.restart(ctx, panic))),
+            Decision::Answered(reply) => GrainResponse::Ready(Ok(Outcome {
+                reply,
+                version: self.version,
+            })),
+            Decision::Write(events) => match self.write(call, events) {
+                Ok(future) => GrainResponse::Pending(future),
+                Err(err) => GrainResponse::Ready(Err(err)),
+            },
+        }
+    }
+
+    /// Resolves (unless already resolved) and decides `call` against the
+    /// published state under one read guard, and answers a read from it.
+    /// Takes no other lock and changes nothing but the call's chain (moved
+    /// into the grain's `Calls`).
+    fn decide_on(&self, call: &mut Call<G>) -> Decision<G> {
         let view = self.published.read();
         if !call.resolved {
             // The chain is built only if the grain makes a call.
@@ -461,57 +499,25 @@ impl<G: Grain> GrainActor<G> {
                 self.name.clone(),
                 self.version,
             );
-            let resolution = catch_unwind(AssertUnwindSafe(|| {
+            match catch_unwind(AssertUnwindSafe(|| {
                 view.state.resolve(&call.command, &calls)
-            }));
-            match resolution {
+            })) {
                 Ok(None) => {}
-                Ok(Some(future)) => {
-                    drop(view);
-                    // The calls run while this grain takes no other command;
-                    // then the command they resolved to is decided (its
-                    // lease checked again: time has passed).
-                    return GrainResponse::Pending(Box::pin(future.into_actor(self).then(
-                        move |command, act, ctx| -> LocalBoxActorFuture<Self, CallResult<G>> {
-                            let call = Call {
-                                command,
-                                resolved: true,
-                                ..call
-                            };
-                            act.execute(call, ctx).into_future()
-                        },
-                    )));
-                }
-                Err(panic) => {
-                    drop(view);
-                    return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
-                }
+                Ok(Some(future)) => return Decision::Resolving(future),
+                Err(panic) => return Decision::Panicked(panic_message(&panic)),
             }
         }
-        let decided = catch_unwind(AssertUnwindSafe(|| view.state.decide(&call.command)));
-        let events = match decided {
+        let events = match catch_unwind(AssertUnwindSafe(|| view.state.decide(&call.command))) {
             Ok(Ok(events)) => events,
-            Ok(Err(rejection)) => return GrainResponse::Ready(Err(CallError::Rejected(rejection))),
-            Err(panic) => {
-                drop(view);
-                return GrainResponse::Ready(Err(self.restart(ctx, panic_message(&panic))));
-            }
+            Ok(Err(rejection)) => return Decision::Rejected(rejection),
+            Err(panic) => return Decision::Panicked(panic_message(&panic)),
         };
-        if events.is_empty() && call.options.idempotency.is_none() {
-            let reply = catch_unwind(AssertUnwindSafe(|| view.state.reply(&call.command)));
-            drop(view);
-            return GrainResponse::Ready(match reply {
-                Ok(reply) => Ok(Outcome {
-                    reply,
-                    version: self.version,
-                }),
-                Err(panic) => Err(self.restart(ctx, panic_message(&panic))),
-            });
+        if !events.is_empty() || call.options.idempotency.is_some() {
+            return Decision::Write(events);
         }
-        drop(view);
-        match self.write(call, events) {
-            Ok(future) => GrainResponse::Pending(future),
-            Err(err) => GrainResponse::Ready(Err(err)),
+        match catch_unwind(AssertUnwindSafe(|| view.state.reply(&call.command))) {
+            Ok(reply) => Decision::Answered(reply),
+            Err(panic) => Decision::Panicked(panic_message(&panic)),
         }
     }
 
@@ -788,6 +794,20 @@ impl<G: Grain> Handler<ReleaseIfEmpty> for GrainActor<G> {
             ctx.stop();
         }
     }
+}
+
+/// What `GrainActor::decide_on` made of a call, acted on once the read
+/// guard on the published state is gone.
+enum Decision<G: Grain> {
+    /// The grain calls others first; their answers resolve the command.
+    Resolving(crate::calls::Resolution<G::Command>),
+    Rejected(G::Rejection),
+    /// The grain's code panicked (the message).
+    Panicked(String),
+    /// A read: answered from the published state.
+    Answered(G::Reply),
+    /// Events to append (possibly none, for an idempotent request).
+    Write(Vec<G::Event>),
 }
 
 /// A call's answer: ready at once (reads, rejections) without boxing a
