@@ -267,6 +267,14 @@ struct Load {
     /// (the work an add costs, which a rate alone cannot tell from a slow
     /// disk or a busy machine).
     member_cpu_per_add: Duration,
+    /// Of which the store's threads (`granary-store-*`: the writer and
+    /// its readers) used.
+    store_cpu_per_add: Duration,
+    /// Appends made durable per commit (the group commit's groups), over
+    /// the three members.
+    appends_per_commit: f64,
+    /// Context switches of the members' threads per add.
+    switches_per_add: f64,
 }
 
 /// 64 clients, each adding items to a cart of its own.
@@ -364,6 +372,21 @@ impl Shoppers {
                 .map(|pid| support::cpu_of_process(*pid))
                 .sum::<Duration>()
         };
+        let store_cpu = || {
+            self.pids
+                .iter()
+                .map(|pid| support::cpu_of_threads(*pid, "granary-store"))
+                .sum::<Duration>()
+        };
+        let switches = || {
+            self.pids
+                .iter()
+                .map(|pid| support::switches_of_process(*pid))
+                .sum::<u64>()
+        };
+        let commits_before = self.commits().await;
+        let switches_before = switches();
+        let store_before = store_cpu();
         let cpu_before = members_cpu();
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -413,12 +436,37 @@ impl Shoppers {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = members_cpu().saturating_sub(cpu_before);
+        let store = store_cpu().saturating_sub(store_before);
+        let switched = switches().saturating_sub(switches_before);
+        let (commits, appends) = self.commits().await;
+        let (commits, appends) = (commits - commits_before.0, appends - commits_before.1);
         let ok = ok.load(Ordering::Relaxed);
+        let per_add = |cpu: Duration| cpu / u32::try_from(ok.max(1)).unwrap_or(u32::MAX);
         Load {
             per_sec: ok as f64 / elapsed,
             failed: failed.load(Ordering::Relaxed),
-            member_cpu_per_add: cpu / u32::try_from(ok.max(1)).unwrap_or(u32::MAX),
+            member_cpu_per_add: per_add(cpu),
+            store_cpu_per_add: per_add(store),
+            appends_per_commit: appends / commits.max(1.0),
+            switches_per_add: switched as f64 / ok.max(1) as f64,
         }
+    }
+
+    /// The store commits the three members have made so far, and the
+    /// appends they made durable (from `/metrics`).
+    async fn commits(&self) -> (f64, f64) {
+        let mut total = (0.0, 0.0);
+        for url in &self.urls {
+            let (status, _, text) = self
+                .http
+                .text(&format!("{url}/metrics"))
+                .await
+                .expect("metrics");
+            assert_eq!(status, 200, "{text}");
+            total.0 += support::metric_sum(&text, "granary_store_commit_duration_seconds_count");
+            total.1 += support::metric_sum(&text, "granary_store_appends_per_commit_sum");
+        }
+        total
     }
 }
 
@@ -631,6 +679,12 @@ struct Slices {
     rates: [Vec<f64>; 2],
     /// The members' CPU per add (µs) of each slice, alike.
     cpu: [Vec<f64>; 2],
+    /// Of which their store threads', alike.
+    store_cpu: [Vec<f64>; 2],
+    /// Appends per commit of each slice, alike.
+    groups: [Vec<f64>; 2],
+    /// The members' context switches per add of each slice, alike.
+    switches: [Vec<f64>; 2],
 }
 
 /// `f(spread, owner)` of each pair of neighbouring slices of `of`
@@ -648,11 +702,20 @@ impl Slices {
                     .collect::<Vec<_>>()
                     .join(" ")
             };
+            let tenths = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
             if !self.rates[slot].is_empty() {
                 println!(
-                    "{name}, {side}: adds/s per 2 s slice {}; the members' CPU per add (µs) {}",
+                    "{name}, {side}: adds/s per 2 s slice {}; the members' CPU per add (µs) {}, of which their store threads' {}; appends per commit {}; context switches per add {}",
                     shown(&self.rates[slot]),
-                    shown(&self.cpu[slot])
+                    shown(&self.cpu[slot]),
+                    shown(&self.store_cpu[slot]),
+                    tenths(&self.groups[slot]),
+                    tenths(&self.switches[slot]),
                 );
             }
         }
@@ -670,6 +733,9 @@ async fn alternate(
     let mut slices = Slices {
         rates: [Vec::new(), Vec::new()],
         cpu: [Vec::new(), Vec::new()],
+        store_cpu: [Vec::new(), Vec::new()],
+        groups: [Vec::new(), Vec::new()],
+        switches: [Vec::new(), Vec::new()],
     };
     for pair in 0..count {
         let mut order = sides.to_vec();
@@ -681,6 +747,9 @@ async fn alternate(
             assert_eq!(load.failed, 0, "failed requests (spread: {spread})");
             slices.rates[slot].push(load.per_sec);
             slices.cpu[slot].push(load.member_cpu_per_add.as_secs_f64() * 1e6);
+            slices.store_cpu[slot].push(load.store_cpu_per_add.as_secs_f64() * 1e6);
+            slices.groups[slot].push(load.appends_per_commit);
+            slices.switches[slot].push(load.switches_per_add);
         }
     }
     slices
@@ -782,6 +851,27 @@ async fn forwarding() {
             "{name}: the members' CPU per add spread {:.0} µs, to the owner {:.0} µs (means); median of the pairs' ratios {ratio:.2}, so a forwarded add costs {:.2}x a direct one",
             mean(&load.cpu[1]),
             mean(&load.cpu[0]),
+            (3.0 * ratio - 1.0) / 2.0,
+        );
+        // The store's share follows the commit groups, which follow how
+        // many adds wait for a commit at once (fewer when more of the 64
+        // are in a hop): the rest is the work of the request itself.
+        let outside: [Vec<f64>; 2] = [0, 1].map(|slot| {
+            load.cpu[slot]
+                .iter()
+                .zip(&load.store_cpu[slot])
+                .map(|(all, store)| all - store)
+                .collect()
+        });
+        let ratio = median(pairs(&outside, |spread, owner| spread / owner));
+        println!(
+            "{name}: of that, the store threads' spread {:.0} µs, to the owner {:.0} µs, at {:.1} and {:.1} appends per commit; outside the store {:.0} and {:.0} µs, ratio {ratio:.2}: a forwarded add's work outside the store is {:.2}x a direct one's",
+            mean(&load.store_cpu[1]),
+            mean(&load.store_cpu[0]),
+            mean(&load.groups[1]),
+            mean(&load.groups[0]),
+            mean(&outside[1]),
+            mean(&outside[0]),
             (3.0 * ratio - 1.0) / 2.0,
         );
     }

@@ -34,6 +34,61 @@ pub fn cpu_of_process(pid: u32) -> Duration {
         .unwrap_or_default()
 }
 
+/// CPU time the threads of process `pid` whose name starts with `prefix`
+/// have used so far (`/proc/<pid>/task/*/stat`; a thread's name is cut to
+/// 15 bytes there). Threads that have ended are not counted.
+pub fn cpu_of_threads(pid: u32, prefix: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter(|stat| {
+            let name = stat.find('(').map(|open| &stat[open + 1..]);
+            name.is_some_and(|name| name.starts_with(prefix))
+        })
+        .filter_map(|stat| cpu_of_stat(&stat))
+        .sum()
+}
+
+/// Context switches (voluntary and not) the threads of process `pid` have
+/// made so far (`/proc/<pid>/task/*/status`; threads that have ended are
+/// not counted): how often its threads slept and were woken, or were
+/// preempted.
+pub fn switches_of_process(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The sum of every sample of metric `name` (any labels) in an OpenMetrics
+/// exposition `text`.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.chars().next()? {
+                ' ' => rest,
+                '{' => &rest[rest.find('}')? + 1..],
+                _ => return None,
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// A node process. Killed (SIGKILL) when dropped.
 pub struct NodeProcess {
     pub child: Child,
