@@ -61,6 +61,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::proto::grains as pb;
+use crate::security::tls::{Capped, SpokenSlot};
 
 /// The messages a link carries (`proto/grains.proto`).
 pub use crate::proto::grains as messages;
@@ -979,15 +980,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// TLS connection in its handshake: at most `max_pending`, per source
 /// `max_pending_per_source`, the oldest closed for a new one), and one
 /// that sends nothing within `limits.handshake_timeout` is closed (an
-/// HTTP/2 client speaks first too).
+/// HTTP/2 client speaks first too). Once it has shown which, it holds a
+/// place under the caps on plaintext connections in all and per source
+/// address ([`crate::security::tls::Spoken`]) while it is open; past
+/// either it is closed (and counted in the rate-limited log line).
 pub fn plaintext_incoming(
     listener: tokio::net::TcpListener,
-    links: impl Fn(tokio::net::TcpStream, Option<u64>) + Send + Sync + 'static,
+    links: impl Fn(Capped<tokio::net::TcpStream>, Option<u64>) + Send + Sync + 'static,
     limits: crate::security::Limits,
-) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
+) -> impl tokio_stream::Stream<Item = io::Result<Capped<tokio::net::TcpStream>>> {
     let (found, incoming) = mpsc::channel(64);
     let links = Arc::new(links);
     let first_bytes = limits.handshake_timeout;
+    let spoken = crate::security::tls::Spoken::new(limits);
     let pending = crate::security::tls::Unproven::new(limits);
     tokio::spawn(async move {
         loop {
@@ -1004,28 +1009,37 @@ pub fn plaintext_incoming(
             }
             let _ = tcp.set_nodelay(true);
             keep_alive(&tcp);
-            let (found, links) = (found.clone(), links.clone());
+            let (found, links, spoken) = (found.clone(), links.clone(), spoken.clone());
+            let source = address.ip();
             pending.spawn(
-                address.ip(),
+                source,
                 "too many not yet speaking",
                 move |guard| async move {
                     let mut tcp = tcp;
                     let mut first = [0u8; 1];
-                    match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
-                        Ok(Ok(1)) if first[0] == PREFACE[0] => {
-                            let opening = tokio::time::timeout(first_bytes, link_opening(&mut tcp));
-                            if let Ok(Some(hello)) = opening.await {
-                                drop(guard);
-                                links(tcp, hello);
-                            }
+                    let is_link =
+                        match tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await {
+                            Ok(Ok(1)) => first[0] == PREFACE[0],
+                            _ => return,
+                        };
+                    let slot = match spoken.take(source) {
+                        Ok(slot) => slot,
+                        Err(limit) => {
+                            guard.dropped(limit);
+                            return;
                         }
-                        Ok(Ok(1)) => {
-                            // HTTP/2 (or garbage, which the gRPC server
-                            // refuses): no longer pending.
+                    };
+                    if is_link {
+                        let opening = tokio::time::timeout(first_bytes, link_opening(&mut tcp));
+                        if let Ok(Some(hello)) = opening.await {
                             drop(guard);
-                            let _ = found.send(Ok(tcp)).await;
+                            links(Capped { io: tcp, slot }, hello);
                         }
-                        _ => {}
+                    } else {
+                        // HTTP/2 (or garbage, which the gRPC server
+                        // refuses): no longer pending.
+                        drop(guard);
+                        let _ = found.send(Ok(Capped { io: tcp, slot })).await;
                     }
                 },
             );
@@ -1064,13 +1078,23 @@ trait Detached: Send + 'static {
     fn attach(self) -> io::Result<Self::Io>;
 }
 
-/// A plaintext link between runtimes.
-struct DetachedTcp(std::net::TcpStream);
+/// A plaintext link between runtimes, and its place under the caps.
+struct DetachedTcp(std::net::TcpStream, SpokenSlot);
+
+impl DetachedTcp {
+    fn of(tcp: Capped<tokio::net::TcpStream>) -> io::Result<DetachedTcp> {
+        let (tcp, slot) = tcp.into_parts();
+        Ok(DetachedTcp(tcp.into_std()?, slot))
+    }
+}
 
 impl Detached for DetachedTcp {
-    type Io = tokio::net::TcpStream;
+    type Io = Capped<tokio::net::TcpStream>;
     fn attach(self) -> io::Result<Self::Io> {
-        tokio::net::TcpStream::from_std(self.0)
+        Ok(Capped {
+            io: tokio::net::TcpStream::from_std(self.0)?,
+            slot: self.1,
+        })
     }
 }
 
@@ -1129,15 +1153,14 @@ impl<A: Answer> LinkThreads<A> {
     /// Serves a plaintext `tcp` where `hello` asks (answered here first),
     /// else on the next grain thread. Call on the runtime that accepted
     /// it.
-    pub fn serve_tcp(self: &Arc<Self>, tcp: tokio::net::TcpStream, hello: Option<u64>) {
+    pub fn serve_tcp(self: &Arc<Self>, tcp: Capped<tokio::net::TcpStream>, hello: Option<u64>) {
         let Some(hello) = hello else {
-            self.hand_over(tcp.into_std().map(DetachedTcp), None);
+            self.hand_over(DetachedTcp::of(tcp), None);
             return;
         };
         let threads = self.clone();
         tokio::spawn(async move {
-            let detach = |tcp: tokio::net::TcpStream| tcp.into_std().map(DetachedTcp);
-            threads.answer_hello(tcp, hello, detach).await;
+            threads.answer_hello(tcp, hello, DetachedTcp::of).await;
         });
     }
 
@@ -1278,7 +1301,18 @@ mod tests {
         echo: Arc<Echo>,
     ) -> (
         String,
-        impl tokio_stream::Stream<Item = io::Result<TcpStream>>,
+        impl tokio_stream::Stream<Item = io::Result<Capped<TcpStream>>>,
+    ) {
+        port_with(echo, crate::security::Limits::default()).await
+    }
+
+    /// The same under `limits`.
+    async fn port_with(
+        echo: Arc<Echo>,
+        limits: crate::security::Limits,
+    ) -> (
+        String,
+        impl tokio_stream::Stream<Item = io::Result<Capped<TcpStream>>>,
     ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
@@ -1288,9 +1322,91 @@ mod tests {
                 let placed = hello.map(|_| Placed::ONE);
                 tokio::spawn(serve_placed(tcp, echo.clone(), placed));
             },
-            crate::security::Limits::default(),
+            limits,
         );
         (address, passed)
+    }
+
+    /// A connection to `address` from `source` (any loopback address).
+    async fn connect_from(address: &str, source: &str) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(address.parse().unwrap()).await.unwrap()
+    }
+
+    /// A version 1 link from `source`, or `None` if the port closed the
+    /// connection instead of sending the preface back.
+    async fn link_from(address: &str, source: &str) -> Option<TcpStream> {
+        let mut tcp = connect_from(address, source).await;
+        tcp.write_all(PREFACE_1).await.ok()?;
+        let mut preface = [0u8; PREFACE.len()];
+        let back = tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut preface));
+        match back.await {
+            Ok(Ok(_)) => {
+                assert_eq!(&preface, PREFACE_1, "the preface comes back");
+                Some(tcp)
+            }
+            Ok(Err(_)) => None,
+            Err(_) => panic!("neither served nor closed within 10 s"),
+        }
+    }
+
+    #[tokio::test]
+    async fn plaintext_connections_are_capped_in_all_and_per_source_address() {
+        // In all 8 + 2 = 10; from one address 8 * 3 / 4 = 6.
+        let limits = crate::security::Limits {
+            max_connections: 8,
+            max_strangers: 2,
+            ..crate::security::Limits::default()
+        };
+        let (address, mut passed) = port_with(Arc::default(), limits).await;
+        let mut first = Vec::new();
+        for n in 0..6 {
+            let tcp = link_from(&address, "127.0.0.1").await;
+            first.push(tcp.unwrap_or_else(|| panic!("link {n} from one address was closed")));
+        }
+        assert!(
+            link_from(&address, "127.0.0.1").await.is_none(),
+            "a seventh link from one address was served"
+        );
+        // The other addresses still get in, up to the cap in all.
+        let mut second = Vec::new();
+        for n in 0..3 {
+            let tcp = link_from(&address, "127.0.0.2").await;
+            second.push(tcp.unwrap_or_else(|| panic!("link {n} from another address was closed")));
+        }
+        // An HTTP/2 connection holds a place too (the tenth).
+        let mut http2 = connect_from(&address, "127.0.0.3").await;
+        http2
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let accepted = passed.next().await.expect("passed on").unwrap();
+        assert!(
+            link_from(&address, "127.0.0.4").await.is_none(),
+            "an eleventh connection was served"
+        );
+        // The links that got in are served.
+        let mut frames = BytesMut::new();
+        put_call(&mut frames, "echo", 5, 5_000);
+        first[0].write_all(&frames).await.unwrap();
+        let (id, answer) = next_answer(&mut first[0], &mut BytesMut::new()).await;
+        assert_eq!((id, reply(answer)), (5, (5u64.to_be_bytes().repeat(3), 5)));
+        // A connection's place comes back when it closes (once the port
+        // has read its end).
+        drop(first.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if link_from(&address, "127.0.0.1").await.is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the closed link's place never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(accepted);
     }
 
     fn link(address: &str) -> Link {

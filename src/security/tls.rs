@@ -544,6 +544,141 @@ impl Unproven {
     }
 }
 
+/// Plaintext connections past their first bytes (links and HTTP/2), by
+/// source address. Plaintext has no keys to tell members from strangers,
+/// so they are capped in all at what mutual TLS lets members and
+/// strangers hold together (`max_connections + max_strangers`), and per
+/// source address at what all of a member's peers may open to it
+/// (three quarters of `max_connections`, see `router::MEMBER_CONNECTIONS`):
+/// one address that floods the port leaves the rest to the others.
+pub(crate) struct Spoken {
+    limits: Limits,
+    held: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl Spoken {
+    pub(crate) fn new(limits: Limits) -> Arc<Spoken> {
+        Arc::new(Spoken {
+            limits,
+            held: std::sync::Mutex::new((0, std::collections::HashMap::new())),
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.limits.max_connections + self.limits.max_strangers
+    }
+
+    fn per_source(&self) -> usize {
+        (self.limits.max_connections * 3 / 4).max(1)
+    }
+
+    /// A place for one more connection from `source`, held until the
+    /// connection is dropped; `Err` names the limit it is past.
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        source: std::net::IpAddr,
+    ) -> Result<SpokenSlot, &'static str> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_source) = &mut *held;
+        if *total >= self.total() {
+            return Err("too many plaintext connections");
+        }
+        let from = per_source.entry(source).or_default();
+        if *from >= self.per_source() {
+            return Err("too many plaintext connections from one address");
+        }
+        *from += 1;
+        *total += 1;
+        Ok(SpokenSlot {
+            spoken: self.clone(),
+            source,
+        })
+    }
+}
+
+/// A plaintext connection's place under [`Spoken`]'s caps, given back
+/// when dropped.
+pub struct SpokenSlot {
+    spoken: Arc<Spoken>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for SpokenSlot {
+    fn drop(&mut self) {
+        let mut held = self.spoken.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_source) = &mut *held;
+        *total -= 1;
+        if let Some(from) = per_source.get_mut(&self.source) {
+            *from -= 1;
+            if *from == 0 {
+                per_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// A connection that holds its place under a cap while it is open.
+pub struct Capped<T> {
+    pub(crate) io: T,
+    pub(crate) slot: SpokenSlot,
+}
+
+impl<T> Capped<T> {
+    /// The connection and its place, apart (to move the connection
+    /// between runtimes, say).
+    pub(crate) fn into_parts(self) -> (T, SpokenSlot) {
+        (self.io, self.slot)
+    }
+}
+
+impl tonic::transport::server::Connected for Capped<TcpStream> {
+    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Capped<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Capped<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TLS connections on `listener` for `tonic`'s
 /// `serve_with_incoming`: only authenticated ones come out. Members' keys
 /// and other keys (nodes asking to join) have separate caps, and
