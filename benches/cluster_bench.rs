@@ -828,21 +828,22 @@ async fn forwarding() {
     // What an add costs in CPU depends on the rate (a slower disk makes
     // smaller commit groups, an idle moment costs timers and wake-ups
     // that a busy one shares out), and the two loads run at different
-    // rates. So the same again at one offered rate both sides keep up
-    // with: half the slowest slice's.
-    let pace = 0.5
-        * full
-            .rates
-            .iter()
-            .flatten()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-    let paced = alternate(&shoppers, &sides, 6, Some(pace)).await;
-    paced.show(&format!("offered {pace:.0} adds/s"));
-    for (name, load) in [
-        ("full load", &full),
-        (&format!("at {pace:.0} adds/s"), &paced),
-    ] {
+    // rates. So the same again at offered rates both sides keep up with:
+    // half the slowest slice's, and four fifths of it.
+    let slowest = full
+        .rates
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let mut loads = vec![("full load".to_owned(), full)];
+    for share in [0.5, 0.8] {
+        let pace = share * slowest;
+        let paced = alternate(&shoppers, &sides, 6, Some(pace)).await;
+        paced.show(&format!("offered {pace:.0} adds/s"));
+        loads.push((format!("at {pace:.0} adds/s"), paced));
+    }
+    for (name, load) in &loads {
         // Spread costs a third of a direct add plus two thirds of a
         // forwarded one, so a forwarded add costs (3 * spread/direct - 1)
         // / 2 times a direct one.
