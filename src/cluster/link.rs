@@ -78,6 +78,9 @@ pub const PREFACE: &[u8; 16] = b"GRANARY-CALL/2\r\n";
 /// The plaintext preface before the hello.
 pub const PREFACE_1: &[u8; 16] = b"GRANARY-CALL/1\r\n";
 
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Most grain threads a callee may say it has (a larger count is refused
 /// as a broken answer): the most a node's `threads` setting allows.
 const MAX_THREADS: u32 = crate::config::MAX_THREADS as u32;
@@ -1022,24 +1025,40 @@ pub fn plaintext_incoming(
                             Ok(Ok(1)) => first[0] == PREFACE[0],
                             _ => return,
                         };
-                    let slot = match spoken.take(source) {
-                        Ok(slot) => slot,
-                        Err(limit) => {
-                            guard.dropped(limit);
-                            return;
-                        }
-                    };
+                    // A place is taken once the connection has shown what
+                    // it is in whole: a link while its opening is still
+                    // bounded (pending, `first_bytes`), HTTP/2 once its
+                    // preface has come (the gRPC server has no deadline on
+                    // it, so one stray byte must not hold a place).
+                    let take =
+                        |guard: &crate::security::tls::PendingGuard| match spoken.take(source) {
+                            Ok(slot) => Some(slot),
+                            Err(limit) => {
+                                guard.dropped(limit);
+                                None
+                            }
+                        };
                     if is_link {
+                        let Some(slot) = take(&guard) else { return };
                         let opening = tokio::time::timeout(first_bytes, link_opening(&mut tcp));
                         if let Ok(Some(hello)) = opening.await {
                             drop(guard);
-                            links(Capped { io: tcp, slot }, hello);
+                            links(Capped::new(tcp, slot, bytes::Bytes::new()), hello);
                         }
                     } else {
-                        // HTTP/2 (or garbage, which the gRPC server
-                        // refuses): no longer pending.
+                        let mut preface = [0u8; HTTP2_PREFACE.len()];
+                        let read = tokio::time::timeout(first_bytes, tcp.read_exact(&mut preface));
+                        if !matches!(read.await, Ok(Ok(_))) || &preface != HTTP2_PREFACE {
+                            // Neither a link nor HTTP/2: nothing here
+                            // answers it.
+                            return;
+                        }
+                        let Some(slot) = take(&guard) else { return };
+                        // No longer pending; the gRPC server reads the
+                        // preface first.
                         drop(guard);
-                        let _ = found.send(Ok(Capped { io: tcp, slot })).await;
+                        let replay = bytes::Bytes::copy_from_slice(&preface);
+                        let _ = found.send(Ok(Capped::new(tcp, slot, replay))).await;
                     }
                 },
             );
@@ -1083,7 +1102,12 @@ struct DetachedTcp(std::net::TcpStream, SpokenSlot);
 
 impl DetachedTcp {
     fn of(tcp: Capped<tokio::net::TcpStream>) -> io::Result<DetachedTcp> {
-        let (tcp, slot) = tcp.into_parts();
+        let (tcp, slot) = tcp.into_parts().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a link with bytes still to replay",
+            )
+        })?;
         Ok(DetachedTcp(tcp.into_std()?, slot))
     }
 }
@@ -1091,10 +1115,8 @@ impl DetachedTcp {
 impl Detached for DetachedTcp {
     type Io = Capped<tokio::net::TcpStream>;
     fn attach(self) -> io::Result<Self::Io> {
-        Ok(Capped {
-            io: tokio::net::TcpStream::from_std(self.0)?,
-            slot: self.1,
-        })
+        let tcp = tokio::net::TcpStream::from_std(self.0)?;
+        Ok(Capped::new(tcp, self.1, bytes::Bytes::new()))
     }
 }
 
@@ -1351,6 +1373,8 @@ mod tests {
         }
     }
 
+    // Other loopback addresses than 127.0.0.1 answer on Linux only.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn plaintext_connections_are_capped_in_all_and_per_source_address() {
         // In all 8 + 2 = 10; from one address 8 * 3 / 4 = 6.
@@ -1375,13 +1399,18 @@ mod tests {
             let tcp = link_from(&address, "127.0.0.2").await;
             second.push(tcp.unwrap_or_else(|| panic!("link {n} from another address was closed")));
         }
-        // An HTTP/2 connection holds a place too (the tenth).
+        // A connection that sent part of HTTP/2's preface holds none (the
+        // gRPC server would wait for the rest for ever); one that sent it
+        // whole holds the tenth.
+        let mut stray = connect_from(&address, "127.0.0.3").await;
+        stray.write_all(b"PRI").await.unwrap();
         let mut http2 = connect_from(&address, "127.0.0.3").await;
-        http2
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        http2.write_all(HTTP2_PREFACE).await.unwrap();
+        let accepted = tokio::time::timeout(Duration::from_secs(10), passed.next())
             .await
+            .expect("passed on in time")
+            .expect("passed on")
             .unwrap();
-        let accepted = passed.next().await.expect("passed on").unwrap();
         assert!(
             link_from(&address, "127.0.0.4").await.is_none(),
             "an eleventh connection was served"
@@ -1406,7 +1435,45 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        drop(accepted);
+        drop((accepted, stray));
+    }
+
+    /// A plaintext link keeps its place while it moves between runtimes
+    /// (to the grain thread that serves it), and gives it back once.
+    #[tokio::test]
+    async fn a_plaintext_link_keeps_its_place_across_runtimes() {
+        let spoken = crate::security::tls::Spoken::new(crate::security::Limits {
+            max_connections: 1,
+            max_strangers: 0,
+            ..crate::security::Limits::default()
+        });
+        let source: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let slot = spoken.take(source).expect("the one place");
+        let detached = DetachedTcp::of(Capped::new(tcp, slot, Bytes::new())).unwrap();
+        assert!(spoken.take(source).is_err(), "the place left with the link");
+        let attached = detached.attach().unwrap();
+        assert!(spoken.take(source).is_err(), "the place came with the link");
+        drop(attached);
+        assert!(spoken.take(source).is_ok(), "the place came back");
+        // Bytes still to replay cannot be moved (they would be lost).
+        let (tcp, _) = {
+            let _other = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            listener.accept().await.unwrap()
+        };
+        let slot = spoken.take(source).expect("the place again");
+        let replaying = Capped::new(tcp, slot, Bytes::from_static(b"PRI"));
+        assert!(DetachedTcp::of(replaying).is_err());
+        assert!(
+            spoken.take(source).is_ok(),
+            "given back with the connection"
+        );
     }
 
     fn link(address: &str) -> Link {

@@ -392,7 +392,8 @@ struct Pending {
     next: u64,
     queue: std::collections::VecDeque<(u64, std::net::IpAddr, tokio::task::AbortHandle)>,
     per_source: std::collections::HashMap<std::net::IpAddr, usize>,
-    dropped: u64,
+    /// Closed since the last log line, by the limit that closed them.
+    dropped: std::collections::BTreeMap<&'static str, u64>,
     logged: Option<std::time::Instant>,
 }
 
@@ -402,15 +403,15 @@ impl Pending {
             next: 0,
             queue: std::collections::VecDeque::new(),
             per_source: std::collections::HashMap::new(),
-            dropped: 0,
+            dropped: std::collections::BTreeMap::new(),
             logged: None,
         }
     }
 
     /// Makes room for a new pending connection from `source`: closes its
     /// source's oldest pending one if that source is at its limit, or the
-    /// oldest of all if every slot is taken.
-    fn make_room(&mut self, source: std::net::IpAddr, limits: &Limits) {
+    /// oldest of all if every slot is taken (counted under `full`).
+    fn make_room(&mut self, source: std::net::IpAddr, limits: &Limits, full: &'static str) {
         let oldest = if self.per_source.get(&source).copied().unwrap_or(0)
             >= limits.max_pending_per_source.max(1)
         {
@@ -425,7 +426,7 @@ impl Pending {
         {
             task.abort();
             self.forget_source(ip);
-            self.dropped += 1;
+            *self.dropped.entry(full).or_default() += 1;
         }
     }
 
@@ -448,26 +449,32 @@ impl Pending {
 
     /// Counts a connection closed for a limit, and logs the count at most
     /// every `DROPS_LOGGED_EVERY` (a flood must not flood the log).
-    fn dropped(&mut self, what: &str) {
-        self.dropped += 1;
-        self.log_drops(what);
+    fn dropped(&mut self, what: &'static str) {
+        *self.dropped.entry(what).or_default() += 1;
+        self.log_drops();
     }
 
-    fn log_drops(&mut self, what: &str) {
-        if self.dropped == 0
+    fn log_drops(&mut self) {
+        if self.dropped.is_empty()
             || self
                 .logged
                 .is_some_and(|at| at.elapsed() < DROPS_LOGGED_EVERY)
         {
             return;
         }
+        let why = self
+            .dropped
+            .iter()
+            .map(|(what, count)| format!("{what}: {count}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         tracing::warn!(
-            closed = self.dropped,
+            closed = self.dropped.values().sum::<u64>(),
             pending = self.queue.len(),
             sources = self.per_source.len(),
-            "connections closed for the limits on peers ({what}); logged at most every {DROPS_LOGGED_EVERY:?}"
+            "connections closed for the limits on peers ({why}); logged at most every {DROPS_LOGGED_EVERY:?}"
         );
-        self.dropped = 0;
+        self.dropped.clear();
         self.logged = Some(std::time::Instant::now());
     }
 }
@@ -482,7 +489,7 @@ pub(crate) struct PendingGuard {
 impl PendingGuard {
     /// Counts a connection closed for a limit (logged at most every
     /// `DROPS_LOGGED_EVERY`).
-    pub(crate) fn dropped(&self, what: &str) {
+    pub(crate) fn dropped(&self, what: &'static str) {
         lock_pending(&self.pending).dropped(what);
     }
 }
@@ -522,7 +529,7 @@ impl Unproven {
     pub(crate) fn spawn<F>(
         &self,
         source: std::net::IpAddr,
-        full: &str,
+        full: &'static str,
         work: impl FnOnce(PendingGuard) -> F,
     ) where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -530,8 +537,8 @@ impl Unproven {
         // Registered under the lock it is spawned under, so the task's
         // guard (which takes the lock) always finds its entry.
         let mut registry = lock_pending(&self.pending);
-        registry.make_room(source, &self.limits);
-        registry.log_drops(full);
+        registry.make_room(source, &self.limits, full);
+        registry.log_drops();
         let id = registry.next;
         registry.next += 1;
         let guard = PendingGuard {
@@ -617,17 +624,26 @@ impl Drop for SpokenSlot {
     }
 }
 
-/// A connection that holds its place under a cap while it is open.
+/// A connection that holds its place under a cap while it is open, and
+/// the bytes already read off it that its reader gets first (the HTTP/2
+/// preface, read whole before the connection took a place).
 pub struct Capped<T> {
-    pub(crate) io: T,
-    pub(crate) slot: SpokenSlot,
+    io: T,
+    slot: SpokenSlot,
+    replay: bytes::Bytes,
 }
 
 impl<T> Capped<T> {
+    /// `io` holding `slot`, whose reader gets `replay` first.
+    pub(crate) fn new(io: T, slot: SpokenSlot, replay: bytes::Bytes) -> Self {
+        Capped { io, slot, replay }
+    }
+
     /// The connection and its place, apart (to move the connection
-    /// between runtimes, say).
-    pub(crate) fn into_parts(self) -> (T, SpokenSlot) {
-        (self.io, self.slot)
+    /// between runtimes, say); `None` if bytes read off it are still to
+    /// be replayed (they would be lost).
+    pub(crate) fn into_parts(self) -> Option<(T, SpokenSlot)> {
+        self.replay.is_empty().then_some((self.io, self.slot))
     }
 }
 
@@ -645,6 +661,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Capped<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            let replayed = self.replay.split_to(n);
+            buf.put_slice(&replayed);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
