@@ -696,18 +696,15 @@ fn pairs(of: &[Vec<f64>; 2], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
 impl Slices {
     fn show(&self, name: &str) {
         for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
-            let shown = |v: &[f64]| {
+            // Each figure with `digits` after the point.
+            let joined = |v: &[f64], digits: usize| {
                 v.iter()
-                    .map(|x| format!("{x:.0}"))
+                    .map(|x| format!("{x:.digits$}"))
                     .collect::<Vec<_>>()
                     .join(" ")
             };
-            let tenths = |v: &[f64]| {
-                v.iter()
-                    .map(|x| format!("{x:.1}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+            let shown = |v: &[f64]| joined(v, 0);
+            let tenths = |v: &[f64]| joined(v, 1);
             if !self.rates[slot].is_empty() {
                 println!(
                     "{name}, {side}: adds/s per 2 s slice {}; the members' CPU per add (µs) {}, of which their store threads' {}; appends per commit {}; context switches per add {}",

@@ -121,9 +121,7 @@ impl Calls {
         };
         decode_answer::<K>(answer)
     }
-}
 
-impl Calls {
     /// The grains waiting on a call made from here, the caller last.
     fn chain(&self) -> Vec<String> {
         let mut chain = Vec::with_capacity(self.waiting.len() + 1);
