@@ -139,6 +139,12 @@ struct ServeArgs {
     /// HOST:PORT this node reports to peers [default: the gRPC address].
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// HOST:PORT clients reach this node's HTTP API at, named to them when
+    /// another member forwards their request here [default: the HTTP
+    /// address, with the host of --advertise if it listens on every
+    /// interface].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise_http: Option<String>,
     /// Passivate a grain idle this long, e.g. 15m [default: 15m].
     #[arg(long, value_name = "DURATION")]
     idle_timeout: Option<String>,
@@ -408,6 +414,7 @@ fn serve(args: ServeArgs, customize: impl FnOnce(NodeBuilder) -> NodeBuilder) ->
         http: args.http,
         grpc: args.grpc,
         advertise: args.advertise,
+        advertise_http: args.advertise_http,
         idle_timeout: args.idle_timeout,
         doze_after: args.doze_after,
         max_live_grains: args.max_live_grains,

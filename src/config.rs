@@ -40,6 +40,11 @@ pub struct NodeConfig {
     /// The host (`HOST:PORT`) this node reports in `Ping` and uses as its
     /// name in the cluster. Defaults to the gRPC address.
     pub advertise: String,
+    /// The `HOST:PORT` clients reach this node's HTTP API at, which other
+    /// members name (`Granary-Owner`) when they forward a request for a
+    /// grain it owns. `None`: the HTTP address it listens on, with the
+    /// host of `advertise` if it listens on every interface.
+    pub advertise_http: Option<String>,
     /// A grain with no call for this long is passivated.
     pub idle_timeout: Duration,
     /// A live grain whose mailbox took no call for this long goes dormant:
@@ -165,6 +170,7 @@ impl Default for NodeConfig {
             http: ([127, 0, 0, 1], 8080).into(),
             grpc,
             advertise: grpc.to_string(),
+            advertise_http: None,
             idle_timeout: Duration::from_secs(15 * 60),
             doze_after: Duration::from_secs(10),
             max_live_grains: 1_000_000,
@@ -236,6 +242,7 @@ pub struct ConfigLayer {
     pub http: Option<String>,
     pub grpc: Option<String>,
     pub advertise: Option<String>,
+    pub advertise_http: Option<String>,
     pub idle_timeout: Option<String>,
     pub doze_after: Option<String>,
     pub max_live_grains: Option<u64>,
@@ -264,6 +271,7 @@ pub const KEYS: &[&str] = &[
     "http",
     "grpc",
     "advertise",
+    "advertise_http",
     "idle_timeout",
     "doze_after",
     "max_live_grains",
@@ -340,6 +348,7 @@ impl ConfigLayer {
             http: get("http"),
             grpc: get("grpc"),
             advertise: get("advertise"),
+            advertise_http: get("advertise_http"),
             idle_timeout: get("idle_timeout"),
             doze_after: get("doze_after"),
             max_live_grains: number("max_live_grains")?,
@@ -376,6 +385,7 @@ impl ConfigLayer {
             http: other.http.or(self.http),
             grpc: other.grpc.or(self.grpc),
             advertise: other.advertise.or(self.advertise),
+            advertise_http: other.advertise_http.or(self.advertise_http),
             idle_timeout: other.idle_timeout.or(self.idle_timeout),
             doze_after: other.doze_after.or(self.doze_after),
             max_live_grains: other.max_live_grains.or(self.max_live_grains),
@@ -460,6 +470,16 @@ impl ConfigLayer {
                 a
             }
         };
+        let advertise_http = match self.advertise_http {
+            None => None,
+            Some(a) => {
+                let a = a.trim().to_owned();
+                if !valid_host_port(&a) {
+                    return Err(invalid("advertise_http", format!("{a:?} is not HOST:PORT")));
+                }
+                Some(a)
+            }
+        };
         let idle_timeout = duration("idle_timeout", self.idle_timeout, defaults.idle_timeout)?;
         if idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be greater than zero".into()));
@@ -519,6 +539,7 @@ impl ConfigLayer {
             http,
             grpc,
             advertise,
+            advertise_http,
             idle_timeout,
             doze_after,
             max_live_grains,
@@ -652,6 +673,7 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
         "http" => layer.http.is_some(),
         "grpc" => layer.grpc.is_some(),
         "advertise" => layer.advertise.is_some(),
+        "advertise_http" => layer.advertise_http.is_some(),
         "idle_timeout" => layer.idle_timeout.is_some(),
         "doze_after" => layer.doze_after.is_some(),
         "max_live_grains" => layer.max_live_grains.is_some(),

@@ -222,20 +222,32 @@ impl Grains {
         command: G::Command,
         options: CallOptions,
     ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+        self.call_naming_owner::<G>(id, command, options).await.0
+    }
+
+    /// [`Grains::call_with`], and, if another member of the cluster ran the
+    /// call, that member's HTTP address (`HOST:PORT`, as it advertises it):
+    /// a client that sends the grain's next requests there saves a hop.
+    pub async fn call_naming_owner<G: Grain>(
+        &self,
+        id: &str,
+        command: G::Command,
+        options: CallOptions,
+    ) -> (
+        Result<Outcome<G::Reply>, CallError<G::Rejection>>,
+        Option<String>,
+    ) {
         let Some(runtime) = self.runtime::<G>() else {
-            return Err(CallError::Invalid(format!(
-                "grain kind {:?} is not registered on this node",
-                G::KIND
-            )));
+            let why = format!("grain kind {:?} is not registered on this node", G::KIND);
+            return (Err(CallError::Invalid(why)), None);
         };
         if !valid_id(id) {
-            return Err(CallError::Invalid(format!(
-                "grain id: 1..={MAX_ID_LEN} printable characters without spaces"
-            )));
+            let why = format!("grain id: 1..={MAX_ID_LEN} printable characters without spaces");
+            return (Err(CallError::Invalid(why)), None);
         }
         let call = async move {
             match &self.0.cluster {
-                None => runtime.call_with(id, command, options).await,
+                None => (runtime.call_with(id, command, options).await, None),
                 Some(cluster) => cluster.call(runtime, id, command, options).await,
             }
         };

@@ -186,9 +186,17 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
     } else {
         config.advertise.clone()
     };
+    // Bound now, so the address members name to clients is known (a
+    // port of 0 is chosen by the system).
+    let listener = http::listen(config.http)
+        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
+    let http_addr = listener
+        .local_addr()
+        .context("the HTTP listener has no address")?;
     let me = Member {
         id: NodeId(node_id.clone()),
         address: advertise.clone(),
+        http: http_advertised(config.advertise_http.as_deref(), http_addr, &advertise),
     };
     let (cluster, membership) = cluster::start(cluster::Membership {
         me,
@@ -326,11 +334,6 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         }
         app.default_service(http::api_router(cart_api))
     };
-    let listener = http::listen(config.http)
-        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
-    let http_addr = listener
-        .local_addr()
-        .context("the HTTP listener has no address")?;
     let server = http::serve(
         listener,
         app,
@@ -454,6 +457,25 @@ async fn cluster_id(
     anyhow::bail!(
         "the event store {store_name} holds no cluster id, so it is not the store of the cluster this node is joining; a joining node must use the cluster's store (give it the same --store as the members)"
     )
+}
+
+/// Where clients reach this node's HTTP API (`Config::advertise_http`):
+/// as configured, else the address it listens on, with the host of the
+/// advertised gRPC address in place of an address of every interface.
+fn http_advertised(
+    configured: Option<&str>,
+    listening: std::net::SocketAddr,
+    advertise: &str,
+) -> String {
+    if let Some(configured) = configured {
+        return configured.to_owned();
+    }
+    match advertise.rsplit_once(':') {
+        Some((host, _)) if listening.ip().is_unspecified() => {
+            format!("{host}:{}", listening.port())
+        }
+        _ => listening.to_string(),
+    }
 }
 
 /// Reports how the gRPC server thread ended.
@@ -652,5 +674,30 @@ async fn wait_for_stop_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "ctrl-c"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_advertised;
+
+    #[test]
+    fn the_advertised_http_address_is_the_configured_one_or_where_clients_reach_the_listener() {
+        let any = "0.0.0.0:8080".parse().unwrap();
+        let loopback = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(
+            http_advertised(Some("shop-1.internal:80"), any, "10.0.0.5:7070"),
+            "shop-1.internal:80"
+        );
+        // Listening on every interface: the host peers reach it at.
+        assert_eq!(http_advertised(None, any, "10.0.0.5:7070"), "10.0.0.5:8080");
+        assert_eq!(
+            http_advertised(None, "[::]:8080".parse().unwrap(), "[fd00::5]:7070"),
+            "[fd00::5]:8080"
+        );
+        assert_eq!(
+            http_advertised(None, loopback, "10.0.0.5:7070"),
+            "127.0.0.1:8081"
+        );
     }
 }

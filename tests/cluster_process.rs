@@ -606,6 +606,9 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
         carts.push(created.json["id"].as_str().unwrap().to_owned());
     }
     for cart in &carts {
+        // The members that forwarded the add name the cart's owner (its
+        // HTTP address); the owner names nobody.
+        let mut named = Vec::new();
         for (n, node) in nodes.iter().enumerate() {
             let answer = http
                 .post(
@@ -615,6 +618,20 @@ async fn every_member_serves_every_cart_and_exactly_one_hosts_it() {
                 .await
                 .unwrap();
             assert_eq!(answer.status, 200, "add through node {n}: {answer:?}");
+            named.push(answer.owner);
+        }
+        let owners: Vec<usize> = (0..3).filter(|&n| named[n].is_none()).collect();
+        assert_eq!(
+            owners.len(),
+            1,
+            "{cart}: one owner answered itself: {named:?}"
+        );
+        let owner = nodes[owners[0]].http.to_string();
+        for (n, name) in named.iter().enumerate() {
+            assert!(
+                name.is_none() || name.as_deref() == Some(owner.as_str()),
+                "{cart}: node {n} names {name:?}, the owner is {owner}"
+            );
         }
         let mut seen = Vec::new();
         for node in &nodes {
@@ -940,6 +957,7 @@ async fn joining_takes_a_valid_token_made_by_a_member() {
         member: Some(cluster::Member {
             id,
             address: "127.0.0.1:1".into(),
+            http: String::new(),
         }),
         cluster_id: cluster_id.clone(),
         token,
@@ -1120,6 +1138,7 @@ async fn a_removed_member_is_cut_off_and_cannot_come_back() {
                 member: Some(cluster::Member {
                     id: c.node_id.clone(),
                     address: c.grpc.to_string(),
+                    http: String::new(),
                 }),
                 cluster_id: granary_store::EventStore::cluster_id(
                     &granary_store::SqliteStore::open(&store).unwrap(),
@@ -1358,4 +1377,88 @@ async fn a_member_that_does_not_speak_the_link_gets_forwarded_calls_over_grpc() 
         "B never tried the link, so the gRPC path was not the fallback"
     );
     assert!(live_carts(&status(&a).await.expect("A's status")) >= 1);
+}
+
+/// A member that forwards a request names the cart's owner in
+/// `Granary-Owner` (its advertised HTTP address), and a request sent there
+/// is served without a hop. A member that comes back with another HTTP
+/// address before it is declared dead is listed with the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_answer_names_the_carts_owner_where_clients_reach_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not declared dead while it restarts: it comes back as the member it
+    // was, listed with its old HTTP address.
+    let slow_verdict = ["--dead-after", "30s"];
+    let (_store, [a, mut b, _c]) =
+        support::cluster::formed_on_one_store_with(dir.path(), &slow_verdict).await;
+    let http = Http::new();
+    http.stock(&a, ["sku-1"]).await;
+    let add = |node: &NodeProcess, cart: &str| node.url(&format!("/carts/{cart}/items"));
+
+    let created = create_retrying(&a).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let cart = created.json["id"].as_str().unwrap().to_owned();
+    let direct = http
+        .post(&add(&a, &cart), support::item("sku-1"))
+        .await
+        .unwrap();
+    assert_eq!(direct.status, 200, "{direct:?}");
+    assert_eq!(direct.owner, None, "the owner names nobody");
+    let forwarded = http
+        .post(&add(&b, &cart), support::item("sku-1"))
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status, 200, "{forwarded:?}");
+    let owner = forwarded.owner.expect("a forwarded answer names the owner");
+    assert_eq!(owner, a.http.to_string());
+    // Followed, the hint reaches the owner itself.
+    let followed = http
+        .post(
+            &format!("http://{owner}/carts/{cart}/items"),
+            support::item("sku-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(followed.status, 200, "{followed:?}");
+    assert_eq!(followed.owner, None, "{followed:?}");
+    assert_eq!(followed.json["version"], 4);
+
+    // B comes back at once, on the same addresses, advertising its HTTP
+    // API under another name (as behind a proxy).
+    b.kill9();
+    let b_data = b.data_dir.clone();
+    let (b_http, b_grpc) = (b.http.to_string(), b.grpc.to_string());
+    let store = dir.path().join("shared.db").to_str().unwrap().to_owned();
+    let seed = a.grpc.to_string();
+    let named = "cart-b.shop.internal:8080";
+    let b = NodeProcess::start_at(
+        &b_data,
+        &b_http,
+        &b_grpc,
+        &[
+            "--store",
+            &store,
+            "--join",
+            &seed,
+            "--dead-after",
+            "30s",
+            "--advertise-http",
+            named,
+        ],
+    );
+    until_all(&[&a, &b], "B listed with its new HTTP address", |r| {
+        r.quorum
+            && r.committed_version == r.config_version
+            && r.peers.iter().any(|p| p.id == b.node_id && p.http == named)
+    })
+    .await;
+    let created = create_retrying(&b).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let cart = created.json["id"].as_str().unwrap().to_owned();
+    let forwarded = http
+        .post(&add(&a, &cart), support::item("sku-1"))
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status, 200, "{forwarded:?}");
+    assert_eq!(forwarded.owner.as_deref(), Some(named));
 }

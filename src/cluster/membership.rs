@@ -69,6 +69,9 @@ pub struct ClusterStatus {
 pub struct PeerView {
     pub id: String,
     pub address: String,
+    /// Its HTTP API (`HOST:PORT`); empty if it does not say.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub http: String,
     pub live: bool,
     pub last_seen_ms_ago: Option<u64>,
 }
@@ -611,6 +614,7 @@ impl MembershipTask {
                 .map(|m| PeerView {
                     id: m.id.0.clone(),
                     address: m.address.clone(),
+                    http: m.http.clone(),
                     live: live.contains(&m.id),
                     last_seen_ms_ago: if &m.id == self.node.id() {
                         Some(0)
@@ -642,21 +646,33 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
     // out (say, its --advertise address does not reach it) says why now
     // and then, not at every attempt.
     let mut not_taken = 0u32;
+    // When it last asked to be listed with its current addresses.
+    let mut relisted: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Some(status) = handle.status().await else {
             return;
         };
-        let is_member = status.peers.iter().any(|p| p.id == handle.me.id.0);
-        if status.quorum && is_member {
+        let listed = status.peers.iter().find(|p| p.id == handle.me.id.0);
+        let is_member = listed.is_some();
+        // Listed with other addresses (it restarted with other settings):
+        // it asks to be listed as it is now, at most once a `patience`
+        // (a leader from before a field keeps the entry as it was).
+        let outdated = listed
+            .is_some_and(|p| p.address != handle.me.address || p.http != handle.me.http)
+            && relisted.is_none_or(|at: tokio::time::Instant| at.elapsed() >= patience);
+        if status.quorum && is_member && !outdated {
             unserved_since = None;
             continue;
         }
         // A node that was never admitted asks at once; a member that lost
         // its majority waits a while first (it may just be a partition).
         let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
-        if is_member && since.elapsed() < patience {
+        if is_member && !outdated && since.elapsed() < patience {
             continue;
+        }
+        if outdated {
+            relisted = Some(tokio::time::Instant::now());
         }
         let mut targets: Vec<String> = seeds.clone();
         targets.extend(

@@ -43,35 +43,51 @@ impl Remote {
     }
 
     /// Runs `command` on grain `id` of kind `G` where it lives: on
-    /// `local` if it is placed here, on its owner otherwise.
+    /// `local` if it is placed here, on its owner otherwise. With the
+    /// answer comes, if another member ran it, that member's HTTP address
+    /// (`HOST:PORT`; `None` too if it does not say).
     pub async fn call<G: Grain>(
         &self,
         local: &GrainRuntime<G>,
         id: &str,
         command: G::Command,
         options: CallOptions,
-    ) -> Result<Outcome<G::Reply>, CallError<G::Rejection>> {
+    ) -> (
+        Result<Outcome<G::Reply>, CallError<G::Rejection>>,
+        Option<String>,
+    ) {
         let encoded = std::cell::OnceCell::new();
-        self.place_and_run(
-            G::KIND,
-            G::HOME,
-            id,
-            async || local.call_with(id, command.clone(), options.clone()).await,
-            async |address| {
-                let command = match encoded.get() {
-                    Some(bytes) => bytes,
-                    None => {
-                        let bytes = encode(&command).map_err(|e| {
-                            CallError::Invalid(format!("cannot encode the command: {e}"))
-                        })?;
-                        encoded.get_or_init(|| bytes)
-                    }
-                };
-                let answer = self.forward(address, G::KIND, id, command, &options).await;
-                decode_answer::<G>(answer)
-            },
-        )
-        .await
+        // The member the last attempt went to (`None`: run here).
+        let ran_at = std::cell::Cell::new(None::<String>);
+        let result = self
+            .place_and_run(
+                G::KIND,
+                G::HOME,
+                id,
+                async || {
+                    ran_at.set(None);
+                    local.call_with(id, command.clone(), options.clone()).await
+                },
+                async |address| {
+                    ran_at.set(Some(address.to_owned()));
+                    let command = match encoded.get() {
+                        Some(bytes) => bytes,
+                        None => {
+                            let bytes = encode(&command).map_err(|e| {
+                                CallError::Invalid(format!("cannot encode the command: {e}"))
+                            })?;
+                            encoded.get_or_init(|| bytes)
+                        }
+                    };
+                    let answer = self.forward(address, G::KIND, id, command, &options).await;
+                    decode_answer::<G>(answer)
+                },
+            )
+            .await;
+        let owner = ran_at
+            .take()
+            .and_then(|address| self.router.http_at(&address));
+        (result, owner)
     }
 
     /// The same for a call already encoded (a grain's call to another):

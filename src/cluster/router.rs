@@ -562,6 +562,15 @@ impl GrainRouter {
         lock(&self.placement).member_at(address).cloned()
     }
 
+    /// The HTTP address (`HOST:PORT`) of the member at `address`, if it
+    /// says one.
+    pub fn http_at(&self, address: &str) -> Option<String> {
+        lock(&self.placement)
+            .member_at(address)
+            .filter(|member| !member.http.is_empty())
+            .map(|member| member.http.clone())
+    }
+
     /// Who hosts `grain`, as far as this member knows (itself, its own
     /// partition's entry, or a route).
     pub fn known_owner(&self, grain: &str) -> Option<Member> {

@@ -732,6 +732,7 @@ pub(crate) fn status_reply(
             .map(|p| pb::PeerStatus {
                 id: p.id,
                 address: p.address,
+                http: p.http,
                 live: p.live,
                 last_seen_ms_ago: p.last_seen_ms_ago,
             })

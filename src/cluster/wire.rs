@@ -82,15 +82,20 @@ pub(crate) fn member_to_wire(member: &Member) -> pb::Member {
     pb::Member {
         id: member.id.0.clone(),
         address: member.address.clone(),
+        http: member.http.clone(),
     }
 }
 
 pub(crate) fn member_from_wire(member: pb::Member, field: &str) -> Result<Member, String> {
     check_text(&member.id, &format!("{field}.id"))?;
     check_text(&member.address, &format!("{field}.address"))?;
+    if !member.http.is_empty() {
+        check_text(&member.http, &format!("{field}.http"))?;
+    }
     Ok(Member {
         id: NodeId(member.id),
         address: member.address,
+        http: member.http,
     })
 }
 

@@ -23,24 +23,33 @@ pub(crate) fn render_cart(
     id: Uuid,
     outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
 ) -> HttpResponse {
-    render(status, id, outcome)
+    render(status, id, &(outcome.clone(), None))
 }
 
-fn render(
-    status: StatusCode,
-    id: Uuid,
-    outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
-) -> HttpResponse {
+/// A cart's answer, and the HTTP address of the member that owns the
+/// cart if another one ran the call (`Granary-Owner`).
+type Answered = (Outcome<std::sync::Arc<granary_cart::Cart>>, Option<String>);
+
+fn render(status: StatusCode, id: Uuid, (outcome, owner): &Answered) -> HttpResponse {
     use actix_web::http::header::{self, HeaderValue};
     let json = CartBody::new(id, outcome.version, &outcome.reply).to_json();
-    HttpResponse::build(status)
+    let mut response = HttpResponse::build(status);
+    response
         .insert_header((header::ETAG, etag(outcome.version)))
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .insert_header((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
-        ))
-        .body(json)
+        ));
+    // An address that is no header value (it should not happen: members
+    // check it is printable) is left out: it is only a hint.
+    if let Some(owner) = owner
+        .as_deref()
+        .and_then(|owner| HeaderValue::from_str(owner).ok())
+    {
+        response.insert_header((super::OWNER_HEADER, owner));
+    }
+    response.body(json)
 }
 
 async fn call(
@@ -48,13 +57,14 @@ async fn call(
     id: Uuid,
     request: CartRequest,
     options: CallOptions,
-) -> Result<Outcome<std::sync::Arc<granary_cart::Cart>>, ApiError> {
+) -> Result<Answered, ApiError> {
     // Placement, forwarding and waiting for a placement live in the
     // cluster layer: the handler only translates.
-    Ok(state
+    let (outcome, owner) = state
         .grains
-        .call_with::<CartGrain>(&id.to_string(), request, options)
-        .await?)
+        .call_naming_owner::<CartGrain>(&id.to_string(), request, options)
+        .await;
+    Ok((outcome?, owner))
 }
 
 /// Runs one command from a request with a body (or none) and answers 200.

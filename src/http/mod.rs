@@ -38,6 +38,12 @@ pub use router::ApiRouter;
 pub use server::{ServeLimits, listen, serve};
 pub use views::CartBody;
 
+/// The header of a cart answer that another member forwarded to the
+/// cart's owner: the owner's HTTP API, `HOST:PORT` as it advertises it
+/// (`advertise_http`). A client or load balancer that sends the cart's
+/// next requests there saves the hop; any member still answers them.
+pub const OWNER_HEADER: &str = "granary-owner";
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {

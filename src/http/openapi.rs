@@ -323,6 +323,29 @@ mod contract {
                 "Unavailable now (store, placement, or this node fenced): retry after `Retry-After`",
             );
         }
+        if path.starts_with("/carts") {
+            cart_headers(operation);
+        }
+    }
+
+    /// The headers of a cart answer: its version, and the cart's owner
+    /// when another member forwarded the request.
+    fn cart_headers(operation: &mut Value) {
+        for status in ["200", "201"] {
+            let Some(response) = operation["responses"].get_mut(status) else {
+                continue;
+            };
+            response["headers"] = json!({
+                "ETag": {
+                    "description": "The cart's version (`\"3\"`), for `If-Match`",
+                    "schema": {"type": "string"},
+                },
+                "Granary-Owner": {
+                    "description": "Sent when the member that answered forwarded the request to the cart's owner: the owner's HTTP API as `HOST:PORT`. The cart's next requests sent there save a hop; any member still answers them",
+                    "schema": {"type": "string"},
+                },
+            });
+        }
     }
 
     /// An operation's (path, method, status) answer and the operations its

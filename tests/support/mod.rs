@@ -293,6 +293,9 @@ pub struct Answer {
     pub status: u16,
     pub etag: Option<String>,
     pub retry_after: Option<String>,
+    /// `Granary-Owner`: the cart's owner, when another member forwarded
+    /// the request to it.
+    pub owner: Option<String>,
     pub json: serde_json::Value,
 }
 
@@ -326,7 +329,11 @@ impl Http {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let (etag, retry_after) = (header("etag"), header("retry-after"));
+        let (etag, retry_after, owner) = (
+            header("etag"),
+            header("retry-after"),
+            header("granary-owner"),
+        );
         let json = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
@@ -336,6 +343,7 @@ impl Http {
             status,
             etag,
             retry_after,
+            owner,
             json,
         })
     }

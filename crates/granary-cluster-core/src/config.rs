@@ -26,11 +26,17 @@ impl fmt::Display for NodeId {
 /// wire bounds configs and heartbeats by it too.
 pub const MAX_MEMBERS: usize = 64;
 
-/// A member: its identity and where peers reach it.
+/// A member: its identity, where peers reach it and where clients reach
+/// its HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: NodeId,
     pub address: String,
+    /// Its HTTP API's advertised `HOST:PORT`, which a member that forwards
+    /// a request names to the client as the grain's owner. Empty: not said
+    /// (a member from before it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub http: String,
 }
 
 /// The membership as made by a leader. [`ClusterConfig::stamp`] orders

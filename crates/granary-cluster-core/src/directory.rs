@@ -376,6 +376,7 @@ mod tests {
                         Member {
                             id: NodeId::new(*id),
                             address: format!("{id}:7070"),
+                            http: String::new(),
                         },
                     )
                 })

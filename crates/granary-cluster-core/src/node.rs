@@ -1103,6 +1103,7 @@ mod tests {
                         Member {
                             id: NodeId::new(id.clone()),
                             address: format!("{id}:7070"),
+                            http: String::new(),
                         },
                     )
                 })
@@ -1132,6 +1133,7 @@ mod tests {
         let newcomer = Member {
             id: NodeId::new("late"),
             address: "late:7070".into(),
+            http: String::new(),
         };
         let out = leader.step(Input::Propose {
             change: Change::Join(newcomer),

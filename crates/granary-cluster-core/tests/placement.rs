@@ -23,6 +23,7 @@ fn view(version: u64, ids: &[&str]) -> ClusterConfig {
                     Member {
                         id: id(n),
                         address: format!("{n}:7070"),
+                        http: String::new(),
                     },
                 )
             })

@@ -1234,6 +1234,7 @@ fn member(id: &NodeId) -> Member {
     Member {
         id: id.clone(),
         address: format!("{id}:7070"),
+        http: String::new(),
     }
 }
 
