@@ -76,6 +76,10 @@ struct LoadArgs {
     /// [default: $GRANARY_ADMIN_TOKEN]; without it they must exist.
     #[arg(long, value_name = "TOKEN")]
     admin_token: Option<String>,
+    /// Send a cart's requests to the member a forwarded answer named as
+    /// its owner (`Granary-Owner`), as a client that routes by the hint.
+    #[arg(long)]
+    follow_owner: bool,
     /// Print the report as JSON (no progress bar).
     #[arg(long)]
     json: bool,
@@ -335,6 +339,7 @@ fn load(args: LoadArgs) -> ExitCode {
         admin_token: args
             .admin_token
             .or_else(|| std::env::var("GRANARY_ADMIN_TOKEN").ok()),
+        follow_owner: args.follow_owner,
     };
     if let Err(err) = options.check() {
         eprintln!("granary: {err:#}");

@@ -7,7 +7,10 @@
 //! its place. `--clients` connections share the carts (each client owns
 //! every `clients`-th cart, so no two requests for one cart race), and the
 //! requests go round the `--node` URLs, so with several members most are
-//! forwarded to the cart's owner as a load balancer would send them.
+//! forwarded to the cart's owner as a load balancer would send them. With
+//! `--follow-owner` a client sends a cart's requests to the member a
+//! forwarded answer named as its owner (`Granary-Owner`), as a client
+//! that routes by the hint would. The report counts the forwarded answers.
 //!
 //! The products (`load-sku-0` ..) are put in the catalog with plenty of
 //! stock first when an admin token is given; otherwise they must exist.
@@ -47,6 +50,8 @@ pub struct LoadOptions {
     /// Products in the tool's catalog.
     pub skus: usize,
     pub admin_token: Option<String>,
+    /// Send a cart's requests where a forwarded answer said it lives.
+    pub follow_owner: bool,
 }
 
 impl LoadOptions {
@@ -137,6 +142,9 @@ pub struct Report {
     pub per_second: f64,
     /// Carts checked out during the run.
     pub checkouts: u64,
+    /// Answers that a member gave after forwarding the request to the
+    /// cart's owner (they name it in `Granary-Owner`).
+    pub forwarded: u64,
     pub all: OpReport,
     pub ops: BTreeMap<&'static str, OpReport>,
     /// Failed requests by operation and what happened (an HTTP status or
@@ -149,6 +157,7 @@ pub struct Report {
 struct Tally {
     latency: BTreeMap<Op, Histogram<u64>>,
     failed: BTreeMap<(Op, String), u64>,
+    forwarded: u64,
 }
 
 impl Tally {
@@ -156,6 +165,7 @@ impl Tally {
         Tally {
             latency: OPS.iter().map(|op| (*op, histogram())).collect(),
             failed: BTreeMap::new(),
+            forwarded: 0,
         }
     }
 
@@ -170,6 +180,7 @@ impl Tally {
         for (key, count) in other.failed {
             *self.failed.entry(key).or_default() += count;
         }
+        self.forwarded += other.forwarded;
     }
 }
 
@@ -183,6 +194,11 @@ struct Journey {
     cart: Option<String>,
     added: u32,
     read: bool,
+    /// Requests sent for the cart so far: each goes to the next member.
+    sent: usize,
+    /// The base URL of the cart's owner, as a forwarded answer named it
+    /// (with `--follow-owner`).
+    owner: Option<String>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -217,9 +233,12 @@ pub async fn run(
         }
         let (client, nodes, done, stop) =
             (client.clone(), nodes.clone(), done.clone(), stop.clone());
-        let skus = options.skus;
+        let shopping = Shopping {
+            skus: options.skus,
+            follow_owner: options.follow_owner,
+        };
         clients.push(tokio::spawn(async move {
-            shop(&client, &nodes, index, carts, skus, &done, &stop).await
+            shop(&client, &nodes, index, carts, shopping, &done, &stop).await
         }));
     }
     let deadline = started + options.duration;
@@ -247,7 +266,7 @@ async fn prepare_catalog(
     let Some(token) = &options.admin_token else {
         for sku in [0, options.skus - 1] {
             let url = format!("{node}/products/load-sku-{sku}");
-            let (status, _) = request(client, "GET", &url, None, None)
+            let (status, _, _) = request(client, "GET", &url, None, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{node}: {e}"))?;
             if status != 200 {
@@ -269,7 +288,7 @@ async fn prepare_catalog(
         });
         let url = format!("{node}/admin/products/load-sku-{sku}");
         let body = Bytes::from(serde_json::to_vec(&body)?);
-        let (status, answer) = request(client, "PUT", &url, Some(body), Some(&auth))
+        let (status, _, answer) = request(client, "PUT", &url, Some(body), Some(&auth))
             .await
             .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         if status != 200 {
@@ -282,13 +301,22 @@ async fn prepare_catalog(
     Ok(())
 }
 
+/// How a client shops.
+#[derive(Clone, Copy)]
+struct Shopping {
+    /// Products in the tool's catalog.
+    skus: usize,
+    /// Send a cart's requests to the owner a forwarded answer named.
+    follow_owner: bool,
+}
+
 /// One client: its carts' journeys, one request at a time, until `stop`.
 async fn shop(
     client: &HttpClient,
     nodes: &[String],
     index: usize,
     carts: usize,
-    skus: usize,
+    Shopping { skus, follow_owner }: Shopping,
     done: &AtomicU64,
     stop: &AtomicBool,
 ) -> Tally {
@@ -303,14 +331,19 @@ async fn shop(
         seed ^= seed >> 27;
         seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % below
     };
-    let mut sent = 0usize;
     while !stop.load(Ordering::Relaxed) {
-        for journey in &mut journeys {
+        for (n, journey) in journeys.iter_mut().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let node = &nodes[(index + sent) % nodes.len()];
-            sent += 1;
+            // A cart's requests go round the members (from one that
+            // depends on the client and the cart), so two in three are
+            // forwarded among three members, whatever the counts.
+            let node = journey
+                .owner
+                .as_ref()
+                .unwrap_or(&nodes[(index + n + journey.sent) % nodes.len()]);
+            journey.sent += 1;
             let (op, method, url, body) = match &journey.cart {
                 None => (Op::Create, "POST", format!("{node}/carts"), None),
                 Some(cart) if journey.added < ADDS_PER_CART => {
@@ -347,8 +380,8 @@ async fn shop(
                 .expect("clamped into bounds");
             done.fetch_add(1, Ordering::Relaxed);
             let what = match &answer {
-                Ok((status, _)) if (200..300).contains(status) => None,
-                Ok((status, _)) => Some(status.to_string()),
+                Ok((status, _, _)) if (200..300).contains(status) => None,
+                Ok((status, _, _)) => Some(status.to_string()),
                 Err(_) => Some("transport".to_owned()),
             };
             if let Some(what) = what {
@@ -357,9 +390,15 @@ async fn shop(
                 *journey = Journey::default();
                 continue;
             }
+            if let Ok((_, Some(owner), _)) = &answer {
+                tally.forwarded += 1;
+                if follow_owner {
+                    journey.owner = Some(format!("http://{owner}"));
+                }
+            }
             match op {
                 Op::Create => {
-                    let created = answer.ok().and_then(|(_, body)| {
+                    let created = answer.ok().and_then(|(_, _, body)| {
                         serde_json::from_slice::<serde_json::Value>(&body)
                             .ok()?
                             .get("id")?
@@ -380,14 +419,15 @@ async fn shop(
     tally
 }
 
-/// One request; its status and body, or why none came.
+/// One request; its status, the owner it names (`Granary-Owner`) and its
+/// body, or why none came.
 async fn request(
     client: &HttpClient,
     method: &str,
     url: &str,
     body: Option<Bytes>,
     authorization: Option<&str>,
-) -> Result<(u16, Bytes), String> {
+) -> Result<(u16, Option<String>, Bytes), String> {
     let mut builder = hyper::Request::builder().method(method).uri(url);
     if body.is_some() {
         builder = builder.header("content-type", "application/json");
@@ -401,13 +441,18 @@ async fn request(
     let exchange = async {
         let response = client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
+        let owner = response
+            .headers()
+            .get(crate::http::OWNER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, body))
+        Ok((status, owner, body))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
@@ -469,6 +514,7 @@ fn report(options: &LoadOptions, nodes: Vec<String>, tally: Tally, seconds: f64)
         failed: failed_all,
         per_second: all.len() as f64 / seconds,
         checkouts: ops["checkout"].ok,
+        forwarded: tally.forwarded,
         all: op_report(&all, failed_all, seconds),
         ops,
         errors,
@@ -482,11 +528,12 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} requests in {:.1} s: {:.0}/s, {} failed; {} carts checked out ({} carts, {} clients, {} node{})",
+        "{} requests in {:.1} s: {:.0}/s, {} failed, {} forwarded to the cart's owner; {} carts checked out ({} carts, {} clients, {} node{})",
         report.requests,
         report.seconds,
         report.per_second,
         report.failed,
+        report.forwarded,
         report.checkouts,
         report.carts,
         report.clients,

@@ -407,3 +407,56 @@ async fn granary_load_reports_what_the_node_served() {
         assert!(stdout.contains(needle), "{needle}: {stdout}");
     }
 }
+
+/// `granary load` over three members counts the answers that were
+/// forwarded to the cart's owner; with `--follow-owner` a journey sends its
+/// cart's requests where the first forwarded answer said it lives, so at
+/// most one request per cart is forwarded (a cart lives where it was
+/// created, and nothing moves it here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granary_load_over_members_counts_forwards_and_follows_the_owner_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, [a, b, c]) = formed_on_one_store(dir.path()).await;
+    let urls = [a.url(""), b.url(""), c.url("")];
+    let run = |follow: bool| {
+        let mut args = vec![
+            "--carts",
+            "12",
+            "--clients",
+            "4",
+            "--duration",
+            "2s",
+            "--json",
+        ];
+        for url in &urls {
+            args.extend(["--node", url.as_str()]);
+        }
+        if follow {
+            args.push("--follow-owner");
+        }
+        let (code, stdout, stderr) =
+            tokio::task::block_in_place(|| granary_load(&args, Some(support::ADMIN_TOKEN)));
+        assert_eq!(code, 0, "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+        assert_eq!(report["failed"], 0, "{report}");
+        let count = |v: &serde_json::Value| v.as_u64().expect("a count");
+        (
+            count(&report["forwarded"]),
+            count(&report["ops"]["create"]["ok"]),
+            count(&report["requests"]),
+        )
+    };
+    // Round the members: two in three of each cart's later requests.
+    let (forwarded, carts, requests) = run(false);
+    assert!(
+        carts > 0 && forwarded > carts,
+        "{forwarded} of {requests}, {carts} carts"
+    );
+    // Following the hint: at most the first forwarded request per cart.
+    let (forwarded, carts, requests) = run(true);
+    assert!(carts > 0, "{requests} requests");
+    assert!(
+        forwarded <= carts,
+        "{forwarded} of {requests}, {carts} carts"
+    );
+}
