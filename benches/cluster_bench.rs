@@ -22,7 +22,8 @@
 //!    the owner the leader (an election comes first).
 //! 4. What forwarding costs: full load with every request sent to the
 //!    cart's owner vs spread over the members, alternated in 2 s slices on
-//!    one cluster (the median of neighbouring pairs' ratios), with the
+//!    one cluster (the median of neighbouring pairs' ratios), and spread
+//!    by clients that follow the owner hint (`Granary-Owner`), with the
 //!    members' CPU per add (from `/proc`); the same again at one offered
 //!    rate both sides keep up with (CPU per add depends on the rate); then
 //!    one add at a time to the owner vs through another member.
@@ -254,8 +255,11 @@ async fn until_members(node: &NodeProcess, members: u32) {
 /// Spread: each request goes to the next member, so two in three are
 /// forwarded to the cart's owner; otherwise every request goes to the
 /// member that created (and owns) the cart.
-async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration, spread: bool) -> (f64, u64) {
-    let load = Shoppers::new(nodes).await.run(load_for, spread, None).await;
+async fn full_load(nodes: [&NodeProcess; 3], load_for: Duration) -> (f64, u64) {
+    let load = Shoppers::new(nodes)
+        .await
+        .run(load_for, Way::Spread, None)
+        .await;
     (load.per_sec, load.failed)
 }
 
@@ -333,12 +337,11 @@ impl Shoppers {
         took
     }
 
-    /// Adds for `load_for`, each request sent to its cart's owner or, if
-    /// `spread`, to the members in turn (two in three forwarded): adds/s
+    /// Adds for `load_for`, each request sent the `way` asked: adds/s
     /// and how many failed. As fast as the members answer, or at `pace`
     /// adds/s in all (each client sends at its own steady interval,
     /// staggered; one that falls behind does not catch up in a burst).
-    async fn run(&self, load_for: Duration, spread: bool, pace: Option<f64>) -> Load {
+    async fn run(&self, load_for: Duration, way: Way, pace: Option<f64>) -> Load {
         // New carts each run (created spread over the members, so each
         // owns about a third): a line holds at most 999 units.
         let mut carts = Vec::new();
@@ -409,15 +412,27 @@ impl Shoppers {
             );
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
+                // Where a forwarded answer said the cart lives.
+                let mut owner: Option<String> = None;
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(ticks) = &mut ticks {
                         ticks.tick().await;
                     }
-                    let member = if spread { n + i as usize } else { n };
-                    let url = format!("{}/carts/{cart}/items", urls[member % urls.len()]);
+                    let member = match way {
+                        Way::Owner => &urls[n % urls.len()],
+                        Way::Spread => &urls[(n + i as usize) % urls.len()],
+                        Way::Follow => owner
+                            .as_ref()
+                            .unwrap_or(&urls[(n + i as usize) % urls.len()]),
+                    };
+                    let url = format!("{member}/carts/{cart}/items");
                     let body = bodies[(i % 8) as usize].clone();
-                    match http.status_of("POST", &url, Some(body)).await {
-                        Ok((200, length)) if length > 0 => ok.fetch_add(1, Ordering::Relaxed),
+                    let answer = http.status_naming_owner("POST", &url, Some(body)).await;
+                    if let (Way::Follow, Ok((_, _, Some(named)))) = (way, &answer) {
+                        owner = Some(format!("http://{named}"));
+                    }
+                    match answer {
+                        Ok((200, length, _)) if length > 0 => ok.fetch_add(1, Ordering::Relaxed),
                         other => {
                             if failed.load(Ordering::Relaxed) < 3 {
                                 eprintln!("an add failed: {other:?}");
@@ -609,7 +624,7 @@ fn main() {
             client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
         };
         let load_for = Duration::from_secs(10);
-        let (rate_full, failed) = full_load([&a, &b, &c], load_for, true).await;
+        let (rate_full, failed) = full_load([&a, &b, &c], load_for).await;
         let after = {
             let mut client = cluster::cluster_client::ClusterClient::new(channel(&a).await);
             client.status(cluster::StatusRequest {}).await.expect("status").into_inner()
@@ -673,29 +688,55 @@ fn main() {
     });
 }
 
-/// Slices of both loads, alternated.
-struct Slices {
-    /// Adds/s of each slice: `[to the owner, spread]`.
-    rates: [Vec<f64>; 2],
-    /// The members' CPU per add (µs) of each slice, alike.
-    cpu: [Vec<f64>; 2],
-    /// Of which their store threads', alike.
-    store_cpu: [Vec<f64>; 2],
-    /// Appends per commit of each slice, alike.
-    groups: [Vec<f64>; 2],
-    /// The members' context switches per add of each slice, alike.
-    switches: [Vec<f64>; 2],
+/// How a load sends each cart's adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    /// To the member that owns the cart.
+    Owner,
+    /// To the members in turn: two in three forwarded.
+    Spread,
+    /// To the members in turn until an answer names the cart's owner
+    /// (`Granary-Owner`), then there: a client that routes by the hint.
+    Follow,
 }
 
-/// `f(spread, owner)` of each pair of neighbouring slices of `of`
-/// (`[to the owner, spread]`).
-fn pairs(of: &[Vec<f64>; 2], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
-    of[1].iter().zip(&of[0]).map(|(s, o)| f(*s, *o)).collect()
+impl Way {
+    /// Its slot in [`Slices`].
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// What each way is called, by slot.
+const WAYS: [&str; 3] = ["to the owner", "spread", "spread, following the hint"];
+
+/// Slices of the loads, alternated: each figure by [`Way::slot`].
+struct Slices {
+    /// Adds/s of each slice.
+    rates: [Vec<f64>; 3],
+    /// The members' CPU per add (µs) of each slice, alike.
+    cpu: [Vec<f64>; 3],
+    /// Of which their store threads', alike.
+    store_cpu: [Vec<f64>; 3],
+    /// Appends per commit of each slice, alike.
+    groups: [Vec<f64>; 3],
+    /// The members' context switches per add of each slice, alike.
+    switches: [Vec<f64>; 3],
+}
+
+/// `f(way, owner)` of each neighbouring pair of slices of `of`, `way`'s
+/// and the owner's.
+fn pairs(of: &[Vec<f64>; 3], way: Way, f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    of[way.slot()]
+        .iter()
+        .zip(&of[Way::Owner.slot()])
+        .map(|(s, o)| f(*s, *o))
+        .collect()
 }
 
 impl Slices {
     fn show(&self, name: &str) {
-        for (slot, side) in ["to the owner", "spread"].iter().enumerate() {
+        for (slot, side) in WAYS.iter().enumerate() {
             // Each figure with `digits` after the point.
             let joined = |v: &[f64], digits: usize| {
                 v.iter()
@@ -719,29 +760,25 @@ impl Slices {
     }
 }
 
-/// `count` pairs of 2 s slices of `sides` (owner first in even pairs,
-/// spread first in odd ones), as fast as answered or at `pace`.
-async fn alternate(
-    shoppers: &Shoppers,
-    sides: &[(usize, bool)],
-    count: usize,
-    pace: Option<f64>,
-) -> Slices {
+/// `count` rounds of 2 s slices of `sides` (in order in even rounds,
+/// reversed in odd ones), as fast as answered or at `pace`.
+async fn alternate(shoppers: &Shoppers, sides: &[Way], count: usize, pace: Option<f64>) -> Slices {
     let mut slices = Slices {
-        rates: [Vec::new(), Vec::new()],
-        cpu: [Vec::new(), Vec::new()],
-        store_cpu: [Vec::new(), Vec::new()],
-        groups: [Vec::new(), Vec::new()],
-        switches: [Vec::new(), Vec::new()],
+        rates: Default::default(),
+        cpu: Default::default(),
+        store_cpu: Default::default(),
+        groups: Default::default(),
+        switches: Default::default(),
     };
     for pair in 0..count {
         let mut order = sides.to_vec();
         if pair % 2 == 1 {
             order.reverse();
         }
-        for (slot, spread) in order {
-            let load = shoppers.run(Duration::from_secs(2), spread, pace).await;
-            assert_eq!(load.failed, 0, "failed requests (spread: {spread})");
+        for way in order {
+            let slot = way.slot();
+            let load = shoppers.run(Duration::from_secs(2), way, pace).await;
+            assert_eq!(load.failed, 0, "failed requests ({way:?})");
             slices.rates[slot].push(load.per_sec);
             slices.cpu[slot].push(load.member_cpu_per_add.as_secs_f64() * 1e6);
             slices.store_cpu[slot].push(load.store_cpu_per_add.as_secs_f64() * 1e6);
@@ -781,11 +818,11 @@ async fn forwarding() {
     }
     let extra = extra.as_slice();
     // `--spread-only` / `--owner-only`: one side alone (to profile it).
-    let sides: Vec<(usize, bool)> = [false, true]
+    let sides: Vec<Way> = [Way::Owner, Way::Spread]
         .into_iter()
-        .enumerate()
-        .filter(|(_, spread)| {
-            !(given("--spread-only") && !spread || given("--owner-only") && *spread)
+        .filter(|way| match way {
+            Way::Owner => !given("--spread-only"),
+            _ => !given("--owner-only"),
         })
         .collect();
     // One cluster, the two loads alternated in short slices, so drift
@@ -796,8 +833,8 @@ async fn forwarding() {
     let shoppers = Shoppers::new([&nodes[0], &nodes[1], &nodes[2]]).await;
     // Warm-up: connections open, products placed (each run makes new
     // carts, and warms them up itself).
-    for &(_, spread) in &sides {
-        shoppers.run(Duration::from_secs(1), spread, None).await;
+    for &way in &sides {
+        shoppers.run(Duration::from_secs(1), way, None).await;
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -809,7 +846,14 @@ async fn forwarding() {
         }
     };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let full = alternate(&shoppers, &sides, 8, None).await;
+    // With both sides, a third: clients that follow the owner hint.
+    let all_ways = [Way::Owner, Way::Spread, Way::Follow];
+    let full_sides = if sides.len() == 2 {
+        &all_ways[..]
+    } else {
+        &sides[..]
+    };
+    let full = alternate(&shoppers, full_sides, 8, None).await;
     full.show("full load");
     if sides.len() < 2 {
         return;
@@ -819,8 +863,15 @@ async fn forwarding() {
         "full load spread over the members (2 in 3 forwarded): {spread:.0} adds/s; every request to the owner: {to_owner:.0} adds/s; ratio {:.2} of the means; median of the {} neighbouring pairs {:.2} (owner/spread {:.2})",
         spread / to_owner,
         full.rates[0].len(),
-        median(pairs(&full.rates, |spread, owner| spread / owner)),
-        median(pairs(&full.rates, |spread, owner| owner / spread)),
+        median(pairs(&full.rates, Way::Spread, |spread, owner| spread / owner)),
+        median(pairs(&full.rates, Way::Spread, |spread, owner| owner / spread)),
+    );
+    let follow = mean(&full.rates[Way::Follow.slot()]);
+    println!(
+        "full load spread, clients following the owner hint: {follow:.0} adds/s, median of the pairs' ratios to the owner's {:.2}; the members' CPU per add {:.0} µs, {:.2}x the owner's (median of the pairs)",
+        median(pairs(&full.rates, Way::Follow, |follow, owner| follow / owner)),
+        mean(&full.cpu[Way::Follow.slot()]),
+        median(pairs(&full.cpu, Way::Follow, |follow, owner| follow / owner)),
     );
     // What an add costs in CPU depends on the rate (a slower disk makes
     // smaller commit groups, an idle moment costs timers and wake-ups
@@ -844,7 +895,9 @@ async fn forwarding() {
         // Spread costs a third of a direct add plus two thirds of a
         // forwarded one, so a forwarded add costs (3 * spread/direct - 1)
         // / 2 times a direct one.
-        let ratio = median(pairs(&load.cpu, |spread, owner| spread / owner));
+        let ratio = median(pairs(&load.cpu, Way::Spread, |spread, owner| {
+            spread / owner
+        }));
         println!(
             "{name}: the members' CPU per add spread {:.0} µs, to the owner {:.0} µs (means); median of the pairs' ratios {ratio:.2}, so a forwarded add costs {:.2}x a direct one",
             mean(&load.cpu[1]),
@@ -854,14 +907,14 @@ async fn forwarding() {
         // The store's share follows the commit groups, which follow how
         // many adds wait for a commit at once (fewer when more of the 64
         // are in a hop): the rest is the work of the request itself.
-        let outside: [Vec<f64>; 2] = [0, 1].map(|slot| {
+        let outside: [Vec<f64>; 3] = [0, 1, 2].map(|slot| {
             load.cpu[slot]
                 .iter()
                 .zip(&load.store_cpu[slot])
                 .map(|(all, store)| all - store)
                 .collect()
         });
-        let ratio = median(pairs(&outside, |spread, owner| spread / owner));
+        let ratio = median(pairs(&outside, Way::Spread, |spread, owner| spread / owner));
         println!(
             "{name}: of that, the store threads' spread {:.0} µs, to the owner {:.0} µs, at {:.1} and {:.1} appends per commit; outside the store {:.0} and {:.0} µs, ratio {ratio:.2}: a forwarded add's work outside the store is {:.2}x a direct one's",
             mean(&load.store_cpu[1]),

@@ -189,6 +189,13 @@ async fn three_nodes_join_and_agree_on_one_leader_and_one_view() {
         "each peer reports its live grains: {value}"
     );
     assert!(text.contains("LIVE GRAINS"), "{text}");
+    // Each member's HTTP API, as clients reach it.
+    let https = [&a, &b, &c].map(|node| node.http.to_string());
+    for peer in peers {
+        let http = peer["http"].as_str().unwrap_or_default();
+        assert!(https.iter().any(|h| h == http), "{peer} among {https:?}");
+    }
+    assert!(https.iter().all(|http| text.contains(http)), "{text}");
 
     // The CLI checks whom it talks to: another member A knows is fine, a
     // node of another cluster (a key A does not know) is refused.

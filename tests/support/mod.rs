@@ -357,8 +357,24 @@ impl Http {
         url: &str,
         body: Option<Bytes>,
     ) -> Result<(u16, usize), String> {
-        let (status, _, bytes) = self.exchange(method, url, body, &[]).await?;
-        Ok((status, bytes.len()))
+        let (status, length, _) = self.status_naming_owner(method, url, body).await?;
+        Ok((status, length))
+    }
+
+    /// [`Http::status_of`], and the owner the answer names
+    /// (`Granary-Owner`), if any.
+    pub async fn status_naming_owner(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, usize, Option<String>), String> {
+        let (status, headers, bytes) = self.exchange(method, url, body, &[]).await?;
+        let owner = headers
+            .get("granary-owner")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((status, bytes.len(), owner))
     }
 
     /// `GET url` answered as text: the status, the Content-Type and the
