@@ -1429,6 +1429,20 @@ async fn a_forwarded_answer_names_the_carts_owner_where_clients_reach_it() {
     assert_eq!(followed.status, 200, "{followed:?}");
     assert_eq!(followed.owner, None, "{followed:?}");
     assert_eq!(followed.json["version"], 4);
+    // The shop front's answers (the cart a cookie names) alike.
+    let cookie = format!("cartid={cart}");
+    let headers = [("cookie", cookie.as_str())];
+    let through_b = http
+        .send("GET", &b.url("/cart"), None, &headers)
+        .await
+        .unwrap();
+    assert_eq!(through_b.status, 200, "{through_b:?}");
+    assert_eq!(through_b.owner.as_deref(), Some(owner.as_str()));
+    let at_a = http
+        .send("GET", &a.url("/cart"), None, &headers)
+        .await
+        .unwrap();
+    assert_eq!((at_a.status, at_a.owner), (200, None));
 
     // B comes back at once, on the same addresses, advertising its HTTP
     // API under another name (as behind a proxy).

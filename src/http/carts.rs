@@ -17,20 +17,13 @@ use crate::cart_grain::{CartGrain, CartRequest};
 /// so a retried create names the same cart.
 const CREATE_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_2f0e_8d4b_4e59_9a3c_5b7d_2e1f_0c84);
 
-/// A cart answer: the body, its version as `ETag`, never cached.
-pub(crate) fn render_cart(
-    status: StatusCode,
-    id: Uuid,
-    outcome: &Outcome<std::sync::Arc<granary_cart::Cart>>,
-) -> HttpResponse {
-    render(status, id, &(outcome.clone(), None))
-}
-
 /// A cart's answer, and the HTTP address of the member that owns the
 /// cart if another one ran the call (`Granary-Owner`).
-type Answered = (Outcome<std::sync::Arc<granary_cart::Cart>>, Option<String>);
+pub(crate) type Answered = (Outcome<std::sync::Arc<granary_cart::Cart>>, Option<String>);
 
-fn render(status: StatusCode, id: Uuid, (outcome, owner): &Answered) -> HttpResponse {
+/// A cart answer: the body, its version as `ETag`, never cached; the
+/// cart's owner if another member answered.
+pub(crate) fn render(status: StatusCode, id: Uuid, (outcome, owner): &Answered) -> HttpResponse {
     use actix_web::http::header::{self, HeaderValue};
     let json = CartBody::new(id, outcome.version, &outcome.reply).to_json();
     let mut response = HttpResponse::build(status);
@@ -52,7 +45,7 @@ fn render(status: StatusCode, id: Uuid, (outcome, owner): &Answered) -> HttpResp
     response.body(json)
 }
 
-async fn call(
+pub(crate) async fn call(
     state: &ApiState,
     id: Uuid,
     request: CartRequest,

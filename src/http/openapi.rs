@@ -323,7 +323,7 @@ mod contract {
                 "Unavailable now (store, placement, or this node fenced): retry after `Retry-After`",
             );
         }
-        if path.starts_with("/carts") {
+        if path.starts_with("/carts") || shop {
             cart_headers(operation);
         }
     }

@@ -17,11 +17,11 @@ use granary_grain::CallOptions;
 use uuid::Uuid;
 
 use super::ApiState;
-use super::carts::{add_sku_request, render_cart};
+use super::carts::{add_sku_request, render};
 use super::error::ApiError;
 use super::request::{call_options, parse_json, parse_uuid, read_body, require_json};
 use super::views::{ChangeQuantityBody, ErrorBody};
-use crate::cart_grain::{CartGrain, CartRequest};
+use crate::cart_grain::CartRequest;
 
 /// The cookie naming the shopper's cart.
 pub const CART_COOKIE: &str = "cartid";
@@ -58,11 +58,8 @@ async fn call(
     request: CartRequest,
     options: CallOptions,
 ) -> Result<HttpResponse, ApiError> {
-    let outcome = state
-        .grains
-        .call_with::<CartGrain>(&cart.to_string(), request, options)
-        .await?;
-    Ok(render_cart(StatusCode::OK, cart, &outcome))
+    let answered = super::carts::call(state, cart, request, options).await?;
+    Ok(render(StatusCode::OK, cart, &answered))
 }
 
 /// The shopper's cart.
