@@ -124,6 +124,13 @@ fn encode_rejection<R: serde::Serialize>(err: CallError<R>) -> CallError<Vec<u8>
     }
 }
 
+/// A call's result, and the HTTP address (`HOST:PORT`) of the member that
+/// ran it if it was another one that says it.
+pub type NamingOwner<G> = (
+    Result<Outcome<<G as Grain>::Reply>, CallError<<G as Grain>::Rejection>>,
+    Option<String>,
+);
+
 /// The grain kinds of a node and the way to call them. Cheap to clone.
 #[derive(Clone)]
 pub struct Grains(Arc<Inner>);
@@ -233,10 +240,7 @@ impl Grains {
         id: &str,
         command: G::Command,
         options: CallOptions,
-    ) -> (
-        Result<Outcome<G::Reply>, CallError<G::Rejection>>,
-        Option<String>,
-    ) {
+    ) -> NamingOwner<G> {
         let Some(runtime) = self.runtime::<G>() else {
             let why = format!("grain kind {:?} is not registered on this node", G::KIND);
             return (Err(CallError::Invalid(why)), None);

@@ -286,6 +286,13 @@ async fn a_killed_member_is_removed_by_the_majority_which_keeps_serving() {
     assert_eq!(answer.status, 201, "{answer:?}");
 }
 
+/// A new cart's id, made on `node` (so it lives there), retried on 503.
+async fn created_on(node: &NodeProcess) -> String {
+    let created = create_retrying(node).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json["id"].as_str().expect("id").to_owned()
+}
+
 /// `POST /carts` on `node`, retried on 503 (as a client honouring
 /// Retry-After would) for at most 10 s.
 async fn create_retrying(node: &NodeProcess) -> support::Answer {
@@ -1402,9 +1409,7 @@ async fn a_forwarded_answer_names_the_carts_owner_where_clients_reach_it() {
     http.stock(&a, ["sku-1"]).await;
     let add = |node: &NodeProcess, cart: &str| node.url(&format!("/carts/{cart}/items"));
 
-    let created = create_retrying(&a).await;
-    assert_eq!(created.status, 201, "{created:?}");
-    let cart = created.json["id"].as_str().unwrap().to_owned();
+    let cart = created_on(&a).await;
     let direct = http
         .post(&add(&a, &cart), support::item("sku-1"))
         .await
@@ -1473,9 +1478,7 @@ async fn a_forwarded_answer_names_the_carts_owner_where_clients_reach_it() {
             && r.peers.iter().any(|p| p.id == b.node_id && p.http == named)
     })
     .await;
-    let created = create_retrying(&b).await;
-    assert_eq!(created.status, 201, "{created:?}");
-    let cart = created.json["id"].as_str().unwrap().to_owned();
+    let cart = created_on(&b).await;
     let forwarded = http
         .post(&add(&a, &cart), support::item("sku-1"))
         .await

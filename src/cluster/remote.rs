@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Home, Outcome, decode_answer};
+use granary_grain::{CallError, CallOptions, Grain, GrainRuntime, Home, decode_answer};
 
 use super::router::{GrainRouter, Route, placement_key};
 use crate::grains::{HostedKind, encode};
@@ -52,10 +52,7 @@ impl Remote {
         id: &str,
         command: G::Command,
         options: CallOptions,
-    ) -> (
-        Result<Outcome<G::Reply>, CallError<G::Rejection>>,
-        Option<String>,
-    ) {
+    ) -> crate::grains::NamingOwner<G> {
         let encoded = std::cell::OnceCell::new();
         // The member the last attempt went to (`None`: run here).
         let ran_at = std::cell::Cell::new(None::<String>);
