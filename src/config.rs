@@ -474,8 +474,11 @@ impl ConfigLayer {
             None => None,
             Some(a) => {
                 let a = a.trim().to_owned();
-                if !valid_host_port(&a) {
-                    return Err(invalid("advertise_http", format!("{a:?} is not HOST:PORT")));
+                if !valid_http_address(&a) {
+                    return Err(invalid(
+                        "advertise_http",
+                        format!("{a:?} is not HOST:PORT (visible ASCII, no '/', '?', '#' or '@')"),
+                    ));
                 }
                 Some(a)
             }
@@ -696,6 +699,16 @@ fn is_set(layer: &ConfigLayer, key: &str) -> bool {
     }
 }
 
+/// Whether `value` may name a member's HTTP API to clients
+/// (`advertise_http`, and the same field from other members): `HOST:PORT`
+/// in visible ASCII that a client can put after `http://` as it is.
+pub fn valid_http_address(value: &str) -> bool {
+    valid_host_port(value)
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"/?#@".contains(&b))
+}
+
 fn valid_host_port(value: &str) -> bool {
     match value.rsplit_once(':') {
         Some((host, port)) => {
@@ -773,6 +786,42 @@ mod tests {
         assert_eq!(config.grpc.port(), 4000);
         assert_eq!(config.idle_timeout, Duration::from_secs(300));
         assert_eq!(config.advertise, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn advertise_http_is_a_host_and_port_a_client_can_dial() {
+        let config = load(
+            None,
+            &env(&[("GRANARY_ADVERTISE_HTTP", " shop-1.internal:8080 ")]),
+            ConfigLayer::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.advertise_http.as_deref(),
+            Some("shop-1.internal:8080")
+        );
+        assert_eq!(NodeConfig::default().advertise_http, None);
+        for bad in [
+            "shop-1.internal",
+            "shop-1.internal:0",
+            "http://shop-1:80",
+            "user@shop-1:80",
+            "shop-1:80/carts",
+            "bücher.example:80",
+            "shop 1:80",
+        ] {
+            let err = load(
+                None,
+                &env(&[("GRANARY_ADVERTISE_HTTP", bad)]),
+                ConfigLayer::default(),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("GRANARY_ADVERTISE_HTTP"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(valid_http_address("[fd00::5]:8080"));
     }
 
     #[test]

@@ -198,6 +198,12 @@ async fn serve(node: NodeBuilder, keys: Arc<NodeKeys>) -> anyhow::Result<()> {
         address: advertise.clone(),
         http: http_advertised(config.advertise_http.as_deref(), http_addr, &advertise),
     };
+    if me.http.is_empty() {
+        tracing::info!(
+            %http_addr, %advertise,
+            "members will not name this node to clients as a cart's owner: its HTTP API listens on loopback while peers reach it at another host; set advertise_http to where clients reach it"
+        );
+    }
     let (cluster, membership) = cluster::start(cluster::Membership {
         me,
         data_dir: config.data_dir.clone(),
@@ -462,6 +468,9 @@ async fn cluster_id(
 /// Where clients reach this node's HTTP API (`Config::advertise_http`):
 /// as configured, else the address it listens on, with the host of the
 /// advertised gRPC address in place of an address of every interface.
+/// Empty (no hint) when that would send other machines' clients to their
+/// own: the HTTP API on loopback while peers reach the member elsewhere
+/// (say, behind a proxy on its machine), or no host known at all.
 fn http_advertised(
     configured: Option<&str>,
     listening: std::net::SocketAddr,
@@ -470,12 +479,25 @@ fn http_advertised(
     if let Some(configured) = configured {
         return configured.to_owned();
     }
-    match advertise.rsplit_once(':') {
-        Some((host, _)) if listening.ip().is_unspecified() => {
-            format!("{host}:{}", listening.port())
+    let Some((host, _)) = advertise.rsplit_once(':') else {
+        return String::new();
+    };
+    let ip = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let advertised_on_loopback = host == "localhost" || ip.is_some_and(|ip| ip.is_loopback());
+    if listening.ip().is_unspecified() {
+        if ip.is_some_and(|ip| ip.is_unspecified()) {
+            return String::new();
         }
-        _ => listening.to_string(),
+        return format!("{host}:{}", listening.port());
     }
+    if listening.ip().is_loopback() && !advertised_on_loopback {
+        return String::new();
+    }
+    listening.to_string()
 }
 
 /// Reports how the gRPC server thread ended.
@@ -695,9 +717,24 @@ mod tests {
             http_advertised(None, "[::]:8080".parse().unwrap(), "[fd00::5]:7070"),
             "[fd00::5]:8080"
         );
+        // On loopback beside peers on loopback (one machine): as it is.
         assert_eq!(
-            http_advertised(None, loopback, "10.0.0.5:7070"),
+            http_advertised(None, loopback, "127.0.0.1:7070"),
             "127.0.0.1:8081"
+        );
+        assert_eq!(
+            http_advertised(None, loopback, "localhost:7070"),
+            "127.0.0.1:8081"
+        );
+        // On loopback while peers reach it elsewhere, or no host known: no
+        // hint (clients elsewhere would reach their own machine).
+        assert_eq!(http_advertised(None, loopback, "10.0.0.5:7070"), "");
+        assert_eq!(http_advertised(None, loopback, "shop-1.internal:7070"), "");
+        assert_eq!(http_advertised(None, any, "0.0.0.0:7070"), "");
+        // A specific address: as it is.
+        assert_eq!(
+            http_advertised(None, "10.0.0.5:8080".parse().unwrap(), "10.0.0.5:7070"),
+            "10.0.0.5:8080"
         );
     }
 }

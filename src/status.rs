@@ -124,8 +124,8 @@ pub fn run(
     println!("live grains {} ({})", reply.live_grains, kinds.join(", "));
     println!();
     println!(
-        "{:<64} {:<22} {:<22} {:<5} {:>12} {:>11}",
-        "PEER", "ADDRESS", "HTTP", "LIVE", "LAST SEEN", "LIVE GRAINS"
+        "{:<64} {:<22} {:<5} {:>12} {:>11}  HTTP",
+        "PEER", "ADDRESS", "LIVE", "LAST SEEN", "LIVE GRAINS"
     );
     for peer in &reply.peers {
         let seen = peer
@@ -133,17 +133,17 @@ pub fn run(
             .map_or("never".to_owned(), |ms| format!("{ms} ms ago"));
         let live_grains = grains.get(&peer.id).map_or("?".to_owned(), u64::to_string);
         println!(
-            "{:<64} {:<22} {:<22} {:<5} {:>12} {:>11}",
+            "{:<64} {:<22} {:<5} {:>12} {:>11}  {}",
             peer.id,
             peer.address,
+            if peer.live { "yes" } else { "no" },
+            seen,
+            live_grains,
             if peer.http.is_empty() {
-                "?"
+                "-"
             } else {
                 &peer.http
             },
-            if peer.live { "yes" } else { "no" },
-            seen,
-            live_grains
         );
     }
     Ok(())

@@ -632,6 +632,45 @@ impl MembershipTask {
     }
 }
 
+/// Whether this member, `listed` so in the config, should ask to be listed
+/// as it is now: its HTTP address changed (it restarted with other
+/// settings before a dead verdict). A changed member address is left to
+/// the join of a node removed meanwhile, which checks that the address
+/// reaches it.
+fn needs_relisting(listed: &PeerView, me: &Member) -> bool {
+    listed.address == me.address && listed.http != me.http
+}
+
+/// When a member listed with a stale HTTP address asks again: at once,
+/// then after 1 s, the wait doubling up to a minute (a leader from before
+/// the field keeps the entry as it was, so asking changes nothing; it
+/// costs a request).
+struct Relisting {
+    due: tokio::time::Instant,
+    wait: Duration,
+}
+
+impl Relisting {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MOST: Duration = Duration::from_secs(64);
+
+    fn new() -> Relisting {
+        Relisting {
+            due: tokio::time::Instant::now(),
+            wait: Self::FIRST,
+        }
+    }
+
+    fn is_due(&self, now: tokio::time::Instant) -> bool {
+        now >= self.due
+    }
+
+    fn asked(&mut self, now: tokio::time::Instant) {
+        self.due = now + self.wait;
+        self.wait = (self.wait * 2).min(Self::MOST);
+    }
+}
+
 /// Keeps this node in the cluster: while it cannot see a majority for
 /// longer than `patience` (it is joining, or was removed while away), it
 /// asks the seeds and the members it knows (then whichever leader they
@@ -646,8 +685,7 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
     // out (say, its --advertise address does not reach it) says why now
     // and then, not at every attempt.
     let mut not_taken = 0u32;
-    // When it last asked to be listed with its current addresses.
-    let mut relisted: Option<tokio::time::Instant> = None;
+    let mut relisting = Relisting::new();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Some(status) = handle.status().await else {
@@ -655,12 +693,11 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
         };
         let listed = status.peers.iter().find(|p| p.id == handle.me.id.0);
         let is_member = listed.is_some();
-        // Listed with other addresses (it restarted with other settings):
-        // it asks to be listed as it is now, at most once a `patience`
-        // (a leader from before a field keeps the entry as it was).
-        let outdated = listed
-            .is_some_and(|p| p.address != handle.me.address || p.http != handle.me.http)
-            && relisted.is_none_or(|at: tokio::time::Instant| at.elapsed() >= patience);
+        let stale = listed.is_some_and(|p| needs_relisting(p, &handle.me));
+        if !stale {
+            relisting = Relisting::new();
+        }
+        let outdated = stale && relisting.is_due(tokio::time::Instant::now());
         if status.quorum && is_member && !outdated {
             unserved_since = None;
             continue;
@@ -672,7 +709,7 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
             continue;
         }
         if outdated {
-            relisted = Some(tokio::time::Instant::now());
+            relisting.asked(tokio::time::Instant::now());
         }
         let mut targets: Vec<String> = seeds.clone();
         targets.extend(
@@ -726,6 +763,9 @@ async fn join_until_member(handle: ClusterHandle, seeds: Vec<String>, token: Opt
                 tracing::error!(%target, message = %reply.message, "admission refused");
                 handle.fatal.send_replace(Some(reply.message));
                 return;
+            }
+            Ok(reply) if reply.accepted && outdated => {
+                tracing::debug!(%target, http = %handle.me.http, "asked to be listed with this HTTP address")
             }
             Ok(reply) if reply.accepted => {
                 not_taken = 0;
@@ -834,4 +874,62 @@ async fn ask_to_join(
         .await
         .map_err(|e| e.to_string())?;
     Ok(reply.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(address: &str, http: &str) -> PeerView {
+        PeerView {
+            id: "n1".into(),
+            address: address.into(),
+            http: http.into(),
+            live: true,
+            last_seen_ms_ago: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_member_asks_to_be_listed_again_only_when_its_http_address_changed() {
+        let me = Member {
+            id: NodeId::new("n1"),
+            address: "10.0.0.1:7070".into(),
+            http: "10.0.0.1:8080".into(),
+        };
+        // Restarted as it was: nothing to change.
+        assert!(!needs_relisting(
+            &listed("10.0.0.1:7070", "10.0.0.1:8080"),
+            &me
+        ));
+        // Another HTTP address, or one a leader from before the field
+        // dropped.
+        assert!(needs_relisting(
+            &listed("10.0.0.1:7070", "10.0.0.1:9090"),
+            &me
+        ));
+        assert!(needs_relisting(&listed("10.0.0.1:7070", ""), &me));
+        // Another member address: left to a join, which checks it.
+        assert!(!needs_relisting(
+            &listed("10.0.0.9:7070", "10.0.0.1:9090"),
+            &me
+        ));
+    }
+
+    #[test]
+    fn asking_again_backs_off_to_a_minute() {
+        let mut relisting = Relisting::new();
+        let mut now = tokio::time::Instant::now();
+        assert!(relisting.is_due(now), "at once");
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            relisting.asked(now);
+            let asked = now;
+            while !relisting.is_due(now) {
+                now += Duration::from_millis(100);
+            }
+            waits.push((now - asked).as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
+    }
 }

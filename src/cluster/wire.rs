@@ -89,8 +89,11 @@ pub(crate) fn member_to_wire(member: &Member) -> pb::Member {
 pub(crate) fn member_from_wire(member: pb::Member, field: &str) -> Result<Member, String> {
     check_text(&member.id, &format!("{field}.id"))?;
     check_text(&member.address, &format!("{field}.address"))?;
-    if !member.http.is_empty() {
-        check_text(&member.http, &format!("{field}.http"))?;
+    let dialable = member.http.len() <= 261 && crate::config::valid_http_address(&member.http);
+    if !(member.http.is_empty() || dialable) {
+        return Err(format!(
+            "{field}.http: HOST:PORT in visible ASCII, at most 261 bytes, or empty"
+        ));
     }
     Ok(Member {
         id: NodeId(member.id),
@@ -364,6 +367,26 @@ mod tests {
         }
         let reply = grain_answer_from_wire(grain_answer_to_wire(Ok((vec![1, 2, 3], 7))));
         assert_eq!(reply, Ok((vec![1, 2, 3], 7)));
+    }
+
+    #[test]
+    fn a_members_http_address_is_empty_or_one_a_client_can_dial() {
+        let member = |http: &str| pb::Member {
+            id: "n1".into(),
+            address: "10.0.0.1:7070".into(),
+            http: http.into(),
+        };
+        for good in ["", "10.0.0.1:8080", "shop-1.internal:80", "[fd00::1]:8080"] {
+            let read = member_from_wire(member(good), "member").expect(good);
+            assert_eq!(read.http, good);
+            assert_eq!(member_to_wire(&read), member(good));
+        }
+        for bad in ["no-port", "a:0", "http://a:80", "ä:80", "a:80\r\nX: y"] {
+            let err = member_from_wire(member(bad), "member").expect_err(bad);
+            assert!(err.contains("member.http"), "{bad}: {err}");
+        }
+        let long = format!("{}:80", "a".repeat(300));
+        assert!(member_from_wire(member(&long), "member").is_err());
     }
 
     #[test]
