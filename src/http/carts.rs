@@ -34,8 +34,9 @@ pub(crate) fn render(status: StatusCode, id: Uuid, (outcome, owner): &Answered) 
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         ));
-    // An address that is no header value (it should not happen: members
-    // check it is printable) is left out: it is only a hint.
+    // Members take only visible-ASCII addresses (config and wire alike),
+    // so this always converts; were one not a header value, it would be
+    // left out: it is only a hint.
     if let Some(owner) = owner
         .as_deref()
         .and_then(|owner| HeaderValue::from_str(owner).ok())
